@@ -1,0 +1,115 @@
+//! `NodeNetworkConfigurationEnactment` (`nnce`): how one policy went on one node. Named
+//! `<node>.<policy>`, owned by the Node, labelled [`crate::labels::POLICY`] and
+//! [`crate::labels::NODE`]. It has no spec; everything is status.
+
+use crate::condition::{Condition, wire_strings};
+use crate::document::NetworkStateDocument;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The fields of an enactment besides metadata and status: none. Upstream stores enactments
+/// with no `spec`, so none is written here either.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "nmstate.io",
+    version = "v1beta1",
+    kind = "NodeNetworkConfigurationEnactment",
+    plural = "nodenetworkconfigurationenactments",
+    doc = "NodeNetworkConfigurationEnactment reports how one policy was applied on one node.",
+    singular = "nodenetworkconfigurationenactment",
+    shortname = "nnce",
+    status = "NodeNetworkConfigurationEnactmentStatus",
+    no_spec,
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        description = "Status",
+        json_path = ".status.conditions[?(@.status==\"True\")].type"
+    ),
+    printcolumn(
+        name = "Status Age",
+        type_ = "date",
+        description = "Status Age",
+        json_path = ".status.conditions[?(@.status==\"True\")].lastTransitionTime"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        description = "Reason",
+        json_path = ".status.conditions[?(@.status==\"True\")].reason"
+    )
+)]
+pub struct NodeNetworkConfigurationEnactmentFields {}
+
+/// The name of the enactment of `policy` on `node`.
+pub fn enactment_name(node: &str, policy: &str) -> String {
+    format!("{node}.{policy}")
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeNetworkConfigurationEnactmentStatus {
+    /// The policy's desired state for this node, after capture resolution and defaulting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_state: Option<NetworkStateDocument>,
+    /// Resolved captures, reused on later reconciles so results stay stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_states: Option<BTreeMap<String, CapturedState>>,
+    /// Defined upstream, never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_state_meta_info: Option<StateMetaInfo>,
+    /// The policy generation these conditions belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// nmstate features the desired state uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    /// Failed applies per policy generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_count: Option<BTreeMap<String, i64>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapturedState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<NetworkStateDocument>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_info: Option<StateMetaInfo>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StateMetaInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
+wire_strings! {
+    /// Condition types of an enactment.
+    EnactmentConditionType {
+        Available = "Available",
+        Failing = "Failing",
+        Progressing = "Progressing",
+        Pending = "Pending",
+        Aborted = "Aborted",
+    }
+}
+
+wire_strings! {
+    /// Condition reasons of an enactment.
+    EnactmentConditionReason {
+        FailedToConfigure = "FailedToConfigure",
+        Retrying = "Retrying",
+        SuccessfullyConfigured = "SuccessfullyConfigured",
+        MaxUnavailableLimitReached = "MaxUnavailableLimitReached",
+        ConfigurationProgressing = "ConfigurationProgressing",
+        ConfigurationAborted = "ConfigurationAborted",
+    }
+}

@@ -1,0 +1,151 @@
+//! `NMState` (`nmstates.nmstate.io`): the singleton that installs the handler, webhook and
+//! their certificates and RBAC. `v1` is stored; `v1beta1` is served with the same schema and
+//! marked deprecated (see [`crate::crd`]).
+
+use crate::condition::{Condition, wire_strings};
+use k8s_openapi::api::core::v1::{Affinity, Toleration};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The DNS name the handler's DNS probe resolves when none is configured.
+pub const DEFAULT_DNS_PROBE_HOST: &str = "root-servers.net";
+
+/// Where and how the handler, webhook and certificates run. Only the oldest NMState object
+/// is honoured; later ones are deleted by the operator.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "nmstate.io",
+    version = "v1",
+    kind = "NMState",
+    plural = "nmstates",
+    doc = "NMState installs and configures kubernetes-nmstate on the cluster. Only the oldest NMState is honoured.",
+    singular = "nmstate",
+    status = "NMStateStatus",
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        description = "Status",
+        json_path = ".status.conditions[?(@.status==\"True\")].type"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        description = "Reason",
+        json_path = ".status.conditions[?(@.status==\"True\")].reason"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NMStateSpec {
+    /// Node selector of the handler DaemonSet. Default: `kubernetes.io/os: linux`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the handler DaemonSet. Default: tolerate every taint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the handler DaemonSet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Node selector of the webhook, metrics and certificate Deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infra_node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the webhook, metrics and certificate Deployments. Default: the
+    /// control-plane and master `NoSchedule` taints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infra_tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the webhook, metrics and certificate Deployments. Default: prefer
+    /// control-plane nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infra_affinity: Option<Affinity>,
+    /// Rotation of the webhook's self-signed CA and serving certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_sign_configuration: Option<SelfSignConfiguration>,
+    /// Connectivity probes run by the handler after each change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = {"dns": {"host": DEFAULT_DNS_PROBE_HOST}}))]
+    pub probe_configuration: Option<ProbeConfiguration>,
+    /// Kept for compatibility with upstream manifests; metrics are always served by the
+    /// metrics component, this field changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = {}))]
+    pub metrics_configuration: Option<MetricsConfiguration>,
+    /// Log verbosity of the handler: `info` (default) or `debug`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "info"))]
+    pub log_level: Option<LogLevel>,
+}
+
+/// Rotation intervals as Go duration strings (e.g. `8760h0m0s`). A field left out takes
+/// its default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfSignConfiguration {
+    /// How long the CA is valid. Default `8760h0m0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotate_interval: Option<String>,
+    /// How long the old CA stays trusted after a rotation. Default `24h0m0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_overlap_interval: Option<String>,
+    /// How long the serving certificate is valid. Default `4380h0m0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_rotate_interval: Option<String>,
+    /// How long the old serving certificate stays in use after a rotation. Default `24h0m0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_overlap_interval: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ProbeConfiguration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = {"host": DEFAULT_DNS_PROBE_HOST}))]
+    pub dns: Option<DnsProbeConfiguration>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DnsProbeConfiguration {
+    /// The name the DNS probe resolves. Default `root-servers.net`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = DEFAULT_DNS_PROBE_HOST))]
+    pub host: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsConfiguration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = ":8089"))]
+    pub bind_address: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    #[default]
+    Info,
+    Debug,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NMStateStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+wire_strings! {
+    /// Condition types of an NMState.
+    NMStateConditionType {
+        Available = "Available",
+        Progressing = "Progressing",
+        Degraded = "Degraded",
+    }
+}
+
+wire_strings! {
+    /// Condition reasons of an NMState.
+    NMStateConditionReason {
+        Deploying = "Deploying",
+        SuccessfullyDeployed = "SuccessfullyDeployed",
+        InternalError = "InternalError",
+    }
+}

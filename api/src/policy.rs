@@ -1,0 +1,95 @@
+//! `NodeNetworkConfigurationPolicy` (`nncp`): a desired network state for the nodes its
+//! selector matches. `v1` is stored; `v1beta1` is served with the same schema and marked
+//! deprecated (see [`crate::crd`]).
+
+use crate::condition::{Condition, wire_strings};
+use crate::document::NetworkStateDocument;
+use k8s_openapi::apimachinery::pkg::{apis::meta::v1::Time, util::intstr::IntOrString};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `maxUnavailable` when a policy does not set it.
+pub const DEFAULT_MAX_UNAVAILABLE: &str = "50%";
+
+/// The desired network configuration and which nodes it is for.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "nmstate.io",
+    version = "v1",
+    kind = "NodeNetworkConfigurationPolicy",
+    plural = "nodenetworkconfigurationpolicies",
+    doc = "NodeNetworkConfigurationPolicy is the desired network configuration of the nodes it selects.",
+    singular = "nodenetworkconfigurationpolicy",
+    shortname = "nncp",
+    status = "NodeNetworkConfigurationPolicyStatus",
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        description = "Status",
+        json_path = ".status.conditions[?(@.status==\"True\")].type"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        description = "Reason",
+        json_path = ".status.conditions[?(@.status==\"True\")].reason"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeNetworkConfigurationPolicySpec {
+    /// Labels a node must all carry (equality) for the policy to apply to it. Empty or
+    /// missing: every node that runs a handler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 256))]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Named nmpolicy expressions evaluated against the node's current state, referenced from
+    /// `desiredState` as `"{{ capture.<name>.<path> }}"`. Cannot change after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<BTreeMap<String, String>>,
+    /// The nmstate desired state to apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_state: Option<NetworkStateDocument>,
+    /// How many selected nodes (a number, or a percentage such as `"50%"`) may apply the
+    /// policy at the same time. Default `"50%"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeNetworkConfigurationPolicyStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Upstream's per-generation count of nodes applying the policy. Kept so objects written
+    /// by upstream kubernetes-nmstate keep their status; this project coordinates with Leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_node_count_map: Option<BTreeMap<String, i64>>,
+    /// Legacy upstream field, no longer written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_node_count: Option<i64>,
+    /// Legacy upstream field, no longer written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_unavailable_node_count_update: Option<Time>,
+}
+
+wire_strings! {
+    /// Condition types of a policy.
+    PolicyConditionType {
+        Available = "Available",
+        Degraded = "Degraded",
+        Progressing = "Progressing",
+        Ignored = "Ignored",
+    }
+}
+
+wire_strings! {
+    /// Condition reasons of a policy.
+    PolicyConditionReason {
+        FailedToConfigure = "FailedToConfigure",
+        SuccessfullyConfigured = "SuccessfullyConfigured",
+        ConfigurationProgressing = "ConfigurationProgressing",
+        NoMatchingNode = "NoMatchingNode",
+    }
+}

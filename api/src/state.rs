@@ -1,0 +1,62 @@
+//! `NodeNetworkState` (`nns`): the network state a node reports. Named after the node, owned
+//! by the Node. It has no spec; everything is status.
+
+use crate::condition::{Condition, wire_strings};
+use crate::document::NetworkStateDocument;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The fields of a node state besides metadata and status: none (upstream has no `spec`).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "nmstate.io",
+    version = "v1beta1",
+    kind = "NodeNetworkState",
+    plural = "nodenetworkstates",
+    doc = "NodeNetworkState is the network state a node reports.",
+    singular = "nodenetworkstate",
+    shortname = "nns",
+    status = "NodeNetworkStateStatus",
+    no_spec
+)]
+pub struct NodeNetworkStateFields {}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeNetworkStateStatus {
+    /// The node's network state as nmstate reports it, filtered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_state: Option<NetworkStateDocument>,
+    /// When `currentState` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_update_time: Option<Time>,
+    /// The NetworkManager version on the host, read over D-Bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_network_manager_version: Option<String>,
+    /// The nmstate library version the handler is built with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler_nmstate_version: Option<String>,
+    /// Defined upstream, never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler_network_manager_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+wire_strings! {
+    /// Condition types of a node state.
+    NodeStateConditionType {
+        Available = "Available",
+        Failing = "Failing",
+    }
+}
+
+wire_strings! {
+    /// Condition reasons of a node state.
+    NodeStateConditionReason {
+        FailedToConfigure = "FailedToConfigure",
+        SuccessfullyConfigured = "SuccessfullyConfigured",
+    }
+}

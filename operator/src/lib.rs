@@ -1,0 +1,3 @@
+//! The kubernetes-nmstate operator.
+
+pub mod crds;
