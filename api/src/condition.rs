@@ -51,7 +51,11 @@ pub enum ConditionStatus {
 
 impl From<bool> for ConditionStatus {
     fn from(value: bool) -> Self {
-        if value { ConditionStatus::True } else { ConditionStatus::False }
+        if value {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
     }
 }
 
@@ -110,7 +114,10 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
 /// one takes the new status, reason, message and generation, keeps its `lastTransitionTime`
 /// unless the status changed, and always gets `lastHeartbeatTime = now`.
 pub fn set_condition(conditions: &mut Vec<Condition>, update: Condition, now: &Time) {
-    match conditions.iter_mut().find(|existing| existing.type_ == update.type_) {
+    match conditions
+        .iter_mut()
+        .find(|existing| existing.type_ == update.type_)
+    {
         Some(existing) => {
             if existing.status != update.status || existing.last_transition_time.is_none() {
                 existing.last_transition_time = Some(now.clone());

@@ -80,7 +80,11 @@ fn make_spec_optional(crd: &mut CustomResourceDefinition) {
             root.required = None;
         }
     }
-    if let Some(spec) = root.properties.as_mut().and_then(|properties| properties.get_mut("spec")) {
+    if let Some(spec) = root
+        .properties
+        .as_mut()
+        .and_then(|properties| properties.get_mut("spec"))
+    {
         spec.default = Some(JSON(serde_json::json!({})));
     }
 }

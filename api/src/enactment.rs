@@ -23,24 +23,9 @@ use std::collections::BTreeMap;
     shortname = "nnce",
     status = "NodeNetworkConfigurationEnactmentStatus",
     no_spec,
-    printcolumn(
-        name = "Status",
-        type_ = "string",
-        description = "Status",
-        json_path = ".status.conditions[?(@.status==\"True\")].type"
-    ),
-    printcolumn(
-        name = "Status Age",
-        type_ = "date",
-        description = "Status Age",
-        json_path = ".status.conditions[?(@.status==\"True\")].lastTransitionTime"
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        description = "Reason",
-        json_path = ".status.conditions[?(@.status==\"True\")].reason"
-    )
+    printcolumn = r#"{"name": "Status", "type": "string", "description": "Status", "jsonPath": ".status.conditions[?(@.status==\"True\")].type"}"#,
+    printcolumn = r#"{"name": "Status Age", "type": "date", "description": "Status Age", "jsonPath": ".status.conditions[?(@.status==\"True\")].lastTransitionTime"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason", "jsonPath": ".status.conditions[?(@.status==\"True\")].reason"}"#
 )]
 pub struct NodeNetworkConfigurationEnactmentFields {}
 

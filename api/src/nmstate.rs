@@ -23,18 +23,8 @@ pub const DEFAULT_DNS_PROBE_HOST: &str = "root-servers.net";
     doc = "NMState installs and configures kubernetes-nmstate on the cluster. Only the oldest NMState is honoured.",
     singular = "nmstate",
     status = "NMStateStatus",
-    printcolumn(
-        name = "Status",
-        type_ = "string",
-        description = "Status",
-        json_path = ".status.conditions[?(@.status==\"True\")].type"
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        description = "Reason",
-        json_path = ".status.conditions[?(@.status==\"True\")].reason"
-    )
+    printcolumn = r#"{"name": "Status", "type": "string", "description": "Status", "jsonPath": ".status.conditions[?(@.status==\"True\")].type"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason", "jsonPath": ".status.conditions[?(@.status==\"True\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NMStateSpec {

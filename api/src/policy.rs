@@ -24,18 +24,8 @@ pub const DEFAULT_MAX_UNAVAILABLE: &str = "50%";
     singular = "nodenetworkconfigurationpolicy",
     shortname = "nncp",
     status = "NodeNetworkConfigurationPolicyStatus",
-    printcolumn(
-        name = "Status",
-        type_ = "string",
-        description = "Status",
-        json_path = ".status.conditions[?(@.status==\"True\")].type"
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        description = "Reason",
-        json_path = ".status.conditions[?(@.status==\"True\")].reason"
-    )
+    printcolumn = r#"{"name": "Status", "type": "string", "description": "Status", "jsonPath": ".status.conditions[?(@.status==\"True\")].type"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason", "jsonPath": ".status.conditions[?(@.status==\"True\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeNetworkConfigurationPolicySpec {

@@ -24,7 +24,6 @@ fn documents(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-
 /// Parses `original` as `T`, writes it back, and compares. Deprecated versions share the stored
 /// version's schema, so a `v1beta1` object is read with the `v1` type and only its
 /// `apiVersion` differs.
@@ -42,7 +41,9 @@ fn round_trip_any(original: &Value, origin: &str) -> String {
     match kind.as_str() {
         "NMState" => round_trip::<NMState>(original, origin),
         "NodeNetworkConfigurationPolicy" => round_trip::<NodeNetworkConfigurationPolicy>(original, origin),
-        "NodeNetworkConfigurationEnactment" => round_trip::<NodeNetworkConfigurationEnactment>(original, origin),
+        "NodeNetworkConfigurationEnactment" => {
+            round_trip::<NodeNetworkConfigurationEnactment>(original, origin)
+        }
         "NodeNetworkState" => round_trip::<NodeNetworkState>(original, origin),
         other => panic!("{origin}: unexpected kind {other:?}"),
     }
@@ -59,7 +60,10 @@ fn every_example_round_trips() {
             count += 1;
         }
     }
-    assert!(count >= 20, "expected the examples directory to hold the upstream examples, found {count}");
+    assert!(
+        count >= 20,
+        "expected the examples directory to hold the upstream examples, found {count}"
+    );
 }
 
 #[test]
@@ -90,9 +94,10 @@ fn every_kind_with_full_status_round_trips() {
 #[test]
 fn a_dropped_field_is_detected() {
     // The comparison itself must be able to fail: a field the types do not know is reported.
-    let mut object = documents(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nncp-v1beta1.yaml"))
-        .remove(0);
+    let mut object =
+        documents(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nncp-v1beta1.yaml")).remove(0);
     object["spec"]["unknownField"] = Value::from(1);
-    let outcome = std::panic::catch_unwind(|| round_trip::<NodeNetworkConfigurationPolicy>(&object, "mutated"));
+    let outcome =
+        std::panic::catch_unwind(|| round_trip::<NodeNetworkConfigurationPolicy>(&object, "mutated"));
     assert!(outcome.is_err());
 }

@@ -18,19 +18,28 @@ pub fn render_all() -> Result<Vec<(String, String)>, CrdFileError> {
 
 fn render(crd: &CustomResourceDefinition) -> Result<(String, String), CrdFileError> {
     let name = crd.metadata.name.clone().unwrap_or_default();
-    let yaml = serde_yaml::to_string(crd).map_err(|source| CrdFileError::Serialize { name: name.clone(), source })?;
+    let yaml = serde_yaml::to_string(crd).map_err(|source| CrdFileError::Serialize {
+        name: name.clone(),
+        source,
+    })?;
     let header = "# Generated from the types in api/ by `make crds`; do not edit.\n";
     Ok((format!("{name}.yaml"), format!("{header}{yaml}")))
 }
 
 /// Writes every CRD into `dir`; returns the paths written.
 pub fn write_all(dir: &Path) -> Result<Vec<PathBuf>, CrdFileError> {
-    std::fs::create_dir_all(dir).map_err(|source| CrdFileError::Write { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| CrdFileError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     render_all()?
         .into_iter()
         .map(|(file, content)| {
             let path = dir.join(file);
-            std::fs::write(&path, content).map_err(|source| CrdFileError::Write { path: path.clone(), source })?;
+            std::fs::write(&path, content).map_err(|source| CrdFileError::Write {
+                path: path.clone(),
+                source,
+            })?;
             Ok(path)
         })
         .collect()

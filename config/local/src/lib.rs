@@ -1,1 +1,334 @@
+//! The local environment the project is developed and tested against, with real components
+//! only: kube-apiserver and kube-controller-manager v1.20.2 (built once from Debian's source
+//! package, see `build-kube.sh`), etcd, and NetworkManager nodes, each in its own network
+//! namespace with its own dbus-daemon, cabled to a switch namespace running dnsmasq.
+//!
+//! One directory holds one environment (default `target/localenv`, or `NMSTATE_LOCALENV_DIR`).
+//! `make cluster-up`/`cluster-down` and the integration tests drive it through this crate.
 
+pub mod control_plane;
+mod error;
+pub mod fabric;
+mod netns;
+pub mod node;
+mod pki;
+pub mod process;
+pub mod testing;
+
+pub use control_plane::{ControlPlane, Endpoints};
+pub use error::{LocalEnvError, Result};
+pub use fabric::Fabric;
+pub use node::SandboxNode;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use nix::fcntl::{Flock, FlockArg};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+/// The field managers of what localenv writes to the API. Kubernetes before 1.22 does not
+/// track `/status` separately in managedFields: an apply to status by the manager that owns the
+/// labels would remove them, so status has a manager of its own.
+const FIELD_MANAGER: &str = "localenv";
+const STATUS_FIELD_MANAGER: &str = "localenv-status";
+
+/// One local environment: a control plane, a fabric and its nodes, all under one directory.
+#[derive(Clone, Debug)]
+pub struct LocalEnv {
+    dir: PathBuf,
+    /// Short, per-directory prefix of namespace names, so environments never collide.
+    prefix: String,
+}
+
+impl LocalEnv {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let dir: PathBuf = dir.into();
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let prefix = format!("nmle{:06x}", fnv1a(dir.to_string_lossy().as_bytes()) & 0xff_ffff);
+        LocalEnv { dir, prefix }
+    }
+
+    /// `NMSTATE_LOCALENV_DIR`, or `target/localenv` in this workspace.
+    pub fn from_env() -> Self {
+        match std::env::var_os("NMSTATE_LOCALENV_DIR") {
+            Some(dir) => LocalEnv::new(dir),
+            None => {
+                // config/local -> the workspace root.
+                let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .ancestors()
+                    .nth(2)
+                    .unwrap_or(Path::new("."));
+                LocalEnv::new(workspace.join("target/localenv"))
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn control_plane(&self) -> ControlPlane {
+        ControlPlane::new(&self.dir)
+    }
+
+    pub fn fabric(&self) -> Fabric {
+        Fabric::new(&self.dir, &self.prefix)
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.control_plane().kubeconfig()
+    }
+
+    /// Starts the control plane, or reuses it when it is already running and ready.
+    pub async fn up(&self) -> Result<Endpoints> {
+        std::fs::create_dir_all(&self.dir).map_err(LocalEnvError::io("create", &self.dir))?;
+        let _lock = self.lock().await?;
+        let control_plane = self.control_plane();
+        if let Some(endpoints) = control_plane.endpoints()
+            && control_plane.is_running()
+            && self.answers().await
+        {
+            return Ok(endpoints);
+        }
+        // Whatever is left from an earlier run (crashed, or half started) goes first.
+        self.stop_everything()?;
+        control_plane.start().await
+    }
+
+    /// True when the API server answers with the credentials in the kubeconfig.
+    async fn answers(&self) -> bool {
+        match client_from(&self.kubeconfig()).await {
+            Ok(client) => client.apiserver_version().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Stops every node, the fabric and the control plane, and deletes their data.
+    pub async fn down(&self) -> Result<()> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        let _lock = self.lock().await?;
+        self.stop_everything()
+    }
+
+    fn stop_everything(&self) -> Result<()> {
+        for node in self.nodes() {
+            node.stop()?;
+        }
+        self.fabric().stop()?;
+        self.control_plane().stop()
+    }
+
+    /// An admin client for the running control plane.
+    pub async fn client(&self) -> Result<Client> {
+        if !self.control_plane().is_running() {
+            return Err(LocalEnvError::ClusterDown {
+                dir: self.dir.clone(),
+            });
+        }
+        client_from(&self.kubeconfig()).await
+    }
+
+    /// Starts (or repairs) the sandbox node `name` and registers it as a Ready `Node` with
+    /// the usual well-known labels plus `labels`.
+    pub async fn node_up(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<SandboxNode> {
+        validate_node_name(name)?;
+        if nix::unistd::geteuid().as_raw() != 0 {
+            return Err(LocalEnvError::NotRoot);
+        }
+        let client = self.client().await?;
+        let node = {
+            let _lock = self.lock().await?;
+            let node = match self.node(name) {
+                Some(existing) => existing,
+                None => SandboxNode::new(
+                    &self.dir,
+                    &self.prefix,
+                    name,
+                    self.free_index(),
+                    &self.control_plane(),
+                ),
+            };
+            let fabric = self.fabric();
+            let starting = node.clone();
+            tokio::task::spawn_blocking(move || {
+                fabric.ensure()?;
+                starting.start(&fabric)
+            })
+            .await
+            .map_err(|error| LocalEnvError::Node {
+                name: name.to_string(),
+                reason: error.to_string(),
+            })??;
+            node
+        };
+        register_node(&client, &node, labels).await?;
+        Ok(node)
+    }
+
+    /// Deletes the `Node` object and tears the sandbox node down.
+    pub async fn node_down(&self, name: &str) -> Result<()> {
+        if let Ok(client) = self.client().await {
+            let nodes: Api<Node> = Api::all(client);
+            match nodes.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let _lock = self.lock().await?;
+        if let Some(node) = self.node(name) {
+            node.stop()?;
+        }
+        Ok(())
+    }
+
+    /// The sandbox node `name`, if it was started in this environment.
+    pub fn node(&self, name: &str) -> Option<SandboxNode> {
+        let index = std::fs::read_to_string(self.dir.join("nodes").join(name).join("index")).ok()?;
+        let index = index.trim().parse().ok()?;
+        Some(SandboxNode::new(
+            &self.dir,
+            &self.prefix,
+            name,
+            index,
+            &self.control_plane(),
+        ))
+    }
+
+    /// Every sandbox node of this environment.
+    pub fn nodes(&self) -> Vec<SandboxNode> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join("nodes"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names.iter().filter_map(|name| self.node(name)).collect()
+    }
+
+    fn free_index(&self) -> u32 {
+        let used: Vec<u32> = self.nodes().iter().map(|node| node.index).collect();
+        (1..).find(|index| !used.contains(index)).unwrap_or(1)
+    }
+
+    /// An exclusive lock on the environment, held while processes start or stop, so parallel
+    /// tests and processes never start the same piece twice.
+    async fn lock(&self) -> Result<Flock<File>> {
+        let path = self.dir.join(".lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(LocalEnvError::io("open", &path))?;
+        tokio::task::spawn_blocking(move || {
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| LocalEnvError::Io {
+                action: "lock",
+                path,
+                source: errno.into(),
+            })
+        })
+        .await
+        .map_err(|error| LocalEnvError::Io {
+            action: "lock",
+            path: self.dir.clone(),
+            source: std::io::Error::other(error),
+        })?
+    }
+}
+
+/// A client for the kubeconfig at `path`.
+pub async fn client_from(path: &Path) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| LocalEnvError::Kubeconfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| LocalEnvError::Kubeconfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(Client::try_from(config)?)
+}
+
+async fn register_node(client: &Client, node: &SandboxNode, labels: &BTreeMap<String, String>) -> Result<()> {
+    let mut all_labels = BTreeMap::from([
+        ("kubernetes.io/hostname".to_string(), node.name.clone()),
+        ("kubernetes.io/os".to_string(), "linux".to_string()),
+        (
+            "kubernetes.io/arch".to_string(),
+            std::env::consts::ARCH.replace("x86_64", "amd64"),
+        ),
+    ]);
+    all_labels.extend(labels.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let object = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": node.name, "labels": all_labels },
+    });
+    nodes.patch(&node.name, &params, &Patch::Apply(&object)).await?;
+    // No kubelet runs here, so localenv reports the node Ready itself.
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "status": {
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "sandbox node started by localenv",
+                "lastHeartbeatTime": now, "lastTransitionTime": now,
+            }],
+            "addresses": [
+                { "type": "InternalIP", "address": node.address() },
+                { "type": "Hostname", "address": node.name },
+            ],
+        },
+    });
+    let status_params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
+    nodes
+        .patch_status(&node.name, &status_params, &Patch::Apply(&status))
+        .await?;
+    Ok(())
+}
+
+/// Node names become Kubernetes names, directory names and hostnames.
+fn validate_node_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(LocalEnvError::Node {
+            name: name.to_string(),
+            reason: "a node name is 1-40 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+                .into(),
+        })
+    }
+}
+
+/// FNV-1a: a stable, dependency-free hash for namespace name prefixes.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,337 @@
+//! The control plane: etcd, kube-apiserver and kube-controller-manager on loopback, on free
+//! ports, with their own CA, service-account keys, RBAC authorization and a kubeconfig.
+//!
+//! Network namespaces (the sandbox nodes) cannot reach the host's loopback, so a socat bridge
+//! also exposes the API server on a unix socket (`api.sock`); each node forwards its own
+//! `127.0.0.1:6443` to that socket.
+
+use crate::{
+    error::{LocalEnvError, Result},
+    pki,
+    process::{Daemon, wait_until},
+};
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// Where the API server binaries are cached by `make kube-build`.
+pub fn kube_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KUBE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/kubernetes-nmstate/kube-1.20.2/bin")
+}
+
+/// The port a node's API forwarder listens on inside the node's namespace.
+pub const NODE_API_PORT: u16 = 6443;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The control plane of one local environment directory.
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    dir: PathBuf,
+}
+
+/// What a started control plane exposes.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub apiserver_port: u16,
+    pub etcd_port: u16,
+    pub kubeconfig: PathBuf,
+    /// Time from the first process start to a ready API server.
+    pub startup: Duration,
+}
+
+impl ControlPlane {
+    pub fn new(env_dir: &Path) -> Self {
+        ControlPlane {
+            dir: env_dir.join("cluster"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    /// The admin kubeconfig for clients on this host.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// The admin kubeconfig for clients inside a sandbox node (`https://127.0.0.1:6443`).
+    pub fn node_kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig-node")
+    }
+
+    /// The unix socket that forwards to the API server.
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
+    fn daemons(&self) -> [Daemon; 4] {
+        [
+            Daemon::new("etcd", "etcd", &self.dir),
+            Daemon::new("kube-apiserver", "kube-apiserver", &self.dir),
+            Daemon::new("kube-controller-manager", "kube-controller-manager", &self.dir),
+            Daemon::new("api-socket", "socat", &self.dir),
+        ]
+    }
+
+    /// True when every process of the control plane runs.
+    pub fn is_running(&self) -> bool {
+        self.daemons().iter().all(|daemon| daemon.running_pid().is_some())
+    }
+
+    /// Each process and its pid, or `None` when it is not running.
+    pub fn status(&self) -> Vec<(String, Option<u32>)> {
+        self.daemons()
+            .iter()
+            .map(|daemon| (daemon.name.clone(), daemon.running_pid()))
+            .collect()
+    }
+
+    pub fn endpoints(&self) -> Option<Endpoints> {
+        let ports = std::fs::read_to_string(self.dir.join("ports")).ok()?;
+        let mut values = ports.split_whitespace().map(|value| value.parse::<u16>().ok());
+        let (etcd_port, apiserver_port) = (values.next()??, values.next()??);
+        Some(Endpoints {
+            apiserver_port,
+            etcd_port,
+            kubeconfig: self.kubeconfig(),
+            startup: Duration::ZERO,
+        })
+    }
+
+    /// Stops every process this directory started (by pid) and deletes its data.
+    pub fn stop(&self) -> Result<()> {
+        // Reverse start order: clients before the API server, the API server before etcd.
+        for daemon in self.daemons().iter().rev() {
+            daemon.stop(STOP_GRACE);
+        }
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(LocalEnvError::io("remove", &self.dir))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a fresh control plane (after stopping whatever a previous run left) and waits
+    /// until the API server is ready.
+    pub async fn start(&self) -> Result<Endpoints> {
+        let bin = kube_bin_dir();
+        for tool in ["kube-apiserver", "kube-controller-manager"] {
+            if !bin.join(tool).is_file() {
+                return Err(LocalEnvError::MissingTool {
+                    what: "kube-apiserver build",
+                    path: bin.join(tool),
+                    hint: "build it once with `make kube-build` (about 7 minutes)",
+                });
+            }
+        }
+        for tool in ["etcd", "socat"] {
+            if which(tool).is_none() {
+                return Err(LocalEnvError::MissingTool {
+                    what: "a Debian package",
+                    path: PathBuf::from(tool),
+                    hint: "install the dependencies with `make deps`",
+                });
+            }
+        }
+
+        self.stop()?;
+        std::fs::create_dir_all(&self.dir).map_err(LocalEnvError::io("create", &self.dir))?;
+        let token = pki::generate(&self.pki_dir())?;
+        let etcd_port = free_port()?;
+        let etcd_peer_port = free_port()?;
+        let apiserver_port = free_port()?;
+        let ports = format!("{etcd_port} {apiserver_port}\n");
+        std::fs::write(self.dir.join("ports"), ports)
+            .map_err(LocalEnvError::io("write", self.dir.join("ports")))?;
+        self.write_kubeconfig(&self.kubeconfig(), apiserver_port, &token)?;
+        self.write_kubeconfig(&self.node_kubeconfig(), NODE_API_PORT, &token)?;
+
+        let started = Instant::now();
+        let [etcd, apiserver, controller_manager, api_socket] = self.daemons();
+        etcd.spawn(self.etcd_command(etcd_port, etcd_peer_port))?;
+        apiserver.spawn(self.apiserver_command(&bin, etcd_port, apiserver_port))?;
+
+        let client = crate::client_from(&self.kubeconfig()).await?;
+        wait_until(&apiserver, "kube-apiserver /readyz", READY_TIMEOUT, || {
+            let client = client.clone();
+            async move { readyz(&client).await }
+        })
+        .await
+        .map_err(|error| match etcd.check_running() {
+            Err(etcd_died) => etcd_died,
+            Ok(_) => error,
+        })?;
+        let startup = started.elapsed();
+
+        controller_manager.spawn(self.controller_manager_command(&bin))?;
+        api_socket.spawn(self.api_socket_command(apiserver_port))?;
+        // The controller manager fails fast on bad flags or credentials; give it that moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        controller_manager.check_running()?;
+        api_socket.check_running()?;
+        Ok(Endpoints {
+            apiserver_port,
+            etcd_port,
+            kubeconfig: self.kubeconfig(),
+            startup,
+        })
+    }
+
+    fn etcd_command(&self, client_port: u16, peer_port: u16) -> Command {
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut command = Command::new("etcd");
+        command
+            .arg(format!("--data-dir={}", self.dir.join("etcd-data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=default={peer_url}"))
+            .arg("--log-level=warn")
+            .arg("--logger=zap");
+        command
+    }
+
+    fn apiserver_command(&self, bin: &Path, etcd_port: u16, port: u16) -> Command {
+        let pki = self.pki_dir();
+        let mut command = Command::new(bin.join("kube-apiserver"));
+        command
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={port}"))
+            .arg("--insecure-port=0")
+            .arg(format!(
+                "--cert-dir={}",
+                self.dir.join("apiserver-certs").display()
+            ))
+            .arg(format!(
+                "--tls-cert-file={}",
+                pki.join(pki::SERVER_CERT).display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.join(pki::SERVER_KEY).display()
+            ))
+            .arg(format!("--client-ca-file={}", pki.join(pki::CA_CERT).display()))
+            .arg(format!("--token-auth-file={}", pki.join(pki::TOKENS).display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.join(pki::SERVICE_ACCOUNT_PUB).display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.join(pki::SERVICE_ACCOUNT_KEY).display()
+            ))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg("--authorization-mode=RBAC")
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--allow-privileged=true")
+            .arg("--profiling=false")
+            .arg(format!(
+                "--audit-log-path={}",
+                self.dir.join("audit.log").display()
+            ))
+            .arg(format!(
+                "--audit-policy-file={}",
+                self.write_audit_policy().display()
+            ))
+            .arg("--v=1");
+        command
+    }
+
+    /// Records who wrote what (metadata level, writes only): benchmarks count API writes from it.
+    fn write_audit_policy(&self) -> PathBuf {
+        let path = self.dir.join("audit-policy.yaml");
+        let policy = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+                      - level: Metadata\n  verbs: [create, update, patch, delete, deletecollection]\n\
+                      - level: None\n";
+        // A failed write surfaces as the API server refusing to start, with its log.
+        let _ = std::fs::write(&path, policy);
+        path
+    }
+
+    fn controller_manager_command(&self, bin: &Path) -> Command {
+        let pki = self.pki_dir();
+        let mut command = Command::new(bin.join("kube-controller-manager"));
+        command
+            .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
+            // Only what tests rely on: ownerReference garbage collection and namespace
+            // deletion. No pods run here, so workload controllers would only fight the tests
+            // over DaemonSet/Deployment status, and the node lifecycle controller would mark
+            // the sandbox nodes NotReady for lack of a kubelet.
+            .arg("--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token")
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                pki.join(pki::SERVICE_ACCOUNT_KEY).display()
+            ))
+            .arg(format!("--root-ca-file={}", pki.join(pki::CA_CERT).display()))
+            .arg("--leader-elect=false")
+            .arg("--port=0")
+            .arg("--secure-port=0")
+            .arg("--v=1");
+        command
+    }
+
+    fn api_socket_command(&self, apiserver_port: u16) -> Command {
+        let mut command = Command::new("socat");
+        command
+            .arg(format!(
+                "UNIX-LISTEN:{},fork,unlink-early,mode=600",
+                self.api_socket().display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{apiserver_port}"));
+        command
+    }
+
+    fn write_kubeconfig(&self, path: &Path, port: u16, token: &str) -> Result<()> {
+        let ca = self.pki_dir().join(pki::CA_CERT);
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: localenv\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\ncontexts:\n- name: localenv\n  context:\n    cluster: localenv\n    user: admin\ncurrent-context: localenv\nusers:\n- name: admin\n  user:\n    token: {token}\n",
+            ca = ca.display()
+        );
+        std::fs::write(path, text).map_err(LocalEnvError::io("write", path))
+    }
+}
+
+async fn readyz(client: &kube::Client) -> bool {
+    let request = match http::Request::get("/readyz").body(Vec::new()) {
+        Ok(request) => request,
+        Err(_) => return false,
+    };
+    matches!(client.request_text(request).await, Ok(body) if body.trim() == "ok")
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(LocalEnvError::io("bind", "127.0.0.1:0"))?;
+    let port = listener
+        .local_addr()
+        .map_err(LocalEnvError::io("bind", "127.0.0.1:0"))?
+        .port();
+    Ok(port)
+}
+
+/// The full path of `program` on `PATH`.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| candidate.is_file())
+}

@@ -1,0 +1,146 @@
+//! The "switch" every sandbox node is cabled to: one network namespace with three bridges and
+//! a dnsmasq serving DHCP and DNS on them.
+//!
+//! | bridge  | gateway (dnsmasq) | node NIC | addresses                                       |
+//! |---------|-------------------|----------|-------------------------------------------------|
+//! | br-mgmt | 10.77.0.1         | eth0     | static 10.77.0.(10+index), default route, DNS   |
+//! | br-net1 | 10.77.1.1         | eth1     | DHCPv4 .100-.199, RA + DHCPv6 in fd00:77:1::/64 |
+//! | br-net2 | 10.77.2.1         | eth2     | DHCPv4 .100-.199, RA + DHCPv6 in fd00:77:2::/64 |
+//!
+//! eth0 is the node's primary NIC, like a real node's, so policies can reconfigure eth1 and
+//! eth2 without cutting the node off. The secondary networks hand out no default route.
+
+use crate::{
+    error::{LocalEnvError, Result},
+    netns,
+    process::{Daemon, run},
+};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+pub const MGMT_GATEWAY: &str = "10.77.0.1";
+pub const DNS_DOMAIN: &str = "sandbox.test";
+/// A name the fabric's DNS resolves (to the management gateway).
+pub const GATEWAY_NAME: &str = "gw.sandbox.test";
+
+/// The bridge and IPv4 gateway each node NIC is cabled to.
+pub const CABLING: [(&str, &str, &str); 3] = [
+    ("eth0", "br-mgmt", "10.77.0.1"),
+    ("eth1", "br-net1", "10.77.1.1"),
+    ("eth2", "br-net2", "10.77.2.1"),
+];
+
+#[derive(Clone, Debug)]
+pub struct Fabric {
+    dir: PathBuf,
+    netns: String,
+}
+
+impl Fabric {
+    pub fn new(env_dir: &Path, prefix: &str) -> Self {
+        Fabric {
+            dir: env_dir.join("fabric"),
+            netns: format!("{prefix}-sw"),
+        }
+    }
+
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    fn dnsmasq(&self) -> Daemon {
+        Daemon::new("dnsmasq", "dnsmasq", &self.dir)
+    }
+
+    pub fn is_running(&self) -> bool {
+        netns::exists(&self.netns) && self.dnsmasq().running_pid().is_some()
+    }
+
+    /// Creates the switch (idempotent: a running one is left alone, a broken one rebuilt).
+    pub fn ensure(&self) -> Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.stop()?;
+        std::fs::create_dir_all(&self.dir).map_err(LocalEnvError::io("create", &self.dir))?;
+        netns::add(&self.netns)?;
+        let ns = self.netns.as_str();
+        run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
+        for (index, (_, bridge, gateway)) in CABLING.iter().enumerate() {
+            run(Command::new("ip").args(["-n", ns, "link", "add", bridge, "type", "bridge"]))?;
+            run(Command::new("ip").args(["-n", ns, "addr", "add", &format!("{gateway}/24"), "dev", bridge]))?;
+            if index > 0 {
+                let gateway6 = format!("fd00:77:{index}::1/64");
+                run(Command::new("ip").args(["-n", ns, "addr", "add", &gateway6, "dev", bridge, "nodad"]))?;
+            }
+            run(Command::new("ip").args(["-n", ns, "link", "set", bridge, "up"]))?;
+        }
+        let dnsmasq = self.dnsmasq();
+        dnsmasq.spawn(self.dnsmasq_command())?;
+        std::thread::sleep(Duration::from_millis(200));
+        dnsmasq.check_running()?;
+        Ok(())
+    }
+
+    fn dnsmasq_command(&self) -> Command {
+        let mut command = Command::new("ip");
+        command.args([
+            "netns",
+            "exec",
+            &self.netns,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--log-facility=-",
+        ]);
+        // No config file, no upstream servers, no /etc/hosts: only what is declared here.
+        command.args([
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+        ]);
+        command.args([
+            "--except-interface=lo",
+            "--user=root",
+            "--group=root",
+            "--log-dhcp",
+        ]);
+        command.args(["--dhcp-authoritative", "--no-ping", "--enable-ra"]);
+        command.arg(format!("--dhcp-leasefile={}", self.dir.join("leases").display()));
+        let listen: Vec<&str> = CABLING.iter().map(|(_, _, gateway)| *gateway).collect();
+        command.arg(format!("--listen-address={}", listen.join(",")));
+        for (index, (_, bridge, gateway)) in CABLING.iter().enumerate() {
+            command.arg(format!("--interface={bridge}"));
+            if index == 0 {
+                continue;
+            }
+            let subnet = gateway.rsplit_once('.').map_or(*gateway, |(subnet, _)| subnet);
+            let tag = format!("net{index}");
+            command.arg(format!(
+                "--dhcp-range=set:{tag},{subnet}.100,{subnet}.199,255.255.255.0,1h"
+            ));
+            command.arg(format!(
+                "--dhcp-range=set:{tag},fd00:77:{index}::100,fd00:77:{index}::1ff,64,1h"
+            ));
+            // Secondary networks: no default route, DNS from the management gateway.
+            command.arg(format!("--dhcp-option=tag:{tag},option:router"));
+            command.arg(format!(
+                "--dhcp-option=tag:{tag},option:dns-server,{MGMT_GATEWAY}"
+            ));
+        }
+        command.arg(format!("--domain={DNS_DOMAIN}"));
+        command.arg(format!("--local=/{DNS_DOMAIN}/"));
+        command.arg(format!("--host-record={GATEWAY_NAME},{MGMT_GATEWAY}"));
+        command
+    }
+
+    /// Stops dnsmasq (by pid) and deletes the switch namespace with everything in it.
+    pub fn stop(&self) -> Result<()> {
+        self.dnsmasq().stop(Duration::from_secs(5));
+        netns::delete(&self.netns)?;
+        Ok(())
+    }
+}

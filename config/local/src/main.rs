@@ -1,0 +1,195 @@
+//! `localenv`: start and stop the local control plane and sandbox NetworkManager nodes.
+
+use clap::{Parser, Subcommand};
+use nmstate_localenv::{LocalEnv, LocalEnvError};
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Local kube-apiserver + etcd + controller manager, and NetworkManager nodes in network namespaces"
+)]
+struct Cli {
+    /// The environment's directory [default: NMSTATE_LOCALENV_DIR, else target/localenv]
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The control plane.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// Sandbox nodes.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Start the control plane (or reuse a running one); prints `export KUBECONFIG=...`.
+    Up,
+    /// Stop every node and the control plane, and delete their data.
+    Down,
+    /// Show what runs.
+    Status,
+    /// Print `export KUBECONFIG=...` for the running control plane.
+    Env,
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Start (or repair) a node and register it as a Ready Node object.
+    Up {
+        name: String,
+        /// Extra node labels, KEY=VALUE (repeatable), e.g. node-role.kubernetes.io/worker=
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Delete the Node object and tear the node down.
+    Down { name: String },
+    /// Run a command inside a node (its network, mount and UTS namespaces).
+    Exec {
+        name: String,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List the nodes of this environment.
+    List,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            // The readiness poll expects refused connections and 500s while the API server starts.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_client::client::builder=off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let env = cli.dir.map(LocalEnv::new).unwrap_or_else(LocalEnv::from_env);
+    match run(&env, cli.command).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("localenv: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError> {
+    match command {
+        Command::Cluster {
+            action: ClusterAction::Up,
+        } => {
+            let started = std::time::Instant::now();
+            let endpoints = env.up().await?;
+            eprintln!(
+                "localenv: API server ready on https://127.0.0.1:{} ({:.1} s from start to ready, {:.1} s in all)",
+                endpoints.apiserver_port,
+                endpoints.startup.as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            );
+            println!("export KUBECONFIG={}", endpoints.kubeconfig.display());
+        }
+        Command::Cluster {
+            action: ClusterAction::Down,
+        } => {
+            env.down().await?;
+            eprintln!("localenv: stopped everything in {}", env.dir().display());
+        }
+        Command::Cluster {
+            action: ClusterAction::Env,
+        } => {
+            env.client().await?;
+            println!("export KUBECONFIG={}", env.kubeconfig().display());
+        }
+        Command::Cluster {
+            action: ClusterAction::Status,
+        } => {
+            let mut all_up = true;
+            for (name, pid) in env.control_plane().status() {
+                all_up &= pid.is_some();
+                println!(
+                    "{name:<24} {}",
+                    pid.map_or("stopped".to_string(), |pid| format!("running (pid {pid})"))
+                );
+            }
+            for node in env.nodes() {
+                let state = if node.is_running() {
+                    "running"
+                } else {
+                    "broken: run `localenv node up` again"
+                };
+                println!(
+                    "node {:<19} {state} (netns {}, eth0 {})",
+                    node.name,
+                    node.netns,
+                    node.address()
+                );
+            }
+            return Ok(if all_up {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Node {
+            action: NodeAction::Up { name, labels },
+        } => {
+            let labels: BTreeMap<String, String> = labels.into_iter().collect();
+            let node = env.node_up(&name, &labels).await?;
+            eprintln!(
+                "localenv: node {name} is up (netns {}, eth0 {})",
+                node.netns,
+                node.address()
+            );
+        }
+        Command::Node {
+            action: NodeAction::Down { name },
+        } => env.node_down(&name).await?,
+        Command::Node {
+            action: NodeAction::List,
+        } => {
+            for node in env.nodes() {
+                println!("{}\t{}\t{}", node.name, node.netns, node.address());
+            }
+        }
+        Command::Node {
+            action: NodeAction::Exec { name, command },
+        } => {
+            let node = env.node(&name).ok_or_else(|| LocalEnvError::Node {
+                name: name.clone(),
+                reason: "no such node in this environment".into(),
+            })?;
+            let (program, args) = command.split_first().ok_or_else(|| LocalEnvError::Node {
+                name: name.clone(),
+                reason: "no command given".into(),
+            })?;
+            let status =
+                node.command(program)?
+                    .args(args)
+                    .status()
+                    .map_err(|source| LocalEnvError::Spawn {
+                        command: program.clone(),
+                        source,
+                    })?;
+            return Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,321 @@
+//! A simulated node: a network namespace with its own NetworkManager, private dbus-daemon and
+//! config/state/profile directories, cabled to the fabric (eth0, eth1, eth2), plus the matching
+//! Kubernetes `Node` object.
+//!
+//! NetworkManager runs in its own mount namespace too: `/etc` is an overlay whose writes land in
+//! the node directory (NetworkManager replaces `/etc/resolv.conf` by rename), `/run` is a
+//! tmpfs, and `/sys` is read-only except the net-device subtrees (NetworkManager waits for
+//! udev forever when `/sys` is writable, and there is no udev here). Nothing on the host
+//! changes.
+
+use crate::{
+    control_plane::{ControlPlane, NODE_API_PORT},
+    error::{LocalEnvError, Result},
+    fabric::{CABLING, DNS_DOMAIN, Fabric, MGMT_GATEWAY},
+    netns,
+    process::{Daemon, run},
+};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+const NM_START_TIMEOUT_SECONDS: u32 = 30;
+
+/// A sandbox node's processes and directories.
+#[derive(Clone, Debug)]
+pub struct SandboxNode {
+    pub name: String,
+    pub index: u32,
+    pub netns: String,
+    dir: PathBuf,
+    api_socket: PathBuf,
+    node_kubeconfig: PathBuf,
+}
+
+impl SandboxNode {
+    /// The node `name` of an environment; `index` numbers its veths and its eth0 address.
+    pub(crate) fn new(
+        env_dir: &Path,
+        prefix: &str,
+        name: &str,
+        index: u32,
+        control_plane: &ControlPlane,
+    ) -> Self {
+        SandboxNode {
+            name: name.to_string(),
+            index,
+            netns: format!("{prefix}-n{index}"),
+            dir: env_dir.join("nodes").join(name),
+            api_socket: control_plane.api_socket(),
+            node_kubeconfig: control_plane.node_kubeconfig(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The node's primary address (eth0).
+    pub fn address(&self) -> String {
+        format!("10.77.0.{}", 10 + self.index)
+    }
+
+    /// `DBUS_SYSTEM_BUS_ADDRESS` of the node's private bus.
+    pub fn bus_address(&self) -> String {
+        format!("unix:path={}", self.bus_socket().display())
+    }
+
+    fn bus_socket(&self) -> PathBuf {
+        self.dir.join("dbus/system_bus_socket")
+    }
+
+    /// NetworkManager's keyfile directory (`/etc/NetworkManager/system-connections` inside).
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.dir.join("nm/etc/system-connections")
+    }
+
+    fn daemons(&self) -> [Daemon; 3] {
+        [
+            Daemon::new("dbus-daemon", "dbus-daemon", &self.dir),
+            Daemon::new("NetworkManager", "NetworkManager", &self.dir),
+            Daemon::new("api-forwarder", "socat", &self.dir),
+        ]
+    }
+
+    pub fn is_running(&self) -> bool {
+        netns::exists(&self.netns) && self.daemons().iter().all(|daemon| daemon.running_pid().is_some())
+    }
+
+    pub fn network_manager_pid(&self) -> Option<u32> {
+        self.daemons()[1].running_pid()
+    }
+
+    /// A command that runs inside the node: NetworkManager's network, mount and UTS
+    /// namespaces (so it sees the node's links, `/etc/resolv.conf` and hostname), with
+    /// `DBUS_SYSTEM_BUS_ADDRESS`, `NODE_NAME` and `KUBECONFIG` (the API server at
+    /// `https://127.0.0.1:6443`) set.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        let pid = self.network_manager_pid().ok_or_else(|| LocalEnvError::Node {
+            name: self.name.clone(),
+            reason: "NetworkManager is not running; start the node with `localenv node up`".into(),
+        })?;
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--target={pid}"))
+            .args(["--net", "--mount", "--uts", "--"])
+            .arg(program)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
+            .env("NODE_NAME", &self.name)
+            .env("KUBECONFIG", &self.node_kubeconfig);
+        Ok(command)
+    }
+
+    /// Builds (or repairs) the node: namespace, cabling, dbus-daemon, NetworkManager with eth0
+    /// configured, and the API forwarder. Waits until NetworkManager finished starting up.
+    pub(crate) fn start(&self, fabric: &Fabric) -> Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.stop()?;
+        for sub in [
+            "dbus",
+            "nm/etc/conf.d",
+            "nm/etc/system-connections",
+            "nm/run",
+            "nm/lib",
+            "nm/etc-upper",
+            "nm/etc-work",
+        ] {
+            let path = self.dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(LocalEnvError::io("create", &path))?;
+        }
+        std::fs::write(self.dir.join("index"), format!("{}\n", self.index))
+            .map_err(LocalEnvError::io("write", self.dir.join("index")))?;
+        self.cable(fabric)?;
+        let [dbus, network_manager, api_forwarder] = self.daemons();
+
+        self.write_dbus_config()?;
+        dbus.spawn(self.in_netns(&[
+            "dbus-daemon",
+            &format!("--config-file={}", self.dir.join("dbus/system.conf").display()),
+            "--nofork",
+            "--nopidfile",
+            "--nosyslog",
+        ]))?;
+        wait_for(|| self.bus_socket().exists(), Duration::from_secs(5));
+        dbus.check_running()?;
+
+        self.write_network_manager_config()?;
+        let mut start_nm = self.in_netns(&["unshare", "--mount", "--uts", "--propagation", "private"]);
+        start_nm
+            .arg(self.dir.join("nm/start-inner.sh"))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address());
+        network_manager.spawn(start_nm)?;
+        let online = run(Command::new("nm-online")
+            .args(["-s", "-q", "-t", &NM_START_TIMEOUT_SECONDS.to_string()])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address()));
+        network_manager.check_running()?;
+        online.map_err(|error| LocalEnvError::Node {
+            name: self.name.clone(),
+            reason: format!(
+                "NetworkManager did not finish starting ({error}); see {}",
+                network_manager.log_file.display()
+            ),
+        })?;
+
+        api_forwarder.spawn(self.in_netns(&[
+            "socat",
+            &format!("TCP-LISTEN:{NODE_API_PORT},bind=127.0.0.1,fork,reuseaddr"),
+            &format!("UNIX-CONNECT:{}", self.api_socket.display()),
+        ]))?;
+        std::thread::sleep(Duration::from_millis(100));
+        api_forwarder.check_running()?;
+        Ok(())
+    }
+
+    /// Stops the node's processes (by pid), deletes its namespace and its directory.
+    pub(crate) fn stop(&self) -> Result<()> {
+        for daemon in self.daemons().iter().rev() {
+            daemon.stop(Duration::from_secs(10));
+        }
+        netns::delete(&self.netns)?;
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(LocalEnvError::io("remove", &self.dir))?;
+        }
+        Ok(())
+    }
+
+    fn in_netns(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).args(args);
+        command
+    }
+
+    /// veth pairs created inside the switch namespace with one end moved straight into the
+    /// node's namespace, so no link ever appears in the host's namespace.
+    fn cable(&self, fabric: &Fabric) -> Result<()> {
+        netns::add(&self.netns)?;
+        run(Command::new("ip").args(["-n", &self.netns, "link", "set", "lo", "up"]))?;
+        let switch = fabric.netns();
+        for (port, (nic, bridge, _)) in CABLING.iter().enumerate() {
+            let switch_end = format!("n{}e{port}", self.index);
+            run(Command::new("ip").args([
+                "-n",
+                switch,
+                "link",
+                "add",
+                &switch_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                nic,
+                "netns",
+                &self.netns,
+            ]))?;
+            run(Command::new("ip").args(["-n", switch, "link", "set", &switch_end, "master", bridge, "up"]))?;
+        }
+        Ok(())
+    }
+
+    fn write_dbus_config(&self) -> Result<()> {
+        // A system-type bus that allows everything; only root can reach it (the directory is
+        // private), and NetworkManager runs with polkit off.
+        let config = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>{}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_type="method_return"/>
+    <allow send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="signal"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+  </policy>
+</busconfig>
+"#,
+            self.bus_address()
+        );
+        let dir = self.dir.join("dbus");
+        set_mode(&dir, 0o700)?;
+        write(&dir.join("system.conf"), &config, 0o644)
+    }
+
+    fn write_network_manager_config(&self) -> Result<()> {
+        let nm = self.dir.join("nm");
+        let conf = format!(
+            "# written by localenv\n[main]\nplugins=keyfile\ndhcp=internal\ndns=default\nrc-manager=file\n\
+             systemd-resolved=false\nhostname-mode=none\nauth-polkit=false\nno-auto-default=*\n\
+             firewall-backend=none\n\n[keyfile]\npath={profiles}\n\n[connectivity]\nenabled=false\n\n\
+             [logging]\nlevel=INFO\n",
+            profiles = self.profiles_dir().display()
+        );
+        write(&nm.join("etc/NetworkManager.conf"), &conf, 0o644)?;
+        // The primary NIC, as a real node has it: a static address, the default route and DNS.
+        let eth0 = format!(
+            "[connection]\nid=eth0\ntype=ethernet\ninterface-name=eth0\nautoconnect=true\n\n\
+             [ipv4]\nmethod=manual\naddress1={address}/24,{MGMT_GATEWAY}\ndns={MGMT_GATEWAY};\n\
+             dns-search={DNS_DOMAIN};\n\n[ipv6]\nmethod=disabled\n",
+            address = self.address()
+        );
+        // NetworkManager ignores keyfiles that others can read.
+        write(&self.profiles_dir().join("eth0.nmconnection"), &eth0, 0o600)?;
+        let d = nm.display();
+        let script = format!(
+            r#"#!/bin/sh
+# Runs in the node's network namespace, in a new mount and UTS namespace, then becomes
+# NetworkManager (same pid).
+set -e
+mount --bind /sys/class/net /sys/class/net
+mount --bind /sys/devices/virtual/net /sys/devices/virtual/net
+mount -o remount,bind,ro /sys
+mount -t overlay localenv-etc -o lowerdir=/etc,upperdir={d}/etc-upper,workdir={d}/etc-work /etc
+mount --bind {d}/etc /etc/NetworkManager
+echo {name} > /etc/hostname
+mount -t tmpfs -o mode=755 localenv-run /run
+mkdir -p /run/NetworkManager
+mount --bind {d}/run /run/NetworkManager
+mount --bind {d}/lib /var/lib/NetworkManager
+hostname {name}
+exec NetworkManager --no-daemon --log-level=INFO \
+  --config={d}/etc/NetworkManager.conf --config-dir={d}/etc/conf.d \
+  --system-config-dir={d}/etc/conf.d --intern-config={d}/lib/NetworkManager-intern.conf \
+  --state-file={d}/lib/NetworkManager.state --pid-file={d}/run/NetworkManager.pid
+"#,
+            name = self.name
+        );
+        write(&nm.join("start-inner.sh"), &script, 0o755)
+    }
+}
+
+fn write(path: &Path, content: &str, mode: u32) -> Result<()> {
+    std::fs::write(path, content).map_err(LocalEnvError::io("write", path))?;
+    set_mode(path, mode)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(LocalEnvError::io("chmod", path))
+}
+
+fn wait_for(mut condition: impl FnMut() -> bool, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}

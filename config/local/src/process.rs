@@ -1,0 +1,182 @@
+//! Daemons started by the local environment: spawned detached with their output in a log file
+//! and their pid in a pid file, and stopped by that pid only (never by name), after checking
+//! that the pid still runs the same program.
+
+use crate::error::{LocalEnvError, Result};
+use nix::{sys::signal, unistd::Pid};
+use std::{
+    fs::File,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A daemon known by its pid file and the file name of its executable.
+#[derive(Clone, Debug)]
+pub struct Daemon {
+    pub name: String,
+    /// The executable's file name as `/proc/<pid>/exe` shows it, e.g. `kube-apiserver`.
+    pub executable: String,
+    pub pid_file: PathBuf,
+    pub log_file: PathBuf,
+}
+
+impl Daemon {
+    pub fn new(name: &str, executable: &str, dir: &Path) -> Self {
+        Daemon {
+            name: name.to_string(),
+            executable: executable.to_string(),
+            pid_file: dir.join(format!("{name}.pid")),
+            log_file: dir.join(format!("{name}.log")),
+        }
+    }
+
+    /// Starts `command` in its own process group (so a terminal's Ctrl-C or the end of the
+    /// starting process leaves it running), output appended to the log file.
+    pub fn spawn(&self, mut command: Command) -> Result<u32> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .map_err(LocalEnvError::io("open", &self.log_file))?;
+        let log_err = log
+            .try_clone()
+            .map_err(LocalEnvError::io("open", &self.log_file))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| LocalEnvError::Spawn {
+                command: format!("{command:?}"),
+                source,
+            })?;
+        let pid = child.id();
+        std::fs::write(&self.pid_file, format!("{pid}\n"))
+            .map_err(LocalEnvError::io("write", &self.pid_file))?;
+        // The child is reaped by whoever outlives it; dropping `Child` neither waits nor kills.
+        drop(child);
+        Ok(pid)
+    }
+
+    /// The pid, if the pid file names a live (not zombie) process running this executable.
+    pub fn running_pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        is_running(pid, &self.executable).then_some(pid)
+    }
+
+    /// Fails with the log's last lines when the daemon is not running.
+    pub fn check_running(&self) -> Result<u32> {
+        self.running_pid().ok_or_else(|| LocalEnvError::DaemonExited {
+            name: self.name.clone(),
+            log: self.log_file.clone(),
+            tail: log_tail(&self.log_file, 15),
+        })
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; removes the pid file. Does nothing when the pid
+    /// file is missing or names another program.
+    pub fn stop(&self, grace: Duration) {
+        if let Some(pid) = self.running_pid() {
+            let target = Pid::from_raw(pid as i32);
+            let _ = signal::kill(target, signal::Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while is_running(pid, &self.executable) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if is_running(pid, &self.executable) {
+                tracing::warn!(daemon = %self.name, pid, "did not stop on SIGTERM, sending SIGKILL");
+                let _ = signal::kill(target, signal::Signal::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while is_running(pid, &self.executable) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+/// True when `pid` runs `executable` and is not a zombie. Zombies count as stopped: on hosts
+/// whose PID 1 is not an init, orphaned daemons may stay unreaped for a while.
+pub fn is_running(pid: u32, executable: &str) -> bool {
+    let exe = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(exe) => exe,
+        Err(_) => return false,
+    };
+    let name = exe
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = name.trim_end_matches(" (deleted)");
+    if name != executable {
+        return false;
+    }
+    // /proc/<pid>/stat: "pid (comm) state ..."; the state follows the last ')'.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+/// The last `lines` lines of a log file (empty when it cannot be read).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs a command to completion; an error carries its combined output.
+pub fn run(command: &mut Command) -> Result<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| LocalEnvError::Spawn {
+            command: format!("{command:?}"),
+            source,
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(LocalEnvError::CommandFailed {
+            command: format!("{command:?}"),
+            status: output.status.to_string(),
+            output: text.trim().to_string(),
+        })
+    }
+}
+
+/// Polls `ready` every 100 ms until it returns true, the daemon dies, or `timeout` passes.
+pub async fn wait_until<F, Fut>(daemon: &Daemon, what: &str, timeout: Duration, mut ready: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready().await {
+            return Ok(());
+        }
+        daemon.check_running()?;
+        if Instant::now() >= deadline {
+            return Err(LocalEnvError::NotReady {
+                what: what.to_string(),
+                seconds: timeout.as_secs(),
+                log: daemon.log_file.clone(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
