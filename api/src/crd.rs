@@ -9,7 +9,8 @@ use crate::{
     state::NodeNetworkState,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, CustomResourceDefinitionVersion, JSON, JSONSchemaProps,
+    CustomResourceDefinition, CustomResourceDefinitionVersion, JSON, JSONSchemaProps, JSONSchemaPropsOrArray,
+    JSONSchemaPropsOrBool,
 };
 use kube::CustomResourceExt;
 
@@ -19,7 +20,7 @@ pub const NMSTATE_V1BETA1_WARNING: &str = "nmstate/v1beta1 deprecated, use nmsta
 /// `nmstates.nmstate.io`: `v1` stored, `v1beta1` served and deprecated. Installed by Helm or
 /// OLM together with the operator, not by the operator itself.
 pub fn nmstates() -> CustomResourceDefinition {
-    let mut crd = NMState::crd();
+    let mut crd = derived::<NMState>();
     make_spec_optional(&mut crd);
 
     let mut v1beta1 = deprecated_copy(&crd.spec.versions[0], "v1beta1", Some(NMSTATE_V1BETA1_WARNING));
@@ -38,7 +39,7 @@ pub fn nmstates() -> CustomResourceDefinition {
 
 /// `nodenetworkconfigurationpolicies.nmstate.io`: `v1` stored, `v1beta1` served and deprecated.
 pub fn policies() -> CustomResourceDefinition {
-    let mut crd = NodeNetworkConfigurationPolicy::crd();
+    let mut crd = derived::<NodeNetworkConfigurationPolicy>();
     make_spec_optional(&mut crd);
     let v1beta1 = deprecated_copy(&crd.spec.versions[0], "v1beta1", None);
     crd.spec.versions.push(v1beta1);
@@ -48,14 +49,14 @@ pub fn policies() -> CustomResourceDefinition {
 /// `nodenetworkconfigurationenactments.nmstate.io`: `v1beta1` only. As upstream, the whole
 /// object preserves unknown fields, so enactments written by other versions keep their data.
 pub fn enactments() -> CustomResourceDefinition {
-    let mut crd = NodeNetworkConfigurationEnactment::crd();
+    let mut crd = derived::<NodeNetworkConfigurationEnactment>();
     stored_schema(&mut crd).x_kubernetes_preserve_unknown_fields = Some(true);
     crd
 }
 
 /// `nodenetworkstates.nmstate.io`: `v1beta1` only.
 pub fn node_states() -> CustomResourceDefinition {
-    NodeNetworkState::crd()
+    derived::<NodeNetworkState>()
 }
 
 /// All four CRDs, ordered by name.
@@ -68,6 +69,48 @@ pub fn all() -> Vec<CustomResourceDefinition> {
 /// The CRDs the operator installs and keeps up to date (all but NMState's own).
 pub fn operand_crds() -> Vec<CustomResourceDefinition> {
     vec![enactments(), policies(), node_states()]
+}
+
+/// The CRD kube-derive generates, without `null` in enums: kube lists `null` among the values
+/// of an optional enum, which API servers before 1.2x refuse (the whole CRD is rejected) and
+/// upstream's schema does not have. Optional fields are omitted, never sent as `null`.
+fn derived<K: CustomResourceExt>() -> CustomResourceDefinition {
+    let mut crd = K::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = schema_mut(version) {
+            strip_null_enum_values(schema);
+        }
+    }
+    crd
+}
+
+fn strip_null_enum_values(schema: &mut JSONSchemaProps) {
+    if let Some(values) = schema.enum_.as_mut() {
+        values.retain(|value| !value.0.is_null());
+    }
+    let nested = schema
+        .properties
+        .iter_mut()
+        .flat_map(|properties| properties.values_mut())
+        .chain(schema.items.iter_mut().flat_map(|items| match items {
+            JSONSchemaPropsOrArray::Schema(schema) => std::slice::from_mut(schema.as_mut()),
+            JSONSchemaPropsOrArray::Schemas(schemas) => schemas.as_mut_slice(),
+        }))
+        .chain(
+            schema
+                .additional_properties
+                .iter_mut()
+                .filter_map(|additional| match additional {
+                    JSONSchemaPropsOrBool::Schema(schema) => Some(schema.as_mut()),
+                    JSONSchemaPropsOrBool::Bool(_) => None,
+                }),
+        )
+        .chain(schema.all_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten());
+    for child in nested {
+        strip_null_enum_values(child);
+    }
 }
 
 /// Upstream accepts objects without `spec`; kube-derive marks it required. Instead the server
@@ -119,4 +162,66 @@ fn stored_schema(crd: &mut CustomResourceDefinition) -> &mut JSONSchemaProps {
         .get_or_insert_with(Default::default)
         .open_api_v3_schema
         .get_or_insert_with(Default::default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enums(value: &serde_json::Value, found: &mut Vec<serde_json::Value>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(values) = map.get("enum") {
+                    found.push(values.clone());
+                }
+                map.values().for_each(|child| enums(child, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|child| enums(child, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn enums_hold_no_null_and_keep_their_values() {
+        let mut found = Vec::new();
+        for crd in all() {
+            enums(&serde_json::to_value(&crd).unwrap(), &mut found);
+        }
+        assert!(
+            found
+                .iter()
+                .all(|values| values.as_array().unwrap().iter().all(|value| !value.is_null())),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&serde_json::json!(["info", "debug"])),
+            "logLevel keeps its values: {found:?}"
+        );
+    }
+
+    #[test]
+    fn versions_are_as_upstream() {
+        let describe = |version: &CustomResourceDefinitionVersion| match (version.storage, version.deprecated)
+        {
+            (true, _) => format!("{} stored", version.name),
+            (false, Some(true)) => format!("{} deprecated", version.name),
+            (false, _) => format!("{} served", version.name),
+        };
+        let versions: Vec<String> = all()
+            .iter()
+            .map(|crd| {
+                let versions: Vec<String> = crd.spec.versions.iter().map(describe).collect();
+                format!("{}: {}", crd.spec.names.plural, versions.join(", "))
+            })
+            .collect();
+        assert_eq!(
+            versions,
+            [
+                "nmstates: v1 stored, v1beta1 deprecated",
+                "nodenetworkconfigurationenactments: v1beta1 stored",
+                "nodenetworkconfigurationpolicies: v1 stored, v1beta1 deprecated",
+                "nodenetworkstates: v1beta1 stored",
+            ]
+        );
+    }
 }
