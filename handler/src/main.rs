@@ -1,1 +1,145 @@
-fn main() {}
+//! `nmstate-handler`: the per-node handler of kubernetes-nmstate.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use nmstate_handler::{
+    config::{ConfigError, HandlerConfig},
+    node_state::{self, NodeStateError},
+};
+use std::{path::PathBuf, process::ExitCode};
+use tracing::info;
+
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (nmstate ",
+    env!("NMSTATE_CRATE_VERSION"),
+    ")"
+);
+
+#[derive(Parser)]
+#[command(name = "nmstate-handler", version = VERSION, about = "kubernetes-nmstate node handler: reports the node's \
+    network state and applies NodeNetworkConfigurationPolicies through NetworkManager")]
+struct Cli {
+    /// kubeconfig to use [default: KUBECONFIG, ~/.kube/config, else the in-cluster service account]
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Log verbosity (`--v` is accepted for upstream compatibility); RUST_LOG overrides it
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info, alias = "v")]
+    log_level: LogLevel,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Info,
+    Debug,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the handler for the node named by NODE_NAME (the default command).
+    Run,
+    /// Print the node's current network state as YAML, optionally only some interfaces
+    /// (like `nmstatectl show`); exits non-zero when NetworkManager cannot be read.
+    Show { interfaces: Vec<String> },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandlerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    NodeState(#[from] NodeStateError),
+    #[error("cannot load kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("cannot find a kubeconfig or in-cluster configuration: {0}")]
+    InferConfig(#[from] kube::config::InferConfigError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Node {0:?} does not exist: NODE_NAME must be the name of this node's Node object")]
+    UnknownNode(String),
+    #[error("cannot serialize the state as YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("internal error: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error(
+        "node reconciliation is not part of this build yet: the API server, the Node object and \
+         NetworkManager were all reachable, and the handler stops here"
+    )]
+    ReconcilerUnavailable,
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_level);
+    let result = match &cli.command {
+        // nmstate's blocking API builds its own runtime: call it outside of tokio.
+        Some(Command::Show { interfaces }) => show(interfaces),
+        Some(Command::Run) | None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(HandlerError::Runtime)
+            .and_then(|runtime| runtime.block_on(run(&cli))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: LogLevel) {
+    // nispor warns on every link when the kernel has no nl80211 (no Wi-Fi): not worth a line.
+    let default = match level {
+        LogLevel::Info => "info,nispor=error",
+        LogLevel::Debug => "debug,nispor=error",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn show(interfaces: &[String]) -> Result<(), HandlerError> {
+    let state = node_state::only_interfaces(node_state::retrieve()?, interfaces);
+    print!("{}", serde_yaml::to_string(&state)?);
+    Ok(())
+}
+
+async fn run(cli: &Cli) -> Result<(), HandlerError> {
+    let config = HandlerConfig::from_lookup(|name| std::env::var(name).ok())?;
+    info!(node = %config.node_name, version = VERSION, "starting");
+    let client = kube_client(cli.kubeconfig.clone()).await?;
+    let server = client.apiserver_version().await?;
+    info!(server = %server.git_version, "connected to the API server");
+    let nodes: Api<Node> = Api::all(client);
+    if nodes.get_opt(&config.node_name).await?.is_none() {
+        return Err(HandlerError::UnknownNode(config.node_name));
+    }
+    let state = tokio::task::spawn_blocking(node_state::retrieve).await??;
+    let interfaces = state["interfaces"].as_array().map_or(0, Vec::len);
+    info!(interfaces, "read the node's network state from NetworkManager");
+    Err(HandlerError::ReconcilerUnavailable)
+}
+
+async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<Client, HandlerError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &KubeConfigOptions::default())
+                .await?
+        }
+        None => Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}

@@ -1,3 +1,4 @@
 //! The kubernetes-nmstate operator.
 
+pub mod config;
 pub mod crds;

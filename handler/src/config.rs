@@ -1,0 +1,152 @@
+//! The handler's settings, from its environment (as upstream's DaemonSet sets them).
+
+use std::time::Duration;
+
+/// Where the DaemonSet mounts the per-node lock that keeps a second handler (e.g. from another
+/// install) from touching the node at the same time.
+pub const DEFAULT_LOCK_FILE: &str = "/var/k8s_nmstate/handler_lock";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "NODE_NAME is not set: the handler must know which node it runs on. The DaemonSet sets it \
+         from the downward API (fieldRef spec.nodeName); when running by hand, export NODE_NAME=<node>"
+    )]
+    MissingNodeName,
+    #[error("{variable}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        variable: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// Everything the handler reads from its environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlerConfig {
+    /// `NODE_NAME`: the node this handler manages.
+    pub node_name: String,
+    /// `NMSTATE_INSTANCE_NODE_LOCK_FILE`.
+    pub lock_file: String,
+    /// `PROBE_DNS_HOST`: the name the DNS probe resolves.
+    pub probe_dns_host: String,
+    /// `NNCP_MAX_RETRIES`: applies of one policy generation before it is marked failed.
+    pub max_retries: u32,
+    /// `NNCP_INITIAL_BACKOFF_SECONDS`.
+    pub initial_backoff: Duration,
+    /// `NNCP_MAX_BACKOFF_SECONDS`.
+    pub max_backoff: Duration,
+    /// `POD_NAMESPACE` (fallback `HANDLER_NAMESPACE`): where handler pods run.
+    pub pod_namespace: Option<String>,
+}
+
+impl HandlerConfig {
+    /// Reads the settings through `lookup` (`std::env::var` in the binary), so the rules are
+    /// testable without touching the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let node_name = get("NODE_NAME").ok_or(ConfigError::MissingNodeName)?;
+        let seconds = |variable: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            number(variable, get(variable), default).map(Duration::from_secs)
+        };
+        let config = HandlerConfig {
+            node_name,
+            lock_file: get("NMSTATE_INSTANCE_NODE_LOCK_FILE")
+                .unwrap_or_else(|| DEFAULT_LOCK_FILE.to_string()),
+            probe_dns_host: get("PROBE_DNS_HOST").unwrap_or_else(|| "root-servers.net".to_string()),
+            max_retries: number("NNCP_MAX_RETRIES", get("NNCP_MAX_RETRIES"), 5)?,
+            initial_backoff: seconds("NNCP_INITIAL_BACKOFF_SECONDS", 1)?,
+            max_backoff: seconds("NNCP_MAX_BACKOFF_SECONDS", 30)?,
+            pod_namespace: get("POD_NAMESPACE").or_else(|| get("HANDLER_NAMESPACE")),
+        };
+        if config.max_backoff < config.initial_backoff {
+            return Err(ConfigError::Invalid {
+                variable: "NNCP_MAX_BACKOFF_SECONDS",
+                value: config.max_backoff.as_secs().to_string(),
+                expected: "a number of seconds not below NNCP_INITIAL_BACKOFF_SECONDS",
+            });
+        }
+        Ok(config)
+    }
+}
+
+fn number<T: std::str::FromStr>(
+    variable: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(value) => value.trim().parse().map_err(|_| ConfigError::Invalid {
+            variable,
+            value,
+            expected: "a non-negative whole number",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<HandlerConfig, ConfigError> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        HandlerConfig::from_lookup(|name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn node_name_is_required_and_the_error_says_how_to_set_it() {
+        let error = config(&[]).unwrap_err();
+        assert_eq!(error, ConfigError::MissingNodeName);
+        assert!(error.to_string().contains("export NODE_NAME=<node>"));
+        assert_eq!(
+            config(&[("NODE_NAME", "  ")]).unwrap_err(),
+            ConfigError::MissingNodeName
+        );
+    }
+
+    #[test]
+    fn defaults_are_upstreams() {
+        let config = config(&[("NODE_NAME", "node01")]).unwrap();
+        assert_eq!(config.lock_file, DEFAULT_LOCK_FILE);
+        assert_eq!(config.probe_dns_host, "root-servers.net");
+        assert_eq!(config.max_retries, 5);
+        assert_eq!(config.initial_backoff, Duration::from_secs(1));
+        assert_eq!(config.max_backoff, Duration::from_secs(30));
+        assert_eq!(config.pod_namespace, None);
+    }
+
+    #[test]
+    fn values_are_read_and_bad_numbers_are_named() {
+        let config = config(&[
+            ("NODE_NAME", "node01"),
+            ("NNCP_MAX_RETRIES", "2"),
+            ("NNCP_MAX_BACKOFF_SECONDS", "4"),
+            ("HANDLER_NAMESPACE", "nmstate"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (config.max_retries, config.max_backoff),
+            (2, Duration::from_secs(4))
+        );
+        assert_eq!(config.pod_namespace.as_deref(), Some("nmstate"));
+
+        let error = super::tests::config(&[("NODE_NAME", "n"), ("NNCP_MAX_RETRIES", "five")]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("NNCP_MAX_RETRIES=\"five\" is not valid"),
+            "{error}"
+        );
+        let error =
+            super::tests::config(&[("NODE_NAME", "n"), ("NNCP_MAX_BACKOFF_SECONDS", "0")]).unwrap_err();
+        assert!(
+            error.to_string().contains("NNCP_INITIAL_BACKOFF_SECONDS"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Reading the node's network state with the nmstate crate, in-process.
+//!
+//! nmstate's blocking calls build a runtime of their own (they panic inside a tokio runtime)
+//! and its async futures are not `Send`; callers inside tokio use `spawn_blocking`.
+
+use serde_json::Value;
+
+/// The nmstate crate version this handler is built with.
+pub const NMSTATE_VERSION: &str = env!("NMSTATE_CRATE_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeStateError {
+    #[error("cannot read the network state from NetworkManager: {0}")]
+    Retrieve(#[from] nmstate::NmstateError),
+    #[error("cannot serialize the network state: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// The node's current network state (secrets hidden), as nmstate reports it. Blocking.
+pub fn retrieve() -> Result<Value, NodeStateError> {
+    let mut state = nmstate::NetworkState::new();
+    state.retrieve()?;
+    state.hide_secrets();
+    Ok(serde_json::to_value(&state)?)
+}
+
+/// Keeps only the named interfaces, and the routes through them, like `nmstatectl show IFACE`.
+pub fn only_interfaces(mut state: Value, names: &[String]) -> Value {
+    if names.is_empty() {
+        return state;
+    }
+    let wanted = |value: &Value, key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .is_some_and(|name| names.iter().any(|n| n == name))
+    };
+    if let Some(interfaces) = state.get_mut("interfaces").and_then(Value::as_array_mut) {
+        interfaces.retain(|interface| wanted(interface, "name"));
+    }
+    for table in ["running", "config"] {
+        if let Some(routes) = state
+            .pointer_mut(&format!("/routes/{table}"))
+            .and_then(Value::as_array_mut)
+        {
+            routes.retain(|route| wanted(route, "next-hop-interface"));
+        }
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn filtering_keeps_named_interfaces_and_their_routes() {
+        let state = json!({
+            "interfaces": [{"name": "lo"}, {"name": "eth0"}, {"name": "eth1"}],
+            "routes": {"running": [{"next-hop-interface": "eth0"}, {"next-hop-interface": "eth1"}]},
+            "dns-resolver": {},
+        });
+        let filtered = only_interfaces(state.clone(), &["eth1".to_string()]);
+        assert_eq!(filtered["interfaces"], json!([{"name": "eth1"}]));
+        assert_eq!(
+            filtered["routes"]["running"],
+            json!([{"next-hop-interface": "eth1"}])
+        );
+        assert_eq!(filtered["dns-resolver"], json!({}));
+        assert_eq!(only_interfaces(state.clone(), &[]), state);
+    }
+
+    #[test]
+    fn the_nmstate_version_comes_from_the_lock_file() {
+        assert!(NMSTATE_VERSION.starts_with("2.2."), "{NMSTATE_VERSION}");
+    }
+}

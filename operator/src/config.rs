@@ -1,0 +1,86 @@
+//! The operator's settings, from its environment (names as upstream's operator Deployment).
+
+/// Upstream's handler image; a release build points `RELATED_IMAGE_HANDLER_IMAGE` at its own.
+pub const DEFAULT_HANDLER_IMAGE: &str = "quay.io/nmstate/kubernetes-nmstate-handler:latest";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{variable}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        variable: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// Everything the operator reads from its environment: the inputs of rendering besides the
+/// NMState spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorConfig {
+    /// `HANDLER_NAMESPACE`: where the handler, webhook and certificates run.
+    pub handler_namespace: String,
+    /// `OPERATOR_NAMESPACE`: where the operator itself runs.
+    pub operator_namespace: String,
+    /// `MONITORING_NAMESPACE`: where Prometheus runs.
+    pub monitoring_namespace: String,
+    /// `RELATED_IMAGE_HANDLER_IMAGE`.
+    pub handler_image: String,
+    /// `HANDLER_IMAGE_PULL_POLICY`.
+    pub handler_image_pull_policy: String,
+    /// `HANDLER_PREFIX`: prepended (with `-`) to the names of rendered objects.
+    pub handler_prefix: String,
+}
+
+impl OperatorConfig {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|value| value.trim().to_string())
+                .filter(|value| !value.is_empty())
+        };
+        let handler_namespace = get("HANDLER_NAMESPACE").unwrap_or_else(|| "nmstate".to_string());
+        let pull_policy = get("HANDLER_IMAGE_PULL_POLICY").unwrap_or_else(|| "IfNotPresent".to_string());
+        if !["Always", "IfNotPresent", "Never"].contains(&pull_policy.as_str()) {
+            return Err(ConfigError::Invalid {
+                variable: "HANDLER_IMAGE_PULL_POLICY",
+                value: pull_policy,
+                expected: "Always, IfNotPresent or Never",
+            });
+        }
+        Ok(OperatorConfig {
+            operator_namespace: get("OPERATOR_NAMESPACE").unwrap_or_else(|| handler_namespace.clone()),
+            monitoring_namespace: get("MONITORING_NAMESPACE").unwrap_or_else(|| "monitoring".to_string()),
+            handler_image: get("RELATED_IMAGE_HANDLER_IMAGE")
+                .unwrap_or_else(|| DEFAULT_HANDLER_IMAGE.to_string()),
+            handler_image_pull_policy: pull_policy,
+            handler_prefix: get("HANDLER_PREFIX").unwrap_or_default(),
+            handler_namespace,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_upstreams_manifests() {
+        let config = OperatorConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(config.handler_namespace, "nmstate");
+        assert_eq!(config.operator_namespace, "nmstate");
+        assert_eq!(config.handler_image_pull_policy, "IfNotPresent");
+        assert_eq!(config.handler_image, DEFAULT_HANDLER_IMAGE);
+    }
+
+    #[test]
+    fn a_bad_pull_policy_is_named() {
+        let error = OperatorConfig::from_lookup(|name| {
+            (name == "HANDLER_IMAGE_PULL_POLICY").then(|| "Sometimes".into())
+        })
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("Always, IfNotPresent or Never"),
+            "{error}"
+        );
+    }
+}
