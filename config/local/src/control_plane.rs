@@ -25,7 +25,7 @@ pub fn kube_bin_dir() -> PathBuf {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache/kubernetes-nmstate/kube-1.20.2/bin")
+    home.join(".cache/kubernetes-nmstate/kube-1.20.2-r2/bin")
 }
 
 /// The port a node's API forwarder listens on inside the node's namespace.

@@ -249,6 +249,14 @@ impl LocalEnv {
     }
 }
 
+/// Where `make deps` installs kubectl and helm.
+pub fn tools_bin_dir() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/kubernetes-nmstate/bin")
+}
+
 /// A client for the kubeconfig at `path`.
 pub async fn client_from(path: &Path) -> Result<Client> {
     let kubeconfig = Kubeconfig::read_from(path).map_err(|source| LocalEnvError::Kubeconfig {

@@ -76,3 +76,38 @@ impl Drop for TestNode {
         }
     }
 }
+
+/// The `kubectl` program: `KUBECTL`, else the project's tool cache, else `kubectl` on `PATH`.
+pub fn kubectl_program() -> std::path::PathBuf {
+    if let Some(program) = std::env::var_os("KUBECTL") {
+        return program.into();
+    }
+    let cached = crate::tools_bin_dir().join("kubectl");
+    if cached.is_file() {
+        cached
+    } else {
+        "kubectl".into()
+    }
+}
+
+/// `kubectl` aimed at `env`.
+pub fn kubectl(env: &LocalEnv) -> std::process::Command {
+    let mut command = std::process::Command::new(kubectl_program());
+    command.env("KUBECONFIG", env.kubeconfig());
+    command
+}
+
+/// `etcdctl` aimed at the environment's etcd, to look at what the API server stored.
+pub fn etcdctl(env: &LocalEnv) -> Result<std::process::Command> {
+    let endpoints = env
+        .control_plane()
+        .endpoints()
+        .ok_or_else(|| crate::LocalEnvError::ClusterDown {
+            dir: env.dir().to_path_buf(),
+        })?;
+    let mut command = std::process::Command::new("etcdctl");
+    command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=http://127.0.0.1:{}", endpoints.etcd_port));
+    Ok(command)
+}

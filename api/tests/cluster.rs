@@ -1,0 +1,420 @@
+//! The generated CRDs against the real kube-apiserver v1.20.2 (with etcd and the controller
+//! manager) of the local environment: they install, every kind can be created, read, updated
+//! and deleted, deprecated versions are served and stored as the storage version, kubectl
+//! prints the status columns, and owner references are garbage-collected.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use k8s_openapi::{
+    api::core::v1::Node, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    runtime::wait::{await_condition, conditions},
+};
+use nmstate_api::{
+    NMState, NMStateSpec, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy,
+    NodeNetworkConfigurationPolicySpec, NodeNetworkState, enactment::NodeNetworkConfigurationEnactmentFields,
+    labels, state::NodeNetworkStateFields,
+};
+use nmstate_localenv::{
+    LocalEnv,
+    testing::{etcdctl, kubectl, shared_env, unique_name},
+};
+use serde_json::{Value, json};
+use std::{path::Path, time::Duration};
+
+const FIELD_MANAGER: &str = "nmstate-tests";
+
+/// The environment, with the checked-in CRDs from `manifests/crds/` applied and established.
+async fn setup() -> (LocalEnv, Client) {
+    let env = shared_env()
+        .await
+        .expect("local environment (see `make cluster-up`)");
+    let client = env.client().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        4,
+        "expected the four nmstate.io CRDs in {}",
+        dir.display()
+    );
+    for file in files {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("the API server refused {}: {error}", file.display()));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not established within 30 s"))
+        .unwrap();
+    }
+    (env, client)
+}
+
+fn nncp(name: &str) -> NodeNetworkConfigurationPolicy {
+    let spec: NodeNetworkConfigurationPolicySpec = serde_json::from_value(json!({
+        "nodeSelector": {"node-role.kubernetes.io/worker": ""},
+        "maxUnavailable": "50%",
+        "desiredState": {"interfaces": [{"name": "eth1", "type": "ethernet", "state": "up", "ipv4": {"enabled": true, "dhcp": true}}]},
+    }))
+    .unwrap();
+    NodeNetworkConfigurationPolicy::new(name, spec)
+}
+
+fn status_patch<K: Resource<DynamicType = ()>>(status: Value) -> Value {
+    json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status})
+}
+
+fn available_condition() -> Value {
+    json!([{
+        "type": "Available", "status": "True", "reason": "SuccessfullyConfigured",
+        "message": "1/1 nodes successfully configured",
+        "lastHeartbeatTime": "2026-01-02T03:04:05Z", "lastTransitionTime": "2026-01-02T03:04:05Z",
+    }, {
+        "type": "Degraded", "status": "False", "reason": "SuccessfullyConfigured",
+        "lastHeartbeatTime": "2026-01-02T03:04:05Z", "lastTransitionTime": "2026-01-02T03:04:05Z",
+    }])
+}
+
+async fn delete_and_wait<K>(api: &Api<K>, name: &str)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    let gone = async {
+        while api.get_opt(name).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), gone)
+        .await
+        .expect("object deleted within 30 s");
+}
+
+#[tokio::test]
+async fn policy_round_trips_through_the_api_server_with_its_status() {
+    let (_env, client) = setup().await;
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client);
+    let name = unique_name("crud-nncp");
+    let created = policies
+        .create(&PostParams::default(), &nncp(&name))
+        .await
+        .unwrap();
+    assert_eq!(
+        created.spec,
+        nncp(&name).spec,
+        "the server pruned or changed spec fields"
+    );
+    assert_eq!(created.metadata.generation, Some(1));
+
+    let status = json!({"conditions": available_condition(), "unavailableNodeCountMap": {"1": 0}});
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    policies
+        .patch_status(
+            &name,
+            &params,
+            &Patch::Apply(status_patch::<NodeNetworkConfigurationPolicy>(status)),
+        )
+        .await
+        .unwrap();
+    let read = policies.get(&name).await.unwrap();
+    let status = read.status.unwrap();
+    assert_eq!(status.conditions.len(), 2);
+    assert_eq!(status.conditions[0].reason, "SuccessfullyConfigured");
+    assert_eq!(status.unavailable_node_count_map.unwrap()["1"], 0);
+    assert_eq!(
+        read.metadata.generation,
+        Some(1),
+        "a status write must not bump the generation"
+    );
+
+    delete_and_wait(&policies, &name).await;
+}
+
+#[tokio::test]
+async fn nmstate_gets_upstreams_defaults_and_a_status() {
+    let (_env, client) = setup().await;
+    let nmstates: Api<NMState> = Api::all(client);
+    let name = unique_name("crud-nmstate");
+    let created = nmstates
+        .create(
+            &PostParams::default(),
+            &NMState::new(&name, NMStateSpec::default()),
+        )
+        .await
+        .unwrap();
+    let spec = serde_json::to_value(&created.spec).unwrap();
+    assert_eq!(
+        spec["probeConfiguration"],
+        json!({"dns": {"host": "root-servers.net"}})
+    );
+    assert_eq!(spec["logLevel"], "info");
+    assert_eq!(spec["metricsConfiguration"], json!({"bindAddress": ":8089"}));
+
+    let status =
+        json!({"conditions": [{"type": "Available", "status": "True", "reason": "SuccessfullyDeployed"}]});
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    nmstates
+        .patch_status(&name, &params, &Patch::Apply(status_patch::<NMState>(status)))
+        .await
+        .unwrap();
+    assert!(nmstates.get(&name).await.unwrap().status.unwrap().conditions[0].is_true());
+    delete_and_wait(&nmstates, &name).await;
+}
+
+#[tokio::test]
+async fn enactment_and_node_state_have_no_spec_and_keep_their_status() {
+    let (_env, client) = setup().await;
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
+    let states: Api<NodeNetworkState> = Api::all(client);
+    let node = unique_name("crud-node");
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+
+    let mut enactment = NodeNetworkConfigurationEnactment::new(
+        &format!("{node}.some-policy"),
+        NodeNetworkConfigurationEnactmentFields {},
+    );
+    enactment.labels_mut().insert(labels::NODE.into(), node.clone());
+    enactment
+        .labels_mut()
+        .insert(labels::POLICY.into(), "some-policy".into());
+    let name = enactments
+        .create(&PostParams::default(), &enactment)
+        .await
+        .unwrap()
+        .name_any();
+    let status = json!({
+        "policyGeneration": 3,
+        "desiredState": {"interfaces": [{"name": "br1", "type": "linux-bridge", "state": "up"}]},
+        "capturedStates": {"gw": {"state": {"routes": {"running": []}}, "metaInfo": {"version": "0"}}},
+        "features": ["static-route"],
+        "conditions": available_condition(),
+    });
+    enactments
+        .patch_status(
+            &name,
+            &params,
+            &Patch::Apply(status_patch::<NodeNetworkConfigurationEnactment>(status.clone())),
+        )
+        .await
+        .unwrap();
+    let raw: Api<DynamicObject> = Api::all_with(
+        enactments.clone().into_client(),
+        &ApiResource::erase::<NodeNetworkConfigurationEnactment>(&()),
+    );
+    let stored = raw.get(&name).await.unwrap();
+    assert!(
+        !stored.data.as_object().unwrap().contains_key("spec"),
+        "enactments carry no spec: {:?}",
+        stored.data
+    );
+    assert_eq!(stored.data["status"]["desiredState"], status["desiredState"]);
+    assert_eq!(stored.data["status"]["capturedStates"], status["capturedStates"]);
+    assert_eq!(
+        enactments
+            .get(&name)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .policy_generation,
+        Some(3)
+    );
+    delete_and_wait(&enactments, &name).await;
+
+    let created = states
+        .create(
+            &PostParams::default(),
+            &NodeNetworkState::new(&node, NodeNetworkStateFields {}),
+        )
+        .await
+        .unwrap();
+    let status = json!({
+        "currentState": {"interfaces": [{"name": "eth1", "type": "ethernet", "state": "up"}], "route-rules": {"config": []}},
+        "hostNetworkManagerVersion": "1.42.4",
+        "handlerNmstateVersion": "2.2.62",
+        "lastSuccessfulUpdateTime": "2026-01-02T03:04:05Z",
+    });
+    states
+        .patch_status(
+            &node,
+            &params,
+            &Patch::Apply(status_patch::<NodeNetworkState>(status.clone())),
+        )
+        .await
+        .unwrap();
+    let read = serde_json::to_value(states.get(&created.name_any()).await.unwrap().status.unwrap()).unwrap();
+    assert_eq!(
+        read, status,
+        "node state status changed on its way through the API server"
+    );
+    delete_and_wait(&states, &node).await;
+}
+
+#[tokio::test]
+async fn v1beta1_policy_is_served_with_a_warning_and_stored_as_v1() {
+    let (env, client) = setup().await;
+    let name = unique_name("v1beta1-nncp");
+    let v1beta1 = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("nmstate.io", "v1beta1", "NodeNetworkConfigurationPolicy"),
+        "nodenetworkconfigurationpolicies",
+    );
+    let old_api: Api<DynamicObject> = Api::all_with(client.clone(), &v1beta1);
+    let spec = serde_json::to_value(&nncp(&name).spec).unwrap();
+    let object = DynamicObject::new(&name, &v1beta1).data(json!({ "spec": spec }));
+    let created = old_api.create(&PostParams::default(), &object).await.unwrap();
+    assert_eq!(created.types.unwrap().api_version, "nmstate.io/v1beta1");
+
+    // Read back as v1: the same object.
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client);
+    assert_eq!(policies.get(&name).await.unwrap().spec, nncp(&name).spec);
+
+    // What etcd holds is the storage version.
+    let key = format!("/registry/nmstate.io/nodenetworkconfigurationpolicies/{name}");
+    let output = etcdctl(&env)
+        .unwrap()
+        .args(["get", &key, "--print-value-only"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "etcdctl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stored: Value = serde_json::from_slice(&output.stdout).expect("etcd holds the object as JSON");
+    assert_eq!(stored["apiVersion"], "nmstate.io/v1");
+    assert_eq!(stored["spec"], spec);
+
+    // Clients of the deprecated version are warned.
+    let output = kubectl(&env)
+        .args([
+            "get",
+            "nodenetworkconfigurationpolicies.v1beta1.nmstate.io",
+            &name,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("nmstate.io/v1beta1 NodeNetworkConfigurationPolicy is deprecated"),
+        "{stderr}"
+    );
+    let output = kubectl(&env)
+        .args(["get", "nmstates.v1beta1.nmstate.io"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nmstate/v1beta1 deprecated, use nmstate/v1 instead"),
+        "{stderr}"
+    );
+
+    delete_and_wait(&policies, &name).await;
+}
+
+#[tokio::test]
+async fn kubectl_prints_the_status_and_reason_columns_by_short_name() {
+    let (env, client) = setup().await;
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client);
+    let name = unique_name("columns");
+    policies
+        .create(&PostParams::default(), &nncp(&name))
+        .await
+        .unwrap();
+    let status = status_patch::<NodeNetworkConfigurationPolicy>(json!({"conditions": available_condition()}));
+    policies
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(status),
+        )
+        .await
+        .unwrap();
+
+    let output = kubectl(&env).args(["get", "nncp", &name]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "STATUS", "REASON"], "{stdout}");
+    assert_eq!(
+        lines[1],
+        [name.as_str(), "Available", "SuccessfullyConfigured"],
+        "{stdout}"
+    );
+
+    for short_name in ["nnce", "nns"] {
+        let output = kubectl(&env).args(["get", short_name]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "kubectl get {short_name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    delete_and_wait(&policies, &name).await;
+}
+
+#[tokio::test]
+async fn deleting_a_node_garbage_collects_its_node_state() {
+    let (_env, client) = setup().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let states: Api<NodeNetworkState> = Api::all(client);
+    let name = unique_name("gc-node");
+    let node = nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut state = NodeNetworkState::new(&name, NodeNetworkStateFields {});
+    state.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: name.clone(),
+        uid: node.uid().unwrap(),
+        ..OwnerReference::default()
+    }]);
+    states.create(&PostParams::default(), &state).await.unwrap();
+
+    nodes.delete(&name, &DeleteParams::default()).await.unwrap();
+    // The garbage collector picks up a new CRD kind at its next discovery resync (30 s).
+    let started = std::time::Instant::now();
+    let collected = async {
+        while states.get_opt(&name).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), collected)
+        .await
+        .expect("the controller manager garbage-collects the NodeNetworkState of a deleted Node");
+    eprintln!(
+        "node state collected {:.1} s after its node was deleted",
+        started.elapsed().as_secs_f64()
+    );
+}
