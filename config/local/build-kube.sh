@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver and kube-controller-manager v1.20.2 from Debian's source package
 # `kubernetes` once, and caches them in $KUBE_CACHE (default
-# ~/.cache/kubernetes-nmstate/kube-1.20.2-r2; the -rN suffix changes whenever this recipe does,
+# ~/.cache/kubernetes-nmstate/kube-1.20.2-r3; the -rN suffix changes whenever this recipe does,
 # so machines holding an older build rebuild; control_plane.rs names the same directory).
 # The registries these machines reach ship no kube-apiserver binary; this is the only real one.
 # Steps and the reflect2 fix: ../shared/reference/kube-apiserver-from-debian.md.
 # Idempotent: exits at once when both binaries are cached.
 set -euo pipefail
 
-CACHE=${KUBE_CACHE:-$HOME/.cache/kubernetes-nmstate/kube-1.20.2-r2}
+CACHE=${KUBE_CACHE:-$HOME/.cache/kubernetes-nmstate/kube-1.20.2-r3}
 BIN=$CACHE/bin
 log() { printf 'build-kube: %s\n' "$*" >&2; }
 
@@ -32,8 +32,7 @@ fi
 log "installing build dependencies (golang-go, rsync, dpkg-dev, reflect2 1.0.2)"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    golang-go dpkg-dev rsync make golang-github-modern-go-reflect2-dev \
-    golang-github-json-iterator-go-dev >/dev/null
+    golang-go dpkg-dev rsync make golang-github-modern-go-reflect2-dev >/dev/null
 
 WORK=$CACHE/build
 rm -rf "$WORK"
@@ -48,18 +47,34 @@ export GOPATH=$PWD/.go CGO_ENABLED=0 HOME=$WORK/home GOCACHE=$WORK/gocache
 mkdir -p .go/src/k8s.io
 ln -sfn ../../.. .go/src/k8s.io/kubernetes   # the layout debian/rules uses
 # Kubernetes 1.20 vendors modern-go/reflect2 1.0.1, which crashes under Go >= 1.18 on the
-# first CRD apply (SIGSEGV in mapiterinit). Debian's 1.0.2 fixes that, but paired with the
-# vendored json-iterator 1.1.10 the server then turns "" into null inside custom resources
-# (a nodeSelector value "" is refused). json-iterator 1.1.12 is the release made for
-# reflect2 1.0.2; Debian ships both.
-swap_vendored() {  # swap_vendored IMPORT-PATH: replace vendor/IMPORT-PATH with Debian's copy
-    rm -rf "vendor/$1"
-    cp -r "/usr/share/gocode/src/$1" "vendor/$1"
-    rm -f "vendor/$1/go.mod" "vendor/$1/go.sum"
-    find "vendor/$1" -name '*_test.go' -delete
+# first CRD apply (SIGSEGV in mapiterinit). Debian's 1.0.2 is API-compatible and fixes it.
+rm -rf vendor/github.com/modern-go/reflect2
+cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/reflect2
+rm -f vendor/github.com/modern-go/reflect2/go.mod
+
+# The OpenAPI type validators test "is this value null?" with
+#   data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))
+# Under Go >= 1.19 every empty string decoded at run time shares the runtime's zero buffer, so
+# that test is true for "" and a custom resource field holding "" is refused as null (e.g. the
+# usual nodeSelector `node-role.kubernetes.io/worker: ""`). Only nil and typed nils are null.
+for validator in vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go \
+                 vendor/github.com/go-openapi/validate/type.go; do
+    grep -q 'data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))' "$validator" \
+        || { log "$validator no longer has the expected null test; review this patch"; exit 1; }
+    sed -i 's/data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))/data == nil || isNilValue(data)/' "$validator"
+    cat >> "$validator" <<'GO'
+
+// isNilValue reports typed nils. Added by kubernetes-nmstate's build (see build-kube.sh).
+func isNilValue(data interface{}) bool {
+	value := reflect.ValueOf(data)
+	switch value.Kind() {
+	case reflect.Ptr, reflect.Map, reflect.Slice, reflect.Interface, reflect.Func, reflect.Chan:
+		return value.IsNil()
+	}
+	return false
 }
-swap_vendored github.com/modern-go/reflect2
-swap_vendored github.com/json-iterator/go
+GO
+done
 
 start=$SECONDS
 log "building kube-apiserver (about 6 minutes on 2 cores)"

@@ -25,7 +25,7 @@ pub fn kube_bin_dir() -> PathBuf {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache/kubernetes-nmstate/kube-1.20.2-r2/bin")
+    home.join(".cache/kubernetes-nmstate/kube-1.20.2-r3/bin")
 }
 
 /// The port a node's API forwarder listens on inside the node's namespace.
@@ -46,8 +46,9 @@ pub struct Endpoints {
     pub apiserver_port: u16,
     pub etcd_port: u16,
     pub kubeconfig: PathBuf,
-    /// Time from the first process start to a ready API server.
-    pub startup: Duration,
+    /// Time from the first process start to a ready API server; `None` when a running control
+    /// plane was reused.
+    pub startup: Option<Duration>,
 }
 
 impl ControlPlane {
@@ -110,7 +111,7 @@ impl ControlPlane {
             apiserver_port,
             etcd_port,
             kubeconfig: self.kubeconfig(),
-            startup: Duration::ZERO,
+            startup: None,
         })
     }
 
@@ -164,7 +165,7 @@ impl ControlPlane {
         let started = Instant::now();
         let [etcd, apiserver, controller_manager, api_socket] = self.daemons();
         etcd.spawn(self.etcd_command(etcd_port, etcd_peer_port))?;
-        apiserver.spawn(self.apiserver_command(&bin, etcd_port, apiserver_port))?;
+        apiserver.spawn(self.apiserver_command(&bin, etcd_port, apiserver_port)?)?;
 
         let client = crate::client_from(&self.kubeconfig()).await?;
         wait_until(&apiserver, "kube-apiserver /readyz", READY_TIMEOUT, || {
@@ -188,7 +189,7 @@ impl ControlPlane {
             apiserver_port,
             etcd_port,
             kubeconfig: self.kubeconfig(),
-            startup,
+            startup: Some(startup),
         })
     }
 
@@ -208,8 +209,9 @@ impl ControlPlane {
         command
     }
 
-    fn apiserver_command(&self, bin: &Path, etcd_port: u16, port: u16) -> Command {
+    fn apiserver_command(&self, bin: &Path, etcd_port: u16, port: u16) -> Result<Command> {
         let pki = self.pki_dir();
+        let audit_policy = self.write_audit_policy()?;
         let mut command = Command::new(bin.join("kube-apiserver"));
         command
             .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
@@ -248,23 +250,19 @@ impl ControlPlane {
                 "--audit-log-path={}",
                 self.dir.join("audit.log").display()
             ))
-            .arg(format!(
-                "--audit-policy-file={}",
-                self.write_audit_policy().display()
-            ))
+            .arg(format!("--audit-policy-file={}", audit_policy.display()))
             .arg("--v=1");
-        command
+        Ok(command)
     }
 
     /// Records who wrote what (metadata level, writes only): benchmarks count API writes from it.
-    fn write_audit_policy(&self) -> PathBuf {
+    fn write_audit_policy(&self) -> Result<PathBuf> {
         let path = self.dir.join("audit-policy.yaml");
         let policy = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
                       - level: Metadata\n  verbs: [create, update, patch, delete, deletecollection]\n\
                       - level: None\n";
-        // A failed write surfaces as the API server refusing to start, with its log.
-        let _ = std::fs::write(&path, policy);
-        path
+        std::fs::write(&path, policy).map_err(LocalEnvError::io("write", &path))?;
+        Ok(path)
     }
 
     fn controller_manager_command(&self, bin: &Path) -> Command {

@@ -141,6 +141,9 @@ impl Fabric {
     pub fn stop(&self) -> Result<()> {
         self.dnsmasq().stop(Duration::from_secs(5));
         netns::delete(&self.netns)?;
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(LocalEnvError::io("remove", &self.dir))?;
+        }
         Ok(())
     }
 }

@@ -123,6 +123,10 @@ impl LocalEnv {
         for node in self.nodes() {
             node.stop()?;
         }
+        let nodes = self.dir.join("nodes");
+        if nodes.exists() {
+            std::fs::remove_dir_all(&nodes).map_err(LocalEnvError::io("remove", &nodes))?;
+        }
         self.fabric().stop()?;
         self.control_plane().stop()
     }

@@ -1,0 +1,48 @@
+//! The local environment's own life cycle, on a private environment (not the shared one): a
+//! crashed run does not block the next, and teardown stops exactly what was started.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use nix::{sys::signal, unistd::Pid};
+use nmstate_localenv::{LocalEnv, process::is_running};
+use std::collections::BTreeMap;
+
+fn pids(env: &LocalEnv) -> Vec<(String, u32)> {
+    env.control_plane().status().into_iter().map(|(name, pid)| (name, pid.expect("running"))).collect()
+}
+
+#[tokio::test]
+async fn a_crashed_environment_is_replaced_and_teardown_leaves_nothing() {
+    let dir = std::env::temp_dir().join(format!("localenv-lifecycle-{}", std::process::id()));
+    let env = LocalEnv::new(&dir);
+    let first = env.up().await.unwrap();
+    eprintln!("control plane ready {:.1} s after start", first.startup.as_secs_f64());
+    let node = env.node_up("crash", &BTreeMap::new()).await.unwrap();
+    let node_manager = node.network_manager_pid().unwrap();
+
+    // A crash: the API server and etcd die without cleaning up; everything else is left over.
+    let before = pids(&env);
+    for (name, pid) in &before {
+        if name == "etcd" || name == "kube-apiserver" {
+            signal::kill(Pid::from_raw(*pid as i32), signal::Signal::SIGKILL).unwrap();
+        }
+    }
+    let second = env.up().await.unwrap();
+    assert_ne!(second.apiserver_port, 0);
+    env.client().await.unwrap().apiserver_version().await.expect("a working API server after the crash");
+    for (name, pid) in &before {
+        assert!(!is_running(*pid, if name == "api-socket" { "socat" } else { name }), "{name} ({pid}) of the crashed run still runs");
+    }
+    assert!(!is_running(node_manager, "NetworkManager"), "the crashed run's node was not stopped");
+    assert!(!std::path::Path::new("/run/netns").join(&node.netns).exists());
+
+    // Teardown stops what the second run started and removes its data.
+    let after = pids(&env);
+    env.down().await.unwrap();
+    for (name, pid) in &after {
+        assert!(!is_running(*pid, if name == "api-socket" { "socat" } else { name }), "{name} ({pid}) still runs after down");
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+    assert_eq!(left, [".lock"], "only the lock file may stay behind in {}", dir.display());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
