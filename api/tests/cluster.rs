@@ -109,6 +109,63 @@ where
         .expect("object deleted within 30 s");
 }
 
+/// Every example manifest is accepted as is: nothing pruned, nothing changed (a server-side
+/// dry run, so nothing is stored).
+#[tokio::test]
+async fn every_example_is_accepted_unchanged_by_the_api_server() {
+    let (_env, client) = setup().await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let mut checked = 0;
+    for file in files
+        .iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+    {
+        let text = std::fs::read_to_string(file).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let original = <Value as serde::Deserialize>::deserialize(document).unwrap();
+            let resource = match original["kind"].as_str().unwrap() {
+                "NMState" => ApiResource::erase::<NMState>(&()),
+                "NodeNetworkConfigurationPolicy" => ApiResource::erase::<NodeNetworkConfigurationPolicy>(&()),
+                other => panic!("{}: unexpected kind {other}", file.display()),
+            };
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            let object: DynamicObject = serde_json::from_value(original.clone()).unwrap();
+            let accepted = api
+                .create(&dry_run, &object)
+                .await
+                .unwrap_or_else(|error| panic!("{} refused: {error}", file.display()));
+            let mut expected = original["spec"].clone();
+            if original["kind"] == "NMState" {
+                // The server fills in NMState's documented defaults; everything given stays.
+                for (key, value) in accepted.data["spec"].as_object().unwrap() {
+                    expected
+                        .as_object_mut()
+                        .unwrap()
+                        .entry(key.clone())
+                        .or_insert(value.clone());
+                }
+            }
+            assert_eq!(
+                accepted.data["spec"],
+                expected,
+                "{}: the server changed the spec",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} examples checked");
+}
+
 #[tokio::test]
 async fn policy_round_trips_through_the_api_server_with_its_status() {
     let (_env, client) = setup().await;

@@ -344,3 +344,31 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_must_be_usable_as_kubernetes_names_and_hostnames() {
+        for good in ["node01", "a", "worker-2"] {
+            assert!(validate_node_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Node01", "-node", "node-", "node_1", "a.b", &"n".repeat(41)] {
+            assert!(validate_node_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn each_directory_gets_its_own_short_namespace_prefix() {
+        let a = LocalEnv::new("/tmp/env-a");
+        assert_eq!(
+            a.prefix,
+            LocalEnv::new("/tmp/env-a").prefix,
+            "stable across calls"
+        );
+        assert_ne!(a.prefix, LocalEnv::new("/tmp/env-b").prefix);
+        // "<prefix>-n<index>" must stay well within the 15 bytes of an interface-like name.
+        assert_eq!(a.prefix.len(), 10);
+    }
+}

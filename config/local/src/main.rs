@@ -98,12 +98,18 @@ async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError
         } => {
             let started = std::time::Instant::now();
             let endpoints = env.up().await?;
-            eprintln!(
-                "localenv: API server ready on https://127.0.0.1:{} ({:.1} s from start to ready, {:.1} s in all)",
-                endpoints.apiserver_port,
-                endpoints.startup.as_secs_f64(),
-                started.elapsed().as_secs_f64()
-            );
+            match endpoints.startup {
+                Some(startup) => eprintln!(
+                    "localenv: API server ready on https://127.0.0.1:{} ({:.1} s from start to ready, {:.1} s in all)",
+                    endpoints.apiserver_port,
+                    startup.as_secs_f64(),
+                    started.elapsed().as_secs_f64()
+                ),
+                None => eprintln!(
+                    "localenv: reusing the running API server on https://127.0.0.1:{}",
+                    endpoints.apiserver_port
+                ),
+            }
             println!("export KUBECONFIG={}", endpoints.kubeconfig.display());
         }
         Command::Cluster {

@@ -144,8 +144,17 @@ impl SandboxNode {
             "--nopidfile",
             "--nosyslog",
         ]))?;
-        wait_for(|| self.bus_socket().exists(), Duration::from_secs(5));
+        let bus_ready = wait_for(|| self.bus_socket().exists(), Duration::from_secs(5));
         dbus.check_running()?;
+        if !bus_ready {
+            return Err(LocalEnvError::Node {
+                name: self.name.clone(),
+                reason: format!(
+                    "the dbus-daemon socket did not appear; see {}",
+                    dbus.log_file.display()
+                ),
+            });
+        }
 
         self.write_network_manager_config()?;
         let mut start_nm = self.in_netns(&["unshare", "--mount", "--uts", "--propagation", "private"]);

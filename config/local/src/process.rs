@@ -180,3 +180,32 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_counts_as_running_only_with_the_same_executable() {
+        let me = std::process::id();
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(is_running(me, &name));
+        assert!(
+            !is_running(me, "kube-apiserver"),
+            "a reused pid must not be mistaken for a daemon"
+        );
+        assert!(!is_running(u32::MAX, &name));
+    }
+
+    #[test]
+    fn stopping_a_daemon_whose_pid_file_names_another_program_kills_nothing() {
+        let dir = std::env::temp_dir().join(format!("localenv-process-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let daemon = Daemon::new("etcd", "etcd", &dir);
+        std::fs::write(&daemon.pid_file, format!("{}\n", std::process::id())).unwrap();
+        daemon.stop(Duration::from_millis(10)); // would SIGTERM this test if it trusted the pid
+        assert!(!daemon.pid_file.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

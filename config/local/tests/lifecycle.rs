@@ -8,7 +8,11 @@ use nmstate_localenv::{LocalEnv, process::is_running};
 use std::collections::BTreeMap;
 
 fn pids(env: &LocalEnv) -> Vec<(String, u32)> {
-    env.control_plane().status().into_iter().map(|(name, pid)| (name, pid.expect("running"))).collect()
+    env.control_plane()
+        .status()
+        .into_iter()
+        .map(|(name, pid)| (name, pid.expect("running")))
+        .collect()
 }
 
 #[tokio::test]
@@ -16,7 +20,10 @@ async fn a_crashed_environment_is_replaced_and_teardown_leaves_nothing() {
     let dir = std::env::temp_dir().join(format!("localenv-lifecycle-{}", std::process::id()));
     let env = LocalEnv::new(&dir);
     let first = env.up().await.unwrap();
-    eprintln!("control plane ready {:.1} s after start", first.startup.as_secs_f64());
+    eprintln!(
+        "control plane ready {:.1} s after start",
+        first.startup.expect("a fresh start").as_secs_f64()
+    );
     let node = env.node_up("crash", &BTreeMap::new()).await.unwrap();
     let node_manager = node.network_manager_pid().unwrap();
 
@@ -29,20 +36,42 @@ async fn a_crashed_environment_is_replaced_and_teardown_leaves_nothing() {
     }
     let second = env.up().await.unwrap();
     assert_ne!(second.apiserver_port, 0);
-    env.client().await.unwrap().apiserver_version().await.expect("a working API server after the crash");
+    env.client()
+        .await
+        .unwrap()
+        .apiserver_version()
+        .await
+        .expect("a working API server after the crash");
     for (name, pid) in &before {
-        assert!(!is_running(*pid, if name == "api-socket" { "socat" } else { name }), "{name} ({pid}) of the crashed run still runs");
+        assert!(
+            !is_running(*pid, if name == "api-socket" { "socat" } else { name }),
+            "{name} ({pid}) of the crashed run still runs"
+        );
     }
-    assert!(!is_running(node_manager, "NetworkManager"), "the crashed run's node was not stopped");
+    assert!(
+        !is_running(node_manager, "NetworkManager"),
+        "the crashed run's node was not stopped"
+    );
     assert!(!std::path::Path::new("/run/netns").join(&node.netns).exists());
 
     // Teardown stops what the second run started and removes its data.
     let after = pids(&env);
     env.down().await.unwrap();
     for (name, pid) in &after {
-        assert!(!is_running(*pid, if name == "api-socket" { "socat" } else { name }), "{name} ({pid}) still runs after down");
+        assert!(
+            !is_running(*pid, if name == "api-socket" { "socat" } else { name }),
+            "{name} ({pid}) still runs after down"
+        );
     }
-    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|entry| entry.unwrap().file_name()).collect();
-    assert_eq!(left, [".lock"], "only the lock file may stay behind in {}", dir.display());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [".lock"],
+        "only the lock file may stay behind in {}",
+        dir.display()
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
