@@ -125,8 +125,10 @@ impl Fabric {
             command.arg(format!(
                 "--dhcp-range=set:{tag},fd00:77:{index}::100,fd00:77:{index}::1ff,64,1h"
             ));
-            // Secondary networks: no default route, DNS from the management gateway.
+            // Secondary networks: no default route (IPv4: no router option; IPv6: router
+            // advertisements with a zero router lifetime), DNS from the management gateway.
             command.arg(format!("--dhcp-option=tag:{tag},option:router"));
+            command.arg(format!("--ra-param={bridge},10,0"));
             command.arg(format!(
                 "--dhcp-option=tag:{tag},option:dns-server,{MGMT_GATEWAY}"
             ));
