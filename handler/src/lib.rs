@@ -2,3 +2,4 @@
 
 pub mod config;
 pub mod node_state;
+pub mod state_filter;
