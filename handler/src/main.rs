@@ -8,6 +8,7 @@ use kube::{
 };
 use nmstate_handler::{
     config::{ConfigError, HandlerConfig},
+    network_manager::{self, NetworkManagerError},
     node_state::{self, NodeStateError},
 };
 use std::{path::PathBuf, process::ExitCode};
@@ -55,6 +56,8 @@ enum HandlerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     NodeState(#[from] NodeStateError),
+    #[error(transparent)]
+    NetworkManager(#[from] NetworkManagerError),
     #[error("cannot load kubeconfig: {0}")]
     Kubeconfig(#[from] kube::config::KubeconfigError),
     #[error("cannot find a kubeconfig or in-cluster configuration: {0}")]
@@ -127,6 +130,9 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     if nodes.get_opt(&config.node_name).await?.is_none() {
         return Err(HandlerError::UnknownNode(config.node_name));
     }
+    let network_manager = network_manager::version(None).await?;
+    network_manager::check_supported(&network_manager)?;
+    info!(version = %network_manager, "found NetworkManager");
     let state = tokio::task::spawn_blocking(node_state::retrieve).await??;
     let interfaces = state["interfaces"].as_array().map_or(0, Vec::len);
     info!(interfaces, "read the node's network state from NetworkManager");

@@ -105,6 +105,16 @@ async fn a_sandbox_node_is_real_networkmanager_read_in_process_by_the_handler() 
         serde_yaml::from_str(&succeed(node.command(HANDLER).unwrap().args(["show", "eth1"]))).unwrap();
     assert_eq!(only_eth1["interfaces"].as_array().unwrap().len(), 1);
 
+    // NetworkManager's version, read over the node's D-Bus as node states will report it.
+    let version = nmstate_handler::network_manager::version(Some(&node.bus_address()))
+        .await
+        .unwrap();
+    let parsed = nmstate_handler::network_manager::check_supported(&version).unwrap();
+    assert!(
+        parsed >= semver::Version::new(1, 42, 0),
+        "Debian 12 ships 1.42, found {version}"
+    );
+
     // From inside, the node reaches its gateway, its DNS and the API server, as a real node does.
     succeed(
         node.command("ping")

@@ -1,0 +1,95 @@
+//! The host's NetworkManager, read over D-Bus: its version, reported in NodeNetworkState as
+//! `hostNetworkManagerVersion`, and checked against the oldest version kubernetes-nmstate
+//! supports.
+
+use semver::Version;
+
+/// The oldest NetworkManager kubernetes-nmstate supports (upstream's documented minimum).
+pub const MINIMUM_VERSION: Version = Version::new(1, 22, 0);
+
+const BUS_NAME: &str = "org.freedesktop.NetworkManager";
+const OBJECT_PATH: &str = "/org/freedesktop/NetworkManager";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkManagerError {
+    #[error(
+        "cannot read NetworkManager's version over D-Bus ({0}); is NetworkManager running, and is \
+         the system bus socket (/run/dbus/system_bus_socket) mounted into the handler?"
+    )]
+    Dbus(#[from] zbus::Error),
+    #[error("NetworkManager reports version {0:?}, which is not a version number")]
+    UnparsableVersion(String),
+    #[error(
+        "NetworkManager {found} is older than {MINIMUM_VERSION}, the oldest version kubernetes-nmstate \
+         supports; upgrade NetworkManager on this node"
+    )]
+    Unsupported { found: Version },
+}
+
+/// The `Version` property of NetworkManager on the bus at `address`, or on the system bus
+/// (`DBUS_SYSTEM_BUS_ADDRESS` if set) when `address` is `None`.
+pub async fn version(address: Option<&str>) -> Result<String, NetworkManagerError> {
+    let connection = match address {
+        Some(address) => zbus::connection::Builder::address(address)?.build().await?,
+        None => zbus::Connection::system().await?,
+    };
+    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
+    Ok(proxy.get_property::<String>("Version").await?)
+}
+
+/// Parses NetworkManager's version leniently: distributions append build suffixes
+/// (`1.46.0-26.el9_4`, `1.42.4-1+deb12u1`) and development builds can lack a patch number.
+pub fn parse_version(text: &str) -> Result<Version, NetworkManagerError> {
+    let unparsable = || NetworkManagerError::UnparsableVersion(text.to_string());
+    let numeric: &str = text
+        .trim()
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()
+        .ok_or_else(unparsable)?;
+    let mut parts = numeric
+        .split('.')
+        .filter(|part| !part.is_empty())
+        .map(str::parse::<u64>);
+    let major = parts.next().ok_or_else(unparsable)?.map_err(|_| unparsable())?;
+    let minor = parts.next().unwrap_or(Ok(0)).map_err(|_| unparsable())?;
+    let patch = parts.next().unwrap_or(Ok(0)).map_err(|_| unparsable())?;
+    Ok(Version::new(major, minor, patch))
+}
+
+/// Fails with a message naming the found and required versions when `found` is too old.
+pub fn check_supported(found: &str) -> Result<Version, NetworkManagerError> {
+    let version = parse_version(found)?;
+    if version < MINIMUM_VERSION {
+        return Err(NetworkManagerError::Unsupported { found: version });
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_with_distribution_suffixes() {
+        for (text, expected) in [
+            ("1.42.4", Version::new(1, 42, 4)),
+            ("1.46.0-26.el9_4", Version::new(1, 46, 0)),
+            ("1.42.4-1+deb12u1", Version::new(1, 42, 4)),
+            ("1.51", Version::new(1, 51, 0)),
+            (" 1.22.0\n", Version::new(1, 22, 0)),
+        ] {
+            assert_eq!(parse_version(text).unwrap(), expected, "{text:?}");
+        }
+        for text in ["", "abc", "-1.2"] {
+            assert!(parse_version(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn versions_before_1_22_are_refused_with_both_versions_named() {
+        assert_eq!(check_supported("1.22.0").unwrap(), MINIMUM_VERSION);
+        assert!(check_supported("1.42.4").is_ok());
+        let error = check_supported("1.20.8").unwrap_err().to_string();
+        assert!(error.contains("1.20.8") && error.contains("1.22.0"), "{error}");
+    }
+}
