@@ -5,14 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use k8s_openapi::{
-    api::core::v1::Node, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
-};
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
-    runtime::wait::{await_condition, conditions},
 };
 use nmstate_api::{
     NMState, NMStateSpec, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy,
@@ -21,7 +17,7 @@ use nmstate_api::{
 };
 use nmstate_localenv::{
     LocalEnv,
-    testing::{etcdctl, kubectl, shared_env, unique_name},
+    testing::{etcdctl, install_crds, kubectl, shared_env, unique_name},
 };
 use serde_json::{Value, json};
 use std::{path::Path, time::Duration};
@@ -34,38 +30,14 @@ async fn setup() -> (LocalEnv, Client) {
         .await
         .expect("local environment (see `make cluster-up`)");
     let client = env.client().await.unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    files.sort();
+    let installed = install_crds(&client)
+        .await
+        .expect("the API server accepts the generated CRDs");
     assert_eq!(
-        files.len(),
+        installed.len(),
         4,
-        "expected the four nmstate.io CRDs in {}",
-        dir.display()
+        "expected the four nmstate.io CRDs, got {installed:?}"
     );
-    for file in files {
-        let crd: CustomResourceDefinition =
-            serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|error| panic!("the API server refused {}: {error}", file.display()));
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("CRD {name} not established within 30 s"))
-        .unwrap();
-    }
     (env, client)
 }
 

@@ -1,6 +1,7 @@
 //! The handler's settings, from its environment (as upstream's DaemonSet sets them).
 
-use std::time::Duration;
+use nmstate_api::labels;
+use std::{collections::BTreeMap, time::Duration};
 
 /// Where the DaemonSet mounts the per-node lock that keeps a second handler (e.g. from another
 /// install) from touching the node at the same time.
@@ -38,6 +39,9 @@ pub struct HandlerConfig {
     pub max_backoff: Duration,
     /// `POD_NAMESPACE` (fallback `HANDLER_NAMESPACE`): where handler pods run.
     pub pod_namespace: Option<String>,
+    /// `app.kubernetes.io/*` labels for the objects the handler creates, from `COMPONENT`,
+    /// `PART_OF`, `VERSION` and `MANAGED_BY` (the DaemonSet copies its own labels there).
+    pub relationship_labels: BTreeMap<String, String>,
 }
 
 impl HandlerConfig {
@@ -58,6 +62,15 @@ impl HandlerConfig {
             initial_backoff: seconds("NNCP_INITIAL_BACKOFF_SECONDS", 1)?,
             max_backoff: seconds("NNCP_MAX_BACKOFF_SECONDS", 30)?,
             pod_namespace: get("POD_NAMESPACE").or_else(|| get("HANDLER_NAMESPACE")),
+            relationship_labels: [
+                ("COMPONENT", labels::APP_COMPONENT),
+                ("PART_OF", labels::APP_PART_OF),
+                ("VERSION", labels::APP_VERSION),
+                ("MANAGED_BY", labels::APP_MANAGED_BY),
+            ]
+            .into_iter()
+            .filter_map(|(variable, label)| get(variable).map(|value| (label.to_string(), value)))
+            .collect(),
         };
         if config.max_backoff < config.initial_backoff {
             return Err(ConfigError::Invalid {
@@ -118,6 +131,24 @@ mod tests {
         assert_eq!(config.initial_backoff, Duration::from_secs(1));
         assert_eq!(config.max_backoff, Duration::from_secs(30));
         assert_eq!(config.pod_namespace, None);
+        assert!(config.relationship_labels.is_empty());
+    }
+
+    #[test]
+    fn relationship_labels_come_from_the_pods_own_labels() {
+        let config = config(&[
+            ("NODE_NAME", "n"),
+            ("PART_OF", "kubernetes-nmstate"),
+            ("VERSION", ""),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.relationship_labels,
+            BTreeMap::from([(
+                "app.kubernetes.io/part-of".to_string(),
+                "kubernetes-nmstate".to_string()
+            )])
+        );
     }
 
     #[test]

@@ -3,4 +3,5 @@
 pub mod config;
 pub mod network_manager;
 pub mod node_state;
+pub mod node_state_reporter;
 pub mod state_filter;

@@ -10,9 +10,10 @@ use nmstate_handler::{
     config::{ConfigError, HandlerConfig},
     network_manager::{self, NetworkManagerError},
     node_state::{self, NodeStateError},
+    node_state_reporter::{self, NodeStateReporter, ReportError},
 };
 use std::{path::PathBuf, process::ExitCode};
-use tracing::info;
+use tracing::{info, warn};
 
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -70,11 +71,8 @@ enum HandlerError {
     Yaml(#[from] serde_yaml::Error),
     #[error("internal error: {0}")]
     Join(#[from] tokio::task::JoinError),
-    #[error(
-        "node reconciliation is not part of this build yet: the API server, the Node object and \
-         NetworkManager were all reachable, and the handler stops here"
-    )]
-    ReconcilerUnavailable,
+    #[error(transparent)]
+    Report(#[from] ReportError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -126,7 +124,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     let client = kube_client(cli.kubeconfig.clone()).await?;
     let server = client.apiserver_version().await?;
     info!(server = %server.git_version, "connected to the API server");
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
     if nodes.get_opt(&config.node_name).await?.is_none() {
         return Err(HandlerError::UnknownNode(config.node_name));
     }
@@ -136,7 +134,33 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     let state = tokio::task::spawn_blocking(node_state::retrieve).await??;
     let interfaces = state["interfaces"].as_array().map_or(0, Vec::len);
     info!(interfaces, "read the node's network state from NetworkManager");
-    Err(HandlerError::ReconcilerUnavailable)
+    warn!("this build reports the node's network state; it does not apply policies yet");
+
+    let reporter = NodeStateReporter::new(
+        client,
+        config.node_name,
+        config.relationship_labels,
+        network_manager,
+    );
+    node_state_reporter::run(reporter, shutdown_signal()).await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM (how Kubernetes stops a pod) or SIGINT.
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            warn!("cannot listen for SIGTERM ({error}); stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<Client, HandlerError> {

@@ -29,12 +29,30 @@ pub enum NetworkManagerError {
 /// The `Version` property of NetworkManager on the bus at `address`, or on the system bus
 /// (`DBUS_SYSTEM_BUS_ADDRESS` if set) when `address` is `None`.
 pub async fn version(address: Option<&str>) -> Result<String, NetworkManagerError> {
-    let connection = match address {
-        Some(address) => zbus::connection::Builder::address(address)?.build().await?,
-        None => zbus::Connection::system().await?,
-    };
+    let connection = connect(address).await?;
     let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
     Ok(proxy.get_property::<String>("Version").await?)
+}
+
+/// A stream with one item per D-Bus signal of NetworkManager's objects: devices added or
+/// removed, state and property changes (including links created behind its back, which it
+/// picks up from the kernel). It ends when the bus connection closes.
+pub async fn change_signals(address: Option<&str>) -> Result<zbus::MessageStream, NetworkManagerError> {
+    let connection = connect(address).await?;
+    // By object path, not by sender: signals carry NetworkManager's unique bus name, which
+    // zbus's client-side matching would not equate with its well-known name.
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .path_namespace(OBJECT_PATH)?
+        .build();
+    Ok(zbus::MessageStream::for_match_rule(rule, &connection, Some(1024)).await?)
+}
+
+async fn connect(address: Option<&str>) -> Result<zbus::Connection, zbus::Error> {
+    match address {
+        Some(address) => zbus::connection::Builder::address(address)?.build().await,
+        None => zbus::Connection::system().await,
+    }
 }
 
 /// Parses NetworkManager's version leniently: distributions append build suffixes

@@ -59,14 +59,7 @@ impl LocalEnv {
     pub fn from_env() -> Self {
         match std::env::var_os("NMSTATE_LOCALENV_DIR") {
             Some(dir) => LocalEnv::new(dir),
-            None => {
-                // config/local -> the workspace root.
-                let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .ancestors()
-                    .nth(2)
-                    .unwrap_or(Path::new("."));
-                LocalEnv::new(workspace.join("target/localenv"))
-            }
+            None => LocalEnv::new(workspace_dir().join("target/localenv")),
         }
     }
 
@@ -251,6 +244,12 @@ impl LocalEnv {
             source: std::io::Error::other(error),
         })?
     }
+}
+
+/// The workspace root (this crate lives in `config/local`).
+pub fn workspace_dir() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.ancestors().nth(2).unwrap_or(crate_dir).to_path_buf()
 }
 
 /// Where `make deps` installs kubectl and helm.

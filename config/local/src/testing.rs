@@ -111,3 +111,54 @@ pub fn etcdctl(env: &LocalEnv) -> Result<std::process::Command> {
         .arg(format!("--endpoints=http://127.0.0.1:{}", endpoints.etcd_port));
     Ok(command)
 }
+
+/// Applies the CRDs in `manifests/crds/` (server-side, forced) and waits until each is
+/// established; returns their names. Idempotent.
+pub async fn install_crds(client: &kube::Client) -> Result<Vec<String>> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::{
+        Api, ResourceExt,
+        api::{Patch, PatchParams},
+        runtime::wait::{await_condition, conditions},
+    };
+    let dir = crate::workspace_dir().join("manifests/crds");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(crate::LocalEnvError::io("read", &dir))?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(crate::LocalEnvError::io("read", &file))?;
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).map_err(|error| crate::LocalEnvError::Node {
+                name: file.display().to_string(),
+                reason: format!("not a CRD: {error}"),
+            })?;
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("nmstate-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
+        match tokio::time::timeout(std::time::Duration::from_secs(30), established).await {
+            Ok(result) => {
+                result.map_err(|error| crate::LocalEnvError::Kube(kube::Error::Service(Box::new(error))))?;
+            }
+            Err(_) => {
+                return Err(crate::LocalEnvError::NotReady {
+                    what: format!("CRD {name}"),
+                    seconds: 30,
+                    log: file,
+                });
+            }
+        }
+        names.push(name);
+    }
+    Ok(names)
+}

@@ -1,0 +1,218 @@
+//! Reports this node's network state as its NodeNetworkState (named after the node, owned by
+//! the Node), and keeps it current.
+//!
+//! A refresh reads the state with nmstate, filters it ([`crate::state_filter`]) and writes it
+//! only when it differs from what was last reported, so an idle node causes no API writes.
+//! Refreshes follow NetworkManager's D-Bus signals (a burst is coalesced into one refresh), a
+//! deleted NodeNetworkState is recreated at once, and a periodic refresh is the safety net.
+
+use crate::{
+    network_manager::{self, NetworkManagerError},
+    node_state::{self, NMSTATE_VERSION, NodeStateError},
+    state_filter::filter_for_report,
+};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource,
+    api::{Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use nmstate_api::{NodeNetworkState, state::NodeNetworkStateFields};
+use serde_json::{Value, json};
+use std::{collections::BTreeMap, future::Future, time::Duration};
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, warn};
+
+/// The field manager of the NodeNetworkState object the handler creates.
+pub const FIELD_MANAGER: &str = "nmstate-handler";
+/// The field manager of its status: a separate one, because before Kubernetes 1.22 an apply to
+/// `/status` by the manager that owns the labels would remove them.
+pub const STATUS_FIELD_MANAGER: &str = "nmstate-handler-status";
+
+/// How often the state is read even when nothing signalled a change.
+pub const PERIODIC_REFRESH: Duration = Duration::from_secs(60);
+/// A refresh waits for this long without further signals…
+const QUIET: Duration = Duration::from_millis(250);
+/// …but never longer than this after the first signal of a burst.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+/// When a refresh fails, the next attempt comes this much later.
+const RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    NodeState(#[from] NodeStateError),
+    #[error(transparent)]
+    NetworkManager(#[from] NetworkManagerError),
+    #[error("Kubernetes API: {0}")]
+    Kube(kube::Error),
+    #[error(
+        "the NodeNetworkState CRD (nodenetworkstates.nmstate.io) is not installed; the operator \
+         installs it, or `kubectl apply -f manifests/crds/`"
+    )]
+    CrdMissing,
+    #[error("internal error: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("NetworkManager's D-Bus signals stopped (NetworkManager or the system bus went away)")]
+    SignalsEnded,
+}
+
+impl From<kube::Error> for ReportError {
+    fn from(error: kube::Error) -> Self {
+        match &error {
+            // A missing resource type answers 404 with a plain-text body (no Status object).
+            kube::Error::Api(status) if status.code == 404 && status.message.contains("page not found") => {
+                ReportError::CrdMissing
+            }
+            _ => ReportError::Kube(error),
+        }
+    }
+}
+
+/// Writes one node's NodeNetworkState.
+pub struct NodeStateReporter {
+    api: Api<NodeNetworkState>,
+    nodes: Api<Node>,
+    node_name: String,
+    labels: BTreeMap<String, String>,
+    network_manager_version: String,
+    /// The state last written (or found already reported), to skip unchanged refreshes.
+    last_reported: Option<Value>,
+}
+
+impl NodeStateReporter {
+    pub fn new(
+        client: Client,
+        node_name: String,
+        labels: BTreeMap<String, String>,
+        network_manager_version: String,
+    ) -> Self {
+        NodeStateReporter {
+            api: Api::all(client.clone()),
+            nodes: Api::all(client),
+            node_name,
+            labels,
+            network_manager_version,
+            last_reported: None,
+        }
+    }
+
+    /// Reads the node's state and writes it when it changed, creating the object if it is
+    /// missing. `force` also checks the object when the state did not change (e.g. after it was
+    /// deleted). Returns whether it wrote.
+    pub async fn refresh(&mut self, force: bool) -> Result<bool, ReportError> {
+        let state = filter_for_report(tokio::task::spawn_blocking(node_state::retrieve).await??);
+        if !force && self.last_reported.as_ref() == Some(&state) {
+            return Ok(false);
+        }
+        let existing = match self.api.get_opt(&self.node_name).await? {
+            Some(existing) => existing,
+            None => self.create().await?,
+        };
+        let status = existing.status.unwrap_or_default();
+        let unchanged = status.current_state.as_ref().map(|document| &document.0) == Some(&state)
+            && status.host_network_manager_version.as_deref() == Some(self.network_manager_version.as_str())
+            && status.handler_nmstate_version.as_deref() == Some(NMSTATE_VERSION);
+        if !unchanged {
+            let patch = json!({
+                "apiVersion": NodeNetworkState::api_version(&()),
+                "kind": NodeNetworkState::kind(&()),
+                "status": {
+                    "currentState": state,
+                    "lastSuccessfulUpdateTime": Timestamp::now().to_string(),
+                    "hostNetworkManagerVersion": self.network_manager_version,
+                    "handlerNmstateVersion": NMSTATE_VERSION,
+                },
+            });
+            let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
+            self.api
+                .patch_status(&self.node_name, &params, &Patch::Apply(&patch))
+                .await?;
+        }
+        self.last_reported = Some(state);
+        Ok(!unchanged)
+    }
+
+    async fn create(&self) -> Result<NodeNetworkState, ReportError> {
+        let node = self.nodes.get(&self.node_name).await?;
+        let mut object = NodeNetworkState::new(&self.node_name, NodeNetworkStateFields {});
+        object.metadata.labels = Some(self.labels.clone()).filter(|labels| !labels.is_empty());
+        object.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: self.node_name.clone(),
+            uid: node.metadata.uid.unwrap_or_default(),
+            ..OwnerReference::default()
+        }]);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match self.api.create(&params, &object).await {
+            Ok(created) => {
+                info!(node = %self.node_name, "created the NodeNetworkState");
+                Ok(created)
+            }
+            // Created meanwhile (e.g. by a previous handler that is still stopping).
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(self.api.get(&self.node_name).await?),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// Keeps the node's NodeNetworkState current until `shutdown` completes.
+pub async fn run(
+    mut reporter: NodeStateReporter,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ReportError> {
+    let mut signals = network_manager::change_signals(None).await?;
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", reporter.node_name));
+    let mut deletions = watcher(reporter.api.clone(), config)
+        .default_backoff()
+        .try_filter_map(|event| async move { Ok(matches!(event, watcher::Event::Delete(_)).then_some(())) })
+        .boxed();
+    let mut periodic = tokio::time::interval_at(Instant::now() + PERIODIC_REFRESH, PERIODIC_REFRESH);
+    tokio::pin!(shutdown);
+
+    // (when the next refresh is due, whether it must check the object, when its burst began)
+    let mut due: Option<(Instant, bool, Instant)> = Some((Instant::now(), true, Instant::now()));
+    loop {
+        let wake = due.map_or_else(|| Instant::now() + PERIODIC_REFRESH, |(at, _, _)| at);
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            signal = signals.next() => {
+                if signal.is_none() {
+                    return Err(ReportError::SignalsEnded);
+                }
+                let now = Instant::now();
+                let (force, first) = due.map_or((false, now), |(_, force, first)| (force, first));
+                due = Some(((now + QUIET).min(first + MAX_DELAY), force, first));
+            }
+            deleted = deletions.next() => match deleted {
+                Some(Ok(())) => {
+                    info!("the NodeNetworkState was deleted; recreating it");
+                    due = Some((Instant::now(), true, Instant::now()));
+                }
+                Some(Err(error)) => warn!("watching the NodeNetworkState: {error}"),
+                None => warn!("the NodeNetworkState watch ended"),
+            },
+            _ = periodic.tick() => {
+                due.get_or_insert((Instant::now(), false, Instant::now()));
+            }
+            () = sleep_until(wake), if due.is_some() => {
+                let force = due.is_some_and(|(_, force, _)| force);
+                due = None;
+                match reporter.refresh(force).await {
+                    Ok(true) => debug!("reported a new node state"),
+                    Ok(false) => debug!("node state unchanged"),
+                    Err(error) => {
+                        warn!("cannot report the node state, retrying in {} s: {error}", RETRY.as_secs());
+                        let retry_at = Instant::now() + RETRY;
+                        due = Some((retry_at, force, retry_at));
+                    }
+                }
+            }
+        }
+    }
+}

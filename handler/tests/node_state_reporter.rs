@@ -1,0 +1,191 @@
+//! `nmstate-handler run` inside a real sandbox node reports the node's NodeNetworkState and
+//! keeps it current: created with its owner and labels, versions set, rewritten after an
+//! out-of-band change (well before the periodic refresh), untouched while nothing changes,
+//! recreated after deletion, and stopped cleanly by SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, ResourceExt};
+use nix::{sys::signal, unistd::Pid};
+use nmstate_api::NodeNetworkState;
+use nmstate_handler::node_state::NMSTATE_VERSION;
+use nmstate_localenv::testing::{TestNode, install_crds, shared_env, unique_name};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
+
+/// The handler process; killed if the test ends early, its log printed on failure.
+struct Handler {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- handler log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {} s",
+            timeout.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn interface_names(state: &NodeNetworkState) -> Vec<String> {
+    let current = &state.status.as_ref().unwrap().current_state.as_ref().unwrap().0;
+    current["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_handler_reports_its_node_state_and_keeps_it_current() {
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let name = unique_name("reporter");
+    let node = TestNode::start(&env, &name, &BTreeMap::new()).await.unwrap();
+    let states: Api<NodeNetworkState> = Api::all(client.clone());
+
+    let log = std::env::temp_dir().join(format!("{name}.log"));
+    let output = std::fs::File::create(&log).unwrap();
+    let child = node
+        .command(HANDLER)
+        .unwrap()
+        .arg("run")
+        .env("PART_OF", "kubernetes-nmstate")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .spawn()
+        .unwrap();
+    let mut handler = Handler { child, log };
+
+    // Created, owned by the Node, labelled, with the versions and the node's interfaces.
+    let reported = eventually(
+        "the NodeNetworkState is reported",
+        Duration::from_secs(30),
+        || async {
+            states
+                .get_opt(&name)
+                .await
+                .unwrap()
+                .filter(|state| state.status.is_some())
+        },
+    )
+    .await;
+    let owner = &reported.owner_references()[0];
+    let node_object = Api::<Node>::all(client.clone()).get(&name).await.unwrap();
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Node", name.as_str())
+    );
+    assert_eq!(Some(&owner.uid), node_object.metadata.uid.as_ref());
+    assert_eq!(
+        reported.labels()["app.kubernetes.io/part-of"],
+        "kubernetes-nmstate"
+    );
+    let status = reported.status.clone().unwrap();
+    assert!(status.host_network_manager_version.unwrap().starts_with("1.42."));
+    assert_eq!(status.handler_nmstate_version.as_deref(), Some(NMSTATE_VERSION));
+    let names = interface_names(&reported);
+    assert!(
+        names.contains(&"eth1".into()) && names.contains(&"eth2".into()),
+        "{names:?}"
+    );
+
+    // Nothing changes on the node: nothing is written.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = states.get(&name).await.unwrap();
+    assert_eq!(
+        idle.resource_version(),
+        reported.resource_version(),
+        "an idle node must cause no writes"
+    );
+
+    // An out-of-band change (a link NetworkManager did not create) shows up on its own,
+    // well before the 60 s periodic refresh.
+    let changed_at = Instant::now();
+    assert!(
+        node.command("ip")
+            .unwrap()
+            .args(["link", "add", "brtest", "type", "bridge"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let updated = eventually(
+        "brtest appears in the NodeNetworkState",
+        Duration::from_secs(20),
+        || async {
+            let state = states.get(&name).await.unwrap();
+            interface_names(&state)
+                .contains(&"brtest".to_string())
+                .then_some(state)
+        },
+    )
+    .await;
+    eprintln!(
+        "out-of-band change reported after {:.2} s",
+        changed_at.elapsed().as_secs_f64()
+    );
+    let updated_status = updated.status.clone().unwrap();
+    assert!(updated_status.last_successful_update_time > status.last_successful_update_time);
+
+    // Deleted: recreated (a new object, same name).
+    let old_uid = updated.uid().unwrap();
+    states.delete(&name, &Default::default()).await.unwrap();
+    eventually(
+        "the deleted NodeNetworkState is recreated",
+        Duration::from_secs(20),
+        || async {
+            states
+                .get_opt(&name)
+                .await
+                .unwrap()
+                .filter(|state| state.uid().as_ref() != Some(&old_uid) && state.status.is_some())
+        },
+    )
+    .await;
+
+    // SIGTERM: a clean, prompt exit.
+    signal::kill(Pid::from_raw(handler.child.id() as i32), signal::Signal::SIGTERM).unwrap();
+    let exited = eventually("the handler exits after SIGTERM", Duration::from_secs(10), || {
+        let status = handler.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(exited.success(), "the handler exited with {exited}");
+}
