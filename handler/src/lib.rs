@@ -1,5 +1,6 @@
 //! The kubernetes-nmstate node handler.
 
+pub mod capture;
 pub mod config;
 pub mod network_manager;
 pub mod node_state;
