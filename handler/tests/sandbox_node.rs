@@ -131,6 +131,19 @@ async fn a_sandbox_node_is_real_networkmanager_read_in_process_by_the_handler() 
     );
     assert_eq!(seen.trim(), format!("node/{name}"));
 
+    // That path is the node's network: with eth0 down, the API server is out of reach.
+    succeed(node.command("ip").unwrap().args(["link", "set", "eth0", "down"]));
+    let cut_off = node
+        .command(kubectl_program())
+        .unwrap()
+        .args(["get", "node", &name, "--request-timeout=3s"])
+        .output()
+        .unwrap();
+    assert!(
+        !cut_off.status.success(),
+        "the API server must be reached over eth0, not a side channel"
+    );
+
     // Teardown removes the namespace, the processes and the Node object; the host is untouched.
     let (netns, profiles) = (node.netns.clone(), node.profiles_dir());
     drop(node);

@@ -2,8 +2,8 @@
 //! ports, with their own CA, service-account keys, RBAC authorization and a kubeconfig.
 //!
 //! Network namespaces (the sandbox nodes) cannot reach the host's loopback, so a socat bridge
-//! also exposes the API server on a unix socket (`api.sock`); each node forwards its own
-//! `127.0.0.1:6443` to that socket.
+//! also exposes the API server on a unix socket (`api.sock`); the fabric serves that socket on
+//! its management gateway, `https://10.77.0.1:6443`, where nodes reach it over eth0.
 
 use crate::{
     error::{LocalEnvError, Result},
@@ -28,7 +28,7 @@ pub fn kube_bin_dir() -> PathBuf {
     home.join(".cache/kubernetes-nmstate/kube-1.20.2-r3/bin")
 }
 
-/// The port a node's API forwarder listens on inside the node's namespace.
+/// The port the fabric serves the API server on, at its management gateway.
 pub const NODE_API_PORT: u16 = 6443;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -71,7 +71,7 @@ impl ControlPlane {
         self.dir.join("kubeconfig")
     }
 
-    /// The admin kubeconfig for clients inside a sandbox node (`https://127.0.0.1:6443`).
+    /// The admin kubeconfig for clients inside a sandbox node (`https://10.77.0.1:6443`).
     pub fn node_kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig-node")
     }
@@ -159,8 +159,9 @@ impl ControlPlane {
         let ports = format!("{etcd_port} {apiserver_port}\n");
         std::fs::write(self.dir.join("ports"), ports)
             .map_err(LocalEnvError::io("write", self.dir.join("ports")))?;
-        self.write_kubeconfig(&self.kubeconfig(), apiserver_port, &token)?;
-        self.write_kubeconfig(&self.node_kubeconfig(), NODE_API_PORT, &token)?;
+        self.write_kubeconfig(&self.kubeconfig(), "127.0.0.1", apiserver_port, &token)?;
+        let gateway = crate::fabric::MGMT_GATEWAY;
+        self.write_kubeconfig(&self.node_kubeconfig(), gateway, NODE_API_PORT, &token)?;
 
         let started = Instant::now();
         let [etcd, apiserver, controller_manager, api_socket] = self.daemons();
@@ -298,10 +299,10 @@ impl ControlPlane {
         command
     }
 
-    fn write_kubeconfig(&self, path: &Path, port: u16, token: &str) -> Result<()> {
+    fn write_kubeconfig(&self, path: &Path, host: &str, port: u16, token: &str) -> Result<()> {
         let ca = self.pki_dir().join(pki::CA_CERT);
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: localenv\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\ncontexts:\n- name: localenv\n  context:\n    cluster: localenv\n    user: admin\ncurrent-context: localenv\nusers:\n- name: admin\n  user:\n    token: {token}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: localenv\n  cluster:\n    server: https://{host}:{port}\n    certificate-authority: {ca}\ncontexts:\n- name: localenv\n  context:\n    cluster: localenv\n    user: admin\ncurrent-context: localenv\nusers:\n- name: admin\n  user:\n    token: {token}\n",
             ca = ca.display()
         );
         std::fs::write(path, text).map_err(LocalEnvError::io("write", path))

@@ -9,8 +9,13 @@
 //!
 //! eth0 is the node's primary NIC, like a real node's, so policies can reconfigure eth1 and
 //! eth2 without cutting the node off. The secondary networks hand out no default route.
+//!
+//! The API server is served on the management gateway, `https://10.77.0.1:6443` (a socat
+//! forwarding to the control plane's unix socket), so nodes reach it over eth0 like a kubelet
+//! does: a change that cuts a node's network also cuts it off the API server.
 
 use crate::{
+    control_plane::NODE_API_PORT,
     error::{LocalEnvError, Result},
     netns,
     process::{Daemon, run},
@@ -55,12 +60,19 @@ impl Fabric {
         Daemon::new("dnsmasq", "dnsmasq", &self.dir)
     }
 
-    pub fn is_running(&self) -> bool {
-        netns::exists(&self.netns) && self.dnsmasq().running_pid().is_some()
+    fn api_forwarder(&self) -> Daemon {
+        Daemon::new("api-forwarder", "socat", &self.dir)
     }
 
-    /// Creates the switch (idempotent: a running one is left alone, a broken one rebuilt).
-    pub fn ensure(&self) -> Result<()> {
+    pub fn is_running(&self) -> bool {
+        netns::exists(&self.netns)
+            && self.dnsmasq().running_pid().is_some()
+            && self.api_forwarder().running_pid().is_some()
+    }
+
+    /// Creates the switch (idempotent: a running one is left alone, a broken one rebuilt);
+    /// `api_socket` is the control plane's unix socket to serve on the gateway.
+    pub fn ensure(&self, api_socket: &Path) -> Result<()> {
         if self.is_running() {
             return Ok(());
         }
@@ -80,8 +92,17 @@ impl Fabric {
         }
         let dnsmasq = self.dnsmasq();
         dnsmasq.spawn(self.dnsmasq_command())?;
+        let api_forwarder = self.api_forwarder();
+        let mut forward = Command::new("ip");
+        forward.args(["netns", "exec", ns, "socat"]);
+        forward.arg(format!(
+            "TCP-LISTEN:{NODE_API_PORT},bind={MGMT_GATEWAY},fork,reuseaddr"
+        ));
+        forward.arg(format!("UNIX-CONNECT:{}", api_socket.display()));
+        api_forwarder.spawn(forward)?;
         std::thread::sleep(Duration::from_millis(200));
         dnsmasq.check_running()?;
+        api_forwarder.check_running()?;
         Ok(())
     }
 
@@ -139,8 +160,10 @@ impl Fabric {
         command
     }
 
-    /// Stops dnsmasq (by pid) and deletes the switch namespace with everything in it.
+    /// Stops dnsmasq and the API forwarder (by pid) and deletes the switch namespace with
+    /// everything in it.
     pub fn stop(&self) -> Result<()> {
+        self.api_forwarder().stop(Duration::from_secs(5));
         self.dnsmasq().stop(Duration::from_secs(5));
         netns::delete(&self.netns)?;
         if self.dir.exists() {

@@ -156,8 +156,9 @@ impl LocalEnv {
             };
             let fabric = self.fabric();
             let starting = node.clone();
+            let api_socket = self.control_plane().api_socket();
             tokio::task::spawn_blocking(move || {
-                fabric.ensure()?;
+                fabric.ensure(&api_socket)?;
                 starting.start(&fabric)
             })
             .await

@@ -9,7 +9,7 @@
 //! changes.
 
 use crate::{
-    control_plane::{ControlPlane, NODE_API_PORT},
+    control_plane::ControlPlane,
     error::{LocalEnvError, Result},
     fabric::{CABLING, DNS_DOMAIN, Fabric, MGMT_GATEWAY},
     netns,
@@ -30,7 +30,6 @@ pub struct SandboxNode {
     pub index: u32,
     pub netns: String,
     dir: PathBuf,
-    api_socket: PathBuf,
     node_kubeconfig: PathBuf,
 }
 
@@ -48,7 +47,6 @@ impl SandboxNode {
             index,
             netns: format!("{prefix}-n{index}"),
             dir: env_dir.join("nodes").join(name),
-            api_socket: control_plane.api_socket(),
             node_kubeconfig: control_plane.node_kubeconfig(),
         }
     }
@@ -76,11 +74,10 @@ impl SandboxNode {
         self.dir.join("nm/etc/system-connections")
     }
 
-    fn daemons(&self) -> [Daemon; 3] {
+    fn daemons(&self) -> [Daemon; 2] {
         [
             Daemon::new("dbus-daemon", "dbus-daemon", &self.dir),
             Daemon::new("NetworkManager", "NetworkManager", &self.dir),
-            Daemon::new("api-forwarder", "socat", &self.dir),
         ]
     }
 
@@ -95,7 +92,7 @@ impl SandboxNode {
     /// A command that runs inside the node: NetworkManager's network, mount and UTS
     /// namespaces (so it sees the node's links, `/etc/resolv.conf` and hostname), with
     /// `DBUS_SYSTEM_BUS_ADDRESS`, `NODE_NAME` and `KUBECONFIG` (the API server at
-    /// `https://127.0.0.1:6443`) set.
+    /// `https://10.77.0.1:6443`, reached over eth0) set.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
         let pid = self.network_manager_pid().ok_or_else(|| LocalEnvError::Node {
             name: self.name.clone(),
@@ -112,8 +109,8 @@ impl SandboxNode {
         Ok(command)
     }
 
-    /// Builds (or repairs) the node: namespace, cabling, dbus-daemon, NetworkManager with eth0
-    /// configured, and the API forwarder. Waits until NetworkManager finished starting up.
+    /// Builds (or repairs) the node: namespace, cabling, dbus-daemon and NetworkManager with eth0
+    /// configured. Waits until NetworkManager finished starting up.
     pub(crate) fn start(&self, fabric: &Fabric) -> Result<()> {
         if self.is_running() {
             return Ok(());
@@ -134,7 +131,7 @@ impl SandboxNode {
         std::fs::write(self.dir.join("index"), format!("{}\n", self.index))
             .map_err(LocalEnvError::io("write", self.dir.join("index")))?;
         self.cable(fabric)?;
-        let [dbus, network_manager, api_forwarder] = self.daemons();
+        let [dbus, network_manager] = self.daemons();
 
         self.write_dbus_config()?;
         dbus.spawn(self.in_netns(&[
@@ -174,13 +171,6 @@ impl SandboxNode {
             ),
         })?;
 
-        api_forwarder.spawn(self.in_netns(&[
-            "socat",
-            &format!("TCP-LISTEN:{NODE_API_PORT},bind=127.0.0.1,fork,reuseaddr"),
-            &format!("UNIX-CONNECT:{}", self.api_socket.display()),
-        ]))?;
-        std::thread::sleep(Duration::from_millis(100));
-        api_forwarder.check_running()?;
         Ok(())
     }
 

@@ -16,10 +16,11 @@ pub const SERVICE_ACCOUNT_KEY: &str = "sa.key";
 pub const SERVICE_ACCOUNT_PUB: &str = "sa.pub";
 pub const TOKENS: &str = "tokens.csv";
 
-/// Names and addresses the serving certificate is valid for: loopback, and the in-cluster
-/// names clients inside a pod would use.
+/// Names and addresses the serving certificate is valid for: loopback, the fabric's management
+/// gateway (where nodes reach it), and the in-cluster names clients inside a pod would use.
 const SERVER_NAMES: &[&str] = &[
     "127.0.0.1",
+    crate::fabric::MGMT_GATEWAY,
     "localhost",
     "10.96.0.1",
     "kubernetes",
