@@ -7,12 +7,14 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 use nmstate_handler::{
+    apply::{self, ApplyError},
     config::{ConfigError, HandlerConfig},
     network_manager::{self, NetworkManagerError},
     node_state::{self, NodeStateError},
     node_state_reporter::{self, NodeStateReporter, ReportError},
+    probes::Probe,
 };
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 use tracing::{info, warn};
 
 const VERSION: &str = concat!(
@@ -49,6 +51,15 @@ enum Command {
     /// Print the node's current network state as YAML, optionally only some interfaces
     /// (like `nmstatectl show`); exits non-zero when NetworkManager cannot be read.
     Show { interfaces: Vec<String> },
+    /// Apply a desired state (YAML or JSON file) to this node the way a policy is applied: under
+    /// a NetworkManager checkpoint, checked by the api-server and node-readiness probes, then
+    /// committed, or rolled back when a probe fails.
+    Apply {
+        file: PathBuf,
+        /// How long each probe may take to pass
+        #[arg(long, env = "PROBE_TIMEOUT_SECONDS", default_value_t = 120)]
+        probe_timeout_seconds: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +84,10 @@ enum HandlerError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Report(#[from] ReportError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("cannot read {path}: {source}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -83,11 +98,15 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         // nmstate's blocking API builds its own runtime: call it outside of tokio.
         Some(Command::Show { interfaces }) => show(interfaces),
-        Some(Command::Run) | None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(HandlerError::Runtime)
-            .and_then(|runtime| runtime.block_on(run(&cli))),
+        Some(Command::Apply {
+            file,
+            probe_timeout_seconds,
+        }) => in_runtime(apply_file(
+            &cli,
+            file,
+            Duration::from_secs(*probe_timeout_seconds),
+        )),
+        Some(Command::Run) | None => in_runtime(run(&cli)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,16 +117,32 @@ fn main() -> ExitCode {
     }
 }
 
+fn in_runtime(work: impl std::future::Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(HandlerError::Runtime)?
+        .block_on(work)
+}
+
 fn init_tracing(level: LogLevel) {
-    // nispor warns on every link when the kernel has no nl80211 (no Wi-Fi): not worth a line.
     let default = match level {
-        LogLevel::Info => "info,nispor=error",
-        LogLevel::Debug => "debug,nispor=error",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
     };
+    let requested = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|filter| !filter.trim().is_empty());
+    let mut filter = tracing_subscriber::EnvFilter::new(requested.as_deref().unwrap_or(default));
+    // nispor warns on every link when the kernel has no nl80211 (no Wi-Fi): not worth a line,
+    // unless nispor's logs were asked for.
+    if !requested.as_deref().unwrap_or_default().contains("nispor")
+        && let Ok(directive) = "nispor=error".parse()
+    {
+        filter = filter.add_directive(directive);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
 }
@@ -161,6 +196,29 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+async fn apply_file(cli: &Cli, file: &std::path::Path, probe_timeout: Duration) -> Result<(), HandlerError> {
+    let config = HandlerConfig::from_lookup(|name| std::env::var(name).ok())?;
+    let text = std::fs::read_to_string(file).map_err(|source| HandlerError::ReadFile {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let desired: serde_json::Value = serde_yaml::from_str(&text)?;
+    let client = kube_client(cli.kubeconfig.clone()).await?;
+    let probes = [
+        Probe::ApiServer {
+            client: client.clone(),
+            timeout: probe_timeout,
+        },
+        Probe::NodeReadiness {
+            client,
+            node: config.node_name,
+            timeout: probe_timeout,
+        },
+    ];
+    apply::apply(&desired, &probes).await?;
+    Ok(())
 }
 
 async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<Client, HandlerError> {

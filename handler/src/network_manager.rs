@@ -34,6 +34,15 @@ pub async fn version(address: Option<&str>) -> Result<String, NetworkManagerErro
     Ok(proxy.get_property::<String>("Version").await?)
 }
 
+/// The checkpoints NetworkManager holds (object paths). A checkpoint is a change applied but
+/// not yet committed: NetworkManager rolls it back when its timeout expires.
+pub async fn checkpoints(address: Option<&str>) -> Result<Vec<String>, NetworkManagerError> {
+    let connection = connect(address).await?;
+    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
+    let paths: Vec<zbus::zvariant::OwnedObjectPath> = proxy.get_property("Checkpoints").await?;
+    Ok(paths.into_iter().map(|path| path.to_string()).collect())
+}
+
 /// A stream with one item per D-Bus signal of NetworkManager's objects: devices added or
 /// removed, state and property changes (including links created behind its back, which it
 /// picks up from the kernel). It ends when the bus connection closes.

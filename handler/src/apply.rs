@@ -1,0 +1,134 @@
+//! Applying a desired state without losing the node: the change is applied under a
+//! NetworkManager checkpoint that is not committed, the probes check that the node still works,
+//! and the checkpoint is then committed, or rolled back when a probe fails. If the handler dies
+//! in between, NetworkManager rolls the change back by itself when the checkpoint times out.
+//!
+//! nmstate's blocking calls run on tokio's blocking pool (they build a runtime of their own and
+//! their futures are not `Send`).
+
+use crate::{
+    node_state::{self, NodeStateError},
+    probes::{Probe, ProbeFailure},
+};
+use nmstate::{ErrorKind, NetworkState, NmstateError};
+use serde_json::Value;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// How long NetworkManager keeps an uncommitted checkpoint before rolling it back on its own:
+/// upstream's value, long enough for every probe to use its full timeout twice.
+pub const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(480);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The desired state is not a valid nmstate state: nothing on the node was touched.
+    #[error("{0}")]
+    InvalidState(NmstateError),
+    /// nmstate could not apply it (and rolled its checkpoint back).
+    #[error("{0}")]
+    Apply(NmstateError),
+    /// A probe failed after the change; the change was rolled back.
+    #[error(
+        "rolling back desired state configuration: failed running probe '{probe}' after network \
+         changes: {reason} -> currentState: {state_after}"
+    )]
+    ProbeFailed {
+        probe: &'static str,
+        reason: String,
+        state_after: String,
+    },
+    #[error("the change worked but could not be committed: {0}")]
+    Commit(NmstateError),
+    #[error("the change failed and could not be rolled back: {0}")]
+    Rollback(NmstateError),
+    #[error(transparent)]
+    NodeState(#[from] NodeStateError),
+    #[error("internal error: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl ApplyError {
+    /// Errors that retrying cannot heal: the input is wrong, or the kernel or host lacks
+    /// something (nmstate already spends about two minutes on each such attempt).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ApplyError::InvalidState(_) => true,
+            ApplyError::Apply(error) => {
+                matches!(
+                    error.kind(),
+                    ErrorKind::InvalidArgument
+                        | ErrorKind::NotSupportedError
+                        | ErrorKind::NotImplementedError
+                ) || error.msg().contains("Operation not supported")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Applies `desired`, runs `probes`, then commits or rolls back.
+pub async fn apply(desired: &Value, probes: &[Probe]) -> Result<(), ApplyError> {
+    let json = desired.to_string();
+    let state = blocking(move || NetworkState::new_from_json(&json))
+        .await?
+        .map_err(ApplyError::InvalidState)?;
+
+    if blocking(rollback_stale_checkpoint)
+        .await?
+        .map_err(ApplyError::Rollback)?
+    {
+        warn!("rolled back a checkpoint left uncommitted by an earlier apply");
+    }
+    let timeout = u32::try_from(CHECKPOINT_TIMEOUT.as_secs()).unwrap_or(u32::MAX);
+    blocking(move || {
+        let mut state = state;
+        state.set_commit(false).set_timeout(timeout);
+        state.apply().map(|_| ())
+    })
+    .await?
+    .map_err(ApplyError::Apply)?;
+
+    for probe in probes {
+        if let Err(ProbeFailure { reason }) = probe.run().await {
+            warn!(probe = probe.name(), %reason, "probe failed after the change; rolling back");
+            blocking(|| NetworkState::checkpoint_rollback(""))
+                .await?
+                .map_err(ApplyError::Rollback)?;
+            // As upstream: let the node settle before reporting the state it is left in.
+            for probe in probes {
+                let _ = probe.run().await;
+            }
+            let state_after = blocking(node_state::retrieve).await??;
+            return Err(ApplyError::ProbeFailed {
+                probe: probe.name(),
+                reason,
+                state_after: serde_json::to_string(&state_after).unwrap_or_default(),
+            });
+        }
+    }
+    blocking(|| NetworkState::checkpoint_commit(""))
+        .await?
+        .map_err(ApplyError::Commit)?;
+    info!("desired state applied and committed");
+    Ok(())
+}
+
+/// Rolls back a checkpoint an earlier apply left (e.g. a handler killed mid-apply); returns
+/// whether there was one.
+pub fn rollback_stale_checkpoint() -> Result<bool, NmstateError> {
+    match NetworkState::checkpoint_rollback("") {
+        Ok(()) => Ok(true),
+        Err(error)
+            if error.msg().contains("Not active checkpoint") || error.msg().contains("No checkpoint") =>
+        {
+            Ok(false)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(work).await
+}
