@@ -1,8 +1,10 @@
 //! The kubernetes-nmstate node handler.
 
 pub mod apply;
+pub mod bridge_vlan;
 pub mod capture;
 pub mod config;
+pub mod enactment_conditions;
 pub mod network_manager;
 pub mod node_state;
 pub mod node_state_reporter;

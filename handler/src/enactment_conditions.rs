@@ -1,0 +1,229 @@
+//! The conditions of an enactment in each of its situations, with upstream's types, reasons
+//! and messages (tools and `kubectl wait` scripts match on them). Every situation writes all
+//! five condition types.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use nmstate_api::{
+    Condition, ConditionStatus,
+    enactment::{EnactmentConditionReason as Reason, EnactmentConditionType as Type},
+};
+
+/// Where an enactment stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EnactmentSituation {
+    /// The desired state is being applied.
+    Progressing,
+    /// Applied and committed.
+    Succeeded,
+    /// Failed for good: the apply's error, or why the desired state could not be generated.
+    Failed { message: String },
+    /// Failed; another attempt follows (`attempt` of `max`).
+    Retrying { node: String, attempt: u32, max: u32 },
+    /// Waiting for a place among the nodes that may apply the policy at the same time.
+    Pending,
+    /// Not applied because too many nodes already failed the policy.
+    Aborted { enactment: String },
+}
+
+impl EnactmentSituation {
+    /// The message upstream writes for a desired state it could not generate (captures).
+    pub fn failed_generating(error: impl std::fmt::Display) -> Self {
+        EnactmentSituation::Failed {
+            message: format!("failure generating desiredState and capturedStates: {error}"),
+        }
+    }
+
+    /// The five conditions, as `(type, status, reason, message)`.
+    fn conditions(&self) -> [(Type, ConditionStatus, Reason, String); 5] {
+        use ConditionStatus::{False, True, Unknown};
+        let none = String::new;
+        match self {
+            EnactmentSituation::Progressing => {
+                let reason = Reason::ConfigurationProgressing;
+                [
+                    (Type::Available, Unknown, reason, none()),
+                    (Type::Failing, Unknown, reason, none()),
+                    (Type::Progressing, True, reason, "Applying desired state".into()),
+                    (Type::Pending, False, reason, none()),
+                    (Type::Aborted, False, reason, none()),
+                ]
+            }
+            EnactmentSituation::Succeeded => {
+                let reason = Reason::SuccessfullyConfigured;
+                [
+                    (Type::Available, True, reason, "successfully reconciled".into()),
+                    (Type::Failing, False, reason, none()),
+                    (Type::Progressing, False, reason, none()),
+                    (Type::Pending, False, reason, none()),
+                    (Type::Aborted, False, reason, none()),
+                ]
+            }
+            EnactmentSituation::Failed { message } => {
+                let reason = Reason::FailedToConfigure;
+                [
+                    (Type::Available, False, reason, none()),
+                    (Type::Failing, True, reason, message.clone()),
+                    (Type::Progressing, False, reason, none()),
+                    (Type::Pending, False, reason, none()),
+                    (Type::Aborted, False, Reason::SuccessfullyConfigured, none()),
+                ]
+            }
+            EnactmentSituation::Retrying { node, attempt, max } => {
+                let reason = Reason::Retrying;
+                let message = format!(
+                    "failed to reconcile NodeNetworkConfigurationPolicy on node {node}. Retrying {attempt}/{max}"
+                );
+                [
+                    (Type::Available, False, reason, none()),
+                    (Type::Failing, True, reason, message.clone()),
+                    (Type::Progressing, True, reason, message),
+                    (Type::Pending, False, reason, none()),
+                    (Type::Aborted, False, Reason::SuccessfullyConfigured, none()),
+                ]
+            }
+            EnactmentSituation::Pending => {
+                let reason = Reason::MaxUnavailableLimitReached;
+                let message = "Waiting for progressing nodes to finish".to_string();
+                [
+                    (Type::Available, False, reason, none()),
+                    (Type::Failing, False, reason, none()),
+                    (Type::Progressing, False, reason, message.clone()),
+                    (Type::Pending, True, reason, message),
+                    (Type::Aborted, False, reason, none()),
+                ]
+            }
+            EnactmentSituation::Aborted { enactment } => {
+                let reason = Reason::ConfigurationAborted;
+                [
+                    (Type::Available, False, reason, none()),
+                    (Type::Failing, False, reason, none()),
+                    (Type::Progressing, False, reason, none()),
+                    (Type::Pending, False, reason, none()),
+                    (
+                        Type::Aborted,
+                        True,
+                        reason,
+                        format!("reconciliation of enactment \"{enactment}\" has aborted"),
+                    ),
+                ]
+            }
+        }
+    }
+
+    /// Writes this situation into `conditions` (heartbeat always, transition time only where a
+    /// status changed), for policy generation `generation`.
+    pub fn apply_to(&self, conditions: &mut Vec<Condition>, generation: i64, now: &Time) {
+        for (type_, status, reason, message) in self.conditions() {
+            let mut condition = Condition::new(type_.as_str(), status, reason.as_str(), message);
+            condition.observed_generation = Some(generation);
+            nmstate_api::condition::set_condition(conditions, condition, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nmstate_api::condition::find_condition;
+
+    fn now(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    /// `(type, status, reason)` of each condition, and the message of the one that is True.
+    fn summary(situation: &EnactmentSituation) -> (Vec<String>, String) {
+        let mut conditions = Vec::new();
+        situation.apply_to(&mut conditions, 1, &now(0));
+        let rows = conditions
+            .iter()
+            .map(|c| format!("{} {:?} {}", c.type_, c.status, c.reason))
+            .collect();
+        let message = conditions
+            .iter()
+            .find(|c| c.is_true())
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        (rows, message)
+    }
+
+    #[test]
+    fn situations_write_upstreams_conditions_and_messages() {
+        let (rows, message) = summary(&EnactmentSituation::Progressing);
+        assert_eq!(
+            rows,
+            [
+                "Available Unknown ConfigurationProgressing",
+                "Failing Unknown ConfigurationProgressing",
+                "Progressing True ConfigurationProgressing",
+                "Pending False ConfigurationProgressing",
+                "Aborted False ConfigurationProgressing",
+            ]
+        );
+        assert_eq!(message, "Applying desired state");
+
+        let (rows, message) = summary(&EnactmentSituation::Succeeded);
+        assert_eq!(rows[0], "Available True SuccessfullyConfigured");
+        assert!(
+            rows[1..]
+                .iter()
+                .all(|row| row.ends_with("False SuccessfullyConfigured"))
+        );
+        assert_eq!(message, "successfully reconciled");
+
+        let (rows, message) = summary(&EnactmentSituation::failed_generating(
+            "PolicyError: Failed to find capture nic",
+        ));
+        assert_eq!(rows[1], "Failing True FailedToConfigure");
+        assert_eq!(rows[4], "Aborted False SuccessfullyConfigured");
+        assert_eq!(
+            message,
+            "failure generating desiredState and capturedStates: PolicyError: Failed to find capture nic"
+        );
+
+        let (rows, message) = summary(&EnactmentSituation::Retrying {
+            node: "node01".into(),
+            attempt: 2,
+            max: 5,
+        });
+        assert_eq!(
+            &rows[..3],
+            [
+                "Available False Retrying",
+                "Failing True Retrying",
+                "Progressing True Retrying"
+            ]
+        );
+        assert_eq!(
+            message,
+            "failed to reconcile NodeNetworkConfigurationPolicy on node node01. Retrying 2/5"
+        );
+
+        let (rows, message) = summary(&EnactmentSituation::Pending);
+        assert_eq!(rows[3], "Pending True MaxUnavailableLimitReached");
+        assert_eq!(message, "Waiting for progressing nodes to finish");
+
+        let (rows, message) = summary(&EnactmentSituation::Aborted {
+            enactment: "node01.br1".into(),
+        });
+        assert_eq!(rows[4], "Aborted True ConfigurationAborted");
+        assert_eq!(message, "reconciliation of enactment \"node01.br1\" has aborted");
+    }
+
+    #[test]
+    fn transition_times_move_only_for_conditions_whose_status_changed() {
+        let mut conditions = Vec::new();
+        EnactmentSituation::Progressing.apply_to(&mut conditions, 3, &now(10));
+        EnactmentSituation::Succeeded.apply_to(&mut conditions, 3, &now(20));
+        let available = find_condition(&conditions, "Available").unwrap();
+        assert_eq!(available.last_transition_time, Some(now(20)), "Unknown -> True");
+        let pending = find_condition(&conditions, "Pending").unwrap();
+        assert_eq!(pending.last_transition_time, Some(now(10)), "False -> False");
+        assert_eq!(pending.last_heartbeat_time, Some(now(20)));
+        assert!(
+            conditions
+                .iter()
+                .all(|condition| condition.observed_generation == Some(3))
+        );
+        assert_eq!(conditions.len(), 5);
+    }
+}
