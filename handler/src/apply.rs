@@ -48,17 +48,16 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    /// Errors that retrying cannot heal: the input is wrong, or the kernel or host lacks
-    /// something (nmstate already spends about two minutes on each such attempt).
+    /// Errors that retrying cannot heal: the input is not a state at all, or the kernel or host
+    /// lacks the feature (nmstate already spends about two minutes on each such attempt). A
+    /// missing interface is retried, as upstream: it may yet appear.
     pub fn is_permanent(&self) -> bool {
         match self {
             ApplyError::InvalidState(_) => true,
             ApplyError::Apply(error) => {
                 matches!(
                     error.kind(),
-                    ErrorKind::InvalidArgument
-                        | ErrorKind::NotSupportedError
-                        | ErrorKind::NotImplementedError
+                    ErrorKind::NotSupportedError | ErrorKind::NotImplementedError
                 ) || error.msg().contains("Operation not supported")
             }
             _ => false,

@@ -4,7 +4,8 @@
 //! written.
 //!
 //! Bridge VLAN filtering needs the kernel's 802.1Q support. Where the kernel lacks it, the
-//! default would make every bridge fail, so it is skipped and the enactment says so.
+//! default would make every bridge fail, so it is skipped and the enactment says so. Support is
+//! asked of the kernel itself, once, when the handler starts.
 
 use serde_json::{Value, json};
 
@@ -13,11 +14,9 @@ pub const SKIPPED_NOTE: &str =
     "bridge port VLAN defaults skipped: the node's kernel does not support bridge VLAN filtering";
 
 /// Adds the default trunk to the ports of every `linux-bridge` that is `up` in `desired` when
-/// `kernel_supports_vlan_filtering`; returns how many ports got it.
+/// `kernel_supports_vlan_filtering`; returns how many ports get it (or would, where the kernel
+/// lacks support and `desired` is left unchanged).
 pub fn apply_default_vlan_filtering(desired: &mut Value, kernel_supports_vlan_filtering: bool) -> usize {
-    if !kernel_supports_vlan_filtering {
-        return 0;
-    }
     let mut defaulted = 0;
     let interfaces = desired.get_mut("interfaces").and_then(Value::as_array_mut);
     for interface in interfaces.into_iter().flatten() {
@@ -31,10 +30,11 @@ pub fn apply_default_vlan_filtering(desired: &mut Value, kernel_supports_vlan_fi
             .and_then(Value::as_array_mut);
         for port in ports.into_iter().flatten().filter_map(Value::as_object_mut) {
             if !port.contains_key("vlan") {
-                port.insert(
-                    "vlan".into(),
-                    json!({"mode": "trunk", "trunk-tags": [{"id-range": {"min": 2, "max": 4094}}]}),
-                );
+                if kernel_supports_vlan_filtering {
+                    let trunk =
+                        json!({"mode": "trunk", "trunk-tags": [{"id-range": {"min": 2, "max": 4094}}]});
+                    port.insert("vlan".into(), trunk);
+                }
                 defaulted += 1;
             }
         }
@@ -42,17 +42,33 @@ pub fn apply_default_vlan_filtering(desired: &mut Value, kernel_supports_vlan_fi
     defaulted
 }
 
-/// Whether the kernel can filter VLANs on a bridge, read from an existing bridge's sysfs
-/// (`/sys/class/net/<bridge>/bridge/vlan_filtering` exists only with 802.1Q support).
-pub fn kernel_supports_vlan_filtering(sysfs_net: &std::path::Path) -> Option<bool> {
-    let bridges: Vec<_> = std::fs::read_dir(sysfs_net)
-        .ok()?
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.join("bridge").is_dir())
-        .collect();
-    let first = bridges.first()?;
-    Some(first.join("bridge/vlan_filtering").exists())
+/// Asks the kernel whether it can filter VLANs on a bridge: creates a bridge with VLAN filtering
+/// in this network namespace and deletes it again. `Ok(false)` when the kernel refuses it as
+/// unsupported.
+pub async fn kernel_supports_vlan_filtering() -> std::io::Result<bool> {
+    const PROBE: &str = "nmst-vfprobe";
+    let (connection, handle, _) = rtnetlink::new_connection()?;
+    let connection = tokio::spawn(connection);
+    let created = handle
+        .link()
+        .add(rtnetlink::LinkBridge::new(PROBE).vlan_filtering(true).build())
+        .execute()
+        .await;
+    let result = match created {
+        Ok(()) => {
+            let mut links = handle.link().get().match_name(PROBE.to_string()).execute();
+            if let Ok(Some(link)) = futures::TryStreamExt::try_next(&mut links).await {
+                let _ = handle.link().del(link.header.index).execute().await;
+            }
+            Ok(true)
+        }
+        Err(rtnetlink::Error::NetlinkError(message)) if message.to_io().raw_os_error() == Some(95) => {
+            Ok(false)
+        }
+        Err(error) => Err(std::io::Error::other(error.to_string())),
+    };
+    connection.abort();
+    result
 }
 
 #[cfg(test)]
@@ -94,25 +110,13 @@ mod tests {
     }
 
     #[test]
-    fn vlan_filtering_support_is_read_from_a_bridges_sysfs() {
-        let sysfs = std::env::temp_dir().join(format!("bridge-vlan-sysfs-{}", std::process::id()));
-        std::fs::create_dir_all(sysfs.join("eth0")).unwrap();
-        assert_eq!(
-            kernel_supports_vlan_filtering(&sysfs),
-            None,
-            "no bridge to look at"
-        );
-        std::fs::create_dir_all(sysfs.join("br0/bridge")).unwrap();
-        assert_eq!(kernel_supports_vlan_filtering(&sysfs), Some(false));
-        std::fs::write(sysfs.join("br0/bridge/vlan_filtering"), "0\n").unwrap();
-        assert_eq!(kernel_supports_vlan_filtering(&sysfs), Some(true));
-        std::fs::remove_dir_all(&sysfs).unwrap();
-    }
-
-    #[test]
     fn nothing_changes_where_the_kernel_cannot_filter_vlans() {
         let mut state = desired();
-        assert_eq!(apply_default_vlan_filtering(&mut state, false), 0);
+        assert_eq!(
+            apply_default_vlan_filtering(&mut state, false),
+            1,
+            "one port would have been defaulted"
+        );
         assert_eq!(state, desired());
     }
 }

@@ -37,6 +37,8 @@ pub struct HandlerConfig {
     pub initial_backoff: Duration,
     /// `NNCP_MAX_BACKOFF_SECONDS`.
     pub max_backoff: Duration,
+    /// `PROBE_TIMEOUT_SECONDS`: how long each probe may take to pass after a change.
+    pub probe_timeout: Duration,
     /// `POD_NAMESPACE` (fallback `HANDLER_NAMESPACE`): where handler pods run.
     pub pod_namespace: Option<String>,
     /// `app.kubernetes.io/*` labels for the objects the handler creates, from `COMPONENT`,
@@ -61,6 +63,7 @@ impl HandlerConfig {
             max_retries: number("NNCP_MAX_RETRIES", get("NNCP_MAX_RETRIES"), 5)?,
             initial_backoff: seconds("NNCP_INITIAL_BACKOFF_SECONDS", 1)?,
             max_backoff: seconds("NNCP_MAX_BACKOFF_SECONDS", 30)?,
+            probe_timeout: seconds("PROBE_TIMEOUT_SECONDS", 120)?,
             pod_namespace: get("POD_NAMESPACE").or_else(|| get("HANDLER_NAMESPACE")),
             relationship_labels: [
                 ("COMPONENT", labels::APP_COMPONENT),
@@ -130,6 +133,7 @@ mod tests {
         assert_eq!(config.max_retries, 5);
         assert_eq!(config.initial_backoff, Duration::from_secs(1));
         assert_eq!(config.max_backoff, Duration::from_secs(30));
+        assert_eq!(config.probe_timeout, Duration::from_secs(120));
         assert_eq!(config.pod_namespace, None);
         assert!(config.relationship_labels.is_empty());
     }

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod bridge_vlan;
 pub mod capture;
 pub mod config;
+pub mod enactment;
 pub mod enactment_conditions;
 pub mod network_manager;
 pub mod node_state;

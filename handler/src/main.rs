@@ -8,13 +8,15 @@ use kube::{
 };
 use nmstate_handler::{
     apply::{self, ApplyError},
+    bridge_vlan,
     config::{ConfigError, HandlerConfig},
+    enactment,
     network_manager::{self, NetworkManagerError},
     node_state::{self, NodeStateError},
     node_state_reporter::{self, NodeStateReporter, ReportError},
     probes::Probe,
 };
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use tracing::{info, warn};
 
 const VERSION: &str = concat!(
@@ -169,15 +171,43 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     let state = tokio::task::spawn_blocking(node_state::retrieve).await??;
     let interfaces = state["interfaces"].as_array().map_or(0, Vec::len);
     info!(interfaces, "read the node's network state from NetworkManager");
-    warn!("this build reports the node's network state; it does not apply policies yet");
 
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
     let reporter = NodeStateReporter::new(
-        client,
-        config.node_name,
-        config.relationship_labels,
+        client.clone(),
+        config.node_name.clone(),
+        config.relationship_labels.clone(),
         network_manager,
     );
-    node_state_reporter::run(reporter, shutdown_signal()).await?;
+    let mut reporting = tokio::spawn(node_state_reporter::run(reporter, stopped(stopping.clone())));
+    let vlan_filtering = bridge_vlan::kernel_supports_vlan_filtering()
+        .await
+        .unwrap_or_else(|error| {
+            warn!("cannot tell whether the kernel filters VLANs on bridges ({error}); assuming it does not");
+            false
+        });
+    if !vlan_filtering {
+        warn!("{}", bridge_vlan::SKIPPED_NOTE);
+    }
+    let context = Arc::new(enactment::Context {
+        client,
+        config,
+        vlan_filtering,
+    });
+    let mut enacting = tokio::spawn(enactment::run(context, stopped(stopping)));
+    tokio::select! {
+        () = shutdown_signal() => info!("stopping: finishing the change in progress, if any"),
+        result = &mut reporting => return result?.map_err(Into::into),
+        result = &mut enacting => return Ok(result?),
+    }
+    let _ = stop.send(true);
+    // A change in progress is committed or rolled back before the handler exits, so a graceful
+    // stop leaves no uncommitted checkpoint behind.
+    enacting.await?;
+    reporting.await??;
     info!("stopped");
     Ok(())
 }

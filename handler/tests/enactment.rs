@@ -1,0 +1,307 @@
+//! `nmstate-handler run` inside a real sandbox node enacts the policies that select it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use nmstate_api::{
+    Condition, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
+};
+use nmstate_localenv::testing::{TestNode, install_crds, shared_env, unique_name};
+use serde_json::json;
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
+
+struct Handler {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Handler {
+    fn start(node: &TestNode, log: std::path::PathBuf) -> Handler {
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = node
+            .command(HANDLER)
+            .unwrap()
+            .arg("run")
+            .envs([
+                ("NNCP_MAX_RETRIES", "2"),
+                ("NNCP_INITIAL_BACKOFF_SECONDS", "1"),
+                ("NNCP_MAX_BACKOFF_SECONDS", "2"),
+                ("PROBE_TIMEOUT_SECONDS", "5"),
+                ("RUST_LOG", "info"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
+            .spawn()
+            .unwrap();
+        Handler { child, log }
+    }
+
+    fn stop(&mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "the handler exited with {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the handler did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- handler log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {} s",
+            timeout.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn policy(
+    name: &str,
+    selector: serde_json::Value,
+    desired: serde_json::Value,
+) -> NodeNetworkConfigurationPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "nmstate.io/v1", "kind": "NodeNetworkConfigurationPolicy",
+        "metadata": {"name": name},
+        "spec": {"nodeSelector": selector, "desiredState": desired},
+    }))
+    .unwrap()
+}
+
+fn true_condition(enactment: &NodeNetworkConfigurationEnactment) -> Option<Condition> {
+    enactment
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|condition| condition.is_true())
+        .cloned()
+}
+
+/// Waits until condition `type_` of the enactment is True with `reason`.
+async fn wait_for_condition(
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    name: &str,
+    (type_, reason): (&str, &str),
+    timeout: Duration,
+) -> NodeNetworkConfigurationEnactment {
+    eventually(&format!("{name} {type_}/{reason}"), timeout, || async {
+        let enactment = enactments.get_opt(name).await.unwrap()?;
+        let conditions = &enactment.status.as_ref()?.conditions;
+        let settled = find_condition(conditions, type_).is_some_and(|c| c.is_true() && c.reason == reason);
+        settled.then_some(enactment)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn policies_selecting_the_node_are_enacted_and_reported() {
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let node_name = unique_name("enact");
+    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let log = std::env::temp_dir().join(format!("{node_name}.log"));
+    let mut handler = Handler::start(&node, log.clone());
+    let this_node = json!({"kubernetes.io/hostname": node_name});
+
+    // A bridge over eth1 with DHCP: enacted, reported, and real on the node.
+    let bridge = format!("{node_name}-bridge");
+    let desired = json!({"interfaces": [{
+        "name": "br1", "type": "linux-bridge", "state": "up", "ipv4": {"enabled": true, "dhcp": true},
+        "bridge": {"options": {"stp": {"enabled": false}}, "port": [{"name": "eth1"}]},
+    }]});
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(&bridge, this_node.clone(), desired),
+        )
+        .await
+        .unwrap();
+    let bridge_enactment = format!("{node_name}.{bridge}");
+    let enacted = wait_for_condition(
+        &enactments,
+        &bridge_enactment,
+        ("Available", "SuccessfullyConfigured"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(enacted.labels()["nmstate.io/policy"], bridge);
+    assert_eq!(enacted.labels()["nmstate.io/node"], node_name);
+    assert_eq!(enacted.owner_references()[0].kind, "Node");
+    let status = enacted.status.clone().unwrap();
+    assert_eq!(status.policy_generation, Some(1));
+    assert_eq!(status.desired_state.unwrap().0["interfaces"][0]["name"], "br1");
+    assert_eq!(
+        find_condition(&status.conditions, "Available").unwrap().reason,
+        "SuccessfullyConfigured"
+    );
+    let address = eventually("a DHCP lease on br1", Duration::from_secs(10), || async {
+        let output = node
+            .command("ip")
+            .unwrap()
+            .args(["-4", "-br", "addr", "show", "br1"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.contains("10.77.1.").then_some(text)
+    })
+    .await;
+    eprintln!("br1: {}", address.trim());
+
+    // A policy for an interface the node does not have: Failing after the retries, with
+    // nmstate's message.
+    let missing = format!("{node_name}-missing");
+    let desired = json!({"interfaces": [{"name": "eth9", "type": "ethernet", "state": "up"}]});
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(&missing, this_node.clone(), desired),
+        )
+        .await
+        .unwrap();
+    let failed = wait_for_condition(
+        &enactments,
+        &format!("{node_name}.{missing}"),
+        ("Failing", "FailedToConfigure"),
+        Duration::from_secs(240),
+    )
+    .await;
+    let failing = true_condition(&failed).unwrap();
+    assert!(
+        !find_condition(&failed.status.as_ref().unwrap().conditions, "Progressing")
+            .unwrap()
+            .is_true()
+    );
+    assert!(
+        failing
+            .message
+            .contains(&format!("on node {node_name} at desired state apply")),
+        "{}",
+        failing.message
+    );
+    assert!(
+        failing.message.contains("eth9"),
+        "nmstate's message names the interface: {}",
+        failing.message
+    );
+    assert_eq!(failed.status.unwrap().retry_count.unwrap()["1"], 2);
+
+    // A policy selecting a label the node does not carry yet: nothing, until the label comes.
+    let labelled = format!("{node_name}-labelled");
+    let desired = json!({"interfaces": [{"name": "eth2", "type": "ethernet", "state": "up", "ipv4": {"enabled": false}, "ipv6": {"enabled": false}}]});
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(&labelled, json!({"nmstate-test/enact": "yes"}), desired),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        enactments
+            .get_opt(&format!("{node_name}.{labelled}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let label = json!({"metadata": {"labels": {"nmstate-test/enact": "yes"}}});
+    nodes
+        .patch(&node_name, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    wait_for_condition(
+        &enactments,
+        &format!("{node_name}.{labelled}"),
+        ("Available", "SuccessfullyConfigured"),
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // A restart re-applies nothing: the enactment is not even rewritten.
+    let before = enactments.get(&bridge_enactment).await.unwrap();
+    handler.stop();
+    let mut handler = Handler::start(&node, log.clone());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = enactments.get(&bridge_enactment).await.unwrap();
+    assert_eq!(
+        after.resource_version(),
+        before.resource_version(),
+        "the restarted handler touched an enacted policy"
+    );
+
+    // Deleting a policy removes its enactment.
+    policies.delete(&bridge, &Default::default()).await.unwrap();
+    eventually(
+        "the enactment of a deleted policy is removed",
+        Duration::from_secs(20),
+        || async {
+            enactments
+                .get_opt(&bridge_enactment)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    handler.stop();
+    for name in [missing, labelled] {
+        policies.delete(&name, &Default::default()).await.unwrap();
+    }
+    let _ = std::fs::remove_file(&log);
+}
