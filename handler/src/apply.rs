@@ -7,6 +7,7 @@
 //! their futures are not `Send`).
 
 use crate::{
+    network_manager::{self, GlobalDns},
     node_state::{self, NodeStateError},
     probes::{Probe, ProbeFailure},
 };
@@ -78,14 +79,25 @@ pub async fn apply(desired: &Value, probes: &[Probe]) -> Result<(), ApplyError> 
     {
         warn!("rolled back a checkpoint left uncommitted by an earlier apply");
     }
+    // nmstate keeps DNS in NetworkManager's global DNS, which checkpoints do not cover.
+    let dns_before = match network_manager::global_dns(None).await {
+        Ok(dns) => Some(dns),
+        Err(error) => {
+            warn!("cannot save the global DNS configuration; a rollback may not restore DNS: {error}");
+            None
+        }
+    };
     let timeout = u32::try_from(CHECKPOINT_TIMEOUT.as_secs()).unwrap_or(u32::MAX);
-    blocking(move || {
+    let applied = blocking(move || {
         let mut state = state;
         state.set_commit(false).set_timeout(timeout);
         state.apply().map(|_| ())
     })
-    .await?
-    .map_err(ApplyError::Apply)?;
+    .await?;
+    if let Err(error) = applied {
+        restore_global_dns(dns_before).await;
+        return Err(ApplyError::Apply(error));
+    }
 
     for probe in probes {
         if let Err(ProbeFailure { reason }) = probe.run().await {
@@ -93,6 +105,7 @@ pub async fn apply(desired: &Value, probes: &[Probe]) -> Result<(), ApplyError> 
             blocking(|| NetworkState::checkpoint_rollback(""))
                 .await?
                 .map_err(ApplyError::Rollback)?;
+            restore_global_dns(dns_before).await;
             // As upstream: let the node settle before reporting the state it is left in.
             for probe in probes {
                 let _ = probe.run().await;
@@ -110,6 +123,21 @@ pub async fn apply(desired: &Value, probes: &[Probe]) -> Result<(), ApplyError> 
         .map_err(ApplyError::Commit)?;
     info!("desired state applied and committed");
     Ok(())
+}
+
+/// Puts NetworkManager's global DNS configuration back as it was before the change.
+async fn restore_global_dns(before: Option<GlobalDns>) {
+    let Some(before) = before else { return };
+    if network_manager::global_dns(None)
+        .await
+        .is_ok_and(|now| now == before)
+    {
+        return;
+    }
+    match network_manager::set_global_dns(None, before).await {
+        Ok(()) => info!("restored the global DNS configuration"),
+        Err(error) => warn!("cannot restore the global DNS configuration: {error}"),
+    }
 }
 
 /// Rolls back a checkpoint an earlier apply left (e.g. a handler killed mid-apply); returns

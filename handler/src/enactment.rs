@@ -13,7 +13,7 @@ use crate::{
     config::HandlerConfig,
     enactment_conditions::EnactmentSituation,
     node_state_reporter::{FIELD_MANAGER, STATUS_FIELD_MANAGER},
-    probes::Probe,
+    probes,
 };
 use futures::StreamExt;
 use k8s_openapi::{
@@ -220,17 +220,13 @@ async fn reconcile(
     EnactmentSituation::Progressing.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
     write_status(&enactments, &name, &status).await?;
 
-    let probes = [
-        Probe::ApiServer {
-            client: context.client.clone(),
-            timeout: config.probe_timeout,
-        },
-        Probe::NodeReadiness {
-            client: context.client.clone(),
-            node: config.node_name.clone(),
-            timeout: config.probe_timeout,
-        },
-    ];
+    let probes = probes::select(
+        &context.client,
+        &config.node_name,
+        &config.probe_dns_host,
+        config.probe_timeout,
+    )
+    .await;
     info!(policy = %policy_name, generation, "applying");
     match apply::apply(&desired, &probes).await {
         Ok(()) => {

@@ -6,6 +6,7 @@ pub mod capture;
 pub mod config;
 pub mod enactment;
 pub mod enactment_conditions;
+pub mod external_probes;
 pub mod network_manager;
 pub mod node_state;
 pub mod node_state_reporter;

@@ -14,7 +14,7 @@ use nmstate_handler::{
     network_manager::{self, NetworkManagerError},
     node_state::{self, NodeStateError},
     node_state_reporter::{self, NodeStateReporter, ReportError},
-    probes::Probe,
+    probes,
 };
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use tracing::{info, warn};
@@ -54,8 +54,9 @@ enum Command {
     /// (like `nmstatectl show`); exits non-zero when NetworkManager cannot be read.
     Show { interfaces: Vec<String> },
     /// Apply a desired state (YAML or JSON file) to this node the way a policy is applied: under
-    /// a NetworkManager checkpoint, checked by the api-server and node-readiness probes, then
-    /// committed, or rolled back when a probe fails.
+    /// a NetworkManager checkpoint, checked by the probes (ping and dns if they pass before the
+    /// change, api-server and node-readiness always), then committed, or rolled back when a
+    /// probe fails.
     Apply {
         file: PathBuf,
         /// How long each probe may take to pass
@@ -236,17 +237,7 @@ async fn apply_file(cli: &Cli, file: &std::path::Path, probe_timeout: Duration) 
     })?;
     let desired: serde_json::Value = serde_yaml::from_str(&text)?;
     let client = kube_client(cli.kubeconfig.clone()).await?;
-    let probes = [
-        Probe::ApiServer {
-            client: client.clone(),
-            timeout: probe_timeout,
-        },
-        Probe::NodeReadiness {
-            client,
-            node: config.node_name,
-            timeout: probe_timeout,
-        },
-    ];
+    let probes = probes::select(&client, &config.node_name, &config.probe_dns_host, probe_timeout).await;
     apply::apply(&desired, &probes).await?;
     Ok(())
 }

@@ -43,6 +43,27 @@ pub async fn checkpoints(address: Option<&str>) -> Result<Vec<String>, NetworkMa
     Ok(paths.into_iter().map(|path| path.to_string()).collect())
 }
 
+/// NetworkManager's global DNS configuration (the `GlobalDnsConfiguration` property, `a{sv}`),
+/// where nmstate stores `dns-resolver` settings. A checkpoint does not cover it, so a rollback
+/// must put it back itself.
+pub type GlobalDns = std::collections::HashMap<String, zbus::zvariant::OwnedValue>;
+
+pub async fn global_dns(address: Option<&str>) -> Result<GlobalDns, NetworkManagerError> {
+    let connection = connect(address).await?;
+    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
+    Ok(proxy.get_property("GlobalDnsConfiguration").await?)
+}
+
+pub async fn set_global_dns(address: Option<&str>, value: GlobalDns) -> Result<(), NetworkManagerError> {
+    let connection = connect(address).await?;
+    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
+    proxy
+        .set_property("GlobalDnsConfiguration", value)
+        .await
+        .map_err(zbus::Error::from)?;
+    Ok(())
+}
+
 /// A stream with one item per D-Bus signal of NetworkManager's objects: devices added or
 /// removed, state and property changes (including links created behind its back, which it
 /// picks up from the kernel). It ends when the bus connection closes.

@@ -1,6 +1,7 @@
 //! Checks that a node still works after a network change. Each probe is retried every second
 //! until it passes or its timeout (default 120 s, as upstream) runs out.
 
+use crate::external_probes;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::{Api, Client};
 use std::time::Duration;
@@ -20,6 +21,10 @@ pub struct ProbeFailure {
 /// What is checked after a change.
 #[derive(Clone)]
 pub enum Probe {
+    /// The default gateway answers a ping through its interface.
+    Gateway { timeout: Duration },
+    /// One of the node's DNS servers resolves `host`.
+    Dns { host: String, timeout: Duration },
     /// The API server answers (`GET /api/v1/namespaces/default`, as upstream).
     ApiServer { client: Client, timeout: Duration },
     /// This node's `Ready` condition is `True`.
@@ -34,6 +39,8 @@ impl Probe {
     /// The name upstream's messages use.
     pub fn name(&self) -> &'static str {
         match self {
+            Probe::Gateway { .. } => "ping",
+            Probe::Dns { .. } => "dns",
             Probe::ApiServer { .. } => "api-server",
             Probe::NodeReadiness { .. } => "node-readiness",
         }
@@ -41,7 +48,10 @@ impl Probe {
 
     fn timeout(&self) -> Duration {
         match self {
-            Probe::ApiServer { timeout, .. } | Probe::NodeReadiness { timeout, .. } => *timeout,
+            Probe::Gateway { timeout }
+            | Probe::Dns { timeout, .. }
+            | Probe::ApiServer { timeout, .. }
+            | Probe::NodeReadiness { timeout, .. } => *timeout,
         }
     }
 
@@ -63,6 +73,10 @@ impl Probe {
 
     async fn check(&self) -> Result<(), String> {
         match self {
+            Probe::Gateway { .. } => external_probes::ping_default_gateway(ATTEMPT_TIMEOUT / 2).await,
+            Probe::Dns { host, .. } => {
+                external_probes::resolve_through_node_servers(host, ATTEMPT_TIMEOUT / 2).await
+            }
             Probe::ApiServer { client, .. } => Api::<Namespace>::all(client.clone())
                 .get("default")
                 .await
@@ -87,4 +101,36 @@ impl Probe {
             }
         }
     }
+}
+
+/// The probes to run after a change: the ping and DNS probes only if they pass now, decided by
+/// one attempt each (a probe that never worked on this node costs seconds, not its timeout);
+/// the API server and node readiness probes always.
+pub async fn select(client: &Client, node: &str, dns_host: &str, timeout: Duration) -> Vec<Probe> {
+    let mut probes = Vec::new();
+    for external in [
+        Probe::Gateway { timeout },
+        Probe::Dns {
+            host: dns_host.to_string(),
+            timeout,
+        },
+    ] {
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, external.check()).await {
+            Ok(Ok(())) => probes.push(external),
+            Ok(Err(reason)) => {
+                tracing::info!(probe = external.name(), %reason, "not used: it fails before the change")
+            }
+            Err(_) => tracing::info!(probe = external.name(), "not used: no answer before the change"),
+        }
+    }
+    probes.push(Probe::ApiServer {
+        client: client.clone(),
+        timeout,
+    });
+    probes.push(Probe::NodeReadiness {
+        client: client.clone(),
+        node: node.to_string(),
+        timeout,
+    });
+    probes
 }

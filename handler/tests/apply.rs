@@ -1,5 +1,6 @@
 //! `nmstate-handler apply` inside a real sandbox node: the engine that applies policies.
-//! Applied under a checkpoint and committed; rolled back when a probe fails; invalid input
+//! Applied under a checkpoint and committed; rolled back when a probe fails (API server cut off,
+//! wrong default gateway, unreachable DNS servers); invalid input
 //! refused before anything changes; a stale checkpoint cleared first.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
@@ -18,6 +19,8 @@ fn apply(node: &TestNode, name: &str, desired: &str) -> Output {
         .unwrap()
         .args(["apply", file.to_str().unwrap()])
         .env("PROBE_TIMEOUT_SECONDS", "5")
+        // The switch's DNS answers only for its own domain (no upstream servers here).
+        .env("PROBE_DNS_HOST", "gw.sandbox.test")
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -64,8 +67,8 @@ async fn policies_are_applied_under_a_checkpoint_and_rolled_back_when_a_probe_fa
     }
     assert!(address.contains("10.77.1."), "no DHCP lease on br1: {address:?}");
 
-    // Taking eth0 down cuts the node off the API server: the api-server probe fails and the
-    // change is rolled back.
+    // Taking eth0 down cuts the node off its gateway (and the API server behind it): the first
+    // probe, ping, fails and the change is rolled back.
     let output = apply(
         &node,
         "cut",
@@ -74,7 +77,7 @@ async fn policies_are_applied_under_a_checkpoint_and_rolled_back_when_a_probe_fa
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
-        stderr.contains("failed running probe 'api-server' after network changes"),
+        stderr.contains("failed running probe 'ping' after network changes"),
         "{stderr}"
     );
     assert!(
@@ -83,6 +86,44 @@ async fn policies_are_applied_under_a_checkpoint_and_rolled_back_when_a_probe_fa
     );
     assert!(stdout_of(&node, &["ip", "-4", "-br", "addr", "show", "eth0"]).contains(&node.address()));
     assert!(stdout_of(&node, &["ip", "route"]).contains("default via 10.77.0.1 dev eth0"));
+    no_checkpoint_left(&node).await;
+
+    // A wrong default gateway: the ping probe fails and the route is rolled back.
+    let wrong_gateway = "routes:\n  config:\n  - destination: 0.0.0.0/0\n    next-hop-address: 10.77.0.254\n    \
+                         next-hop-interface: eth0\n    metric: 1\n    table-id: 254\n";
+    let output = apply(&node, "gateway", wrong_gateway);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("failed running probe 'ping' after network changes"),
+        "{stderr}"
+    );
+    let routes = stdout_of(&node, &["ip", "route"]);
+    assert!(
+        routes.contains("default via 10.77.0.1 dev eth0") && !routes.contains("10.77.0.254"),
+        "{routes}"
+    );
+    no_checkpoint_left(&node).await;
+
+    // Unreachable DNS servers: the dns probe fails, and DNS (NetworkManager's global DNS,
+    // which a checkpoint does not cover) is restored.
+    let output = apply(
+        &node,
+        "dns",
+        "dns-resolver:\n  config:\n    server: [10.77.0.253]\n",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("failed running probe 'dns' after network changes"),
+        "{stderr}"
+    );
+    let resolv = stdout_of(&node, &["cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("nameserver 10.77.0.1") && !resolv.contains("10.77.0.253"),
+        "{resolv}"
+    );
+    assert!(stdout_of(&node, &["getent", "hosts", "gw.sandbox.test"]).starts_with("10.77.0.1"));
     no_checkpoint_left(&node).await;
 
     // Invalid input is refused with nmstate's message and changes nothing.
@@ -132,4 +173,54 @@ async fn policies_are_applied_under_a_checkpoint_and_rolled_back_when_a_probe_fa
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("rolled back a checkpoint left uncommitted"));
     no_checkpoint_left(&node).await;
+}
+
+#[tokio::test]
+async fn the_api_server_and_node_readiness_probes_pass_and_fail_for_real() {
+    use nmstate_handler::probes::Probe;
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    let node = TestNode::start(&env, &unique_name("probes"), &BTreeMap::new())
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(2);
+
+    assert!(
+        Probe::ApiServer {
+            client: client.clone(),
+            timeout
+        }
+        .run()
+        .await
+        .is_ok()
+    );
+    assert!(
+        Probe::NodeReadiness {
+            client: client.clone(),
+            node: node.name.clone(),
+            timeout
+        }
+        .run()
+        .await
+        .is_ok()
+    );
+
+    let unknown = Probe::NodeReadiness {
+        client: client.clone(),
+        node: "no-such-node".into(),
+        timeout,
+    };
+    assert!(unknown.run().await.is_err());
+    let mut closed = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+    closed.accept_invalid_certs = true;
+    let unreachable = Probe::ApiServer {
+        client: kube::Client::try_from(closed).unwrap(),
+        timeout,
+    };
+    let started = std::time::Instant::now();
+    assert!(unreachable.run().await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a failing probe gives up after its timeout"
+    );
 }
