@@ -8,6 +8,7 @@ pub mod enactment;
 pub mod enactment_conditions;
 pub mod external_probes;
 pub mod network_manager;
+pub mod node_lock;
 pub mod node_state;
 pub mod node_state_reporter;
 pub mod probes;

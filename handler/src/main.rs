@@ -12,6 +12,7 @@ use nmstate_handler::{
     config::{ConfigError, HandlerConfig},
     enactment,
     network_manager::{self, NetworkManagerError},
+    node_lock::{self, LockError},
     node_state::{self, NodeStateError},
     node_state_reporter::{self, NodeStateReporter, ReportError},
     probes,
@@ -89,6 +90,8 @@ enum HandlerError {
     Report(#[from] ReportError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("cannot read {path}: {source}")]
     ReadFile { path: PathBuf, source: std::io::Error },
     #[error("cannot start the async runtime: {0}")]
@@ -159,6 +162,7 @@ fn show(interfaces: &[String]) -> Result<(), HandlerError> {
 async fn run(cli: &Cli) -> Result<(), HandlerError> {
     let config = HandlerConfig::from_lookup(|name| std::env::var(name).ok())?;
     info!(node = %config.node_name, version = VERSION, "starting");
+    let _node_lock = node_lock::acquire(std::path::Path::new(&config.lock_file)).await?;
     let client = kube_client(cli.kubeconfig.clone()).await?;
     let server = client.apiserver_version().await?;
     info!(server = %server.git_version, "connected to the API server");

@@ -180,6 +180,35 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     )
     .await;
 
+    // A second handler on the same node waits for the node lock instead of acting.
+    let second_log = std::env::temp_dir().join(format!("{name}-second.log"));
+    let output = std::fs::File::create(&second_log).unwrap();
+    let child = node
+        .command(HANDLER)
+        .unwrap()
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .spawn()
+        .unwrap();
+    let second = Handler {
+        child,
+        log: second_log.clone(),
+    };
+    eventually(
+        "the second handler waits for the node lock",
+        Duration::from_secs(20),
+        || async {
+            std::fs::read_to_string(&second_log)
+                .unwrap()
+                .contains("another handler holds the node lock")
+                .then_some(())
+        },
+    )
+    .await;
+    drop(second);
+
     // SIGTERM: a clean, prompt exit.
     signal::kill(Pid::from_raw(handler.child.id() as i32), signal::Signal::SIGTERM).unwrap();
     let exited = eventually("the handler exits after SIGTERM", Duration::from_secs(10), || {

@@ -91,8 +91,8 @@ impl SandboxNode {
 
     /// A command that runs inside the node: NetworkManager's network, mount and UTS
     /// namespaces (so it sees the node's links, `/etc/resolv.conf` and hostname), with
-    /// `DBUS_SYSTEM_BUS_ADDRESS`, `NODE_NAME` and `KUBECONFIG` (the API server at
-    /// `https://10.77.0.1:6443`, reached over eth0) set.
+    /// `DBUS_SYSTEM_BUS_ADDRESS`, `NODE_NAME`, `KUBECONFIG` (the API server at
+    /// `https://10.77.0.1:6443`, reached over eth0) and `NMSTATE_INSTANCE_NODE_LOCK_FILE` set.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
         let pid = self.network_manager_pid().ok_or_else(|| LocalEnvError::Node {
             name: self.name.clone(),
@@ -105,6 +105,11 @@ impl SandboxNode {
             .arg(program)
             .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
             .env("NODE_NAME", &self.name)
+            // Per node, as the DaemonSet's hostPath is: handlers of different nodes never share it.
+            .env(
+                "NMSTATE_INSTANCE_NODE_LOCK_FILE",
+                self.dir.join("k8s_nmstate/handler_lock"),
+            )
             .env("KUBECONFIG", &self.node_kubeconfig);
         Ok(command)
     }
