@@ -16,9 +16,12 @@ use serde_json::Value;
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// How long NetworkManager keeps an uncommitted checkpoint before rolling it back on its own:
-/// upstream's value, long enough for every probe to use its full timeout twice.
-pub const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(480);
+/// How long NetworkManager keeps an uncommitted checkpoint before rolling it back on its own
+/// (e.g. when the handler dies mid-apply): upstream's formula, long enough for the external
+/// probes to use their full timeout twice: 480 s with the default 120 s probe timeout.
+pub fn checkpoint_timeout(probe_timeout: Duration) -> Duration {
+    probe_timeout.saturating_mul(4)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -66,8 +69,9 @@ impl ApplyError {
     }
 }
 
-/// Applies `desired`, runs `probes`, then commits or rolls back.
-pub async fn apply(desired: &Value, probes: &[Probe]) -> Result<(), ApplyError> {
+/// Applies `desired` under a checkpoint that expires after `checkpoint`, runs `probes`, then
+/// commits or rolls back.
+pub async fn apply(desired: &Value, probes: &[Probe], checkpoint: Duration) -> Result<(), ApplyError> {
     let json = desired.to_string();
     let state = blocking(move || NetworkState::new_from_json(&json))
         .await?
@@ -87,7 +91,7 @@ pub async fn apply(desired: &Value, probes: &[Probe]) -> Result<(), ApplyError> 
             None
         }
     };
-    let timeout = u32::try_from(CHECKPOINT_TIMEOUT.as_secs()).unwrap_or(u32::MAX);
+    let timeout = u32::try_from(checkpoint.as_secs()).unwrap_or(u32::MAX).max(1);
     let applied = blocking(move || {
         let mut state = state;
         state.set_commit(false).set_timeout(timeout);

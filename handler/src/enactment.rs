@@ -228,7 +228,7 @@ async fn reconcile(
     )
     .await;
     info!(policy = %policy_name, generation, "applying");
-    match apply::apply(&desired, &probes).await {
+    match apply::apply(&desired, &probes, apply::checkpoint_timeout(config.probe_timeout)).await {
         Ok(()) => {
             info!(policy = %policy_name, generation, "applied");
             finish(&enactments, &name, &mut status, EnactmentSituation::Succeeded).await?;

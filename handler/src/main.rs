@@ -242,7 +242,7 @@ async fn apply_file(cli: &Cli, file: &std::path::Path, probe_timeout: Duration) 
     let desired: serde_json::Value = serde_yaml::from_str(&text)?;
     let client = kube_client(cli.kubeconfig.clone()).await?;
     let probes = probes::select(&client, &config.node_name, &config.probe_dns_host, probe_timeout).await;
-    apply::apply(&desired, &probes).await?;
+    apply::apply(&desired, &probes, apply::checkpoint_timeout(probe_timeout)).await?;
     Ok(())
 }
 

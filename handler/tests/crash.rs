@@ -1,0 +1,166 @@
+//! A handler killed (SIGKILL) in the middle of applying a policy does not strand the node:
+//! NetworkManager rolls the uncommitted change back when the checkpoint expires, and the
+//! restarted handler resumes the policy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use kube::{Api, api::PostParams};
+use nmstate_api::{
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
+};
+use nmstate_handler::network_manager::checkpoints;
+use nmstate_localenv::testing::{TestNode, install_crds, shared_env, unique_name};
+use serde_json::json;
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
+/// With 5 s probes the checkpoint expires after 20 s (4 × the probe timeout).
+const PROBE_TIMEOUT_SECONDS: &str = "5";
+
+fn start_handler(node: &TestNode, log: &std::path::Path) -> Child {
+    let output = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    node.command(HANDLER)
+        .unwrap()
+        .arg("run")
+        .envs([
+            ("PROBE_TIMEOUT_SECONDS", PROBE_TIMEOUT_SECONDS),
+            ("NNCP_MAX_RETRIES", "1"),
+            ("RUST_LOG", "info"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .spawn()
+        .unwrap()
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {} s",
+            timeout.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn eth0_is_up(node: &TestNode) -> bool {
+    let output = node
+        .command("ip")
+        .unwrap()
+        .args(["-4", "-br", "addr", "show", "eth0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.contains(" UP ") && text.contains(&node.address())
+}
+
+#[tokio::test]
+async fn a_handler_killed_mid_apply_leaves_the_node_to_networkmanagers_rollback() {
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let node_name = unique_name("crash");
+    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
+    let log = std::env::temp_dir().join(format!("{node_name}.log"));
+    let mut handler = start_handler(&node, &log);
+
+    // A policy that cuts the node off (eth0 down): the probes fail for 5 s before the handler
+    // would roll back, which leaves a window to kill it with the change live and uncommitted.
+    let policy_name = format!("{node_name}-cut");
+    let policy: NodeNetworkConfigurationPolicy = serde_json::from_value(json!({
+        "apiVersion": "nmstate.io/v1", "kind": "NodeNetworkConfigurationPolicy",
+        "metadata": {"name": policy_name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node_name},
+            "desiredState": {"interfaces": [{"name": "eth0", "type": "ethernet", "state": "down"}]},
+        },
+    }))
+    .unwrap();
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
+    policies.create(&PostParams::default(), &policy).await.unwrap();
+    eventually(
+        "the change is live on the node",
+        Duration::from_secs(60),
+        || async { (!eth0_is_up(&node)).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        checkpoints(Some(&node.bus_address())).await.unwrap().len(),
+        1,
+        "the change is not committed"
+    );
+    handler.kill().unwrap();
+    handler.wait().unwrap();
+    let killed_at = Instant::now();
+
+    // NetworkManager rolls back on its own once the checkpoint expires.
+    eventually(
+        "NetworkManager rolls the node back",
+        Duration::from_secs(60),
+        || async { eth0_is_up(&node).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "node rolled back by NetworkManager {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    eventually("the checkpoint is gone", Duration::from_secs(10), || async {
+        checkpoints(Some(&node.bus_address()))
+            .await
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    // The restarted handler resumes the policy: it is applied again, rolled back again by the
+    // probes (it really does cut the node off), and reported as failed; the node stays up.
+    let mut handler = start_handler(&node, &log);
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
+    let name = format!("{node_name}.{policy_name}");
+    let failed = eventually(
+        "the resumed policy is reported failed",
+        Duration::from_secs(120),
+        || async {
+            let enactment = enactments.get_opt(&name).await.unwrap()?;
+            let conditions = &enactment.status.as_ref()?.conditions;
+            find_condition(conditions, "Failing")
+                .is_some_and(|c| c.is_true() && c.reason == "FailedToConfigure")
+                .then_some(enactment)
+        },
+    )
+    .await;
+    let status = failed.status.unwrap();
+    let message = &find_condition(&status.conditions, "Failing").unwrap().message;
+    assert!(message.contains("failed running probe 'ping'"), "{message}");
+    assert!(
+        eth0_is_up(&node),
+        "the node must be up after the handler's own rollback"
+    );
+
+    handler.kill().unwrap();
+    handler.wait().unwrap();
+    policies.delete(&policy_name, &Default::default()).await.unwrap();
+    if !std::thread::panicking() {
+        let _ = std::fs::remove_file(&log);
+    }
+}
