@@ -12,4 +12,5 @@ pub mod node_lock;
 pub mod node_state;
 pub mod node_state_reporter;
 pub mod probes;
+pub mod profiles;
 pub mod state_filter;
