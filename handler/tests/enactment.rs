@@ -42,6 +42,7 @@ impl Handler {
                 ("NNCP_INITIAL_BACKOFF_SECONDS", "1"),
                 ("NNCP_MAX_BACKOFF_SECONDS", "2"),
                 ("PROBE_TIMEOUT_SECONDS", "5"),
+                ("PROBE_DNS_HOST", "gw.sandbox.test"),
                 ("RUST_LOG", "info"),
             ])
             .stdin(Stdio::null())
@@ -202,6 +203,54 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     .await;
     eprintln!("br1: {}", address.trim());
 
+    // Static address, route and DNS in one policy: the kernel's table and the resolver show it.
+    let static_net = format!("{node_name}-static");
+    let desired = json!({
+        "interfaces": [{
+            "name": "eth2", "type": "ethernet", "state": "up",
+            "ipv4": {"enabled": true, "dhcp": false, "address": [{"ip": "10.77.2.50", "prefix-length": 24}]},
+            "ipv6": {"enabled": false},
+        }],
+        "routes": {"config": [{
+            "destination": "198.51.100.0/24", "next-hop-address": "10.77.2.1", "next-hop-interface": "eth2",
+            "metric": 150, "table-id": 254,
+        }]},
+        "dns-resolver": {"config": {"search": ["example.test", "sandbox.test"], "server": ["10.77.0.1"]}},
+    });
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(&static_net, this_node.clone(), desired),
+        )
+        .await
+        .unwrap();
+    wait_for_condition(
+        &enactments,
+        &format!("{node_name}.{static_net}"),
+        ("Available", "SuccessfullyConfigured"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let show = |args: &[&str]| {
+        let output = node.command(args[0]).unwrap().args(&args[1..]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(show(&["ip", "-4", "-br", "addr", "show", "eth2"]).contains("10.77.2.50/24"));
+    let route = show(&["ip", "route", "show", "198.51.100.0/24"]);
+    assert!(
+        route.contains("via 10.77.2.1 dev eth2") && route.contains("metric 150"),
+        "{route}"
+    );
+    let resolv = show(&["cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("search example.test sandbox.test") && resolv.contains("nameserver 10.77.0.1"),
+        "{resolv}"
+    );
+    assert!(
+        show(&["ping", "-c", "1", "-W", "3", "10.77.2.1"]).contains("1 received"),
+        "the static address works"
+    );
+
     // A policy for an interface the node does not have: Failing after the retries, with
     // nmstate's message.
     let missing = format!("{node_name}-missing");
@@ -242,7 +291,10 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
 
     // A policy selecting a label the node does not carry yet: nothing, until the label comes.
     let labelled = format!("{node_name}-labelled");
-    let desired = json!({"interfaces": [{"name": "eth2", "type": "ethernet", "state": "up", "ipv4": {"enabled": false}, "ipv6": {"enabled": false}}]});
+    let desired = json!({"interfaces": [{
+        "name": "br9", "type": "linux-bridge", "state": "up",
+        "ipv4": {"enabled": false}, "ipv6": {"enabled": false}, "bridge": {"port": []},
+    }]});
     policies
         .create(
             &PostParams::default(),
@@ -300,7 +352,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     .await;
 
     handler.stop();
-    for name in [missing, labelled] {
+    for name in [missing, labelled, static_net] {
         policies.delete(&name, &Default::default()).await.unwrap();
     }
     let _ = std::fs::remove_file(&log);
