@@ -64,6 +64,8 @@ pub struct Context {
     pub config: HandlerConfig,
     /// Whether this node's kernel can filter VLANs on bridges (see [`bridge_vlan`]).
     pub vlan_filtering: bool,
+    /// Notified after each successful apply, so the node state is reported at once.
+    pub applied: Arc<tokio::sync::Notify>,
 }
 
 /// Whether a policy's selector (equality on every label, as upstream) matches the node.
@@ -231,6 +233,7 @@ async fn reconcile(
     match apply::apply(&desired, &probes, apply::checkpoint_timeout(config.probe_timeout)).await {
         Ok(()) => {
             info!(policy = %policy_name, generation, "applied");
+            context.applied.notify_one();
             finish(&enactments, &name, &mut status, EnactmentSituation::Succeeded).await?;
             if let Some(note) = vlan_note {
                 note_on_available(&enactments, &name, &mut status, note).await?;

@@ -187,7 +187,12 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         config.relationship_labels.clone(),
         network_manager,
     );
-    let mut reporting = tokio::spawn(node_state_reporter::run(reporter, stopped(stopping.clone())));
+    let applied = Arc::new(tokio::sync::Notify::new());
+    let mut reporting = tokio::spawn(node_state_reporter::run(
+        reporter,
+        applied.clone(),
+        stopped(stopping.clone()),
+    ));
     let vlan_filtering = bridge_vlan::kernel_supports_vlan_filtering()
         .await
         .unwrap_or_else(|error| {
@@ -201,6 +206,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         client,
         config,
         vlan_filtering,
+        applied,
     });
     let mut enacting = tokio::spawn(enactment::run(context, stopped(stopping)));
     tokio::select! {

@@ -162,8 +162,10 @@ impl NodeStateReporter {
 }
 
 /// Keeps the node's NodeNetworkState current until `shutdown` completes.
+/// `applied` is notified after each successful apply, for an immediate refresh.
 pub async fn run(
     mut reporter: NodeStateReporter,
+    applied: std::sync::Arc<tokio::sync::Notify>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ReportError> {
     let mut signals = network_manager::change_signals(None).await?;
@@ -197,6 +199,9 @@ pub async fn run(
                 Some(Err(error)) => warn!("watching the NodeNetworkState: {error}"),
                 None => warn!("the NodeNetworkState watch ended"),
             },
+            () = applied.notified() => {
+                due = Some((Instant::now(), false, Instant::now()));
+            }
             _ = periodic.tick() => {
                 due.get_or_insert((Instant::now(), false, Instant::now()));
             }

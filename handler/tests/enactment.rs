@@ -202,6 +202,22 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     })
     .await;
     eprintln!("br1: {}", address.trim());
+    let states: Api<nmstate_api::NodeNetworkState> = Api::all(client.clone());
+    eventually(
+        "the enacted bridge is in the node's NodeNetworkState",
+        Duration::from_secs(10),
+        || async {
+            let state = states.get_opt(&node_name).await.unwrap()?;
+            let current = state.status?.current_state?.0;
+            let names: Vec<String> = current["interfaces"]
+                .as_array()?
+                .iter()
+                .filter_map(|i| i["name"].as_str().map(String::from))
+                .collect();
+            names.contains(&"br1".to_string()).then_some(())
+        },
+    )
+    .await;
 
     // Static address, route and DNS in one policy: the kernel's table and the resolver show it.
     let static_net = format!("{node_name}-static");

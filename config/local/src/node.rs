@@ -29,6 +29,7 @@ pub struct SandboxNode {
     pub name: String,
     pub index: u32,
     pub netns: String,
+    switch_netns: String,
     dir: PathBuf,
     node_kubeconfig: PathBuf,
 }
@@ -46,6 +47,7 @@ impl SandboxNode {
             name: name.to_string(),
             index,
             netns: format!("{prefix}-n{index}"),
+            switch_netns: format!("{prefix}-sw"),
             dir: env_dir.join("nodes").join(name),
             node_kubeconfig: control_plane.node_kubeconfig(),
         }
@@ -184,6 +186,9 @@ impl SandboxNode {
         for daemon in self.daemons().iter().rev() {
             daemon.stop(Duration::from_secs(10));
         }
+        // Deleting a namespace tears its veths down asynchronously; deleting the switch ends
+        // first removes both ends at once, so the next node with this index can cable in.
+        self.remove_switch_ends();
         netns::delete(&self.netns)?;
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir).map_err(LocalEnvError::io("remove", &self.dir))?;
@@ -199,12 +204,28 @@ impl SandboxNode {
 
     /// veth pairs created inside the switch namespace with one end moved straight into the
     /// node's namespace, so no link ever appears in the host's namespace.
+    fn switch_end(&self, port: usize) -> String {
+        format!("n{}e{port}", self.index)
+    }
+
+    fn remove_switch_ends(&self) {
+        if !netns::exists(&self.switch_netns) {
+            return;
+        }
+        for port in 0..CABLING.len() {
+            let end = self.switch_end(port);
+            // Absent already is fine: this only makes sure no end of this index lingers.
+            let _ = run(Command::new("ip").args(["-n", &self.switch_netns, "link", "del", &end]));
+        }
+    }
+
     fn cable(&self, fabric: &Fabric) -> Result<()> {
+        self.remove_switch_ends();
         netns::add(&self.netns)?;
         run(Command::new("ip").args(["-n", &self.netns, "link", "set", "lo", "up"]))?;
         let switch = fabric.netns();
         for (port, (nic, bridge, _)) in CABLING.iter().enumerate() {
-            let switch_end = format!("n{}e{port}", self.index);
+            let switch_end = self.switch_end(port);
             run(Command::new("ip").args([
                 "-n",
                 switch,
