@@ -9,12 +9,10 @@ use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
 };
 use nmstate_handler::network_manager::checkpoints;
-use nmstate_localenv::testing::{TestNode, install_crds, shared_env, unique_name};
+use nmstate_localenv::testing::{NodeProcess, TestNode, eventually, install_crds, shared_env, unique_name};
 use serde_json::json;
 use std::{
     collections::BTreeMap,
-    future::Future,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -22,44 +20,13 @@ const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
 /// With 5 s probes the checkpoint expires after 20 s (4 × the probe timeout).
 const PROBE_TIMEOUT_SECONDS: &str = "5";
 
-fn start_handler(node: &TestNode, log: &std::path::Path) -> Child {
-    let output = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    node.command(HANDLER)
-        .unwrap()
-        .arg("run")
-        .envs([
-            ("PROBE_TIMEOUT_SECONDS", PROBE_TIMEOUT_SECONDS),
-            ("NNCP_MAX_RETRIES", "1"),
-            ("RUST_LOG", "info"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(output.try_clone().unwrap())
-        .stderr(output)
-        .spawn()
-        .unwrap()
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {} s",
-            timeout.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+fn start_handler(node: &TestNode, log: &std::path::Path) -> NodeProcess {
+    let env = [
+        ("PROBE_TIMEOUT_SECONDS", PROBE_TIMEOUT_SECONDS),
+        ("NNCP_MAX_RETRIES", "1"),
+        ("RUST_LOG", "info"),
+    ];
+    NodeProcess::start(node, HANDLER.as_ref(), &["run"], &env, log.to_path_buf()).unwrap()
 }
 
 fn eth0_is_up(node: &TestNode) -> bool {
@@ -102,14 +69,14 @@ async fn a_handler_killed_mid_apply_leaves_the_node_to_networkmanagers_rollback(
         Duration::from_secs(60),
         || async { (!eth0_is_up(&node)).then_some(()) },
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(
         checkpoints(Some(&node.bus_address())).await.unwrap().len(),
         1,
         "the change is not committed"
     );
-    handler.kill().unwrap();
-    handler.wait().unwrap();
+    handler.kill();
     let killed_at = Instant::now();
 
     // NetworkManager rolls back on its own once the checkpoint expires.
@@ -118,7 +85,8 @@ async fn a_handler_killed_mid_apply_leaves_the_node_to_networkmanagers_rollback(
         Duration::from_secs(60),
         || async { eth0_is_up(&node).then_some(()) },
     )
-    .await;
+    .await
+    .unwrap();
     eprintln!(
         "node rolled back by NetworkManager {:.1} s after the kill",
         killed_at.elapsed().as_secs_f64()
@@ -130,7 +98,8 @@ async fn a_handler_killed_mid_apply_leaves_the_node_to_networkmanagers_rollback(
             .is_empty()
             .then_some(())
     })
-    .await;
+    .await
+    .unwrap();
 
     // The restarted handler resumes the policy: it is applied again, rolled back again by the
     // probes (it really does cut the node off), and reported as failed; the node stays up.
@@ -148,7 +117,8 @@ async fn a_handler_killed_mid_apply_leaves_the_node_to_networkmanagers_rollback(
                 .then_some(enactment)
         },
     )
-    .await;
+    .await
+    .unwrap();
     let status = failed.status.unwrap();
     let message = &find_condition(&status.conditions, "Failing").unwrap().message;
     assert!(message.contains("failed running probe 'ping'"), "{message}");
@@ -157,8 +127,7 @@ async fn a_handler_killed_mid_apply_leaves_the_node_to_networkmanagers_rollback(
         "the node must be up after the handler's own rollback"
     );
 
-    handler.kill().unwrap();
-    handler.wait().unwrap();
+    handler.kill();
     policies.delete(&policy_name, &Default::default()).await.unwrap();
     if !std::thread::panicking() {
         let _ = std::fs::remove_file(&log);

@@ -10,100 +10,32 @@ use kube::{
 use nmstate_api::{
     Condition, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
 };
-use nmstate_localenv::testing::{TestNode, install_crds, shared_env, unique_name};
+use nmstate_localenv::testing::{NodeProcess, TestNode, eventually, install_crds, shared_env, unique_name};
 use serde_json::json;
-use std::{
-    collections::BTreeMap,
-    future::Future,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
 
-struct Handler {
-    child: Child,
-    log: std::path::PathBuf,
+/// The handler's settings for these tests: quick retries and probes, and a DNS name the
+/// sandbox's DNS answers.
+const HANDLER_ENV: [(&str, &str); 6] = [
+    ("NNCP_MAX_RETRIES", "2"),
+    ("NNCP_INITIAL_BACKOFF_SECONDS", "1"),
+    ("NNCP_MAX_BACKOFF_SECONDS", "2"),
+    ("PROBE_TIMEOUT_SECONDS", "5"),
+    ("PROBE_DNS_HOST", "gw.sandbox.test"),
+    ("RUST_LOG", "info"),
+];
+
+fn start_handler(node: &TestNode, log: &std::path::Path) -> NodeProcess {
+    NodeProcess::start(node, HANDLER.as_ref(), &["run"], &HANDLER_ENV, log.to_path_buf()).unwrap()
 }
 
-impl Handler {
-    fn start(node: &TestNode, log: std::path::PathBuf) -> Handler {
-        let output = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = node
-            .command(HANDLER)
-            .unwrap()
-            .arg("run")
-            .envs([
-                ("NNCP_MAX_RETRIES", "2"),
-                ("NNCP_INITIAL_BACKOFF_SECONDS", "1"),
-                ("NNCP_MAX_BACKOFF_SECONDS", "2"),
-                ("PROBE_TIMEOUT_SECONDS", "5"),
-                ("PROBE_DNS_HOST", "gw.sandbox.test"),
-                ("RUST_LOG", "info"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .unwrap();
-        Handler { child, log }
-    }
-
-    fn stop(&mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "the handler exited with {status}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the handler did not stop within 20 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Handler {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- handler log ---\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {} s",
-            timeout.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+fn stop_handler(handler: &mut NodeProcess) {
+    let status = handler
+        .terminate(Duration::from_secs(20))
+        .expect("the handler stops within 20 s of SIGTERM");
+    assert!(status.success(), "the handler exited with {status}");
 }
 
 fn policy(
@@ -143,6 +75,7 @@ async fn wait_for_condition(
         settled.then_some(enactment)
     })
     .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -156,7 +89,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
     let log = std::env::temp_dir().join(format!("{node_name}.log"));
-    let mut handler = Handler::start(&node, log.clone());
+    let mut handler = start_handler(&node, &log);
     let this_node = json!({"kubernetes.io/hostname": node_name});
 
     // A bridge over eth1 with DHCP: enacted, reported, and real on the node.
@@ -200,7 +133,8 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         text.contains("10.77.1.").then_some(text)
     })
-    .await;
+    .await
+    .unwrap();
     eprintln!("br1: {}", address.trim());
     let states: Api<nmstate_api::NodeNetworkState> = Api::all(client.clone());
     eventually(
@@ -217,7 +151,8 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
             names.contains(&"br1".to_string()).then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap();
 
     // Static address, route and DNS in one policy: the kernel's table and the resolver show it.
     let static_net = format!("{node_name}-static");
@@ -341,8 +276,8 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
 
     // A restart re-applies nothing: the enactment is not even rewritten.
     let before = enactments.get(&bridge_enactment).await.unwrap();
-    handler.stop();
-    let mut handler = Handler::start(&node, log.clone());
+    stop_handler(&mut handler);
+    let mut handler = start_handler(&node, &log);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = enactments.get(&bridge_enactment).await.unwrap();
     assert_eq!(
@@ -365,9 +300,10 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
                 .then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap();
 
-    handler.stop();
+    stop_handler(&mut handler);
     for name in [missing, labelled, static_net] {
         policies.delete(&name, &Default::default()).await.unwrap();
     }

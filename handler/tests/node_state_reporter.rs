@@ -1,63 +1,21 @@
 //! `nmstate-handler run` inside a real sandbox node reports the node's NodeNetworkState and
 //! keeps it current: created with its owner and labels, versions set, rewritten after an
 //! out-of-band change (well before the periodic refresh), untouched while nothing changes,
-//! recreated after deletion, and stopped cleanly by SIGTERM.
+//! recreated after deletion; a second handler waits for the node lock; SIGTERM stops it cleanly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, ResourceExt};
-use nix::{sys::signal, unistd::Pid};
 use nmstate_api::NodeNetworkState;
 use nmstate_handler::node_state::NMSTATE_VERSION;
-use nmstate_localenv::testing::{TestNode, install_crds, shared_env, unique_name};
+use nmstate_localenv::testing::{NodeProcess, TestNode, eventually, install_crds, shared_env, unique_name};
 use std::{
     collections::BTreeMap,
-    future::Future,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
-
-/// The handler process; killed if the test ends early, its log printed on failure.
-struct Handler {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Handler {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- handler log ---\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {} s",
-            timeout.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn interface_names(state: &NodeNetworkState) -> Vec<String> {
     let current = &state.status.as_ref().unwrap().current_state.as_ref().unwrap().0;
@@ -77,21 +35,10 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     let name = unique_name("reporter");
     let node = TestNode::start(&env, &name, &BTreeMap::new()).await.unwrap();
     let states: Api<NodeNetworkState> = Api::all(client.clone());
-
     let log = std::env::temp_dir().join(format!("{name}.log"));
-    let output = std::fs::File::create(&log).unwrap();
-    let child = node
-        .command(HANDLER)
-        .unwrap()
-        .arg("run")
-        .env("PART_OF", "kubernetes-nmstate")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(output.try_clone().unwrap())
-        .stderr(output)
-        .spawn()
-        .unwrap();
-    let mut handler = Handler { child, log };
+    let handler_env = [("PART_OF", "kubernetes-nmstate"), ("RUST_LOG", "info")];
+    let mut handler =
+        NodeProcess::start(&node, HANDLER.as_ref(), &["run"], &handler_env, log.clone()).unwrap();
 
     // Created, owned by the Node, labelled, with the versions and the node's interfaces.
     let reported = eventually(
@@ -105,7 +52,8 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
                 .filter(|state| state.status.is_some())
         },
     )
-    .await;
+    .await
+    .unwrap();
     let owner = &reported.owner_references()[0];
     let node_object = Api::<Node>::all(client.clone()).get(&name).await.unwrap();
     assert_eq!(
@@ -156,7 +104,8 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
                 .then_some(state)
         },
     )
-    .await;
+    .await
+    .unwrap();
     eprintln!(
         "out-of-band change reported after {:.2} s",
         changed_at.elapsed().as_secs_f64()
@@ -178,43 +127,32 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
                 .filter(|state| state.uid().as_ref() != Some(&old_uid) && state.status.is_some())
         },
     )
-    .await;
+    .await
+    .unwrap();
 
     // A second handler on the same node waits for the node lock instead of acting.
     let second_log = std::env::temp_dir().join(format!("{name}-second.log"));
-    let output = std::fs::File::create(&second_log).unwrap();
-    let child = node
-        .command(HANDLER)
-        .unwrap()
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(output.try_clone().unwrap())
-        .stderr(output)
-        .spawn()
-        .unwrap();
-    let second = Handler {
-        child,
-        log: second_log.clone(),
-    };
+    let second = NodeProcess::start(&node, HANDLER.as_ref(), &["run"], &[], second_log.clone()).unwrap();
     eventually(
         "the second handler waits for the node lock",
         Duration::from_secs(20),
         || async {
-            std::fs::read_to_string(&second_log)
-                .unwrap()
+            second
+                .log()
                 .contains("another handler holds the node lock")
                 .then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap();
     drop(second);
 
     // SIGTERM: a clean, prompt exit.
-    signal::kill(Pid::from_raw(handler.child.id() as i32), signal::Signal::SIGTERM).unwrap();
-    let exited = eventually("the handler exits after SIGTERM", Duration::from_secs(10), || {
-        let status = handler.child.try_wait().unwrap();
-        async move { status }
-    })
-    .await;
+    let exited = handler
+        .terminate(Duration::from_secs(10))
+        .expect("the handler exits within 10 s of SIGTERM");
     assert!(exited.success(), "the handler exited with {exited}");
+    for file in [log, second_log] {
+        let _ = std::fs::remove_file(file);
+    }
 }

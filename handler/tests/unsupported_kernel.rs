@@ -8,11 +8,10 @@ use kube::{Api, api::PostParams};
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
 };
-use nmstate_localenv::testing::{TestNode, install_crds, shared_env, unique_name};
+use nmstate_localenv::testing::{NodeProcess, TestNode, install_crds, shared_env, unique_name};
 use serde_json::json;
 use std::{
     collections::BTreeMap,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -37,17 +36,14 @@ async fn a_bond_on_a_kernel_without_bonding_fails_once_without_retries() {
     );
 
     let log = std::env::temp_dir().join(format!("{node_name}.log"));
-    let output = std::fs::File::create(&log).unwrap();
-    let mut handler = node
-        .command(HANDLER)
-        .unwrap()
-        .arg("run")
-        .env("PROBE_TIMEOUT_SECONDS", "5")
-        .stdin(Stdio::null())
-        .stdout(output.try_clone().unwrap())
-        .stderr(output)
-        .spawn()
-        .unwrap();
+    let mut handler = NodeProcess::start(
+        &node,
+        HANDLER.as_ref(),
+        &["run"],
+        &[("PROBE_TIMEOUT_SECONDS", "5")],
+        log.clone(),
+    )
+    .unwrap();
 
     let policy_name = format!("{node_name}-bond");
     let policy: NodeNetworkConfigurationPolicy = serde_json::from_value(json!({
@@ -77,13 +73,11 @@ async fn a_bond_on_a_kernel_without_bonding_fails_once_without_retries() {
         {
             break status;
         }
-        if started.elapsed() > Duration::from_secs(400) {
-            handler.kill().unwrap();
-            panic!(
-                "not failed within 400 s; handler log:\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
+        // The handler's log is printed when it is dropped during the panic.
+        assert!(
+            started.elapsed() < Duration::from_secs(400),
+            "not failed within 400 s"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     eprintln!("bond failed after {:.0} s", started.elapsed().as_secs_f64());
@@ -104,8 +98,7 @@ async fn a_bond_on_a_kernel_without_bonding_fails_once_without_retries() {
         "nothing left behind"
     );
 
-    handler.kill().unwrap();
-    handler.wait().unwrap();
+    handler.kill();
     policies.delete(&policy_name, &Default::default()).await.unwrap();
     let _ = std::fs::remove_file(&log);
 }

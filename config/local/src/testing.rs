@@ -162,3 +162,115 @@ pub async fn install_crds(client: &kube::Client) -> Result<Vec<String>> {
     }
     Ok(names)
 }
+
+/// `what` did not happen within the time allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: not within {} s", .timeout.as_secs())]
+pub struct TimedOut {
+    pub what: String,
+    pub timeout: std::time::Duration,
+}
+
+/// Polls `probe` every 100 ms until it yields a value, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut probe: F,
+) -> Result<T, TimedOut>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(TimedOut {
+                what: what.to_string(),
+                timeout,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A program running inside a sandbox node (e.g. the handler), its output in a log file. It is
+/// killed when dropped, and its log is printed when that happens during a failing test.
+pub struct NodeProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `program args` inside `node` with `env` added, appending its output to `log`.
+    pub fn start(
+        node: &SandboxNode,
+        program: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: std::path::PathBuf,
+    ) -> Result<NodeProcess> {
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(crate::LocalEnvError::io("open", &log))?;
+        let error = crate::LocalEnvError::io("open", &log);
+        let stderr = output.try_clone().map_err(error)?;
+        let child = node
+            .command(program)?
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(output)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| crate::LocalEnvError::Spawn {
+                command: program.display().to_string(),
+                source,
+            })?;
+        Ok(NodeProcess { child, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `within` for it to exit; its exit status, or `None` when it
+    /// did not exit in time (it is then killed).
+    pub fn terminate(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.kill();
+        None
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), self.log());
+        }
+    }
+}
