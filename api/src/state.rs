@@ -58,5 +58,8 @@ wire_strings! {
     NodeStateConditionReason {
         FailedToConfigure = "FailedToConfigure",
         SuccessfullyConfigured = "SuccessfullyConfigured",
+        /// The node's NetworkManager is older than the oldest supported version; no policy
+        /// is applied on it.
+        UnsupportedNetworkManager = "UnsupportedNetworkManager",
     }
 }

@@ -171,8 +171,14 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         return Err(HandlerError::UnknownNode(config.node_name));
     }
     let network_manager = network_manager::version(None).await?;
-    network_manager::check_supported(&network_manager)?;
     info!(version = %network_manager, "found NetworkManager");
+    // An unsupported NetworkManager is reported on the node state; no policy is applied.
+    let unsupported = network_manager::check_supported(&network_manager)
+        .err()
+        .map(|error| error.to_string());
+    if let Some(reason) = &unsupported {
+        warn!("{reason}; the node's network state is reported, but no policy is applied on it");
+    }
     let state = tokio::task::spawn_blocking(node_state::retrieve).await??;
     let interfaces = state["interfaces"].as_array().map_or(0, Vec::len);
     info!(interfaces, "read the node's network state from NetworkManager");
@@ -181,12 +187,15 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
-    let reporter = NodeStateReporter::new(
+    let mut reporter = NodeStateReporter::new(
         client.clone(),
         config.node_name.clone(),
         config.relationship_labels.clone(),
         network_manager,
     );
+    if let Some(reason) = unsupported.clone() {
+        reporter = reporter.with_unsupported(reason);
+    }
     let applied = Arc::new(tokio::sync::Notify::new());
     let mut reporting = tokio::spawn(node_state_reporter::run(
         reporter,
@@ -208,7 +217,10 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         vlan_filtering,
         applied,
     });
-    let mut enacting = tokio::spawn(enactment::run(context, stopped(stopping)));
+    let mut enacting = match unsupported {
+        None => tokio::spawn(enactment::run(context, stopped(stopping))),
+        Some(_) => tokio::spawn(stopped(stopping)),
+    };
     tokio::select! {
         () = shutdown_signal() => info!("stopping: finishing the change in progress, if any"),
         result = &mut reporting => return result?.map_err(Into::into),

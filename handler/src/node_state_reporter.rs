@@ -12,13 +12,18 @@ use crate::{
     state_filter::filter_for_report,
 };
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp};
 use kube::{
     Api, Client, Resource,
     api::{Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
-use nmstate_api::{NodeNetworkState, state::NodeNetworkStateFields};
+use nmstate_api::{
+    Condition, ConditionStatus, NodeNetworkState,
+    condition::{find_condition, set_condition},
+    state::{NodeNetworkStateFields, NodeStateConditionReason, NodeStateConditionType},
+};
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, future::Future, time::Duration};
 use tokio::time::{Instant, sleep_until};
@@ -77,6 +82,8 @@ pub struct NodeStateReporter {
     node_name: String,
     labels: BTreeMap<String, String>,
     network_manager_version: String,
+    /// Why no policy is applied on this node, if so; reported as the node state's conditions.
+    unsupported: Option<String>,
     /// The state last written (or found already reported), to skip unchanged refreshes.
     last_reported: Option<Value>,
 }
@@ -94,8 +101,15 @@ impl NodeStateReporter {
             node_name,
             labels,
             network_manager_version,
+            unsupported: None,
             last_reported: None,
         }
+    }
+
+    /// Reports, with every write, that no policy is applied on this node and why.
+    pub fn with_unsupported(mut self, reason: String) -> Self {
+        self.unsupported = Some(reason);
+        self
     }
 
     /// Reads the node's state and writes it when it changed, creating the object if it is
@@ -111,11 +125,13 @@ impl NodeStateReporter {
             None => self.create().await?,
         };
         let status = existing.status.unwrap_or_default();
+        let conditions = unsupported_conditions(self.unsupported.as_deref(), &status.conditions);
         let unchanged = status.current_state.as_ref().map(|document| &document.0) == Some(&state)
             && status.host_network_manager_version.as_deref() == Some(self.network_manager_version.as_str())
-            && status.handler_nmstate_version.as_deref() == Some(NMSTATE_VERSION);
+            && status.handler_nmstate_version.as_deref() == Some(NMSTATE_VERSION)
+            && conditions.is_none();
         if !unchanged {
-            let patch = json!({
+            let mut patch = json!({
                 "apiVersion": NodeNetworkState::api_version(&()),
                 "kind": NodeNetworkState::kind(&()),
                 "status": {
@@ -125,6 +141,12 @@ impl NodeStateReporter {
                     "handlerNmstateVersion": NMSTATE_VERSION,
                 },
             });
+            // Left out when empty: an apply without them also drops conditions this manager
+            // wrote before (e.g. NetworkManager has since been upgraded).
+            let conditions = conditions.unwrap_or(status.conditions);
+            if !conditions.is_empty() {
+                patch["status"]["conditions"] = serde_json::to_value(conditions).unwrap_or_default();
+            }
             let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
             self.api
                 .patch_status(&self.node_name, &params, &Patch::Apply(&patch))
@@ -159,6 +181,34 @@ impl NodeStateReporter {
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// The node state's conditions when no policy is applied on it (`reason` says why): `None`
+/// when `current` already says so, or when policies are applied (upstream writes none then).
+pub fn unsupported_conditions(reason: Option<&str>, current: &[Condition]) -> Option<Vec<Condition>> {
+    let reason = reason?;
+    let wire = NodeStateConditionReason::UnsupportedNetworkManager.as_str();
+    let wanted = [
+        (NodeStateConditionType::Failing, ConditionStatus::True, reason),
+        (NodeStateConditionType::Available, ConditionStatus::False, ""),
+    ];
+    let already = wanted.iter().all(|(type_, status, message)| {
+        find_condition(current, type_.as_str())
+            .is_some_and(|c| c.status == *status && c.reason == wire && c.message == *message)
+    });
+    if already {
+        return None;
+    }
+    let mut conditions = current.to_vec();
+    let now = Time(Timestamp::now());
+    for (type_, status, message) in wanted {
+        set_condition(
+            &mut conditions,
+            Condition::new(type_.as_str(), status, wire, message),
+            &now,
+        );
+    }
+    Some(conditions)
 }
 
 /// Keeps the node's NodeNetworkState current until `shutdown` completes.
@@ -219,5 +269,37 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_network_manager_is_reported_once_as_conditions() {
+        let reason =
+            "NetworkManager 1.20.0 is older than 1.22.0, the oldest version kubernetes-nmstate supports";
+        let conditions = unsupported_conditions(Some(reason), &[]).unwrap();
+        let failing = find_condition(&conditions, "Failing").unwrap();
+        assert!(failing.is_true());
+        assert_eq!(
+            (failing.reason.as_str(), failing.message.as_str()),
+            ("UnsupportedNetworkManager", reason)
+        );
+        assert_eq!(
+            find_condition(&conditions, "Available").unwrap().status,
+            ConditionStatus::False
+        );
+        assert_eq!(
+            unsupported_conditions(Some(reason), &conditions),
+            None,
+            "no rewrite when already reported"
+        );
+        assert_eq!(
+            unsupported_conditions(None, &[]),
+            None,
+            "nothing when policies are applied"
+        );
     }
 }
