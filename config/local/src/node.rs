@@ -103,7 +103,13 @@ impl SandboxNode {
         let mut command = Command::new("nsenter");
         command
             .arg(format!("--target={pid}"))
-            .args(["--net", "--mount", "--uts", "--"])
+            .args(["--net", "--mount", "--uts"]);
+        // nsenter would start in the target's directory; relative paths mean the caller's.
+        if let Ok(dir) = std::env::current_dir() {
+            command.arg(format!("--wd={}", dir.display()));
+        }
+        command
+            .arg("--")
             .arg(program)
             .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
             .env("NODE_NAME", &self.name)
