@@ -94,6 +94,8 @@ enum HandlerError {
     Lock(#[from] LockError),
     #[error("cannot read {path}: {source}")]
     ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("{0} stopped on its own; exiting so that the handler is restarted")]
+    Ended(&'static str),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -224,7 +226,10 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     tokio::select! {
         () = shutdown_signal() => info!("stopping: finishing the change in progress, if any"),
         result = &mut reporting => return result?.map_err(Into::into),
-        result = &mut enacting => return Ok(result?),
+        result = &mut enacting => {
+            result?;
+            return Err(HandlerError::Ended("policy enactment"));
+        }
     }
     let _ = stop.send(true);
     // A change in progress is committed or rolled back before the handler exits, so a graceful
