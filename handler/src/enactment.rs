@@ -8,10 +8,10 @@
 //! longer select this node, are removed.
 
 use crate::{
-    apply, bridge_vlan,
-    capture::{self, CaptureError},
+    apply, bridge_vlan, capture,
     config::HandlerConfig,
     enactment_conditions::EnactmentSituation,
+    node_state,
     node_state_reporter::{FIELD_MANAGER, STATUS_FIELD_MANAGER},
     probes,
 };
@@ -177,12 +177,7 @@ async fn reconcile(
         .flatten()
         .filter_map(|(name, captured)| Some((name.clone(), captured.state.as_ref()?.0.clone())))
         .collect();
-    let current = tokio::task::spawn_blocking(|| {
-        let mut state = nmstate::NetworkState::new();
-        state.retrieve()?;
-        Ok::<_, nmstate::NmstateError>(state)
-    })
-    .await??;
+    let current = tokio::task::spawn_blocking(node_state::retrieve_state).await??;
     let resolved = match capture::resolve(&capture, &desired, &current, &cached) {
         Ok(resolved) => resolved,
         Err(error) => {
@@ -190,7 +185,7 @@ async fn reconcile(
                 &enactments,
                 &name,
                 &mut status,
-                EnactmentSituation::failed_generating(describe(&error)),
+                EnactmentSituation::failed_generating(error),
             )
             .await;
         }
@@ -217,7 +212,13 @@ async fn reconcile(
     });
     if NetworkStateDocument(desired.clone()).is_empty() {
         info!(policy = %policy_name, "Ignoring empty desired state");
-        return finish(&enactments, &name, &mut status, EnactmentSituation::Succeeded).await;
+        return finish(
+            &enactments,
+            &name,
+            &mut status,
+            EnactmentSituation::Succeeded { note: None },
+        )
+        .await;
     }
     EnactmentSituation::Progressing.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
     write_status(&enactments, &name, &status).await?;
@@ -234,11 +235,13 @@ async fn reconcile(
         Ok(()) => {
             info!(policy = %policy_name, generation, "applied");
             context.applied.notify_one();
-            finish(&enactments, &name, &mut status, EnactmentSituation::Succeeded).await?;
-            if let Some(note) = vlan_note {
-                note_on_available(&enactments, &name, &mut status, note).await?;
-            }
-            Ok(Action::await_change())
+            finish(
+                &enactments,
+                &name,
+                &mut status,
+                EnactmentSituation::Succeeded { note: vlan_note },
+            )
+            .await
         }
         Err(error) => {
             let retries = status.retry_count.get_or_insert_with(BTreeMap::new);
@@ -284,14 +287,6 @@ fn error_policy(
     Action::requeue(context.config.max_backoff)
 }
 
-/// Capture errors read as nmstate reports them, without this crate's prefixes.
-fn describe(error: &CaptureError) -> String {
-    match error {
-        CaptureError::Nmstate(error) => error.to_string(),
-        other => other.to_string(),
-    }
-}
-
 async fn finish(
     enactments: &Api<NodeNetworkConfigurationEnactment>,
     name: &str,
@@ -302,23 +297,6 @@ async fn finish(
     situation.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
     write_status(enactments, name, status).await?;
     Ok(Action::await_change())
-}
-
-/// Appends `note` to the Available condition's message ("successfully reconciled; <note>").
-async fn note_on_available(
-    enactments: &Api<NodeNetworkConfigurationEnactment>,
-    name: &str,
-    status: &mut nmstate_api::NodeNetworkConfigurationEnactmentStatus,
-    note: &str,
-) -> Result<(), EnactmentError> {
-    if let Some(available) = status
-        .conditions
-        .iter_mut()
-        .find(|condition| condition.type_ == "Available")
-    {
-        available.message = format!("{}; {note}", available.message);
-    }
-    write_status(enactments, name, status).await
 }
 
 async fn write_status(

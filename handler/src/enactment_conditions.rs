@@ -13,8 +13,8 @@ use nmstate_api::{
 pub enum EnactmentSituation {
     /// The desired state is being applied.
     Progressing,
-    /// Applied and committed.
-    Succeeded,
+    /// Applied and committed; `note` qualifies the result (e.g. defaults that were skipped).
+    Succeeded { note: Option<&'static str> },
     /// Failed for good: the apply's error, or why the desired state could not be generated.
     Failed { message: String },
     /// Failed; another attempt follows (`attempt` of `max`).
@@ -48,10 +48,18 @@ impl EnactmentSituation {
                     (Type::Aborted, False, reason, none()),
                 ]
             }
-            EnactmentSituation::Succeeded => {
+            EnactmentSituation::Succeeded { note } => {
                 let reason = Reason::SuccessfullyConfigured;
                 [
-                    (Type::Available, True, reason, "successfully reconciled".into()),
+                    (
+                        Type::Available,
+                        True,
+                        reason,
+                        match note {
+                            Some(note) => format!("successfully reconciled; {note}"),
+                            None => "successfully reconciled".into(),
+                        },
+                    ),
                     (Type::Failing, False, reason, none()),
                     (Type::Progressing, False, reason, none()),
                     (Type::Pending, False, reason, none()),
@@ -161,7 +169,7 @@ mod tests {
         );
         assert_eq!(message, "Applying desired state");
 
-        let (rows, message) = summary(&EnactmentSituation::Succeeded);
+        let (rows, message) = summary(&EnactmentSituation::Succeeded { note: None });
         assert_eq!(rows[0], "Available True SuccessfullyConfigured");
         assert!(
             rows[1..]
@@ -169,6 +177,10 @@ mod tests {
                 .all(|row| row.ends_with("False SuccessfullyConfigured"))
         );
         assert_eq!(message, "successfully reconciled");
+        let (_, message) = summary(&EnactmentSituation::Succeeded {
+            note: Some("defaults skipped"),
+        });
+        assert_eq!(message, "successfully reconciled; defaults skipped");
 
         let (rows, message) = summary(&EnactmentSituation::failed_generating(
             "PolicyError: Failed to find capture nic",
@@ -213,7 +225,7 @@ mod tests {
     fn transition_times_move_only_for_conditions_whose_status_changed() {
         let mut conditions = Vec::new();
         EnactmentSituation::Progressing.apply_to(&mut conditions, 3, &now(10));
-        EnactmentSituation::Succeeded.apply_to(&mut conditions, 3, &now(20));
+        EnactmentSituation::Succeeded { note: None }.apply_to(&mut conditions, 3, &now(20));
         let available = find_condition(&conditions, "Available").unwrap();
         assert_eq!(available.last_transition_time, Some(now(20)), "Unknown -> True");
         let pending = find_condition(&conditions, "Pending").unwrap();

@@ -40,12 +40,17 @@ pub fn dns_servers(state: &Value) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The node's state as it is now (each attempt re-reads it: a change may have moved things).
+async fn current_state() -> Result<Value, String> {
+    match tokio::task::spawn_blocking(node_state::retrieve).await {
+        Ok(state) => state.map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// Pings the node's default gateway through its interface once.
 pub async fn ping_default_gateway(timeout: Duration) -> Result<(), String> {
-    let state = tokio::task::spawn_blocking(node_state::retrieve)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let state = current_state().await?;
     let (gateway, interface) = default_gateway(&state).ok_or("the node has no default route")?;
     let kind = if gateway.is_ipv4() {
         surge_ping::ICMP::V4
@@ -74,10 +79,7 @@ pub async fn ping_default_gateway(timeout: Duration) -> Result<(), String> {
 /// Resolves `host` through each of the node's DNS servers until one answers. As upstream, the
 /// default host `root-servers.net` is asked for its NS records, any other for an address.
 pub async fn resolve_through_node_servers(host: &str, timeout: Duration) -> Result<(), String> {
-    let state = tokio::task::spawn_blocking(node_state::retrieve)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let state = current_state().await?;
     let servers = dns_servers(&state);
     if servers.is_empty() {
         return Err("the node has no DNS server".into());

@@ -18,10 +18,17 @@ pub enum NodeStateError {
 
 /// The node's current network state (secrets hidden), as nmstate reports it. Blocking.
 pub fn retrieve() -> Result<Value, NodeStateError> {
-    let mut state = nmstate::NetworkState::new();
-    state.retrieve()?;
+    let mut state = retrieve_state()?;
     state.hide_secrets();
     Ok(serde_json::to_value(&state)?)
+}
+
+/// The node's current network state as nmstate's type (secrets included), e.g. for captures.
+/// Blocking.
+pub fn retrieve_state() -> Result<nmstate::NetworkState, nmstate::NmstateError> {
+    let mut state = nmstate::NetworkState::new();
+    state.retrieve()?;
+    Ok(state)
 }
 
 /// Keeps only the named interfaces, and the routes through them, like `nmstatectl show IFACE`.
