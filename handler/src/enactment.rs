@@ -2,14 +2,15 @@
 //! this node's labels is resolved (captures, bridge VLAN defaults), applied through
 //! [`crate::apply`], and reported in the enactment `<node>.<policy>`.
 //!
-//! One policy is applied at a time (NetworkManager holds one checkpoint at a time). A policy
-//! already enacted at its current generation is not applied again, so a handler restart or
-//! upgrade does not touch the node. Enactments of deleted policies, or of policies that no
+//! One policy is applied at a time (NetworkManager holds one checkpoint at a time). A policy is
+//! not applied when the node is already in its desired state ([`drift`]), so a handler restart
+//! or upgrade does not touch the node unless it drifted. Enactments of deleted policies, or of policies that no
 //! longer select this node, are removed.
 
 use crate::{
     apply, bridge_vlan, capture,
     config::HandlerConfig,
+    drift,
     enactment_conditions::EnactmentSituation,
     node_state,
     node_state_reporter::{FIELD_MANAGER, STATUS_FIELD_MANAGER},
@@ -66,6 +67,25 @@ pub struct Context {
     pub vlan_filtering: bool,
     /// Notified after each successful apply, so the node state is reported at once.
     pub applied: Arc<tokio::sync::Notify>,
+    /// The generation of each policy this process has applied, or found the node already in.
+    /// Checked once per process: a restarted handler re-applies a policy only if the node
+    /// drifted from it, and a running one does not chase changes made by others (two policies
+    /// on one interface would otherwise re-apply each other forever).
+    pub in_desired_state: Mutex<BTreeMap<String, i64>>,
+}
+
+impl Context {
+    fn is_in_desired_state(&self, policy: &str, generation: i64) -> bool {
+        self.in_desired_state
+            .lock()
+            .is_ok_and(|known| known.get(policy) == Some(&generation))
+    }
+
+    fn mark_in_desired_state(&self, policy: &str, generation: i64) {
+        if let Ok(mut known) = self.in_desired_state.lock() {
+            known.insert(policy.to_string(), generation);
+        }
+    }
 }
 
 /// Whether a policy's selector (equality on every label, as upstream) matches the node.
@@ -153,9 +173,12 @@ async fn reconcile(
         None => create_enactment(&enactments, &name, &policy_name, &node, config).await?,
     };
     let mut status = enactment.status.clone().unwrap_or_default();
+    let mut enacted = false;
     if status.policy_generation == Some(generation) {
         let is_true = |type_: &str| find_condition(&status.conditions, type_).is_some_and(|c| c.is_true());
-        if is_true("Available") || (is_true("Failing") && !is_true("Progressing")) {
+        enacted = is_true("Available");
+        let failed = is_true("Failing") && !is_true("Progressing");
+        if failed || (enacted && context.is_in_desired_state(&policy_name, generation)) {
             return Ok(Action::await_change()); // done with this generation: no churn
         }
     } else {
@@ -220,6 +243,28 @@ async fn reconcile(
         )
         .await;
     }
+    match drift::pending_changes(&desired, &current) {
+        Ok(None) => {
+            context.mark_in_desired_state(&policy_name, generation);
+            if enacted {
+                info!(policy = %policy_name, generation, "the node is still in the desired state");
+                return Ok(Action::await_change());
+            }
+            info!(policy = %policy_name, generation, "the node is already in the desired state: not applied");
+            return finish(
+                &enactments,
+                &name,
+                &mut status,
+                EnactmentSituation::Succeeded { note: vlan_note },
+            )
+            .await;
+        }
+        Ok(Some(pending)) if enacted => {
+            info!(policy = %policy_name, generation, %pending, "the node drifted from the policy: re-applying");
+        }
+        // nmstate's apply reports anything it cannot read, with the same message.
+        Ok(Some(_)) | Err(_) => {}
+    }
     EnactmentSituation::Progressing.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
     write_status(&enactments, &name, &status).await?;
 
@@ -234,6 +279,7 @@ async fn reconcile(
     match apply::apply(&desired, &probes, apply::checkpoint_timeout(config.probe_timeout)).await {
         Ok(()) => {
             info!(policy = %policy_name, generation, "applied");
+            context.mark_in_desired_state(&policy_name, generation);
             context.applied.notify_one();
             finish(
                 &enactments,

@@ -4,6 +4,7 @@ pub mod apply;
 pub mod bridge_vlan;
 pub mod capture;
 pub mod config;
+pub mod drift;
 pub mod enactment;
 pub mod enactment_conditions;
 pub mod external_probes;

@@ -152,6 +152,8 @@ fn init_tracing(level: LogLevel) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: container logs and files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -218,6 +220,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         config,
         vlan_filtering,
         applied,
+        in_desired_state: Default::default(),
     });
     let mut enacting = match unsupported {
         None => tokio::spawn(enactment::run(context, stopped(stopping))),

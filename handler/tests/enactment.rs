@@ -274,17 +274,63 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     )
     .await;
 
-    // A restart re-applies nothing: the enactment is not even rewritten.
+    // A restart re-applies only what the node drifted from. Taken down while the handler is
+    // stopped, br9 comes back; the bridge and static policies are not applied again, nor are
+    // their enactments even rewritten.
+    let applied_before_restart = handler.log().matches("enactment: applying").count();
     let before = enactments.get(&bridge_enactment).await.unwrap();
+    let static_before = enactments
+        .get(&format!("{node_name}.{static_net}"))
+        .await
+        .unwrap();
     stop_handler(&mut handler);
+    let down = node
+        .command("nmcli")
+        .unwrap()
+        .args(["connection", "down", "br9"])
+        .output()
+        .unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
     let mut handler = start_handler(&node, &log);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = enactments.get(&bridge_enactment).await.unwrap();
+    eventually(
+        "the restarted handler puts br9 back",
+        Duration::from_secs(30),
+        || async {
+            handler
+                .log()
+                .contains("the node drifted from the policy: re-applying")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    wait_for_condition(
+        &enactments,
+        &format!("{node_name}.{labelled}"),
+        ("Available", "SuccessfullyConfigured"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(show(&["ip", "-br", "link", "show", "br9"]).contains("br9"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log_text = handler.log();
     assert_eq!(
-        after.resource_version(),
-        before.resource_version(),
-        "the restarted handler touched an enacted policy"
+        log_text.matches("enactment: applying").count() - applied_before_restart,
+        1, // br9 only
+        "{log_text}"
     );
+    assert_eq!(
+        log_text.matches("the node is still in the desired state").count(),
+        2,
+        "{log_text}"
+    );
+    let after = enactments.get(&bridge_enactment).await.unwrap();
+    assert_eq!(after.resource_version(), before.resource_version());
+    let static_after = enactments
+        .get(&format!("{node_name}.{static_net}"))
+        .await
+        .unwrap();
+    assert_eq!(static_after.resource_version(), static_before.resource_version());
 
     // Deleting a policy removes its enactment.
     policies.delete(&bridge, &Default::default()).await.unwrap();

@@ -79,6 +79,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,kube_client::client::builder=off".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: container logs and files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let env = cli.dir.map(LocalEnv::new).unwrap_or_else(LocalEnv::from_env);
