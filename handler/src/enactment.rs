@@ -14,7 +14,7 @@ use crate::{
     enactment_conditions::EnactmentSituation,
     node_state,
     node_state_reporter::{FIELD_MANAGER, STATUS_FIELD_MANAGER},
-    probes,
+    policy_events, probes,
 };
 use futures::StreamExt;
 use k8s_openapi::{
@@ -300,6 +300,13 @@ async fn reconcile(
                     "error reconciling NodeNetworkConfigurationPolicy on node {} at desired state apply: {error}",
                     config.node_name
                 );
+                let event_message = if error.is_permanent() {
+                    policy_events::failed_without_retries(&name)
+                } else {
+                    policy_events::failed_after_retries(&name, attempt)
+                };
+                let event = policy_events::reconcile_failed(&policy, &config.node_name, event_message);
+                policy_events::record(&context.client, &event).await;
                 finish(
                     &enactments,
                     &name,

@@ -12,6 +12,7 @@ pub mod network_manager;
 pub mod node_lock;
 pub mod node_state;
 pub mod node_state_reporter;
+pub mod policy_events;
 pub mod probes;
 pub mod profiles;
 pub mod state_filter;

@@ -2,10 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Event, Node};
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use nmstate_api::{
     Condition, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
@@ -239,6 +239,23 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
         failing.message
     );
     assert_eq!(failed.status.unwrap().retry_count.unwrap()["1"], 2);
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let about_missing = ListParams::default().fields(&format!("involvedObject.name={missing}"));
+    let recorded = events.list(&about_missing).await.unwrap().items;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].reason.as_deref(), Some("ReconcileFailed"));
+    assert_eq!(recorded[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        recorded[0].message.as_deref(),
+        Some(
+            format!("reconciliation of enactment \"{node_name}.{missing}\" has failed after 2 retries")
+                .as_str()
+        )
+    );
+    assert_eq!(
+        recorded[0].source.as_ref().unwrap().component,
+        Some(format!("{node_name}.nmstate-handler"))
+    );
 
     // A policy selecting a label the node does not carry yet: nothing, until the label comes.
     let labelled = format!("{node_name}-labelled");
@@ -249,7 +266,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     policies
         .create(
             &PostParams::default(),
-            &policy(&labelled, json!({"nmstate-test/enact": "yes"}), desired),
+            &policy(&labelled, json!({"nmstate-test/enact": node_name}), desired),
         )
         .await
         .unwrap();
@@ -261,7 +278,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
             .unwrap()
             .is_none()
     );
-    let label = json!({"metadata": {"labels": {"nmstate-test/enact": "yes"}}});
+    let label = json!({"metadata": {"labels": {"nmstate-test/enact": node_name}}});
     nodes
         .patch(&node_name, &PatchParams::default(), &Patch::Merge(&label))
         .await
