@@ -82,7 +82,12 @@ impl Fabric {
         let ns = self.netns.as_str();
         run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
         for (index, (_, bridge, gateway)) in CABLING.iter().enumerate() {
-            run(Command::new("ip").args(["-n", ns, "link", "add", bridge, "type", "bridge"]))?;
+            // A fixed MAC: a bridge otherwise takes its lowest port's, which changes as nodes
+            // come and go and leaves the other nodes' ARP entries for the gateway stale.
+            let mac = format!("02:77:00:00:00:{index:02x}");
+            run(
+                Command::new("ip").args(["-n", ns, "link", "add", bridge, "address", &mac, "type", "bridge"])
+            )?;
             run(Command::new("ip").args(["-n", ns, "addr", "add", &format!("{gateway}/24"), "dev", bridge]))?;
             if index > 0 {
                 let gateway6 = format!("fd00:77:{index}::1/64");
