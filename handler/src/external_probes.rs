@@ -148,16 +148,25 @@ async fn query(server: SocketAddr, name: &str, record_type: u16, timeout: Durati
     let socket = tokio::net::UdpSocket::bind(local)
         .await
         .map_err(|error| error.to_string())?;
-    socket
-        .send_to(&question, server)
-        .await
-        .map_err(|error| error.to_string())?;
     let mut buffer = [0u8; 1500];
-    let received = tokio::time::timeout(timeout, socket.recv(&mut buffer))
-        .await
-        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
-        .map_err(|error| error.to_string())?;
-    dns_answered(&buffer[..received], id)
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Asked again every second, as resolvers do: one lost datagram is not a dead server.
+    loop {
+        socket
+            .send_to(&question, server)
+            .await
+            .map_err(|error| error.to_string())?;
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_secs(1));
+        if let Ok(received) = tokio::time::timeout(wait, socket.recv(&mut buffer)).await {
+            let received = received.map_err(|error| error.to_string())?;
+            return dns_answered(&buffer[..received], id);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no answer within {} s", timeout.as_secs()));
+        }
+    }
 }
 
 #[cfg(test)]
