@@ -2,81 +2,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
+mod common;
+
+use common::{policy, start_handler, stop_handler, true_condition, wait_for_condition};
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use nmstate_api::{
-    Condition, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
 };
-use nmstate_localenv::testing::{NodeProcess, TestNode, eventually, install_crds, shared_env, unique_name};
+use nmstate_localenv::testing::{TestNode, eventually, install_crds, shared_env, unique_name};
 use serde_json::json;
 use std::{collections::BTreeMap, time::Duration};
-
-const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
-
-/// The handler's settings for these tests: quick retries and probes, and a DNS name the
-/// sandbox's DNS answers.
-const HANDLER_ENV: [(&str, &str); 6] = [
-    ("NNCP_MAX_RETRIES", "2"),
-    ("NNCP_INITIAL_BACKOFF_SECONDS", "1"),
-    ("NNCP_MAX_BACKOFF_SECONDS", "2"),
-    ("PROBE_TIMEOUT_SECONDS", "5"),
-    ("PROBE_DNS_HOST", "gw.sandbox.test"),
-    ("RUST_LOG", "info"),
-];
-
-fn start_handler(node: &TestNode, log: &std::path::Path) -> NodeProcess {
-    NodeProcess::start(node, HANDLER.as_ref(), &["run"], &HANDLER_ENV, log.to_path_buf()).unwrap()
-}
-
-fn stop_handler(handler: &mut NodeProcess) {
-    let status = handler
-        .terminate(Duration::from_secs(20))
-        .expect("the handler stops within 20 s of SIGTERM");
-    assert!(status.success(), "the handler exited with {status}");
-}
-
-fn policy(
-    name: &str,
-    selector: serde_json::Value,
-    desired: serde_json::Value,
-) -> NodeNetworkConfigurationPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "nmstate.io/v1", "kind": "NodeNetworkConfigurationPolicy",
-        "metadata": {"name": name},
-        "spec": {"nodeSelector": selector, "desiredState": desired},
-    }))
-    .unwrap()
-}
-
-fn true_condition(enactment: &NodeNetworkConfigurationEnactment) -> Option<Condition> {
-    enactment
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|condition| condition.is_true())
-        .cloned()
-}
-
-/// Waits until condition `type_` of the enactment is True with `reason`.
-async fn wait_for_condition(
-    enactments: &Api<NodeNetworkConfigurationEnactment>,
-    name: &str,
-    (type_, reason): (&str, &str),
-    timeout: Duration,
-) -> NodeNetworkConfigurationEnactment {
-    eventually(&format!("{name} {type_}/{reason}"), timeout, || async {
-        let enactment = enactments.get_opt(name).await.unwrap()?;
-        let conditions = &enactment.status.as_ref()?.conditions;
-        let settled = find_condition(conditions, type_).is_some_and(|c| c.is_true() && c.reason == reason);
-        settled.then_some(enactment)
-    })
-    .await
-    .unwrap()
-}
 
 #[tokio::test]
 async fn policies_selecting_the_node_are_enacted_and_reported() {

@@ -1,0 +1,82 @@
+//! What the handler's integration tests share: running the handler on a sandbox node, and
+//! waiting for an enactment's conditions.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use kube::Api;
+use nmstate_api::{
+    Condition, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
+};
+use nmstate_localenv::testing::{NodeProcess, TestNode, eventually};
+use serde_json::json;
+use std::time::Duration;
+
+pub const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
+
+/// The handler's settings for these tests: quick retries and probes, and a DNS name the
+/// sandbox's DNS answers.
+pub const HANDLER_ENV: [(&str, &str); 6] = [
+    ("NNCP_MAX_RETRIES", "2"),
+    ("NNCP_INITIAL_BACKOFF_SECONDS", "1"),
+    ("NNCP_MAX_BACKOFF_SECONDS", "2"),
+    ("PROBE_TIMEOUT_SECONDS", "5"),
+    ("PROBE_DNS_HOST", "gw.sandbox.test"),
+    ("RUST_LOG", "info"),
+];
+
+pub fn start_handler(node: &TestNode, log: &std::path::Path) -> NodeProcess {
+    start_handler_with(node, log, &[])
+}
+
+/// The handler with [`HANDLER_ENV`], and `overrides` taking precedence.
+pub fn start_handler_with(node: &TestNode, log: &std::path::Path, overrides: &[(&str, &str)]) -> NodeProcess {
+    let env: Vec<(&str, &str)> = HANDLER_ENV.iter().chain(overrides).copied().collect();
+    NodeProcess::start(node, HANDLER.as_ref(), &["run"], &env, log.to_path_buf()).unwrap()
+}
+
+pub fn stop_handler(handler: &mut NodeProcess) {
+    let status = handler
+        .terminate(Duration::from_secs(20))
+        .expect("the handler stops within 20 s of SIGTERM");
+    assert!(status.success(), "the handler exited with {status}");
+}
+
+pub fn policy(
+    name: &str,
+    selector: serde_json::Value,
+    desired: serde_json::Value,
+) -> NodeNetworkConfigurationPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "nmstate.io/v1", "kind": "NodeNetworkConfigurationPolicy",
+        "metadata": {"name": name},
+        "spec": {"nodeSelector": selector, "desiredState": desired},
+    }))
+    .unwrap()
+}
+
+pub fn true_condition(enactment: &NodeNetworkConfigurationEnactment) -> Option<Condition> {
+    enactment
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|condition| condition.is_true())
+        .cloned()
+}
+
+/// Waits until condition `type_` of the enactment is True with `reason`.
+pub async fn wait_for_condition(
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    name: &str,
+    (type_, reason): (&str, &str),
+    timeout: Duration,
+) -> NodeNetworkConfigurationEnactment {
+    eventually(&format!("{name} {type_}/{reason}"), timeout, || async {
+        let enactment = enactments.get_opt(name).await.unwrap()?;
+        let conditions = &enactment.status.as_ref()?.conditions;
+        let settled = find_condition(conditions, type_).is_some_and(|c| c.is_true() && c.reason == reason);
+        settled.then_some(enactment)
+    })
+    .await
+    .unwrap()
+}
