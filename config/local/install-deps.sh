@@ -12,6 +12,8 @@ declare -A package_of=(
     [nmcli]=network-manager [dnsmasq]=dnsmasq-base [dbus-daemon]=dbus-daemon [ip]=iproute2
     [nsenter]=util-linux [unshare]=util-linux [socat]=socat [ping]=iputils-ping
     [getent]=libc-bin [python3]=python3
+    # `go tool pprof` reads the handler's CPU profiles in the profiler test.
+    [go]=golang-go
 )
 missing=()
 for command in "${!package_of[@]}"; do

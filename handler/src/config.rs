@@ -44,6 +44,8 @@ pub struct HandlerConfig {
     /// `app.kubernetes.io/*` labels for the objects the handler creates, from `COMPONENT`,
     /// `PART_OF`, `VERSION` and `MANAGED_BY` (the DaemonSet copies its own labels there).
     pub relationship_labels: BTreeMap<String, String>,
+    /// `ENABLE_PROFILER` and `PROFILER_PORT` (default 6060): where profiles are served, if at all.
+    pub profiler_port: Option<u16>,
 }
 
 impl HandlerConfig {
@@ -74,6 +76,10 @@ impl HandlerConfig {
             .into_iter()
             .filter_map(|(variable, label)| get(variable).map(|value| (label.to_string(), value)))
             .collect(),
+            profiler_port: match boolean("ENABLE_PROFILER", get("ENABLE_PROFILER"))? {
+                true => Some(number("PROFILER_PORT", get("PROFILER_PORT"), 6060)?),
+                false => None,
+            },
         };
         if config.max_backoff < config.initial_backoff {
             return Err(ConfigError::Invalid {
@@ -83,6 +89,20 @@ impl HandlerConfig {
             });
         }
         Ok(config)
+    }
+}
+
+/// A boolean as Go's `strconv.ParseBool` reads it (upstream reads these variables with Go).
+fn boolean(variable: &'static str, value: Option<String>) -> Result<bool, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(false),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+        Some(_) => Err(ConfigError::Invalid {
+            variable,
+            value: value.unwrap_or_default(),
+            expected: "true or false",
+        }),
     }
 }
 
@@ -136,6 +156,25 @@ mod tests {
         assert_eq!(config.probe_timeout, Duration::from_secs(120));
         assert_eq!(config.pod_namespace, None);
         assert!(config.relationship_labels.is_empty());
+        assert_eq!(config.profiler_port, None);
+    }
+
+    #[test]
+    fn the_profiler_is_off_unless_enabled() {
+        let enabled = |pairs: &[(&str, &str)]| {
+            let mut env = vec![("NODE_NAME", "n")];
+            env.extend_from_slice(pairs);
+            config(&env).map(|config| config.profiler_port)
+        };
+        assert_eq!(enabled(&[("PROFILER_PORT", "7070")]), Ok(None));
+        assert_eq!(enabled(&[("ENABLE_PROFILER", "True")]), Ok(Some(6060)));
+        assert_eq!(
+            enabled(&[("ENABLE_PROFILER", "1"), ("PROFILER_PORT", "7070")]),
+            Ok(Some(7070))
+        );
+        assert_eq!(enabled(&[("ENABLE_PROFILER", "false")]), Ok(None));
+        assert!(enabled(&[("ENABLE_PROFILER", "yes")]).is_err());
+        assert!(enabled(&[("ENABLE_PROFILER", "true"), ("PROFILER_PORT", "70000")]).is_err());
     }
 
     #[test]

@@ -14,5 +14,6 @@ pub mod node_state;
 pub mod node_state_reporter;
 pub mod policy_events;
 pub mod probes;
+pub mod profiler;
 pub mod profiles;
 pub mod state_filter;

@@ -166,6 +166,9 @@ fn show(interfaces: &[String]) -> Result<(), HandlerError> {
 async fn run(cli: &Cli) -> Result<(), HandlerError> {
     let config = HandlerConfig::from_lookup(|name| std::env::var(name).ok())?;
     info!(node = %config.node_name, version = VERSION, "starting");
+    if let Some(port) = config.profiler_port {
+        tokio::spawn(nmstate_handler::profiler::serve(port));
+    }
     let _node_lock = node_lock::acquire(std::path::Path::new(&config.lock_file)).await?;
     let client = kube_client(cli.kubeconfig.clone()).await?;
     let server = client.apiserver_version().await?;
