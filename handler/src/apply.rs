@@ -14,7 +14,7 @@ use crate::{
 use nmstate::{ErrorKind, NetworkState, NmstateError};
 use serde_json::Value;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long NetworkManager keeps an uncommitted checkpoint before rolling it back on its own
 /// (e.g. when the handler dies mid-apply): upstream's formula, long enough for the external
@@ -103,7 +103,9 @@ pub async fn apply(desired: &Value, probes: &[Probe], checkpoint: Duration) -> R
         return Err(ApplyError::Apply(error));
     }
 
+    debug!("applied without commit; running the probes");
     for probe in probes {
+        debug!(probe = probe.name(), "probe");
         if let Err(ProbeFailure { reason }) = probe.run().await {
             warn!(probe = probe.name(), %reason, "probe failed after the change; rolling back");
             blocking(|| NetworkState::checkpoint_rollback(""))

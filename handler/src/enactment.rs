@@ -45,7 +45,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnactmentError {
@@ -200,7 +200,9 @@ async fn reconcile(
         .flatten()
         .filter_map(|(name, captured)| Some((name.clone(), captured.state.as_ref()?.0.clone())))
         .collect();
+    debug!(policy = %policy_name, generation, "reading the node's state");
     let current = tokio::task::spawn_blocking(node_state::retrieve_state).await??;
+    debug!(policy = %policy_name, "read the node's state");
     let resolved = match capture::resolve(&capture, &desired, &current, &cached) {
         Ok(resolved) => resolved,
         Err(error) => {
@@ -275,6 +277,7 @@ async fn reconcile(
         config.probe_timeout,
     )
     .await;
+    debug!(policy = %policy_name, probes = probes.len(), "selected the probes");
     info!(policy = %policy_name, generation, "applying");
     match apply::apply(&desired, &probes, apply::checkpoint_timeout(config.probe_timeout)).await {
         Ok(()) => {

@@ -1,8 +1,9 @@
 //! The probes that look beyond the node: its default gateway answers a ping, and one of its DNS
-//! servers answers a query. Both read the node's state at every attempt, so after a change they
-//! test the gateway and servers the change left in place.
+//! servers answers a query. Both look up their target at every attempt, so after a change they
+//! test the gateway and servers the change left in place: the gateway from the kernel's routes,
+//! the servers from NetworkManager's running DNS configuration (both cheap to repeat).
 
-use crate::node_state;
+use crate::{network_manager, node_state};
 use serde_json::Value;
 use std::{
     net::{IpAddr, SocketAddr},
@@ -28,21 +29,9 @@ pub fn default_gateway(state: &Value) -> Option<(IpAddr, String)> {
     })
 }
 
-/// The DNS servers the node uses.
-pub fn dns_servers(state: &Value) -> Vec<IpAddr> {
-    let servers = state
-        .pointer("/dns-resolver/running/server")
-        .and_then(Value::as_array);
-    servers
-        .into_iter()
-        .flatten()
-        .filter_map(|server| server.as_str()?.parse().ok())
-        .collect()
-}
-
-/// The node's state as it is now (each attempt re-reads it: a change may have moved things).
-async fn current_state() -> Result<Value, String> {
-    match tokio::task::spawn_blocking(node_state::retrieve).await {
+/// The kernel's view of the node now (routes included): no NetworkManager round trips.
+async fn kernel_state() -> Result<Value, String> {
+    match tokio::task::spawn_blocking(node_state::retrieve_kernel).await {
         Ok(state) => state.map_err(|error| error.to_string()),
         Err(error) => Err(error.to_string()),
     }
@@ -50,7 +39,7 @@ async fn current_state() -> Result<Value, String> {
 
 /// Pings the node's default gateway through its interface once.
 pub async fn ping_default_gateway(timeout: Duration) -> Result<(), String> {
-    let state = current_state().await?;
+    let state = kernel_state().await?;
     let (gateway, interface) = default_gateway(&state).ok_or("the node has no default route")?;
     let kind = if gateway.is_ipv4() {
         surge_ping::ICMP::V4
@@ -79,8 +68,12 @@ pub async fn ping_default_gateway(timeout: Duration) -> Result<(), String> {
 /// Resolves `host` through each of the node's DNS servers until one answers. As upstream, the
 /// default host `root-servers.net` is asked for its NS records, any other for an address.
 pub async fn resolve_through_node_servers(host: &str, timeout: Duration) -> Result<(), String> {
-    let state = current_state().await?;
-    let servers = dns_servers(&state);
+    let servers: Vec<IpAddr> = network_manager::running_dns_servers(None)
+        .await
+        .map_err(|error| error.to_string())?
+        .iter()
+        .filter_map(|server| server.parse().ok())
+        .collect();
     if servers.is_empty() {
         return Err("the node has no DNS server".into());
     }
@@ -187,18 +180,6 @@ mod tests {
             Some(("10.77.0.1".parse().unwrap(), "eth0".to_string()))
         );
         assert_eq!(default_gateway(&json!({"routes": {"running": []}})), None);
-    }
-
-    #[test]
-    fn dns_servers_are_the_running_ones() {
-        let state = json!({"dns-resolver": {"running": {"server": ["10.77.0.1", "fd00::53", "bogus"]}, "config": {"server": ["9.9.9.9"]}}});
-        assert_eq!(
-            dns_servers(&state),
-            [
-                "10.77.0.1".parse::<IpAddr>().unwrap(),
-                "fd00::53".parse().unwrap()
-            ]
-        );
     }
 
     #[test]

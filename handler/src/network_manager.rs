@@ -64,6 +64,68 @@ pub async fn set_global_dns(address: Option<&str>, value: GlobalDns) -> Result<(
     Ok(())
 }
 
+/// One entry of NetworkManager's running DNS configuration (DnsManager `Configuration`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DnsEntry {
+    pub name_servers: Vec<String>,
+    /// Empty for the global configuration.
+    pub interface: String,
+    pub priority: i32,
+}
+
+/// The name servers the node uses, as nmstate reads them for `dns-resolver.running`: one
+/// D-Bus property instead of a whole state retrieval, so the DNS probe is cheap to repeat.
+pub async fn running_dns_servers(address: Option<&str>) -> Result<Vec<String>, NetworkManagerError> {
+    type Entry = std::collections::HashMap<String, zbus::zvariant::OwnedValue>;
+    let connection = connect(address).await?;
+    let interface = "org.freedesktop.NetworkManager.DnsManager";
+    let path = "/org/freedesktop/NetworkManager/DnsManager";
+    let proxy = zbus::Proxy::new(&connection, BUS_NAME, path, interface).await?;
+    let entries: Vec<Entry> = proxy.get_property("Configuration").await?;
+    let text = |entry: &Entry, key: &str| -> Option<String> {
+        entry
+            .get(key)
+            .and_then(|value| String::try_from(value.try_clone().ok()?).ok())
+    };
+    let entries = entries
+        .iter()
+        .map(|entry| DnsEntry {
+            name_servers: entry
+                .get("nameservers")
+                .and_then(|value| Vec::<String>::try_from(value.try_clone().ok()?).ok())
+                .unwrap_or_default(),
+            interface: text(entry, "interface").unwrap_or_default(),
+            priority: entry
+                .get("priority")
+                .and_then(|value| i32::try_from(value).ok())
+                .unwrap_or_default(),
+        })
+        .collect();
+    Ok(servers_in_use(entries))
+}
+
+/// nmstate's reading of the entries: by priority; global servers alone if there are any,
+/// otherwise every connection's, up to the first entry with a negative priority.
+pub fn servers_in_use(mut entries: Vec<DnsEntry>) -> Vec<String> {
+    entries.sort_by_key(|entry| entry.priority);
+    let global: Vec<String> = entries
+        .iter()
+        .filter(|entry| entry.interface.is_empty())
+        .flat_map(|entry| entry.name_servers.clone())
+        .collect();
+    if !global.is_empty() {
+        return global;
+    }
+    let mut servers = Vec::new();
+    for entry in entries {
+        servers.extend(entry.name_servers);
+        if entry.priority < 0 {
+            break;
+        }
+    }
+    servers
+}
+
 /// A stream with one item per D-Bus signal of NetworkManager's objects: devices added or
 /// removed, state and property changes (including links created behind its back, which it
 /// picks up from the kernel). It ends when the bus connection closes.
@@ -116,6 +178,26 @@ pub fn check_supported(found: &str) -> Result<Version, NetworkManagerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn global_name_servers_win_and_a_negative_priority_ends_the_list() {
+        let entry = |servers: &[&str], interface: &str, priority: i32| DnsEntry {
+            name_servers: servers.iter().map(|s| s.to_string()).collect(),
+            interface: interface.into(),
+            priority,
+        };
+        let per_connection = vec![
+            entry(&["10.77.1.1"], "eth1", 100),
+            entry(&["10.77.0.1"], "eth0", 50),
+        ];
+        assert_eq!(servers_in_use(per_connection.clone()), ["10.77.0.1", "10.77.1.1"]);
+        let mut with_global = per_connection.clone();
+        with_global.push(entry(&["192.0.2.251"], "", 0));
+        assert_eq!(servers_in_use(with_global), ["192.0.2.251"]);
+        let mut exclusive = per_connection;
+        exclusive.push(entry(&["10.77.2.1"], "eth2", -10));
+        assert_eq!(servers_in_use(exclusive), ["10.77.2.1"]);
+    }
 
     #[test]
     fn versions_parse_with_distribution_suffixes() {

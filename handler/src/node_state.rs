@@ -31,6 +31,15 @@ pub fn retrieve_state() -> Result<nmstate::NetworkState, nmstate::NmstateError> 
     Ok(state)
 }
 
+/// What the kernel alone reports (links, addresses, routes; no NetworkManager profiles or
+/// DNS), without secrets to hide. Blocking; a fraction of [`retrieve`]'s cost.
+pub fn retrieve_kernel() -> Result<Value, NodeStateError> {
+    let mut state = nmstate::NetworkState::new();
+    state.set_kernel_only(true);
+    state.retrieve()?;
+    Ok(serde_json::to_value(&state)?)
+}
+
 /// Keeps only the named interfaces, and the routes through them, like `nmstatectl show IFACE`.
 pub fn only_interfaces(mut state: Value, names: &[String]) -> Value {
     if names.is_empty() {
