@@ -8,16 +8,21 @@ CARGO ?= cargo
 LOCALENV_DIR ?= $(CURDIR)/target/localenv
 TEST_LOCALENV_DIR ?= $(CURDIR)/target/localenv-test
 TOOLS_BIN := $(HOME)/.cache/kubernetes-nmstate/bin
+BENCH_LOCALENV_DIR ?= $(CURDIR)/target/localenv-bench
+# The peer `make bench` measures against: nmstatectl 2.2 from crates.io, built once.
+NMSTATECTL_ROOT := $(HOME)/.cache/kubernetes-nmstate/nmstatectl-2.2
+NMSTATECTL := $(NMSTATECTL_ROOT)/bin/nmstatectl
 LOCALENV := $(CURDIR)/target/debug/localenv
 export PATH := $(TOOLS_BIN):$(PATH)
 
-.PHONY: all test deps kube-build tools localenv fmt-check clippy unit integration crds crds-check \
+.PHONY: all test bench nmstatectl deps kube-build tools localenv fmt-check clippy unit integration crds crds-check \
         cluster-up cluster-down cluster-status build release help
 
 all: build
 
 help:
 	@echo "make test            fmt, clippy, unit tests, integration tests (installs what they need)"
+	@echo "make bench           the handler against nmstatectl 2.2 on a sandbox node (figures)"
 	@echo "make cluster-up      start the local control plane; prints export KUBECONFIG=..."
 	@echo "make cluster-down    stop it and every sandbox node"
 	@echo "make cluster-status  show what runs"
@@ -73,6 +78,19 @@ integration: kube-build localenv
 	$(CARGO) test --workspace --test '*'
 
 test: deps kube-build fmt-check clippy unit integration
+
+## Benchmarks (figures printed, never asserted) ----------------------------------------------
+
+nmstatectl:
+	@[ -x $(NMSTATECTL) ] || $(CARGO) install nmstatectl --version '~2.2' --locked --root $(NMSTATECTL_ROOT)
+
+# The handler (release build) against nmstatectl on the same sandbox node, side by side.
+bench: kube-build localenv nmstatectl
+	@set -euo pipefail; \
+	export NMSTATE_LOCALENV_DIR=$(BENCH_LOCALENV_DIR) NMSTATECTL=$(NMSTATECTL); \
+	trap '$(LOCALENV) --dir $(BENCH_LOCALENV_DIR) cluster down' EXIT; \
+	$(LOCALENV) --dir $(BENCH_LOCALENV_DIR) cluster up >/dev/null; \
+	$(CARGO) bench -q -p nmstate-handler --bench node
 
 ## Local cluster for people -----------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{policy, start_handler, stop_handler, true_condition, wait_for_condition};
+use common::{AVAILABLE, FAILING, policy, start_handler, stop_handler, true_condition, wait_for_condition};
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::{
     Api, ResourceExt,
@@ -45,13 +45,8 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
         .await
         .unwrap();
     let bridge_enactment = format!("{node_name}.{bridge}");
-    let enacted = wait_for_condition(
-        &enactments,
-        &bridge_enactment,
-        ("Available", "SuccessfullyConfigured"),
-        Duration::from_secs(60),
-    )
-    .await;
+    let enacted =
+        wait_for_condition(&enactments, &bridge_enactment, AVAILABLE, Duration::from_secs(60)).await;
     assert_eq!(enacted.labels()["nmstate.io/policy"], bridge);
     assert_eq!(enacted.labels()["nmstate.io/node"], node_name);
     assert_eq!(enacted.owner_references()[0].kind, "Node");
@@ -117,7 +112,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     wait_for_condition(
         &enactments,
         &format!("{node_name}.{static_net}"),
-        ("Available", "SuccessfullyConfigured"),
+        AVAILABLE,
         Duration::from_secs(60),
     )
     .await;
@@ -155,7 +150,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     let failed = wait_for_condition(
         &enactments,
         &format!("{node_name}.{missing}"),
-        ("Failing", "FailedToConfigure"),
+        FAILING,
         Duration::from_secs(240),
     )
     .await;
@@ -225,7 +220,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     wait_for_condition(
         &enactments,
         &format!("{node_name}.{labelled}"),
-        ("Available", "SuccessfullyConfigured"),
+        AVAILABLE,
         Duration::from_secs(60),
     )
     .await;
@@ -263,7 +258,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     wait_for_condition(
         &enactments,
         &format!("{node_name}.{labelled}"),
-        ("Available", "SuccessfullyConfigured"),
+        AVAILABLE,
         Duration::from_secs(30),
     )
     .await;

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{start_handler_with, true_condition, wait_for_condition};
+use common::{AVAILABLE, FAILING, start_handler_with, true_condition, wait_for_condition};
 use kube::{Api, Client, api::PostParams};
 use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
 use nmstate_localenv::testing::{TestNode, eventually, install_crds, shared_env, unique_name};
@@ -110,9 +110,6 @@ fn show(node: &TestNode, command: &[&str]) -> String {
         .unwrap();
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
-
-const AVAILABLE: (&str, &str) = ("Available", "SuccessfullyConfigured");
-const FAILING: (&str, &str) = ("Failing", "FailedToConfigure");
 
 #[tokio::test]
 async fn the_examples_this_kernel_supports_are_enacted_for_real() {

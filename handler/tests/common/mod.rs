@@ -64,6 +64,10 @@ pub fn true_condition(enactment: &NodeNetworkConfigurationEnactment) -> Option<C
         .cloned()
 }
 
+/// An enactment's outcomes, as `(type, reason)` of its True condition.
+pub const AVAILABLE: (&str, &str) = ("Available", "SuccessfullyConfigured");
+pub const FAILING: (&str, &str) = ("Failing", "FailedToConfigure");
+
 /// Waits until condition `type_` of the enactment is True with `reason`.
 pub async fn wait_for_condition(
     enactments: &Api<NodeNetworkConfigurationEnactment>,

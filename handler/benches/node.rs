@@ -1,0 +1,246 @@
+//! `make bench`: the handler on one sandbox node, side by side with `nmstatectl` 2.2 on the same
+//! node, in one run. Figures are printed, never asserted.
+//!
+//! - Policy → Available: a linux-bridge over eth1 with a static address, from creating the
+//!   policy to its enactment's Available condition (watch latency, probes and status writes
+//!   included), against `nmstatectl apply` of the same desired state. Runs alternate, and the
+//!   node is reset to the same starting state before each.
+//! - Out-of-band change → NodeNetworkState: `ip link add` of a bridge in the node until the
+//!   API server's copy of the NNS lists it.
+//! - The handler's resident memory, idle and at its peak (VmHWM), and nmstatectl's peak.
+//!
+//! Needs `NMSTATE_LOCALENV_DIR` (a running local control plane) and `NMSTATECTL` (the peer).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness: failing loudly is the point
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{AVAILABLE, policy, start_handler_with, wait_for_condition};
+use kube::{Api, api::PostParams};
+use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState};
+use nmstate_handler::profiler::kibibytes;
+use nmstate_localenv::testing::{TestNode, eventually, install_crds, shared_env, unique_name};
+use serde_json::{Value, json};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+const RUNS: usize = 7;
+
+fn desired() -> Value {
+    json!({"interfaces": [{
+        "name": "br1", "type": "linux-bridge", "state": "up",
+        "ipv4": {"enabled": true, "dhcp": false, "address": [{"ip": "10.77.1.50", "prefix-length": 24}]},
+        "ipv6": {"enabled": false},
+        "bridge": {"options": {"stp": {"enabled": false}}, "port": [{"name": "eth1"}]},
+    }]})
+}
+
+fn reset() -> Value {
+    json!({"interfaces": [
+        {"name": "br1", "type": "linux-bridge", "state": "absent"},
+        {"name": "eth1", "type": "ethernet", "state": "up", "ipv4": {"enabled": false}, "ipv6": {"enabled": false}},
+    ]})
+}
+
+/// Runs `nmstatectl apply` of `state` in the node; how long it took.
+fn nmstatectl_apply(node: &TestNode, nmstatectl: &str, state: &Value) -> Duration {
+    let file = std::env::temp_dir().join(format!("{}-state.yaml", node.name));
+    std::fs::write(&file, serde_yaml::to_string(state).unwrap()).unwrap();
+    let started = Instant::now();
+    let output = node
+        .command(nmstatectl)
+        .unwrap()
+        .args(["apply", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    took
+}
+
+fn resident_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    kibibytes(&status, field).unwrap()
+}
+
+struct Series {
+    name: &'static str,
+    samples: Vec<Duration>,
+}
+
+impl Series {
+    fn new(name: &'static str) -> Self {
+        Series {
+            name,
+            samples: Vec::new(),
+        }
+    }
+
+    fn median(&self) -> Duration {
+        let mut sorted = self.samples.clone();
+        sorted.sort();
+        sorted[sorted.len() / 2]
+    }
+
+    fn print(&self) {
+        let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
+        let min = self.samples.iter().min().copied().unwrap_or_default();
+        let max = self.samples.iter().max().copied().unwrap_or_default();
+        println!(
+            "{:<44} median {:>7.0} ms   min {:>7.0} ms   max {:>7.0} ms   ({} runs)",
+            self.name,
+            ms(self.median()),
+            ms(min),
+            ms(max),
+            self.samples.len()
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let nmstatectl =
+        std::env::var("NMSTATECTL").expect("NMSTATECTL: the path of nmstatectl 2.2 (make bench sets it)");
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let node_name = unique_name("bench");
+    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
+    let log = std::env::temp_dir().join(format!("{node_name}.log"));
+    let handler = start_handler_with(&node, &log, &[("RUST_LOG", "warn")]);
+    let states: Api<NodeNetworkState> = Api::all(client.clone());
+    let lists_interface = |state: &NodeNetworkState, name: &str| {
+        let current = state
+            .status
+            .as_ref()
+            .and_then(|status| status.current_state.as_ref());
+        current.is_some_and(|current| {
+            current.0["interfaces"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|iface| iface["name"] == name))
+        })
+    };
+    eventually("the node state is reported", Duration::from_secs(30), || async {
+        states
+            .get_opt(&node_name)
+            .await
+            .unwrap()
+            .filter(|state| lists_interface(state, "eth1"))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_kib = resident_kib(handler.pid(), "VmRSS:");
+    let idle_anonymous_kib = resident_kib(handler.pid(), "RssAnon:");
+
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
+    let mut peer = Series::new("nmstatectl apply");
+    let mut ours = Series::new("NNCP create -> NNCE Available");
+    let this_node = json!({"kubernetes.io/hostname": node_name});
+    for run in 0..RUNS {
+        nmstatectl_apply(&node, &nmstatectl, &reset());
+        peer.samples
+            .push(nmstatectl_apply(&node, &nmstatectl, &desired()));
+        nmstatectl_apply(&node, &nmstatectl, &reset());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let name = format!("{node_name}-{run}");
+        let started = Instant::now();
+        policies
+            .create(
+                &PostParams::default(),
+                &policy(&name, this_node.clone(), desired()),
+            )
+            .await
+            .unwrap();
+        wait_for_condition(
+            &enactments,
+            &format!("{node_name}.{name}"),
+            AVAILABLE,
+            Duration::from_secs(60),
+        )
+        .await;
+        ours.samples.push(started.elapsed());
+        policies.delete(&name, &Default::default()).await.unwrap();
+    }
+    let idle_after_kib = resident_kib(handler.pid(), "VmRSS:");
+    let peak_kib = resident_kib(handler.pid(), "VmHWM:");
+
+    let mut reported = Series::new("out-of-band change -> NNS updated");
+    for run in 0..RUNS {
+        let bridge = format!("oob{run}");
+        let add = node
+            .command("ip")
+            .unwrap()
+            .args(["link", "add", &bridge, "type", "bridge"])
+            .output()
+            .unwrap();
+        assert!(add.status.success());
+        let started = Instant::now();
+        loop {
+            let state = states.get(&node_name).await.unwrap();
+            if lists_interface(&state, &bridge) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{bridge} never reported"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reported.samples.push(started.elapsed());
+        node.command("ip")
+            .unwrap()
+            .args(["link", "del", &bridge])
+            .output()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let nmstatectl_peak_kib = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|usage| usage.max_rss())
+        .unwrap_or_default();
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!();
+    println!("handler (release build) on one sandbox node; peer: {nmstatectl}");
+    peer.print();
+    ours.print();
+    println!(
+        "{:<44} {:.2}x   (goal <= 1.5x)",
+        "ratio handler / nmstatectl (medians)",
+        ours.median().as_secs_f64() / peer.median().as_secs_f64()
+    );
+    reported.print();
+    println!("{:<44} goal <= 2000 ms", "");
+    println!(
+        "{:<44} {:.1} MiB idle at start, {:.1} MiB idle after the runs   (goal <= 20 MiB)",
+        "handler resident memory (VmRSS)",
+        mib(idle_kib),
+        mib(idle_after_kib)
+    );
+    println!(
+        "{:<44} {:.1} MiB heap and stacks (RssAnon), the rest mapped code and libraries",
+        "  of which, idle at start",
+        mib(idle_anonymous_kib)
+    );
+    println!(
+        "{:<44} {:.1} MiB   (goal <= 40 MiB)",
+        "handler peak resident memory (VmHWM)",
+        mib(peak_kib)
+    );
+    println!(
+        "{:<44} {:.1} MiB   (largest child process this run waited for)",
+        "nmstatectl peak resident memory",
+        mib(nmstatectl_peak_kib as u64)
+    );
+    drop(handler);
+    let _ = std::fs::remove_file(&log);
+}
