@@ -444,6 +444,9 @@ async fn remove_enactments_of_deleted_policies(context: Arc<Context>) {
     while let Some(event) = deletions.next().await {
         match event {
             Ok(watcher::Event::Delete(policy)) => {
+                if let Ok(mut known) = context.in_desired_state.lock() {
+                    known.remove(&policy.name_any());
+                }
                 if let Err(error) =
                     delete_enactment(&enactments, &enactment_name(&node, &policy.name_any())).await
                 {
