@@ -35,12 +35,7 @@ pub fn pending_changes(
             }
         });
     }
-    let changes_nothing = match &diff {
-        Value::Object(map) => map.values().all(is_empty_section),
-        Value::Null => true,
-        _ => false,
-    };
-    Ok((!changes_nothing).then_some(diff))
+    Ok((!is_empty_section(&diff)).then_some(diff))
 }
 
 fn to_json(state: &NetworkState) -> Result<Value, nmstate::NmstateError> {
@@ -83,7 +78,8 @@ pub fn is_contained(desired: &Value, current: &Value) -> bool {
     }
 }
 
-/// `gen_diff` leaves unchanged sections present but empty (`routes: {}`, `interfaces: []`).
+/// Whether `value` holds nothing: `gen_diff` leaves unchanged sections present but empty
+/// (`routes: {}`, `interfaces: []`).
 fn is_empty_section(value: &Value) -> bool {
     match value {
         Value::Null => true,

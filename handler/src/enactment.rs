@@ -4,8 +4,8 @@
 //!
 //! One policy is applied at a time (NetworkManager holds one checkpoint at a time). A policy is
 //! not applied when the node is already in its desired state ([`drift`]), so a handler restart
-//! or upgrade does not touch the node unless it drifted. Enactments of deleted policies, or of policies that no
-//! longer select this node, are removed.
+//! or upgrade does not touch the node unless it drifted. Enactments of deleted policies, or of
+//! policies that no longer select this node, are removed.
 
 use crate::{
     apply, bridge_vlan, capture,
@@ -84,6 +84,12 @@ impl Context {
     fn mark_in_desired_state(&self, policy: &str, generation: i64) {
         if let Ok(mut known) = self.in_desired_state.lock() {
             known.insert(policy.to_string(), generation);
+        }
+    }
+
+    fn forget(&self, policy: &str) {
+        if let Ok(mut known) = self.in_desired_state.lock() {
+            known.remove(policy);
         }
     }
 }
@@ -298,12 +304,13 @@ async fn reconcile(
             retries.insert(generation.to_string(), attempt);
             let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
             warn!(policy = %policy_name, attempt, "apply failed: {error}");
-            if error.is_permanent() || attempt >= config.max_retries {
+            let permanent = error.is_permanent();
+            if permanent || attempt >= config.max_retries {
                 let message = format!(
                     "error reconciling NodeNetworkConfigurationPolicy on node {} at desired state apply: {error}",
                     config.node_name
                 );
-                let event_message = if error.is_permanent() {
+                let event_message = if permanent {
                     policy_events::failed_without_retries(&name)
                 } else {
                     policy_events::failed_after_retries(&name, attempt)
@@ -444,9 +451,7 @@ async fn remove_enactments_of_deleted_policies(context: Arc<Context>) {
     while let Some(event) = deletions.next().await {
         match event {
             Ok(watcher::Event::Delete(policy)) => {
-                if let Ok(mut known) = context.in_desired_state.lock() {
-                    known.remove(&policy.name_any());
-                }
+                context.forget(&policy.name_any());
                 if let Err(error) =
                     delete_enactment(&enactments, &enactment_name(&node, &policy.name_any())).await
                 {

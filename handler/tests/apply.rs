@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
+mod common;
+
+use common::stdout_of;
 use nmstate_handler::network_manager::checkpoints;
 use nmstate_localenv::testing::{TestNode, shared_env, unique_name};
 use std::{collections::BTreeMap, process::Output, time::Duration};
@@ -26,11 +29,6 @@ fn apply(node: &TestNode, name: &str, desired: &str) -> Output {
         .unwrap();
     std::fs::remove_file(&file).unwrap();
     output
-}
-
-fn stdout_of(node: &TestNode, args: &[&str]) -> String {
-    let output = node.command(args[0]).unwrap().args(&args[1..]).output().unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 async fn no_checkpoint_left(node: &TestNode) {

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{AVAILABLE, FAILING, policy, start_handler, stop_handler, true_condition, wait_for_condition};
+use common::{
+    AVAILABLE, FAILING, policy, start_handler, stdout_of, stop_handler, true_condition, wait_for_condition,
+};
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::{
     Api, ResourceExt,
@@ -58,13 +60,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
         "SuccessfullyConfigured"
     );
     let address = eventually("a DHCP lease on br1", Duration::from_secs(10), || async {
-        let output = node
-            .command("ip")
-            .unwrap()
-            .args(["-4", "-br", "addr", "show", "br1"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let text = stdout_of(&node, &["ip", "-4", "-br", "addr", "show", "br1"]);
         text.contains("10.77.1.").then_some(text)
     })
     .await
@@ -116,10 +112,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
         Duration::from_secs(60),
     )
     .await;
-    let show = |args: &[&str]| {
-        let output = node.command(args[0]).unwrap().args(&args[1..]).output().unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let show = |args: &[&str]| stdout_of(&node, args);
     assert!(show(&["ip", "-4", "-br", "addr", "show", "eth2"]).contains("10.77.2.50/24"));
     let route = show(&["ip", "route", "show", "198.51.100.0/24"]);
     assert!(

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{AVAILABLE, FAILING, start_handler_with, true_condition, wait_for_condition};
+use common::{AVAILABLE, FAILING, start_handler_with, stdout_of, true_condition, wait_for_condition};
 use kube::{Api, Client, api::PostParams};
 use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
 use nmstate_localenv::testing::{TestNode, eventually, install_crds, shared_env, unique_name};
@@ -81,34 +81,18 @@ async fn enact(
         let description = format!("{file}: `{}` on {node_name}", check.command.join(" "));
         // DHCP leases arrive after the apply returns.
         let shown = eventually(&description, Duration::from_secs(15), || async {
-            let output = node
-                .command(check.command[0])
-                .unwrap()
-                .args(&check.command[1..])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            let text = stdout_of(&node, check.command);
             let right = check.contains.iter().all(|wanted| text.contains(wanted))
                 && !check.lacks.iter().any(|unwanted| text.contains(unwanted));
             right.then_some(text)
         })
         .await
-        .unwrap_or_else(|error| panic!("{error}\n{}", show(&node, check.command)));
+        .unwrap_or_else(|error| panic!("{error}\n{}", stdout_of(&node, check.command)));
         eprintln!("{description}:\n{}", shown.trim_end());
     }
     policies.delete(&policy_name, &Default::default()).await.unwrap();
     let _ = std::fs::remove_file(&log);
     enactment
-}
-
-fn show(node: &TestNode, command: &[&str]) -> String {
-    let output = node
-        .command(command[0])
-        .unwrap()
-        .args(&command[1..])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test]

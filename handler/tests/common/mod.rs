@@ -64,6 +64,12 @@ pub fn true_condition(enactment: &NodeNetworkConfigurationEnactment) -> Option<C
         .cloned()
 }
 
+/// What `args` (a program and its arguments) prints inside `node`.
+pub fn stdout_of(node: &TestNode, args: &[&str]) -> String {
+    let output = node.command(args[0]).unwrap().args(&args[1..]).output().unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// An enactment's outcomes, as `(type, reason)` of its True condition.
 pub const AVAILABLE: (&str, &str) = ("Available", "SuccessfullyConfigured");
 pub const FAILING: (&str, &str) = ("Failing", "FailedToConfigure");
