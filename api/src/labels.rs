@@ -12,6 +12,18 @@ pub const WEBHOOK_MUTATING_TIMESTAMP: &str = "nmstate.io/webhook-mutating-timest
 /// Annotation on webhook and metrics pod templates: a hash of the TLS profile.
 pub const TLS_PROFILE_HASH: &str = "nmstate.io/tls-profile-hash";
 
+/// On a Lease the handler writes: what it is for ([`LEASE_HANDLER`] or [`LEASE_ROLLOUT_SLOT`]).
+pub const LEASE: &str = "nmstate.io/lease";
+/// [`LEASE`] value of a node's handler heartbeat: the node runs a live handler.
+pub const LEASE_HANDLER: &str = "handler";
+/// [`LEASE`] value of one of a policy's rollout slots: its holder may apply the policy.
+pub const LEASE_ROLLOUT_SLOT: &str = "rollout-slot";
+/// Annotation on a rollout slot: the policy generation its holder applies.
+pub const POLICY_GENERATION: &str = "nmstate.io/policy-generation";
+/// Annotation on a rollout slot: `failed` once its holder failed that generation for good; the
+/// slot then stays taken for the generation, so failures use up the policy's budget.
+pub const ROLLOUT_OUTCOME: &str = "nmstate.io/outcome";
+
 /// `app.kubernetes.io/component`, copied from the handler's `COMPONENT` env.
 pub const APP_COMPONENT: &str = "app.kubernetes.io/component";
 /// `app.kubernetes.io/part-of`, copied from `PART_OF`.

@@ -25,7 +25,8 @@ pub const DEFAULT_MAX_UNAVAILABLE: &str = "50%";
     shortname = "nncp",
     status = "NodeNetworkConfigurationPolicyStatus",
     printcolumn = r#"{"name": "Status", "type": "string", "description": "Status", "jsonPath": ".status.conditions[?(@.status==\"True\")].type"}"#,
-    printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason", "jsonPath": ".status.conditions[?(@.status==\"True\")].reason"}"#
+    printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason", "jsonPath": ".status.conditions[?(@.status==\"True\")].reason"}"#,
+    printcolumn = r#"{"name": "Message", "type": "string", "description": "Progress of the rollout", "jsonPath": ".status.conditions[?(@.status==\"True\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeNetworkConfigurationPolicySpec {
