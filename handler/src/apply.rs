@@ -41,6 +41,13 @@ pub enum ApplyError {
         reason: String,
         state_after: String,
     },
+    /// The handler lost its place in the policy's rollout before it could commit (it stalled
+    /// longer than its lease, and another node may be applying now): rolled back.
+    #[error(
+        "lost the place in the policy's rollout before committing (the handler stalled longer than \
+         its lease): rolled back, to be applied again once a place is free"
+    )]
+    LostPlace,
     #[error("the change worked but could not be committed: {0}")]
     Commit(NmstateError),
     #[error("the change failed and could not be rolled back: {0}")]
@@ -70,8 +77,13 @@ impl ApplyError {
 }
 
 /// Applies `desired` under a checkpoint that expires after `checkpoint`, runs `probes`, then
-/// commits or rolls back.
-pub async fn apply(desired: &Value, probes: &[Probe], checkpoint: Duration) -> Result<(), ApplyError> {
+/// commits, if `may_commit` still says so, or rolls back.
+pub async fn apply(
+    desired: &Value,
+    probes: &[Probe],
+    checkpoint: Duration,
+    may_commit: impl std::future::Future<Output = bool>,
+) -> Result<(), ApplyError> {
     let json = desired.to_string();
     let state = blocking(move || NetworkState::new_from_json(&json))
         .await?
@@ -123,6 +135,14 @@ pub async fn apply(desired: &Value, probes: &[Probe], checkpoint: Duration) -> R
                 state_after: serde_json::to_string(&state_after).unwrap_or_default(),
             });
         }
+    }
+    if !may_commit.await {
+        warn!("may no longer commit; rolling back");
+        blocking(|| NetworkState::checkpoint_rollback(""))
+            .await?
+            .map_err(ApplyError::Rollback)?;
+        restore_global_dns(dns_before).await;
+        return Err(ApplyError::LostPlace);
     }
     blocking(|| NetworkState::checkpoint_commit(""))
         .await?

@@ -46,6 +46,21 @@ pub struct HandlerConfig {
     pub relationship_labels: BTreeMap<String, String>,
     /// `ENABLE_PROFILER` and `PROFILER_PORT` (default 6060): where profiles are served, if at all.
     pub profiler_port: Option<u16>,
+    /// `LEASE_DURATION_SECONDS` (default 30): how long the handler's heartbeat and its places in
+    /// policy rollouts stay valid without renewal, i.e. how soon a dead or stalled handler's
+    /// place is given to another node.
+    pub lease_duration: Duration,
+}
+
+/// Where the handler's Leases live when neither `POD_NAMESPACE` nor `HANDLER_NAMESPACE` is set
+/// (upstream's default handler namespace).
+pub const DEFAULT_NAMESPACE: &str = "nmstate";
+
+impl HandlerConfig {
+    /// The namespace of the handler's Leases: its own.
+    pub fn lease_namespace(&self) -> &str {
+        self.pod_namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
 }
 
 impl HandlerConfig {
@@ -80,7 +95,15 @@ impl HandlerConfig {
                 true => Some(number("PROFILER_PORT", get("PROFILER_PORT"), 6060)?),
                 false => None,
             },
+            lease_duration: seconds("LEASE_DURATION_SECONDS", 30)?,
         };
+        if config.lease_duration < Duration::from_secs(2) {
+            return Err(ConfigError::Invalid {
+                variable: "LEASE_DURATION_SECONDS",
+                value: config.lease_duration.as_secs().to_string(),
+                expected: "at least 2 seconds",
+            });
+        }
         if config.max_backoff < config.initial_backoff {
             return Err(ConfigError::Invalid {
                 variable: "NNCP_MAX_BACKOFF_SECONDS",
@@ -157,6 +180,8 @@ mod tests {
         assert_eq!(config.pod_namespace, None);
         assert!(config.relationship_labels.is_empty());
         assert_eq!(config.profiler_port, None);
+        assert_eq!(config.lease_duration, Duration::from_secs(30));
+        assert_eq!(config.lease_namespace(), DEFAULT_NAMESPACE);
     }
 
     #[test]

@@ -2,29 +2,32 @@
 //! this node's labels is resolved (captures, bridge VLAN defaults), applied through
 //! [`crate::apply`], and reported in the enactment `<node>.<policy>`.
 //!
-//! One policy is applied at a time (NetworkManager holds one checkpoint at a time). A policy is
-//! not applied when the node is already in its desired state ([`drift`]), so a handler restart
-//! or upgrade does not touch the node unless it drifted. Enactments of deleted policies, or of
-//! policies that no longer select this node, are removed.
+//! One policy is applied at a time (NetworkManager holds one checkpoint at a time), and only
+//! with a place in the policy's rollout ([`rollout`]: at most `maxUnavailable` nodes at once).
+//! A policy is not applied when the node is already in its desired state ([`drift`]), so a
+//! handler restart or upgrade does not touch the node unless it drifted. Enactments of deleted
+//! policies, or of policies that no longer select this node, are removed.
 
 use crate::{
-    apply, bridge_vlan, capture,
+    apply::{self, ApplyError},
+    bridge_vlan, capture,
     config::HandlerConfig,
     drift,
     enactment_conditions::EnactmentSituation,
-    node_state,
-    node_state_reporter::{FIELD_MANAGER, STATUS_FIELD_MANAGER},
-    policy_events, probes,
+    enactment_objects::{
+        create_enactment, delete_enactment, finish, remove_enactments_of_deleted_policies, write_status,
+    },
+    node_state, policy_events, probes,
+    rollout::{Admission, Rollout},
 };
 use futures::StreamExt;
 use k8s_openapi::{
-    api::core::v1::Node,
-    apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
+    api::{coordination::v1::Lease, core::v1::Node},
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    Api, Client, ResourceExt,
     runtime::{
         Controller,
         controller::{Action, Config as ControllerConfig},
@@ -33,12 +36,10 @@ use kube::{
     },
 };
 use nmstate_api::{
-    NetworkStateDocument, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy,
-    condition::find_condition,
-    enactment::{NodeNetworkConfigurationEnactmentFields, enactment_name},
-    labels,
+    NetworkStateDocument, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
+    NodeNetworkConfigurationPolicy, condition::find_condition, enactment::enactment_name, labels,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::{
     collections::BTreeMap,
     future::Future,
@@ -72,6 +73,10 @@ pub struct Context {
     /// drifted from it, and a running one does not chase changes made by others (two policies
     /// on one interface would otherwise re-apply each other forever).
     pub in_desired_state: Mutex<BTreeMap<String, i64>>,
+    /// This node's places in policy rollouts.
+    pub rollout: Rollout,
+    /// The generation of each policy whose unusable `maxUnavailable` was already reported.
+    pub reported_invalid_max_unavailable: Mutex<BTreeMap<String, i64>>,
 }
 
 impl Context {
@@ -81,13 +86,20 @@ impl Context {
             .is_ok_and(|known| known.get(policy) == Some(&generation))
     }
 
+    /// Whether `maxUnavailable` of this policy generation still has to be reported unusable.
+    fn first_report_of_invalid_max_unavailable(&self, policy: &str, generation: i64) -> bool {
+        self.reported_invalid_max_unavailable
+            .lock()
+            .is_ok_and(|mut reported| reported.insert(policy.to_string(), generation) != Some(generation))
+    }
+
     fn mark_in_desired_state(&self, policy: &str, generation: i64) {
         if let Ok(mut known) = self.in_desired_state.lock() {
             known.insert(policy.to_string(), generation);
         }
     }
 
-    fn forget(&self, policy: &str) {
+    pub(crate) fn forget(&self, policy: &str) {
         if let Ok(mut known) = self.in_desired_state.lock() {
             known.remove(policy);
         }
@@ -142,6 +154,20 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         },
     );
 
+    // A place freed in a policy's rollout wakes the nodes waiting for one.
+    let slots =
+        watcher::Config::default().labels(&format!("{}={}", labels::LEASE, labels::LEASE_ROLLOUT_SLOT));
+    let controller = controller.watches(
+        Api::<Lease>::namespaced(context.client.clone(), context.config.lease_namespace()),
+        slots,
+        |lease: Lease| {
+            lease
+                .labels()
+                .get(labels::POLICY)
+                .map(|policy| ObjectRef::<NodeNetworkConfigurationPolicy>::new(policy))
+        },
+    );
+
     let cleanup = remove_enactments_of_deleted_policies(context.clone());
     let reconciler = controller
         .graceful_shutdown_on(shutdown)
@@ -171,6 +197,7 @@ async fn reconcile(
         .get(&config.node_name)
         .await?;
     if !selects(policy.spec.node_selector.as_ref(), node.labels()) {
+        context.rollout.release(&policy_name).await;
         delete_enactment(&enactments, &name).await?;
         return Ok(Action::await_change());
     }
@@ -184,7 +211,8 @@ async fn reconcile(
         let is_true = |type_: &str| find_condition(&status.conditions, type_).is_some_and(|c| c.is_true());
         enacted = is_true("Available");
         let failed = is_true("Failing") && !is_true("Progressing");
-        if failed || (enacted && context.is_in_desired_state(&policy_name, generation)) {
+        if failed || is_true("Aborted") || (enacted && context.is_in_desired_state(&policy_name, generation))
+        {
             return Ok(Action::await_change()); // done with this generation: no churn
         }
     } else {
@@ -225,6 +253,7 @@ async fn reconcile(
     let ports_without_vlan = bridge_vlan::apply_default_vlan_filtering(&mut desired, context.vlan_filtering);
     let vlan_note = (!context.vlan_filtering && ports_without_vlan > 0).then_some(bridge_vlan::SKIPPED_NOTE);
     status.desired_state = Some(NetworkStateDocument(desired.clone()));
+    status.features = node_state::features_used(&desired, &current);
     status.captured_states = (!resolved.captured.is_empty()).then(|| {
         resolved
             .captured
@@ -259,6 +288,8 @@ async fn reconcile(
                 return Ok(Action::await_change());
             }
             info!(policy = %policy_name, generation, "the node is already in the desired state: not applied");
+            // A place taken before a restart, when the apply had finished but was not reported.
+            context.rollout.release_any(&policy, generation).await;
             return finish(
                 &enactments,
                 &name,
@@ -273,6 +304,9 @@ async fn reconcile(
         // nmstate's apply reports anything it cannot read, with the same message.
         Ok(Some(_)) | Err(_) => {}
     }
+    if let Some(waiting) = take_place(&policy, generation, &name, &mut status, &context, &enactments).await? {
+        return Ok(waiting);
+    }
     EnactmentSituation::Progressing.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
     write_status(&enactments, &name, &status).await?;
 
@@ -285,59 +319,149 @@ async fn reconcile(
     .await;
     debug!(policy = %policy_name, probes = probes.len(), "selected the probes");
     info!(policy = %policy_name, generation, "applying");
-    match apply::apply(&desired, &probes, apply::checkpoint_timeout(config.probe_timeout)).await {
+    let checkpoint = apply::checkpoint_timeout(config.probe_timeout);
+    let may_commit = context.rollout.still_held(&policy_name);
+    match apply::apply(&desired, &probes, checkpoint, may_commit).await {
         Ok(()) => {
             info!(policy = %policy_name, generation, "applied");
             context.mark_in_desired_state(&policy_name, generation);
             context.applied.notify_one();
-            finish(
+            let action = finish(
                 &enactments,
                 &name,
                 &mut status,
                 EnactmentSituation::Succeeded { note: vlan_note },
             )
-            .await
+            .await;
+            // Reported first, so no one sees more nodes applying than there are places.
+            context.rollout.release(&policy_name).await;
+            action
+        }
+        Err(ApplyError::LostPlace) => {
+            warn!(policy = %policy_name, generation, "{}", ApplyError::LostPlace);
+            finish(&enactments, &name, &mut status, EnactmentSituation::Pending).await?;
+            Ok(Action::requeue(config.initial_backoff))
         }
         Err(error) => {
-            let retries = status.retry_count.get_or_insert_with(BTreeMap::new);
-            let attempt = retries.get(&generation.to_string()).copied().unwrap_or(0) + 1;
-            retries.insert(generation.to_string(), attempt);
-            let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
-            warn!(policy = %policy_name, attempt, "apply failed: {error}");
-            let permanent = error.is_permanent();
-            if permanent || attempt >= config.max_retries {
-                let message = format!(
-                    "error reconciling NodeNetworkConfigurationPolicy on node {} at desired state apply: {error}",
-                    config.node_name
-                );
-                let event_message = if permanent {
-                    policy_events::failed_without_retries(&name)
-                } else {
-                    policy_events::failed_after_retries(&name, attempt)
-                };
-                let event = policy_events::reconcile_failed(&policy, &config.node_name, event_message);
-                policy_events::record(&context.client, &event).await;
-                finish(
-                    &enactments,
-                    &name,
-                    &mut status,
-                    EnactmentSituation::Failed { message },
-                )
-                .await
-            } else {
-                let situation = EnactmentSituation::Retrying {
-                    node: config.node_name.clone(),
-                    attempt,
-                    max: config.max_retries,
-                };
-                finish(&enactments, &name, &mut status, situation).await?;
-                Ok(Action::requeue(backoff(
-                    attempt,
-                    config.initial_backoff,
-                    config.max_backoff,
-                )))
-            }
+            failed(
+                &policy,
+                generation,
+                &name,
+                &mut status,
+                &context,
+                &enactments,
+                error,
+            )
+            .await
         }
+    }
+}
+
+/// Takes a place in the policy's rollout; when there is none, the enactment is marked Pending
+/// (or Aborted, when failures used up every place) and the action to take instead is returned.
+async fn take_place(
+    policy: &NodeNetworkConfigurationPolicy,
+    generation: i64,
+    name: &str,
+    status: &mut NodeNetworkConfigurationEnactmentStatus,
+    context: &Context,
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+) -> Result<Option<Action>, EnactmentError> {
+    let policy_name = policy.name_any();
+    let selector = policy.spec.node_selector.as_ref();
+    let limit = context
+        .rollout
+        .limit(policy, |labels| selects(selector, labels))
+        .await?;
+    if let Some(invalid) = &limit.invalid
+        && context.first_report_of_invalid_max_unavailable(&policy_name, generation)
+    {
+        let message = format!(
+            "{invalid}; using the default {} ({} nodes at once)",
+            nmstate_api::policy::DEFAULT_MAX_UNAVAILABLE,
+            limit.limit
+        );
+        warn!(policy = %policy_name, "{message}");
+        let event = policy_events::warning(
+            policy,
+            &context.config.node_name,
+            policy_events::INVALID_MAX_UNAVAILABLE,
+            message,
+        );
+        policy_events::record(&context.client, &event).await;
+    }
+    match context.rollout.acquire(policy, generation, limit.limit).await? {
+        Admission::Granted => Ok(None),
+        Admission::Wait { retry_after } => {
+            let pending = find_condition(&status.conditions, "Pending").is_some_and(|c| c.is_true());
+            if !pending {
+                info!(policy = %policy_name, generation, limit = limit.limit, "waiting for a place in the rollout");
+                finish(enactments, name, status, EnactmentSituation::Pending).await?;
+            }
+            Ok(Some(Action::requeue(retry_after)))
+        }
+        Admission::Abort => {
+            warn!(policy = %policy_name, generation, "aborted: failed nodes hold every place in the rollout");
+            let event = policy_events::reconcile_failed(
+                policy,
+                &context.config.node_name,
+                policy_events::aborted(name),
+            );
+            policy_events::record(&context.client, &event).await;
+            let situation = EnactmentSituation::Aborted {
+                enactment: name.to_string(),
+            };
+            Ok(Some(finish(enactments, name, status, situation).await?))
+        }
+    }
+}
+
+/// After a failed apply: another attempt later, keeping the place, or, when the retries are
+/// used up or retrying cannot help, Failing for good, the place kept and marked failed.
+async fn failed(
+    policy: &NodeNetworkConfigurationPolicy,
+    generation: i64,
+    name: &str,
+    status: &mut NodeNetworkConfigurationEnactmentStatus,
+    context: &Context,
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    error: ApplyError,
+) -> Result<Action, EnactmentError> {
+    let config = &context.config;
+    let policy_name = policy.name_any();
+    let retries = status.retry_count.get_or_insert_with(BTreeMap::new);
+    let attempt = retries.get(&generation.to_string()).copied().unwrap_or(0) + 1;
+    retries.insert(generation.to_string(), attempt);
+    let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+    warn!(policy = %policy_name, attempt, "apply failed: {error}");
+    let permanent = error.is_permanent();
+    if permanent || attempt >= config.max_retries {
+        let message = format!(
+            "error reconciling NodeNetworkConfigurationPolicy on node {} at desired state apply: {error}",
+            config.node_name
+        );
+        let event_message = if permanent {
+            policy_events::failed_without_retries(name)
+        } else {
+            policy_events::failed_after_retries(name, attempt)
+        };
+        let event = policy_events::reconcile_failed(policy, &config.node_name, event_message);
+        policy_events::record(&context.client, &event).await;
+        let action = finish(enactments, name, status, EnactmentSituation::Failed { message }).await;
+        context.rollout.mark_failed(&policy_name).await;
+        action
+    } else {
+        let situation = EnactmentSituation::Retrying {
+            node: config.node_name.clone(),
+            attempt,
+            max: config.max_retries,
+        };
+        finish(enactments, name, status, situation).await?;
+        Ok(Action::requeue(backoff(
+            attempt,
+            config.initial_backoff,
+            config.max_backoff,
+        )))
     }
 }
 
@@ -348,126 +472,6 @@ fn error_policy(
 ) -> Action {
     warn!(policy = %policy.name_any(), "reconcile failed, retrying: {error}");
     Action::requeue(context.config.max_backoff)
-}
-
-async fn finish(
-    enactments: &Api<NodeNetworkConfigurationEnactment>,
-    name: &str,
-    status: &mut nmstate_api::NodeNetworkConfigurationEnactmentStatus,
-    situation: EnactmentSituation,
-) -> Result<Action, EnactmentError> {
-    let generation = status.policy_generation.unwrap_or_default();
-    situation.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
-    write_status(enactments, name, status).await?;
-    Ok(Action::await_change())
-}
-
-async fn write_status(
-    enactments: &Api<NodeNetworkConfigurationEnactment>,
-    name: &str,
-    status: &nmstate_api::NodeNetworkConfigurationEnactmentStatus,
-) -> Result<(), EnactmentError> {
-    let patch = json!({
-        "apiVersion": NodeNetworkConfigurationEnactment::api_version(&()),
-        "kind": NodeNetworkConfigurationEnactment::kind(&()),
-        "status": serde_json::to_value(status)?,
-    });
-    enactments
-        .patch_status(
-            name,
-            &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    Ok(())
-}
-
-async fn create_enactment(
-    enactments: &Api<NodeNetworkConfigurationEnactment>,
-    name: &str,
-    policy: &str,
-    node: &Node,
-    config: &HandlerConfig,
-) -> Result<NodeNetworkConfigurationEnactment, EnactmentError> {
-    let mut enactment =
-        NodeNetworkConfigurationEnactment::new(name, NodeNetworkConfigurationEnactmentFields {});
-    let mut object_labels = config.relationship_labels.clone();
-    object_labels.insert(labels::POLICY.into(), policy.into());
-    object_labels.insert(labels::NODE.into(), config.node_name.clone());
-    enactment.metadata.labels = Some(object_labels);
-    enactment.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: "v1".into(),
-        kind: "Node".into(),
-        name: config.node_name.clone(),
-        uid: node.uid().unwrap_or_default(),
-        ..OwnerReference::default()
-    }]);
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match enactments.create(&params, &enactment).await {
-        Ok(created) => Ok(created),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(enactments.get(name).await?),
-        Err(error) => Err(error.into()),
-    }
-}
-
-async fn delete_enactment(
-    enactments: &Api<NodeNetworkConfigurationEnactment>,
-    name: &str,
-) -> Result<(), EnactmentError> {
-    match enactments.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {
-            info!(enactment = name, "removed the enactment");
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(error.into()),
-    }
-}
-
-/// Removes this node's enactments whose policy is gone: at start (policies deleted while the
-/// handler was down), then whenever a policy is deleted. Runs until the watch ends.
-async fn remove_enactments_of_deleted_policies(context: Arc<Context>) {
-    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(context.client.clone());
-    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(context.client.clone());
-    let node = context.config.node_name.clone();
-    let mine = ListParams::default().labels(&format!("{}={node}", labels::NODE));
-    match enactments.list(&mine).await {
-        Ok(list) => {
-            for enactment in list {
-                let Some(policy) = enactment.labels().get(labels::POLICY).cloned() else {
-                    continue;
-                };
-                if matches!(policies.get_opt(&policy).await, Ok(None)) {
-                    let _ = delete_enactment(&enactments, &enactment.name_any()).await;
-                }
-            }
-        }
-        Err(error) => warn!("cannot list this node's enactments: {error}"),
-    }
-    let mut deletions = watcher(policies, watcher::Config::default()).boxed();
-    while let Some(event) = deletions.next().await {
-        match event {
-            Ok(watcher::Event::Delete(policy)) => {
-                context.forget(&policy.name_any());
-                if let Err(error) =
-                    delete_enactment(&enactments, &enactment_name(&node, &policy.name_any())).await
-                {
-                    warn!(
-                        "cannot remove the enactment of deleted policy {}: {error}",
-                        policy.name_any()
-                    );
-                }
-            }
-            Ok(_) => {}
-            Err(error) => {
-                warn!("watching policies for deletions: {error}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,15 @@ use nmstate_api::{
     enactment::{EnactmentConditionReason as Reason, EnactmentConditionType as Type},
 };
 
+/// Whether an enactment failed for good (Failing, and not retrying).
+pub fn is_final_failure(status: &nmstate_api::NodeNetworkConfigurationEnactmentStatus) -> bool {
+    let is_true = |type_: Type| {
+        nmstate_api::condition::find_condition(&status.conditions, type_.as_str())
+            .is_some_and(Condition::is_true)
+    };
+    is_true(Type::Failing) && !is_true(Type::Progressing)
+}
+
 /// Where an enactment stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EnactmentSituation {

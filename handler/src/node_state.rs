@@ -41,6 +41,19 @@ pub fn retrieve_kernel() -> Result<Value, NodeStateError> {
 }
 
 /// Keeps only the named interfaces, and the routes through them, like `nmstatectl show IFACE`.
+/// The nmstate features `desired` uses on top of `current` (as `nmstatectl statistic` reports
+/// them, e.g. `static-dns`), for the enactment status and the `features_applied` metric.
+pub fn features_used(desired: &Value, current: &nmstate::NetworkState) -> Option<Vec<String>> {
+    let desired = nmstate::NetworkState::new_from_json(&desired.to_string()).ok()?;
+    let statistic = desired.statistic(current).ok()?;
+    let names: Vec<String> = statistic
+        .features
+        .iter()
+        .filter_map(|feature| serde_json::to_value(feature).ok()?.as_str().map(str::to_string))
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
 pub fn only_interfaces(mut state: Value, names: &[String]) -> Value {
     if names.is_empty() {
         return state;

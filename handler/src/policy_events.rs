@@ -15,6 +15,8 @@ use tracing::warn;
 /// Events of cluster-scoped objects land here, as with client-go's recorder.
 pub const EVENTS_NAMESPACE: &str = "default";
 pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+/// A policy's `maxUnavailable` cannot be read; the default is used.
+pub const INVALID_MAX_UNAVAILABLE: &str = "InvalidMaxUnavailable";
 
 /// Upstream's message when the retries are used up.
 pub fn failed_after_retries(enactment: &str, retries: u32) -> String {
@@ -26,8 +28,18 @@ pub fn failed_without_retries(enactment: &str) -> String {
     format!("reconciliation of enactment \"{enactment}\" has failed with an error that retrying cannot heal")
 }
 
+/// Upstream's message when too many nodes failed the policy for this one to try.
+pub fn aborted(enactment: &str) -> String {
+    format!("reconciliation of enactment \"{enactment}\" has aborted")
+}
+
 /// The Warning event `ReconcileFailed` on `policy`, reported by this node's handler.
 pub fn reconcile_failed(policy: &NodeNetworkConfigurationPolicy, node: &str, message: String) -> Event {
+    warning(policy, node, RECONCILE_FAILED, message)
+}
+
+/// A Warning event on `policy`, reported by this node's handler.
+pub fn warning(policy: &NodeNetworkConfigurationPolicy, node: &str, reason: &str, message: String) -> Event {
     let now = Timestamp::now();
     let component = format!("{node}.nmstate-handler");
     Event {
@@ -45,7 +57,7 @@ pub fn reconcile_failed(policy: &NodeNetworkConfigurationPolicy, node: &str, mes
             ..ObjectReference::default()
         },
         type_: Some("Warning".into()),
-        reason: Some(RECONCILE_FAILED.into()),
+        reason: Some(reason.into()),
         message: Some(message),
         count: Some(1),
         first_timestamp: Some(Time(now)),
@@ -65,7 +77,7 @@ pub async fn record(client: &Client, event: &Event) {
     let events: Api<Event> = Api::namespaced(client.clone(), EVENTS_NAMESPACE);
     if let Err(error) = events.create(&PostParams::default(), event).await {
         warn!(
-            reason = RECONCILE_FAILED,
+            reason = event.reason.as_deref().unwrap_or_default(),
             "cannot record an event in namespace {EVENTS_NAMESPACE} (the handler needs `create` on \
              events there): {error}"
         );

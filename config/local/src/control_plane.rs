@@ -179,6 +179,7 @@ impl ControlPlane {
             Ok(_) => error,
         })?;
         let startup = started.elapsed();
+        create_namespace(&client, HANDLER_NAMESPACE).await?;
 
         controller_manager.spawn(self.controller_manager_command(&bin))?;
         api_socket.spawn(self.api_socket_command(apiserver_port))?;
@@ -306,6 +307,29 @@ impl ControlPlane {
             ca = ca.display()
         );
         std::fs::write(path, text).map_err(LocalEnvError::io("write", path))
+    }
+}
+
+/// The namespace the operator would give the handlers (their Leases live there).
+pub const HANDLER_NAMESPACE: &str = "nmstate";
+
+async fn create_namespace(client: &kube::Client, name: &str) -> Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match namespaces
+        .create(&kube::api::PostParams::default(), &namespace)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error.into()),
     }
 }
 
