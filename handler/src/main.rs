@@ -2,20 +2,18 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::Node;
-use kube::{
-    Api, Client, Config,
-    config::{KubeConfigOptions, Kubeconfig},
-};
+use kube::Api;
 use nmstate_handler::{
     apply::{self, ApplyError},
     bridge_vlan,
     config::{ConfigError, HandlerConfig},
-    enactment,
+    enactment, heartbeat,
     network_manager::{self, NetworkManagerError},
     node_lock::{self, LockError},
     node_state::{self, NodeStateError},
     node_state_reporter::{self, NodeStateReporter, ReportError},
-    probes,
+    probes, process,
+    rollout::Rollout,
 };
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use tracing::{info, warn};
@@ -74,10 +72,8 @@ enum HandlerError {
     NodeState(#[from] NodeStateError),
     #[error(transparent)]
     NetworkManager(#[from] NetworkManagerError),
-    #[error("cannot load kubeconfig: {0}")]
-    Kubeconfig(#[from] kube::config::KubeconfigError),
-    #[error("cannot find a kubeconfig or in-cluster configuration: {0}")]
-    InferConfig(#[from] kube::config::InferConfigError),
+    #[error(transparent)]
+    Client(#[from] process::ClientError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("Node {0:?} does not exist: NODE_NAME must be the name of this node's Node object")]
@@ -134,27 +130,10 @@ fn in_runtime(work: impl std::future::Future<Output = Result<(), HandlerError>>)
 }
 
 fn init_tracing(level: LogLevel) {
-    let default = match level {
+    process::init_tracing(match level {
         LogLevel::Info => "info",
         LogLevel::Debug => "debug",
-    };
-    let requested = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|filter| !filter.trim().is_empty());
-    let mut filter = tracing_subscriber::EnvFilter::new(requested.as_deref().unwrap_or(default));
-    // nispor warns on every link when the kernel has no nl80211 (no Wi-Fi): not worth a line,
-    // unless nispor's logs were asked for.
-    if !requested.as_deref().unwrap_or_default().contains("nispor")
-        && let Ok(directive) = "nispor=error".parse()
-    {
-        filter = filter.add_directive(directive);
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: container logs and files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    });
 }
 
 fn show(interfaces: &[String]) -> Result<(), HandlerError> {
@@ -170,13 +149,13 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         tokio::spawn(nmstate_handler::profiler::serve(port));
     }
     let _node_lock = node_lock::acquire(std::path::Path::new(&config.lock_file)).await?;
-    let client = kube_client(cli.kubeconfig.clone()).await?;
+    let client = process::kube_client(cli.kubeconfig.clone()).await?;
     let server = client.apiserver_version().await?;
     info!(server = %server.git_version, "connected to the API server");
     let nodes: Api<Node> = Api::all(client.clone());
-    if nodes.get_opt(&config.node_name).await?.is_none() {
+    let Some(node) = nodes.get_opt(&config.node_name).await? else {
         return Err(HandlerError::UnknownNode(config.node_name));
-    }
+    };
     let network_manager = network_manager::version(None).await?;
     info!(version = %network_manager, "found NetworkManager");
     // An unsupported NetworkManager is reported on the node state; no policy is applied.
@@ -218,19 +197,37 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     if !vlan_filtering {
         warn!("{}", bridge_vlan::SKIPPED_NOTE);
     }
+    let rollout = Rollout::new(
+        client.clone(),
+        config.lease_namespace(),
+        &config.node_name,
+        config.lease_duration,
+    );
+    // Only a node that applies policies counts as running a handler.
+    let _heartbeat = unsupported.is_none().then(|| {
+        let heartbeat = heartbeat::run(
+            client.clone(),
+            config.lease_namespace().to_string(),
+            node,
+            config.lease_duration,
+        );
+        AbortOnDrop(tokio::spawn(heartbeat))
+    });
     let context = Arc::new(enactment::Context {
         client,
         config,
         vlan_filtering,
         applied,
         in_desired_state: Default::default(),
+        rollout,
+        reported_invalid_max_unavailable: Default::default(),
     });
     let mut enacting = match unsupported {
         None => tokio::spawn(enactment::run(context, stopped(stopping))),
         Some(_) => tokio::spawn(stopped(stopping)),
     };
     tokio::select! {
-        () = shutdown_signal() => info!("stopping: finishing the change in progress, if any"),
+        () = process::shutdown_signal() => info!("stopping: finishing the change in progress, if any"),
         result = &mut reporting => return result?.map_err(Into::into),
         result = &mut enacting => {
             result?;
@@ -246,19 +243,12 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     Ok(())
 }
 
-/// Completes on SIGTERM (how Kubernetes stops a pod) or SIGINT.
-async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(error) => {
-            warn!("cannot listen for SIGTERM ({error}); stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
+/// Stops a background task when the handler stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -269,19 +259,14 @@ async fn apply_file(cli: &Cli, file: &std::path::Path, probe_timeout: Duration) 
         source,
     })?;
     let desired: serde_json::Value = serde_yaml::from_str(&text)?;
-    let client = kube_client(cli.kubeconfig.clone()).await?;
+    let client = process::kube_client(cli.kubeconfig.clone()).await?;
     let probes = probes::select(&client, &config.node_name, &config.probe_dns_host, probe_timeout).await;
-    apply::apply(&desired, &probes, apply::checkpoint_timeout(probe_timeout)).await?;
+    apply::apply(
+        &desired,
+        &probes,
+        apply::checkpoint_timeout(probe_timeout),
+        std::future::ready(true),
+    )
+    .await?;
     Ok(())
-}
-
-async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<Client, HandlerError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &KubeConfigOptions::default())
-                .await?
-        }
-        None => Config::infer().await?,
-    };
-    Ok(Client::try_from(config)?)
 }
