@@ -234,6 +234,43 @@ impl NodeProcess {
         Ok(NodeProcess { child, log })
     }
 
+    /// Starts `program args` on the host (e.g. a cluster-level controller), aimed at `env`'s
+    /// API server, with `env` variables added, appending its output to `log`.
+    pub fn start_on_host(
+        env: &LocalEnv,
+        program: &std::path::Path,
+        args: &[&str],
+        variables: &[(&str, &str)],
+        log: std::path::PathBuf,
+    ) -> Result<NodeProcess> {
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(crate::LocalEnvError::io("open", &log))?;
+        let stderr = output
+            .try_clone()
+            .map_err(crate::LocalEnvError::io("open", &log))?;
+        let child = std::process::Command::new(program)
+            .args(args)
+            .env("KUBECONFIG", env.kubeconfig())
+            .envs(variables.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(output)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| crate::LocalEnvError::Spawn {
+                command: program.display().to_string(),
+                source,
+            })?;
+        Ok(NodeProcess { child, log })
+    }
+
+    /// Sends `signal` (e.g. SIGSTOP to pause it, SIGCONT to resume it).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,0 +1,286 @@
+//! Rolling policies out across several sandbox nodes, each with its own NetworkManager and
+//! handler, against the real API server, with the cluster controller writing policy statuses:
+//! never more nodes applying than `maxUnavailable`, failures that abort the rest, handlers that
+//! are killed or paused mid-apply, a policy that selects no node, a status writer restarted
+//! mid-rollout, and the metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+#[path = "rollout/fixture.rs"]
+mod fixture;
+
+use fixture::{Fixture, GROUP, Recorder, SERIAL, bridge, free_port, scrape, value_of};
+use kube::api::{Patch, PatchParams};
+use nix::sys::signal::Signal;
+use nmstate_localenv::testing::{eventually, kubectl};
+use serde_json::json;
+use std::time::Duration;
+
+const ROLLOUT: Duration = Duration::from_secs(120);
+
+/// Rolls `bridge_name` out with `max_unavailable` and checks no instant had more than `limit`
+/// nodes applying.
+async fn roll_out(
+    fixture: &mut Fixture,
+    suffix: &str,
+    max_unavailable: serde_json::Value,
+    limit: usize,
+) -> String {
+    let name = format!("{}-{suffix}", fixture.namespace);
+    let recorder = Recorder::start(&fixture.client, &name).await;
+    fixture
+        .create_policy(suffix, bridge(&format!("br-{suffix}")), max_unavailable)
+        .await;
+    let count = fixture.nodes.len();
+    let outcomes = fixture.wait_for_outcomes(&name, &["Available"], ROLLOUT).await;
+    assert_eq!(outcomes.len(), count);
+    fixture
+        .wait_for_policy(
+            &name,
+            "Available",
+            &format!("{count}/{count} nodes successfully configured"),
+            ROLLOUT,
+        )
+        .await;
+    let observed = recorder.observed.lock().unwrap();
+    println!("{suffix}: {observed:?}");
+    assert!(
+        observed.max_progressing <= limit,
+        "more than {limit} nodes applied at once: {observed:?}"
+    );
+    assert_eq!(
+        observed.ever_progressing.len(),
+        count,
+        "every node applied: {observed:?}"
+    );
+    assert!(
+        !observed.ever_pending.is_empty(),
+        "some node waited for a place: {observed:?}"
+    );
+    name
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollouts_never_exceed_max_unavailable_and_the_metrics_follow() {
+    let _serial = SERIAL.lock().await;
+    let mut fixture = Fixture::start(4, true).await;
+    let port = free_port();
+    let _cluster = fixture.start_cluster("writer", port);
+    let node0 = fixture.node_name(0);
+    let bridges = format!("kubernetes_nmstate_network_interfaces{{type=\"linux-bridge\",node=\"{node0}\"}}");
+    let before = eventually(
+        "metrics served by the leader",
+        Duration::from_secs(30),
+        || async {
+            let text = scrape(port).await;
+            text.contains("kubernetes_nmstate_policies_status")
+                .then_some(text)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(value_of(&before, &bridges), None, "no bridge yet: {before}");
+
+    let one = roll_out(&mut fixture, "one", json!(1), 1).await;
+    roll_out(&mut fixture, "half", json!("50%"), 2).await;
+
+    let wait = kubectl(&fixture.env)
+        .args([
+            "wait",
+            &format!("nncp/{one}"),
+            "--for",
+            "condition=Available",
+            "--timeout=30s",
+        ])
+        .output()
+        .unwrap();
+    assert!(wait.status.success(), "{}", String::from_utf8_lossy(&wait.stderr));
+    let listed = kubectl(&fixture.env)
+        .args(["get", "nncp", &one])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("4/4 nodes successfully configured"), "{listed}");
+
+    // The node state of node0 shows both bridges, and the gauges follow.
+    let after = eventually(
+        "the gauges count the new bridges",
+        Duration::from_secs(60),
+        || async {
+            let text = scrape(port).await;
+            (value_of(&text, &bridges) == Some(2.0)).then_some(text)
+        },
+    )
+    .await
+    .unwrap();
+    let available = format!("kubernetes_nmstate_enactments_status{{node=\"{node0}\",status=\"Available\"}}");
+    assert_eq!(value_of(&after, &available), Some(2.0), "{after}");
+    assert!(value_of(&after, "kubernetes_nmstate_policies_status{status=\"Available\"}").unwrap() >= 2.0);
+    let reconciles = "kubernetes_nmstate_reconcile_total{controller=\"policy-status\",result=\"success\"}";
+    assert!(value_of(&after, reconciles).unwrap() > 0.0, "{after}");
+    assert!(after.contains("kubernetes_nmstate_reconcile_duration_seconds_bucket"));
+    fixture.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_failures_use_up_the_budget_the_other_nodes_abort() {
+    let _serial = SERIAL.lock().await;
+    let mut fixture = Fixture::start(4, true).await;
+    let _cluster = fixture.start_cluster("writer", free_port());
+    let name = format!("{}-broken", fixture.namespace);
+    let recorder = Recorder::start(&fixture.client, &name).await;
+    let missing = json!({"interfaces": [{"name": "missing0", "type": "ethernet", "state": "up"}]});
+    fixture.create_policy("broken", missing, json!(1)).await;
+
+    let outcomes = fixture
+        .wait_for_outcomes(&name, &["Failing", "Aborted"], ROLLOUT)
+        .await;
+    let failing: Vec<_> = outcomes.iter().filter(|(_, o)| *o == "Failing").collect();
+    assert_eq!(failing.len(), 1, "{outcomes:?}");
+    fixture
+        .wait_for_policy(
+            &name,
+            "Degraded",
+            "1/4 nodes failed to configure, 3 nodes aborted configuration",
+            ROLLOUT,
+        )
+        .await;
+    {
+        let observed = recorder.observed.lock().unwrap();
+        assert_eq!(
+            observed.ever_progressing.len(),
+            1,
+            "only the failing node ever applied the policy: {observed:?}"
+        );
+        assert!(observed.ever_progressing.contains(failing[0].0));
+    }
+    fixture.clean_up().await;
+}
+
+/// Stops (by `signal`) the handler of the first node that starts applying; checks the others
+/// go on, then resumes it (restart or SIGCONT) and checks the policy converges.
+async fn stall_one_handler(fixture: &mut Fixture, suffix: &str, signal: Signal) {
+    let name = format!("{}-{suffix}", fixture.namespace);
+    let recorder = Recorder::start(&fixture.client, &name).await;
+    fixture
+        .create_policy(suffix, bridge(&format!("br-{suffix}")), json!(1))
+        .await;
+    let first = eventually("a node applying", Duration::from_secs(60), || async {
+        recorder
+            .observed
+            .lock()
+            .unwrap()
+            .ever_progressing
+            .iter()
+            .next()
+            .cloned()
+    })
+    .await
+    .unwrap();
+    let stalled = fixture.index_of(&first);
+    fixture.handlers[stalled].as_ref().unwrap().signal(signal);
+    println!("{signal} sent to the handler of {first}");
+    // The others go on once the stalled node's lease expires (4 s).
+    let enactments = fixture.enactments();
+    let others: Vec<String> = (0..fixture.nodes.len())
+        .filter(|i| *i != stalled)
+        .map(|i| fixture.node_name(i))
+        .collect();
+    eventually("the other nodes applied", Duration::from_secs(60), || async {
+        for node in &others {
+            let enactment = enactments.get_opt(&format!("{node}.{name}")).await.unwrap()?;
+            (common::true_condition(&enactment)?.type_ == "Available").then_some(())?;
+        }
+        Some(())
+    })
+    .await
+    .unwrap();
+    match signal {
+        Signal::SIGKILL => {
+            let restarted = fixture.start_handler(stalled);
+            fixture.handlers[stalled] = Some(restarted);
+        }
+        _ => fixture.handlers[stalled]
+            .as_ref()
+            .unwrap()
+            .signal(Signal::SIGCONT),
+    }
+    let count = fixture.nodes.len();
+    fixture.wait_for_outcomes(&name, &["Available"], ROLLOUT).await;
+    fixture
+        .wait_for_policy(
+            &name,
+            "Available",
+            &format!("{count}/{count} nodes successfully configured"),
+            ROLLOUT,
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_or_paused_handler_frees_its_place_and_resumes() {
+    let _serial = SERIAL.lock().await;
+    let mut fixture = Fixture::start(3, true).await;
+    let _cluster = fixture.start_cluster("writer", free_port());
+    stall_one_handler(&mut fixture, "killed", Signal::SIGKILL).await;
+    stall_one_handler(&mut fixture, "paused", Signal::SIGSTOP).await;
+    fixture.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_selecting_no_node_is_ignored_until_a_node_matches() {
+    let _serial = SERIAL.lock().await;
+    let mut fixture = Fixture::start(1, false).await;
+    let _cluster = fixture.start_cluster("writer", free_port());
+    let name = fixture
+        .create_policy("late", bridge("br-late"), json!("50%"))
+        .await;
+    fixture
+        .wait_for_policy(&name, "Ignored", "Policy does not match any node", ROLLOUT)
+        .await;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(fixture.client.clone());
+    let label = json!({"metadata": {"labels": {GROUP: fixture.namespace}}});
+    nodes
+        .patch(
+            &fixture.node_name(0),
+            &PatchParams::default(),
+            &Patch::Merge(&label),
+        )
+        .await
+        .unwrap();
+    fixture
+        .wait_for_policy(&name, "Available", "1/1 nodes successfully configured", ROLLOUT)
+        .await;
+    fixture.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_status_writer_takes_over_mid_rollout_and_gets_it_right() {
+    let _serial = SERIAL.lock().await;
+    let mut fixture = Fixture::start(4, true).await;
+    let mut first = fixture.start_cluster("writer-a", free_port());
+    let leading = eventually("writer-a leads", Duration::from_secs(30), || async {
+        first.log().contains("leading").then_some(())
+    })
+    .await;
+    leading.unwrap();
+    let _second = fixture.start_cluster("writer-b", free_port());
+    let name = fixture
+        .create_policy("takeover", bridge("br-takeover"), json!(1))
+        .await;
+    fixture
+        .wait_for_policy(&name, "Progressing", "Policy is progressing", ROLLOUT)
+        .await;
+    first.kill();
+    println!("killed writer-a mid-rollout");
+    fixture
+        .wait_for_policy(&name, "Available", "4/4 nodes successfully configured", ROLLOUT)
+        .await;
+    let second_log = std::fs::read_to_string(fixture.log("writer-b")).unwrap();
+    assert!(
+        second_log.contains("leading"),
+        "writer-b took over:\n{second_log}"
+    );
+    fixture.clean_up().await;
+}

@@ -1,0 +1,319 @@
+//! A rollout test's world: sandbox nodes with handlers, a namespace of their own for the
+//! Leases, the cluster controller, and a recorder of every enactment transition.
+
+use crate::common::{HANDLER_ENV, policy};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use nmstate_api::{
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition, labels,
+};
+use nmstate_localenv::{
+    LocalEnv,
+    testing::{NodeProcess, TestNode, eventually, install_crds, shared_env, unique_name},
+};
+use serde_json::{Value, json};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+pub const CLUSTER: &str = env!("CARGO_BIN_EXE_nmstate-cluster");
+/// Leases expire quickly here, so a dead handler's place frees within seconds.
+pub const LEASE_SECONDS: &str = "4";
+/// The label every node of one test carries (value: the test's namespace).
+pub const GROUP: &str = "nmstate-test/rollout";
+
+/// One cluster controller at a time: each writes every policy's status.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub struct Fixture {
+    pub env: LocalEnv,
+    pub client: Client,
+    pub namespace: String,
+    pub nodes: Vec<TestNode>,
+    pub handlers: Vec<Option<NodeProcess>>,
+    policies: Vec<String>,
+}
+
+impl Fixture {
+    /// `count` nodes labelled [`GROUP`]=<namespace> (when `labelled`), each running a handler.
+    pub async fn start(count: usize, labelled: bool) -> Fixture {
+        let env = shared_env().await.unwrap();
+        let client = env.client().await.unwrap();
+        install_crds(&client).await.unwrap();
+        let namespace = unique_name("rollout");
+        let object: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+        let node_labels: BTreeMap<String, String> = if labelled {
+            BTreeMap::from([(GROUP.to_string(), namespace.clone())])
+        } else {
+            BTreeMap::new()
+        };
+        let names: Vec<String> = (0..count).map(|index| format!("{namespace}-n{index}")).collect();
+        let nodes =
+            futures::future::join_all(names.iter().map(|name| TestNode::start(&env, name, &node_labels)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        let mut fixture = Fixture {
+            env,
+            client,
+            namespace,
+            nodes,
+            handlers: Vec::new(),
+            policies: Vec::new(),
+        };
+        for index in 0..count {
+            let handler = fixture.start_handler(index);
+            fixture.handlers.push(Some(handler));
+        }
+        fixture
+    }
+
+    pub fn node_name(&self, index: usize) -> String {
+        self.nodes[index].name.clone()
+    }
+
+    pub fn index_of(&self, node: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == node).unwrap()
+    }
+
+    pub fn log(&self, name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}-{name}.log", self.namespace))
+    }
+
+    pub fn start_handler(&self, index: usize) -> NodeProcess {
+        let env: Vec<(&str, &str)> = HANDLER_ENV
+            .iter()
+            .copied()
+            .chain([
+                ("POD_NAMESPACE", self.namespace.as_str()),
+                ("LEASE_DURATION_SECONDS", LEASE_SECONDS),
+            ])
+            .collect();
+        let log = self.log(&self.nodes[index].name);
+        NodeProcess::start(
+            &self.nodes[index],
+            crate::common::HANDLER.as_ref(),
+            &["run"],
+            &env,
+            log,
+        )
+        .unwrap()
+    }
+
+    /// A cluster controller named `identity`, serving metrics on `port`.
+    pub fn start_cluster(&self, identity: &str, port: u16) -> NodeProcess {
+        let address = format!("127.0.0.1:{port}");
+        let variables = [
+            ("POD_NAMESPACE", self.namespace.as_str()),
+            ("POD_NAME", identity),
+            ("LEASE_DURATION_SECONDS", LEASE_SECONDS),
+            ("METRICS_BIND_ADDRESS", address.as_str()),
+            ("RUST_LOG", "info"),
+        ];
+        NodeProcess::start_on_host(&self.env, CLUSTER.as_ref(), &[], &variables, self.log(identity)).unwrap()
+    }
+
+    /// Creates a policy for this test's nodes: a new bridge `bridge`, `max_unavailable` at once.
+    pub async fn create_policy(&mut self, suffix: &str, desired: Value, max_unavailable: Value) -> String {
+        let name = format!("{}-{suffix}", self.namespace);
+        let mut object = policy(&name, json!({GROUP: self.namespace}), desired);
+        object.spec.max_unavailable = serde_json::from_value(max_unavailable).unwrap();
+        self.policies()
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+        self.policies.push(name.clone());
+        name
+    }
+
+    pub fn policies(&self) -> Api<NodeNetworkConfigurationPolicy> {
+        Api::all(self.client.clone())
+    }
+
+    pub fn enactments(&self) -> Api<NodeNetworkConfigurationEnactment> {
+        Api::all(self.client.clone())
+    }
+
+    /// Waits until the policy's condition `type_` is True with a message starting with `message`.
+    pub async fn wait_for_policy(&self, name: &str, type_: &str, message: &str, timeout: Duration) {
+        let policies = self.policies();
+        eventually(&format!("policy {name} {type_}: {message}"), timeout, || async {
+            let policy = policies.get_opt(name).await.unwrap()?;
+            let conditions = &policy.status.as_ref()?.conditions;
+            find_condition(conditions, type_)
+                .is_some_and(|c| c.is_true() && c.message.starts_with(message))
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Each node's enactment outcome (its True condition type), once every node has one of
+    /// `outcomes`.
+    pub async fn wait_for_outcomes(
+        &self,
+        policy: &str,
+        outcomes: &[&str],
+        timeout: Duration,
+    ) -> BTreeMap<String, String> {
+        let enactments = self.enactments();
+        let expected = self.nodes.len();
+        eventually(
+            &format!("every enactment of {policy} in {outcomes:?}"),
+            timeout,
+            || async {
+                let selector = format!("{}={policy}", labels::POLICY);
+                let list = enactments
+                    .list(&kube::api::ListParams::default().labels(&selector))
+                    .await
+                    .unwrap();
+                let settled: BTreeMap<String, String> = list
+                    .iter()
+                    .filter_map(|enactment| {
+                        let node = enactment.labels().get(labels::NODE)?.clone();
+                        let outcome = crate::common::true_condition(enactment)?.type_;
+                        outcomes.contains(&outcome.as_str()).then_some((node, outcome))
+                    })
+                    .collect();
+                (settled.len() == expected).then_some(settled)
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Removes the policies and the namespace (the nodes go when dropped).
+    pub async fn clean_up(self) {
+        for name in &self.policies {
+            let _ = self.policies().delete(name, &DeleteParams::default()).await;
+        }
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// A bridge with no ports: every node applies it (none has it before).
+pub fn bridge(name: &str) -> Value {
+    json!({"interfaces": [{"name": name, "type": "linux-bridge", "state": "up",
+        "bridge": {"options": {"stp": {"enabled": false}}, "port": []}}]})
+}
+
+/// What a watcher saw of a policy's enactments, transition by transition.
+#[derive(Debug, Default)]
+pub struct Observed {
+    progressing_now: BTreeSet<String>,
+    /// The most nodes Progressing at one instant.
+    pub max_progressing: usize,
+    pub ever_progressing: BTreeSet<String>,
+    pub ever_pending: BTreeSet<String>,
+    pub transitions: usize,
+}
+
+/// Records every transition of `policy`'s enactments until dropped.
+pub struct Recorder {
+    pub observed: Arc<Mutex<Observed>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Recorder {
+    /// Watches the enactments of `policy` (started before the policy exists).
+    pub async fn start(client: &Client, policy: &str) -> Recorder {
+        let observed = Arc::new(Mutex::new(Observed::default()));
+        let api: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
+        let config = watcher::Config::default().labels(&format!("{}={policy}", labels::POLICY));
+        let (ready, ready_rx) = tokio::sync::oneshot::channel();
+        let seen = observed.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready);
+            let mut events = watcher(api, config).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else { continue };
+                match event {
+                    watcher::Event::InitDone => {
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(());
+                        }
+                    }
+                    watcher::Event::Apply(enactment) | watcher::Event::InitApply(enactment) => {
+                        record(&mut seen.lock().unwrap(), &enactment);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        ready_rx.await.unwrap();
+        Recorder { observed, task }
+    }
+}
+
+fn record(observed: &mut Observed, enactment: &NodeNetworkConfigurationEnactment) {
+    let Some(node) = enactment.labels().get(labels::NODE).cloned() else {
+        return;
+    };
+    let conditions = enactment
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let is_true = |type_: &str| find_condition(&conditions, type_).is_some_and(|c| c.is_true());
+    observed.transitions += 1;
+    if is_true("Progressing") {
+        observed.progressing_now.insert(node.clone());
+        observed.ever_progressing.insert(node.clone());
+    } else {
+        observed.progressing_now.remove(&node);
+    }
+    if is_true("Pending") {
+        observed.ever_pending.insert(node);
+    }
+    observed.max_progressing = observed.max_progressing.max(observed.progressing_now.len());
+}
+
+/// A free TCP port on the loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The metrics text served on `port` (empty while nothing listens there).
+pub async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// The value of the series `series` (name and labels, as printed) in `text`.
+pub fn value_of(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
