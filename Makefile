@@ -90,7 +90,7 @@ bench: kube-build localenv nmstatectl
 	export NMSTATE_LOCALENV_DIR=$(BENCH_LOCALENV_DIR) NMSTATECTL=$(NMSTATECTL); \
 	trap '$(LOCALENV) --dir $(BENCH_LOCALENV_DIR) cluster down' EXIT; \
 	$(LOCALENV) --dir $(BENCH_LOCALENV_DIR) cluster up >/dev/null; \
-	$(CARGO) bench -q -p nmstate-handler --bench node
+	$(CARGO) bench -q -p nmstate-handler --bench node --bench rollout
 
 ## Local cluster for people -----------------------------------------------------------------
 

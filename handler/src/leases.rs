@@ -28,7 +28,7 @@ pub fn object_name(base: &str, suffix: &str) -> String {
     if name.len() <= MAX_NAME {
         return name;
     }
-    let hash = fnv1a(base.as_bytes());
+    let hash = stable_hash(base);
     let keep = MAX_NAME - suffix.len() - 17;
     let cut = base
         .char_indices()
@@ -40,9 +40,10 @@ pub fn object_name(base: &str, suffix: &str) -> String {
     format!("{stem}-{hash:016x}{suffix}")
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+/// A hash every node computes alike, whatever its build (FNV-1a).
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 

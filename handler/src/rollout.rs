@@ -207,8 +207,11 @@ impl Rollout {
             .filter(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine)
             .map(|lease| (lease.name_any(), Some(lease.clone())))
             .collect();
-        candidates.extend((0..limit).map(|index| {
-            let name = slot_name(&policy_name, index);
+        // Each node tries the places in its own order, so nodes woken together rarely race
+        // for the same one.
+        let first = usize::try_from(leases::stable_hash(&self.node)).unwrap_or(0) % limit.max(1);
+        candidates.extend((0..limit).map(|offset| {
+            let name = slot_name(&policy_name, (first + offset) % limit);
             let lease = existing.get(&name).cloned();
             (name, lease)
         }));

@@ -11,7 +11,7 @@ mod common;
 mod fixture;
 
 use fixture::{Fixture, GROUP, Recorder, SERIAL, bridge, free_port, scrape, value_of};
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use nix::sys::signal::Signal;
 use nmstate_localenv::testing::{eventually, kubectl};
 use serde_json::json;
@@ -228,13 +228,14 @@ async fn a_killed_or_paused_handler_frees_its_place_and_resumes() {
     fixture.clean_up().await;
 }
 
+/// Also: an unusable `maxUnavailable` falls back to the default, and an Event says so.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_policy_selecting_no_node_is_ignored_until_a_node_matches() {
     let _serial = SERIAL.lock().await;
     let mut fixture = Fixture::start(1, false).await;
     let _cluster = fixture.start_cluster("writer", free_port());
     let name = fixture
-        .create_policy("late", bridge("br-late"), json!("50%"))
+        .create_policy("late", bridge("br-late"), json!("asdf"))
         .await;
     fixture
         .wait_for_policy(&name, "Ignored", "Policy does not match any node", ROLLOUT)
@@ -252,6 +253,29 @@ async fn a_policy_selecting_no_node_is_ignored_until_a_node_matches() {
     fixture
         .wait_for_policy(&name, "Available", "1/1 nodes successfully configured", ROLLOUT)
         .await;
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(fixture.client.clone(), "default");
+    let about = ListParams::default().fields(&format!("involvedObject.name={name}"));
+    let reasons: Vec<(String, String)> = events
+        .list(&about)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| {
+            (
+                event.reason.unwrap_or_default(),
+                event.message.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|(reason, message)| reason == "InvalidMaxUnavailable"
+                && message.contains("\"asdf\"")
+                && message.contains("using the default 50%")),
+        "{reasons:?}"
+    );
     fixture.clean_up().await;
 }
 

@@ -1,6 +1,8 @@
 //! A rollout test's world: sandbox nodes with handlers, a namespace of their own for the
 //! Leases, the cluster controller, and a recorder of every enactment transition.
 
+#![allow(dead_code)] // shared by the rollout tests and the rollout benchmark, each using its part
+
 use crate::common::{HANDLER_ENV, policy};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -39,11 +41,17 @@ pub struct Fixture {
     pub nodes: Vec<TestNode>,
     pub handlers: Vec<Option<NodeProcess>>,
     policies: Vec<String>,
+    lease_seconds: &'static str,
 }
 
 impl Fixture {
     /// `count` nodes labelled [`GROUP`]=<namespace> (when `labelled`), each running a handler.
     pub async fn start(count: usize, labelled: bool) -> Fixture {
+        Fixture::start_with_leases(count, labelled, LEASE_SECONDS).await
+    }
+
+    /// As [`Fixture::start`], with leases of `lease_seconds`.
+    pub async fn start_with_leases(count: usize, labelled: bool, lease_seconds: &'static str) -> Fixture {
         let env = shared_env().await.unwrap();
         let client = env.client().await.unwrap();
         install_crds(&client).await.unwrap();
@@ -72,6 +80,7 @@ impl Fixture {
             nodes,
             handlers: Vec::new(),
             policies: Vec::new(),
+            lease_seconds,
         };
         for index in 0..count {
             let handler = fixture.start_handler(index);
@@ -118,7 +127,7 @@ impl Fixture {
         let variables = [
             ("POD_NAMESPACE", self.namespace.as_str()),
             ("POD_NAME", identity),
-            ("LEASE_DURATION_SECONDS", LEASE_SECONDS),
+            ("LEASE_DURATION_SECONDS", self.lease_seconds),
             ("METRICS_BIND_ADDRESS", address.as_str()),
             ("RUST_LOG", "info"),
         ];
@@ -220,6 +229,11 @@ pub struct Observed {
     pub ever_progressing: BTreeSet<String>,
     pub ever_pending: BTreeSet<String>,
     pub transitions: usize,
+    progressing_since: BTreeMap<String, std::time::Instant>,
+    /// How long each node was Progressing before it became Available.
+    pub apply_times: Vec<Duration>,
+    /// When the last node became Available.
+    pub last_available: Option<std::time::Instant>,
 }
 
 /// Records every transition of `policy`'s enactments until dropped.
@@ -276,11 +290,21 @@ fn record(observed: &mut Observed, enactment: &NodeNetworkConfigurationEnactment
         .unwrap_or_default();
     let is_true = |type_: &str| find_condition(&conditions, type_).is_some_and(|c| c.is_true());
     observed.transitions += 1;
+    let now = std::time::Instant::now();
     if is_true("Progressing") {
         observed.progressing_now.insert(node.clone());
         observed.ever_progressing.insert(node.clone());
+        observed.progressing_since.entry(node.clone()).or_insert(now);
     } else {
         observed.progressing_now.remove(&node);
+        if let Some(since) = observed.progressing_since.remove(&node)
+            && is_true("Available")
+        {
+            observed.apply_times.push(now - since);
+        }
+    }
+    if is_true("Available") {
+        observed.last_available = Some(now);
     }
     if is_true("Pending") {
         observed.ever_pending.insert(node);

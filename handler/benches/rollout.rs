@@ -1,0 +1,174 @@
+//! `make bench`, rollouts: one policy (a new bridge) rolled out over N sandbox nodes (N = 2, 4,
+//! 8), each with its own handler, with `maxUnavailable` 1 and 50%, the cluster controller
+//! writing the policy status. For each: the wall time from creating the policy to its last node
+//! Available, against ceil(N/k) × one node's apply time (the median time a node spends
+//! Progressing), and the API writes the rollout caused, per node and policy, counted from the
+//! API server's audit log: the rollout's own (enactment and place Leases, write conflicts
+//! included), the node states that the change updates, and the policy status (per policy).
+//! Figures are printed, never asserted.
+//!
+//! Needs `NMSTATE_LOCALENV_DIR` (a running local control plane).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness: failing loudly is the point
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/rollout/fixture.rs"]
+mod fixture;
+
+use fixture::{Fixture, Recorder, bridge, free_port};
+use serde_json::{Value, json};
+use std::{
+    collections::BTreeMap,
+    io::{Read, Seek},
+    time::{Duration, Instant},
+};
+
+/// Leases long enough that no renewal falls inside a rollout: the writes counted are the
+/// rollout's own.
+const LEASE_SECONDS: &str = "30";
+
+/// API writes per kind of object, from the audit log since `offset`, on objects of `policy`
+/// (enactments, slots, events) and node states, heartbeats and the election left out.
+fn writes_since(audit: &std::path::Path, offset: u64, policy: &str) -> BTreeMap<String, usize> {
+    let mut file = std::fs::File::open(audit).unwrap();
+    file.seek(std::io::SeekFrom::Start(offset)).unwrap();
+    let mut text = String::new();
+    file.read_to_string(&mut text).unwrap();
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if entry["stage"] != "ResponseComplete" {
+            continue;
+        }
+        let object = &entry["objectRef"];
+        let resource = object["resource"].as_str().unwrap_or_default();
+        let name = object["name"].as_str().unwrap_or_default();
+        let subresource = object["subresource"]
+            .as_str()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
+        let related = match resource {
+            "nodenetworkconfigurationenactments" | "leases" => name.contains(policy),
+            "nodenetworkconfigurationpolicies" => name == policy && !subresource.is_empty(),
+            "events" => name.starts_with(policy),
+            "nodenetworkstates" => true,
+            _ => false,
+        };
+        if related {
+            *counts.entry(format!("{resource}{subresource}")).or_default() += 1;
+        }
+    }
+    counts
+}
+
+fn audit_size(audit: &std::path::Path) -> u64 {
+    std::fs::metadata(audit).map(|m| m.len()).unwrap_or(0)
+}
+
+struct Figures {
+    wall: Duration,
+    apply: Duration,
+    expected: Duration,
+    writes: BTreeMap<String, usize>,
+}
+
+async fn rollout(fixture: &mut Fixture, suffix: &str, max_unavailable: Value, limit: usize) -> Figures {
+    let name = format!("{}-{suffix}", fixture.namespace);
+    let audit = fixture.env.control_plane().dir().join("audit.log");
+    let recorder = Recorder::start(&fixture.client, &name).await;
+    let offset = audit_size(&audit);
+    let started = Instant::now();
+    fixture
+        .create_policy(suffix, bridge(&format!("br-{suffix}")), max_unavailable)
+        .await;
+    let count = fixture.nodes.len();
+    fixture
+        .wait_for_outcomes(&name, &["Available"], Duration::from_secs(300))
+        .await;
+    fixture
+        .wait_for_policy(
+            &name,
+            "Available",
+            &format!("{count}/{count} nodes"),
+            Duration::from_secs(60),
+        )
+        .await;
+    // Let the last status and node-state writes land in the log.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let observed = recorder.observed.lock().unwrap();
+    let wall = observed.last_available.unwrap() - started;
+    let mut times = observed.apply_times.clone();
+    times.sort();
+    let apply = times[times.len() / 2];
+    let rounds = count.div_ceil(limit);
+    Figures {
+        wall,
+        apply,
+        expected: apply * u32::try_from(rounds).unwrap(),
+        writes: writes_since(&audit, offset, &name),
+    }
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.0} ms", duration.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    println!("rollout of one policy over N nodes (a new bridge on each), leases {LEASE_SECONDS} s");
+    println!(
+        "{:>2} {:>11} {:>9} {:>9} {:>15} {:>6} {:>13} {:>11} {:>13}",
+        "N",
+        "maxUnavail.",
+        "wall",
+        "1 apply",
+        "ceil(N/k)×apply",
+        "ratio",
+        "rollout w/node",
+        "nns w/node",
+        "policy status"
+    );
+    let mut details = Vec::new();
+    for count in [2usize, 4, 8] {
+        let mut fixture = Fixture::start_with_leases(count, true, LEASE_SECONDS).await;
+        let _cluster = fixture.start_cluster("writer", free_port());
+        // Let the handlers' start-up writes (node states) settle before counting.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for (suffix, max_unavailable, label) in [("one", json!(1), "1"), ("half", json!("50%"), "50%")] {
+            let limit = match label {
+                "1" => 1,
+                _ => count.div_ceil(2),
+            };
+            let figures = rollout(&mut fixture, suffix, max_unavailable, limit).await;
+            let sum = |prefix: &str| -> usize {
+                figures
+                    .writes
+                    .iter()
+                    .filter(|(kind, _)| kind.starts_with(prefix))
+                    .map(|(_, count)| count)
+                    .sum()
+            };
+            // The rollout's own writes: enactments (and their events) and the places.
+            let rollout_writes = sum("nodenetworkconfigurationenactments") + sum("leases") + sum("events");
+            println!(
+                "{count:>2} {label:>11} {:>9} {:>9} {:>15} {:>5.2}× {:>13.2} {:>11.2} {:>13}",
+                ms(figures.wall),
+                ms(figures.apply),
+                ms(figures.expected),
+                figures.wall.as_secs_f64() / figures.expected.as_secs_f64(),
+                rollout_writes as f64 / count as f64,
+                sum("nodenetworkstates") as f64 / count as f64,
+                sum("nodenetworkconfigurationpolicies"),
+            );
+            details.push(format!("N={count} maxUnavailable={label}: {:?}", figures.writes));
+        }
+        fixture.clean_up().await;
+    }
+    println!("writes by kind (audit log; conflicts included):");
+    for line in details {
+        println!("  {line}");
+    }
+}
