@@ -11,7 +11,7 @@ use crate::{
     metrics::{Metrics, Sources},
     policy_status::{NodeView, evaluate, updated_conditions},
 };
-use futures::{StreamExt, future::Either};
+use futures::StreamExt;
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Node},
     apimachinery::pkg::apis::meta::v1::Time,
@@ -98,39 +98,39 @@ pub async fn run(
         .with_field_manager("nmstate-cluster-election")
         .build()
         .await?;
-    let (mut leading, _election) = manager.watch().await;
+    let (mut leading, election) = manager.watch().await;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            changed = leading.wait_for(|leader| *leader) => if changed.is_err() { return Ok(()) },
+            () = &mut shutdown => break,
+            changed = leading.wait_for(|leader| *leader) => if changed.is_err() { break },
         }
         info!(identity = %settings.identity, "leading: writing policy statuses");
-        let lost = leading.wait_for(|leader| !*leader);
-        match futures::future::select(
-            std::pin::pin!(lead(&client, &settings, &metrics)),
-            std::pin::pin!(lost),
-        )
-        .await
-        {
-            Either::Left(((), _)) => warn!("the status controller stopped; starting it again"),
-            Either::Right(_) => warn!("lost the lead: another replica writes policy statuses now"),
-        }
+        let stop = tokio::select! {
+            () = &mut shutdown => true,
+            () = lead(&client, &settings, &metrics) => {
+                warn!("the status controller stopped; starting it again");
+                false
+            }
+            _ = leading.wait_for(|leader| !*leader) => {
+                warn!("lost the lead: another replica writes policy statuses now");
+                false
+            }
+        };
         metrics.set_sources(None);
-        if shutdown.as_mut().now_or_never_ready() {
-            return Ok(());
+        if stop {
+            break;
         }
     }
-}
-
-trait NowOrNever {
-    fn now_or_never_ready(self) -> bool;
-}
-
-impl<F: Future<Output = ()>> NowOrNever for std::pin::Pin<&mut F> {
-    fn now_or_never_ready(self) -> bool {
-        futures::FutureExt::now_or_never(self).is_some()
+    // Closing the channel releases the lease, so another replica leads at once rather than
+    // after the lease expires.
+    drop(leading);
+    match tokio::time::timeout(Duration::from_secs(5), election).await {
+        Ok(Ok(Err(error))) => warn!("cannot release the leader lease (it expires by itself): {error}"),
+        Err(_) => warn!("releasing the leader lease takes too long; it expires by itself"),
+        _ => {}
     }
+    Ok(())
 }
 
 /// Watches what policy statuses depend on, and keeps them up to date.

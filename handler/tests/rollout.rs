@@ -289,7 +289,7 @@ async fn a_new_status_writer_takes_over_mid_rollout_and_gets_it_right() {
     })
     .await;
     leading.unwrap();
-    let _second = fixture.start_cluster("writer-b", free_port());
+    let mut second = fixture.start_cluster("writer-b", free_port());
     let name = fixture
         .create_policy("takeover", bridge("br-takeover"), json!(1))
         .await;
@@ -306,5 +306,10 @@ async fn a_new_status_writer_takes_over_mid_rollout_and_gets_it_right() {
         second_log.contains("leading"),
         "writer-b took over:\n{second_log}"
     );
+    // A leader stops on SIGTERM, handing its lease back.
+    let status = second
+        .terminate(Duration::from_secs(10))
+        .expect("writer-b stops on SIGTERM");
+    assert!(status.success(), "writer-b exited with {status}");
     fixture.clean_up().await;
 }
