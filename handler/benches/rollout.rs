@@ -85,17 +85,7 @@ async fn rollout(fixture: &mut Fixture, suffix: &str, max_unavailable: Value, li
         .create_policy(suffix, bridge(&format!("br-{suffix}")), max_unavailable)
         .await;
     let count = fixture.nodes.len();
-    fixture
-        .wait_for_outcomes(&name, &["Available"], Duration::from_secs(300))
-        .await;
-    fixture
-        .wait_for_policy(
-            &name,
-            "Available",
-            &format!("{count}/{count} nodes"),
-            Duration::from_secs(60),
-        )
-        .await;
+    fixture.wait_for_rollout(&name, Duration::from_secs(300)).await;
     // Let the last status and node-state writes land in the log.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let observed = recorder.observed.lock().unwrap();

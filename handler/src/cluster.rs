@@ -11,7 +11,7 @@ use crate::{
     metrics::{Metrics, Sources},
     policy_status::{NodeView, evaluate, updated_conditions},
 };
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Node},
     apimachinery::pkg::apis::meta::v1::Time,
@@ -135,9 +135,7 @@ pub async fn run(
 
 /// Watches what policy statuses depend on, and keeps them up to date.
 async fn lead(client: &Client, settings: &Settings, metrics: &Arc<Metrics>) {
-    let (nodes, node_writer) = reflector::store();
-    let node_stream = reflector::reflector(
-        node_writer,
+    let (nodes, node_stream) = cached(
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
             // Only labels and conditions matter: drop the rest of each Node from the cache.
             .modify(|node| {
@@ -151,39 +149,20 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<Metrics>) {
                     };
                 }
             }),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (enactments, enactment_writer) = reflector::store();
-    let enactment_stream = reflector::reflector(
-        enactment_writer,
-        watcher(
-            Api::<NodeNetworkConfigurationEnactment>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (heartbeats, heartbeat_writer) = reflector::store();
-    let heartbeat_stream = reflector::reflector(
-        heartbeat_writer,
-        watcher(
-            Api::<Lease>::namespaced(client.clone(), &settings.namespace),
-            watcher::Config::default().labels(&heartbeat::selector()),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (states, state_writer) = reflector::store();
-    let state_stream = reflector::reflector(
-        state_writer,
-        watcher(
-            Api::<NodeNetworkState>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .for_each(|_| futures::future::ready(()));
+    );
+    let (enactments, enactment_stream) = cached(watcher(
+        Api::<NodeNetworkConfigurationEnactment>::all(client.clone()),
+        watcher::Config::default(),
+    ));
+    let (heartbeats, heartbeat_stream) = cached(watcher(
+        Api::<Lease>::namespaced(client.clone(), &settings.namespace),
+        watcher::Config::default().labels(&heartbeat::selector()),
+    ));
+    let (states, state_stream) = cached(watcher(
+        Api::<NodeNetworkState>::all(client.clone()),
+        watcher::Config::default(),
+    ));
+    let state_stream = state_stream.for_each(|_| futures::future::ready(()));
 
     let controller = Controller::new(
         Api::<NodeNetworkConfigurationPolicy>::all(client.clone()),
@@ -255,6 +234,22 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<Metrics>) {
             }
         });
     futures::future::join(statuses, state_stream).await;
+}
+
+/// A cache of what `events` watches, and the stream of the objects it touches, which keeps the
+/// cache filled while it is polled.
+fn cached<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
+where
+    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let touched = reflector::reflector(writer, events)
+        .default_backoff()
+        .touched_objects();
+    (store, touched)
 }
 
 /// What a policy status needs of a node: its labels and whether it is Ready.

@@ -33,16 +33,8 @@ async fn roll_out(
         .create_policy(suffix, bridge(&format!("br-{suffix}")), max_unavailable)
         .await;
     let count = fixture.nodes.len();
-    let outcomes = fixture.wait_for_outcomes(&name, &["Available"], ROLLOUT).await;
+    let outcomes = fixture.wait_for_rollout(&name, ROLLOUT).await;
     assert_eq!(outcomes.len(), count);
-    fixture
-        .wait_for_policy(
-            &name,
-            "Available",
-            &format!("{count}/{count} nodes successfully configured"),
-            ROLLOUT,
-        )
-        .await;
     let observed = recorder.observed.lock().unwrap();
     println!("{suffix}: {observed:?}");
     assert!(
@@ -206,16 +198,7 @@ async fn stall_one_handler(fixture: &mut Fixture, suffix: &str, signal: Signal) 
             .unwrap()
             .signal(Signal::SIGCONT),
     }
-    let count = fixture.nodes.len();
-    fixture.wait_for_outcomes(&name, &["Available"], ROLLOUT).await;
-    fixture
-        .wait_for_policy(
-            &name,
-            "Available",
-            &format!("{count}/{count} nodes successfully configured"),
-            ROLLOUT,
-        )
-        .await;
+    fixture.wait_for_rollout(&name, ROLLOUT).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -212,35 +212,31 @@ impl NodeProcess {
         env: &[(&str, &str)],
         log: std::path::PathBuf,
     ) -> Result<NodeProcess> {
-        let output = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(crate::LocalEnvError::io("open", &log))?;
-        let error = crate::LocalEnvError::io("open", &log);
-        let stderr = output.try_clone().map_err(error)?;
-        let child = node
-            .command(program)?
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .stdout(output)
-            .stderr(stderr)
-            .spawn()
-            .map_err(|source| crate::LocalEnvError::Spawn {
-                command: program.display().to_string(),
-                source,
-            })?;
-        Ok(NodeProcess { child, log })
+        let mut command = node.command(program)?;
+        command.args(args).envs(env.iter().copied());
+        NodeProcess::spawn(command, program, log)
     }
 
     /// Starts `program args` on the host (e.g. a cluster-level controller), aimed at `env`'s
-    /// API server, with `env` variables added, appending its output to `log`.
+    /// API server, with `variables` added, appending its output to `log`.
     pub fn start_on_host(
         env: &LocalEnv,
         program: &std::path::Path,
         args: &[&str],
         variables: &[(&str, &str)],
+        log: std::path::PathBuf,
+    ) -> Result<NodeProcess> {
+        let mut command = std::process::Command::new(program);
+        command
+            .args(args)
+            .env("KUBECONFIG", env.kubeconfig())
+            .envs(variables.iter().copied());
+        NodeProcess::spawn(command, program, log)
+    }
+
+    fn spawn(
+        mut command: std::process::Command,
+        program: &std::path::Path,
         log: std::path::PathBuf,
     ) -> Result<NodeProcess> {
         let output = std::fs::OpenOptions::new()
@@ -251,10 +247,7 @@ impl NodeProcess {
         let stderr = output
             .try_clone()
             .map_err(crate::LocalEnvError::io("open", &log))?;
-        let child = std::process::Command::new(program)
-            .args(args)
-            .env("KUBECONFIG", env.kubeconfig())
-            .envs(variables.iter().copied())
+        let child = command
             .stdin(std::process::Stdio::null())
             .stdout(output)
             .stderr(stderr)

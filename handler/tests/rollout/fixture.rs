@@ -203,6 +203,16 @@ impl Fixture {
         .unwrap()
     }
 
+    /// Waits until every node's enactment of `policy` is Available and the policy says
+    /// `<n>/<n> nodes successfully configured`; the outcomes by node.
+    pub async fn wait_for_rollout(&self, policy: &str, timeout: Duration) -> BTreeMap<String, String> {
+        let outcomes = self.wait_for_outcomes(policy, &["Available"], timeout).await;
+        let count = self.nodes.len();
+        let message = format!("{count}/{count} nodes successfully configured");
+        self.wait_for_policy(policy, "Available", &message, timeout).await;
+        outcomes
+    }
+
     /// Removes the policies and the namespace (the nodes go when dropped).
     pub async fn clean_up(self) {
         for name in &self.policies {
