@@ -368,6 +368,9 @@ async fn take_place(
     enactments: &Api<NodeNetworkConfigurationEnactment>,
 ) -> Result<Option<Action>, EnactmentError> {
     let policy_name = policy.name_any();
+    if context.rollout.holds(&policy_name, generation) {
+        return Ok(None); // retrying with the place it took
+    }
     let selector = policy.spec.node_selector.as_ref();
     let limit = context
         .rollout

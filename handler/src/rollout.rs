@@ -160,10 +160,6 @@ impl Rollout {
         }
     }
 
-    pub fn lease_duration(&self) -> Duration {
-        self.duration
-    }
-
     /// The limit for `policy`, scaled over the nodes it selects that run a handler.
     pub async fn limit(
         &self,
@@ -182,7 +178,17 @@ impl Rollout {
         Ok(max_unavailable(policy.spec.max_unavailable.as_ref(), count))
     }
 
-    /// Takes a place in the rollout of `policy`'s `generation`, among `limit` places.
+    /// Whether this node holds, and still renews, a place in the rollout of `policy`'s
+    /// `generation` (e.g. between retries): nothing to read or take then.
+    pub fn holds(&self, policy: &str, generation: i64) -> bool {
+        self.held.lock().ok().and_then(|all| {
+            let held = all.get(policy)?;
+            (!held.renewal.is_finished()).then_some(held.generation)
+        }) == Some(generation)
+    }
+
+    /// Takes a place in the rollout of `policy`'s `generation`, among `limit` places (a place
+    /// this node already holds included, see [`Rollout::holds`]).
     pub async fn acquire(
         &self,
         policy: &NodeNetworkConfigurationPolicy,
@@ -190,9 +196,6 @@ impl Rollout {
         limit: usize,
     ) -> Result<Admission, kube::Error> {
         let policy_name = policy.name_any();
-        if self.held_generation(&policy_name) == Some(generation) {
-            return Ok(Admission::Granted);
-        }
         let now = Timestamp::now();
         let existing: BTreeMap<String, Lease> = self
             .leases
@@ -408,12 +411,6 @@ impl Rollout {
         let held = self.held.lock().ok()?.remove(policy)?;
         held.renewal.abort();
         held.lease.lock().ok().map(|lease| lease.clone())
-    }
-
-    fn held_generation(&self, policy: &str) -> Option<i64> {
-        let all = self.held.lock().ok()?;
-        let held = all.get(policy)?;
-        (!held.renewal.is_finished()).then_some(held.generation)
     }
 
     fn held_lease(&self, policy: &str) -> Option<Lease> {
