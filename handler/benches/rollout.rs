@@ -16,7 +16,8 @@ mod common;
 #[path = "../tests/rollout/fixture.rs"]
 mod fixture;
 
-use fixture::{Fixture, Recorder, bridge, free_port};
+use fixture::{Fixture, Recorder, bridge};
+use nmstate_localenv::testing::free_port;
 use serde_json::{Value, json};
 use std::{
     collections::BTreeMap,

@@ -8,6 +8,7 @@
 use crate::{
     enactment::selects,
     heartbeat,
+    leader::{self, Election},
     metrics::{Metrics, Sources},
     policy_status::{NodeView, evaluate, updated_conditions},
 };
@@ -89,47 +90,19 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClusterError> {
-    let seconds = settings.lease_duration.as_secs().max(2);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
-        .with_namespace(&settings.namespace)
-        .with_identity(&settings.identity)
-        .with_duration(seconds)
-        .with_grace((seconds / 3).max(1))
-        .with_field_manager("nmstate-cluster-election")
-        .build()
-        .await?;
-    let (mut leading, election) = manager.watch().await;
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            changed = leading.wait_for(|leader| *leader) => if changed.is_err() { break },
-        }
-        info!(identity = %settings.identity, "leading: writing policy statuses");
-        let stop = tokio::select! {
-            () = &mut shutdown => true,
-            () = lead(&client, &settings, &metrics) => {
-                warn!("the status controller stopped; starting it again");
-                false
-            }
-            _ = leading.wait_for(|leader| !*leader) => {
-                warn!("lost the lead: another replica writes policy statuses now");
-                false
-            }
-        };
-        metrics.set_sources(None);
-        if stop {
-            break;
-        }
-    }
-    // Closing the channel releases the lease, so another replica leads at once rather than
-    // after the lease expires.
-    drop(leading);
-    match tokio::time::timeout(Duration::from_secs(5), election).await {
-        Ok(Ok(Err(error))) => warn!("cannot release the leader lease (it expires by itself): {error}"),
-        Err(_) => warn!("releasing the leader lease takes too long; it expires by itself"),
-        _ => {}
-    }
+    let election = Election {
+        lease: LEADER_LEASE.into(),
+        namespace: settings.namespace.clone(),
+        identity: settings.identity.clone(),
+        duration: settings.lease_duration,
+        field_manager: "nmstate-cluster-election".into(),
+        role: "writing policy statuses",
+    };
+    let lead = || lead(&client, &settings, &metrics);
+    leader::run_while_leading(client.clone(), &election, shutdown, lead, || {
+        metrics.set_sources(None)
+    })
+    .await?;
     Ok(())
 }
 

@@ -10,10 +10,10 @@ mod common;
 #[path = "rollout/fixture.rs"]
 mod fixture;
 
-use fixture::{Fixture, GROUP, Recorder, SERIAL, bridge, free_port, scrape, value_of};
+use fixture::{Fixture, GROUP, Recorder, SERIAL, bridge, scrape, value_of};
 use kube::api::{ListParams, Patch, PatchParams};
 use nix::sys::signal::Signal;
-use nmstate_localenv::testing::{eventually, kubectl};
+use nmstate_localenv::testing::{eventually, free_port, kubectl};
 use serde_json::json;
 use std::time::Duration;
 

@@ -6,6 +6,7 @@ use clap::Parser;
 use nmstate_handler::{
     cluster::{self, ClusterError, Settings},
     config::DEFAULT_NAMESPACE,
+    leader,
     metrics::Metrics,
     process::{self, ClientError},
 };
@@ -99,13 +100,9 @@ async fn run(cli: Cli) -> Result<(), MainError> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }));
     let server = tokio::spawn(async move { axum::serve(listener, routes).await });
-    let identity = cli.identity.unwrap_or_else(|| {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|name| name.into_string().ok())
-            .unwrap_or_else(|| "nmstate-cluster".into());
-        format!("{host}-{}", std::process::id())
-    });
+    let identity = cli
+        .identity
+        .unwrap_or_else(|| leader::default_identity("nmstate-cluster"));
     let settings = Settings {
         namespace: cli.namespace,
         identity,

@@ -322,15 +322,6 @@ fn record(observed: &mut Observed, enactment: &NodeNetworkConfigurationEnactment
     observed.max_progressing = observed.max_progressing.max(observed.progressing_now.len());
 }
 
-/// A free TCP port on the loopback.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The metrics text served on `port` (empty while nothing listens there).
 pub async fn scrape(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
