@@ -1,0 +1,179 @@
+//! `nmstate-webhook`: the admission webhook for policies (HTTPS), and the leader-elected writer
+//! of its self-signed CA and serving certificate.
+
+use clap::Parser;
+use nmstate_handler::{
+    certs::{config::RotationConfig, manager::CertSettings},
+    config::DEFAULT_NAMESPACE,
+    leader::{self, Election},
+    process::{self, ClientError},
+    webhook::{self, WebhookServeError, tls::ServingCertificate},
+};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use tracing::info;
+
+#[derive(Parser)]
+#[command(
+    name = "nmstate-webhook",
+    version,
+    about = "kubernetes-nmstate admission webhook: validates and mutates policies over TLS, and rotates its own certificates"
+)]
+struct Cli {
+    /// kubeconfig to use [default: KUBECONFIG, ~/.kube/config, else the in-cluster service account]
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the certificate Secrets and of the election Lease
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Where the webhook is served (HTTPS)
+    #[arg(long, env = "WEBHOOK_BIND_ADDRESS", default_value = "0.0.0.0:9443")]
+    bind_address: SocketAddr,
+    /// The Service in front of the webhook: its names go into the serving certificate
+    #[arg(long, env = "WEBHOOK_SERVICE", default_value = "nmstate-webhook")]
+    service: String,
+    /// More names (DNS or IP) for the serving certificate, comma-separated
+    #[arg(long, env = "WEBHOOK_EXTRA_NAMES", value_delimiter = ',')]
+    extra_names: Vec<String>,
+    /// Secret with the serving certificate (tls.crt, tls.key, ca.crt)
+    #[arg(long, env = "WEBHOOK_SECRET", default_value = "nmstate-webhook")]
+    serving_secret: String,
+    /// Secret with the CA (tls.crt, tls.key, ca-bundle.crt)
+    #[arg(long, env = "WEBHOOK_CA_SECRET", default_value = "nmstate-ca")]
+    ca_secret: String,
+    /// The Mutating- and ValidatingWebhookConfiguration whose caBundle is kept up to date
+    #[arg(long, env = "WEBHOOK_CONFIGURATION", default_value = "nmstate")]
+    webhook_configuration: String,
+    /// Make and rotate the certificates here (false when something else, e.g. cert-manager,
+    /// fills the serving Secret and the caBundle)
+    #[arg(long, env = "MANAGE_CERTIFICATES", default_value_t = true, action = clap::ArgAction::Set)]
+    manage_certificates: bool,
+    /// selfSignConfiguration.caRotateInterval [default: 8760h0m0s]
+    #[arg(long, env = "CA_ROTATE_INTERVAL")]
+    ca_rotate_interval: Option<String>,
+    /// selfSignConfiguration.caOverlapInterval [default: 24h0m0s]
+    #[arg(long, env = "CA_OVERLAP_INTERVAL")]
+    ca_overlap_interval: Option<String>,
+    /// selfSignConfiguration.certRotateInterval [default: 4380h0m0s]
+    #[arg(long, env = "CERT_ROTATE_INTERVAL")]
+    cert_rotate_interval: Option<String>,
+    /// selfSignConfiguration.certOverlapInterval [default: 24h0m0s]
+    #[arg(long, env = "CERT_OVERLAP_INTERVAL")]
+    cert_overlap_interval: Option<String>,
+    /// This replica's name in the certificate writer's election [default: <hostname>-<pid>]
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the certificate writer's lease lasts without renewal
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 30)]
+    lease_duration_seconds: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Rotation(#[from] nmstate_handler::certs::config::RotationConfigError),
+    #[error(transparent)]
+    Serve(#[from] WebhookServeError),
+    #[error("leader election: {0}")]
+    Election(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    process::init_tracing("info");
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(MainError::Runtime)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The Service's in-cluster names, then the extra ones.
+fn serving_names(cli: &Cli) -> Vec<String> {
+    let (service, namespace) = (&cli.service, &cli.namespace);
+    let mut names = vec![
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("{service}.{namespace}"),
+        service.clone(),
+    ];
+    names.extend(
+        cli.extra_names
+            .iter()
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty()),
+    );
+    names
+}
+
+async fn run(cli: Cli) -> Result<(), MainError> {
+    // Checked before anything starts, so a bad NMState.spec.selfSignConfiguration is reported
+    // at once and by name.
+    let rotation = RotationConfig::from_settings(
+        cli.ca_rotate_interval.as_deref(),
+        cli.ca_overlap_interval.as_deref(),
+        cli.cert_rotate_interval.as_deref(),
+        cli.cert_overlap_interval.as_deref(),
+    )?;
+    let client = process::kube_client(cli.kubeconfig.clone()).await?;
+    let certificate = Arc::new(ServingCertificate::default());
+    let follower = tokio::spawn(webhook::tls::follow_secret(
+        client.clone(),
+        cli.namespace.clone(),
+        cli.serving_secret.clone(),
+        certificate.clone(),
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut server_stopped = stopped.clone();
+    info!(address = %cli.bind_address, "serving the webhook");
+    let server = tokio::spawn(webhook::serve(cli.bind_address, certificate, async move {
+        let _ = server_stopped.wait_for(|stopped| *stopped).await;
+    }));
+    let certificates = async {
+        if !cli.manage_certificates {
+            process::shutdown_signal().await;
+            return Ok(());
+        }
+        let settings = CertSettings {
+            namespace: cli.namespace.clone(),
+            ca_secret: cli.ca_secret.clone(),
+            serving_secret: cli.serving_secret.clone(),
+            webhook_configuration: cli.webhook_configuration.clone(),
+            names: serving_names(&cli),
+            rotation,
+        };
+        let election = Election {
+            lease: "nmstate-webhook-certs".into(),
+            namespace: cli.namespace.clone(),
+            identity: cli
+                .identity
+                .clone()
+                .unwrap_or_else(|| leader::default_identity("nmstate-webhook")),
+            duration: Duration::from_secs(cli.lease_duration_seconds),
+            field_manager: "nmstate-webhook-certs-election".into(),
+            role: "rotating the webhook certificates",
+        };
+        let lead = || nmstate_handler::certs::manager::run(client.clone(), settings.clone());
+        leader::run_while_leading(client.clone(), &election, process::shutdown_signal(), lead, || {}).await
+    };
+    let elected = certificates.await;
+    let _ = stop.send(true);
+    let served = server.await;
+    follower.abort();
+    info!("stopped");
+    elected?;
+    match served {
+        Ok(result) => Ok(result?),
+        Err(_) => Ok(()),
+    }
+}

@@ -1,0 +1,346 @@
+//! A webhook test's world: `nmstate-webhook` running on 127.0.0.1, its Secrets and Lease in a
+//! namespace of its own, and the rendered webhook configurations (templates/webhook) pointed at
+//! it by URL and limited to policies labelled for this test, so other tests never meet it.
+
+#![allow(dead_code)] // shared by the webhook tests and the webhook benchmark
+
+use k8s_openapi::api::{
+    admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
+    core::v1::{Namespace, Secret},
+};
+use kube::{
+    Api, Client,
+    api::{DynamicObject, Patch, PatchParams, PostParams},
+};
+use nmstate_localenv::{
+    LocalEnv,
+    testing::{NodeProcess, eventually, free_port, install_crds, kubectl, shared_env, unique_name},
+};
+use serde_json::{Value, json};
+use std::{io::Write, time::Duration};
+
+pub const WEBHOOK: &str = env!("CARGO_BIN_EXE_nmstate-webhook");
+/// Policies carrying this label (value: the test's id) go through this test's webhook.
+pub const SELECTOR: &str = "nmstate-test/webhook";
+
+pub struct Fixture {
+    pub env: LocalEnv,
+    pub client: Client,
+    /// The namespace, and the name of both webhook configurations.
+    pub id: String,
+    pub port: u16,
+    pub webhook: Option<NodeProcess>,
+    rotation: Vec<(String, String)>,
+}
+
+/// The webhook configurations and Service, rendered from the template as the operator does.
+pub fn rendered(namespace: &str) -> Vec<Value> {
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../templates/webhook/configuration.yaml.hbs"
+    ))
+    .unwrap();
+    let mut engine = handlebars::Handlebars::new();
+    engine.set_strict_mode(true);
+    engine.register_escape_fn(handlebars::no_escape);
+    let text = engine
+        .render_template(&template, &json!({"namespace": namespace}))
+        .unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|document| serde::Deserialize::deserialize(document).unwrap())
+        .collect()
+}
+
+impl Fixture {
+    /// Starts the webhook with `rotation` (CA_ROTATE_INTERVAL etc.) and waits until the API
+    /// server admits through it.
+    pub async fn start(rotation: &[(&str, &str)]) -> Fixture {
+        let env = shared_env().await.unwrap();
+        let client = env.client().await.unwrap();
+        install_crds(&client).await.unwrap();
+        let id = unique_name("webhook");
+        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": id}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap();
+        let mut fixture = Fixture {
+            env,
+            client,
+            id,
+            port: free_port(),
+            webhook: None,
+            rotation: rotation
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+        };
+        fixture.register().await;
+        fixture.start_webhook();
+        fixture.wait_until_admitting().await;
+        fixture
+    }
+
+    /// Creates both configurations from the template, by URL, for this test's policies only.
+    async fn register(&self) {
+        for mut object in rendered(&self.id) {
+            if object["kind"] == "Service" {
+                continue;
+            }
+            object["metadata"]["name"] = json!(self.id);
+            for webhook in object["webhooks"].as_array_mut().unwrap() {
+                let path = webhook["clientConfig"]["service"]["path"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                webhook["clientConfig"] = json!({"url": format!("https://127.0.0.1:{}{path}", self.port)});
+                webhook["objectSelector"] = json!({"matchLabels": {SELECTOR: self.id}});
+            }
+            let params = PostParams::default();
+            if object["kind"] == "MutatingWebhookConfiguration" {
+                let configuration: MutatingWebhookConfiguration = serde_json::from_value(object).unwrap();
+                Api::all(self.client.clone())
+                    .create(&params, &configuration)
+                    .await
+                    .unwrap();
+            } else {
+                let configuration: ValidatingWebhookConfiguration = serde_json::from_value(object).unwrap();
+                Api::all(self.client.clone())
+                    .create(&params, &configuration)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    pub fn start_webhook(&mut self) {
+        let bind = format!("127.0.0.1:{}", self.port);
+        let mut variables = vec![
+            ("POD_NAMESPACE", self.id.as_str()),
+            ("WEBHOOK_BIND_ADDRESS", bind.as_str()),
+            ("WEBHOOK_CONFIGURATION", self.id.as_str()),
+            ("WEBHOOK_EXTRA_NAMES", "127.0.0.1"),
+            ("LEASE_DURATION_SECONDS", "4"),
+            ("RUST_LOG", "info"),
+        ];
+        variables.extend(
+            self.rotation
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        );
+        let log = self.env.dir().join(format!("{}.log", self.id));
+        self.webhook =
+            Some(NodeProcess::start_on_host(&self.env, WEBHOOK.as_ref(), &[], &variables, log).unwrap());
+    }
+
+    /// Waits until a dry-run creation goes through the webhook (it carries the timestamp).
+    pub async fn wait_until_admitting(&self) {
+        let probe = self.policy("probe", json!({}));
+        eventually("the webhook admits policies", Duration::from_secs(30), || async {
+            let created = self.dry_run(&probe).await.ok()?;
+            created["metadata"]["annotations"][nmstate_api::labels::WEBHOOK_MUTATING_TIMESTAMP]
+                .as_str()
+                .map(|_| ())
+        })
+        .await
+        .unwrap_or_else(|error| panic!("{error}\n{}", self.log()));
+    }
+
+    pub fn log(&self) -> String {
+        self.webhook.as_ref().map(NodeProcess::log).unwrap_or_default()
+    }
+
+    /// Policies as dynamic objects, so tests can send what the typed API would not.
+    pub fn policies(&self) -> Api<DynamicObject> {
+        let resource = kube::api::ApiResource {
+            group: "nmstate.io".into(),
+            version: "v1".into(),
+            api_version: "nmstate.io/v1".into(),
+            kind: "NodeNetworkConfigurationPolicy".into(),
+            plural: "nodenetworkconfigurationpolicies".into(),
+        };
+        Api::all_with(self.client.clone(), &resource)
+    }
+
+    /// Creates `policy` (as JSON); what the API server stored, as JSON.
+    pub async fn create(&self, policy: &Value) -> Result<Value, kube::Error> {
+        self.create_with(policy, &PostParams::default()).await
+    }
+
+    /// Admits `policy` (as JSON) without storing it: every webhook runs.
+    pub async fn dry_run(&self, policy: &Value) -> Result<Value, kube::Error> {
+        let params = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        self.create_with(policy, &params).await
+    }
+
+    async fn create_with(&self, policy: &Value, params: &PostParams) -> Result<Value, kube::Error> {
+        let object: DynamicObject = serde_json::from_value(policy.clone()).unwrap();
+        let created = self.policies().create(params, &object).await?;
+        Ok(serde_json::to_value(created).unwrap())
+    }
+
+    /// Merge-patches policy `name` (its status when `status`); the result as JSON.
+    pub async fn merge(&self, name: &str, patch: &Value, status: bool) -> Result<Value, kube::Error> {
+        let params = PatchParams::default();
+        let api = self.policies();
+        let patched = if status {
+            api.patch_status(name, &params, &Patch::Merge(patch)).await?
+        } else {
+            api.patch(name, &params, &Patch::Merge(patch)).await?
+        };
+        Ok(serde_json::to_value(patched).unwrap())
+    }
+
+    /// A policy named `<id>-<suffix>`, labelled for this test's webhook, selecting no node.
+    pub fn policy(&self, suffix: &str, mut spec: Value) -> Value {
+        if spec.get("nodeSelector").is_none() {
+            spec["nodeSelector"] = json!({SELECTOR: self.id});
+        }
+        json!({
+            "apiVersion": "nmstate.io/v1",
+            "kind": "NodeNetworkConfigurationPolicy",
+            "metadata": {"name": format!("{}-{suffix}", self.id), "labels": {SELECTOR: self.id}},
+            "spec": spec,
+        })
+    }
+
+    /// `kubectl apply` of `object`: its output, or the error kubectl printed.
+    pub fn kubectl_apply(&self, object: &Value) -> Result<String, String> {
+        let mut child = kubectl(&self.env)
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(serde_json::to_string(object).unwrap().as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
+    }
+
+    /// The CA bundle the API server verifies the webhook with (PEM).
+    pub async fn published_bundle(&self) -> Option<String> {
+        let configuration = Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
+            .get(&self.id)
+            .await
+            .ok()?;
+        let bundle = configuration.webhooks?.first()?.client_config.ca_bundle.clone()?;
+        String::from_utf8(bundle.0).ok()
+    }
+
+    pub async fn secret(&self, name: &str) -> Option<Secret> {
+        Api::<Secret>::namespaced(self.client.clone(), &self.id)
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(mut webhook) = self.webhook.take() {
+            webhook.terminate(Duration::from_secs(10));
+        }
+        // Synchronous, so it also runs when a test panics.
+        let _ = kubectl(&self.env)
+            .args(["delete", "--ignore-not-found", "--wait=false"])
+            .args(["mutatingwebhookconfiguration", &self.id])
+            .output();
+        let _ = kubectl(&self.env)
+            .args([
+                "delete",
+                "--ignore-not-found",
+                "--wait=false",
+                "validatingwebhookconfiguration",
+                &self.id,
+            ])
+            .output();
+        let _ = kubectl(&self.env)
+            .args(["delete", "nncp", "--ignore-not-found", "--wait=false", "-l"])
+            .arg(format!("{SELECTOR}={}", self.id))
+            .output();
+        let _ = kubectl(&self.env)
+            .args([
+                "delete",
+                "namespace",
+                "--ignore-not-found",
+                "--wait=false",
+                &self.id,
+            ])
+            .output();
+    }
+}
+
+/// A fresh TLS connection to the webhook, verified with `bundle` (PEM) for 127.0.0.1 as the
+/// API server does for a new connection; sends `request` (an HTTP/1.1 request) and returns
+/// the response status line and body, and the served certificate (DER).
+pub fn fresh_tls_request(port: u16, bundle: &str, request: &str) -> Result<(String, Vec<u8>), String> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use std::io::Read;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots
+            .add(certificate.map_err(|error| error.to_string())?)
+            .map_err(|error| error.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|error| error.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").map_err(|error| error.to_string())?;
+    let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|error| error.to_string())?;
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|error| error.to_string())?;
+    socket.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut stream = rustls::Stream::new(&mut connection, &mut socket);
+    // A server that refuses a body by its length may answer and close before reading all of it.
+    let written = stream.write_all(request.as_bytes());
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let served = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|certificate| certificate.to_vec())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    if status.is_empty() {
+        return Err(match written {
+            Err(error) => format!("TLS: {error}"),
+            Ok(()) => "no response".into(),
+        });
+    }
+    Ok((format!("{status}\n{}", body_of(&text)), served))
+}
+
+fn body_of(response: &str) -> &str {
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+/// An HTTP/1.1 POST of `body` to `path` that closes the connection afterwards.
+pub fn post(path: &str, body: &[u8]) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        String::from_utf8_lossy(body)
+    )
+}
