@@ -85,9 +85,34 @@ fn derived<K: CustomResourceExt>() -> CustomResourceDefinition {
 }
 
 fn strip_null_enum_values(schema: &mut JSONSchemaProps) {
-    if let Some(values) = schema.enum_.as_mut() {
-        values.retain(|value| !value.0.is_null());
+    visit_schemas(schema, &mut |schema| {
+        if let Some(values) = schema.enum_.as_mut() {
+            values.retain(|value| !value.0.is_null());
+        }
+    });
+}
+
+/// The first Kubernetes minor version (1.x) that runs CRD validation rules (CEL).
+pub const VALIDATION_RULES_SINCE_MINOR: u32 = 25;
+
+/// `crd` as a server of version 1.`minor` takes it: older servers do not know
+/// `x-kubernetes-validations` and refuse it under server-side apply (and `kubectl apply`
+/// refuses it before sending), so the rules are left out for them. The admission webhook
+/// enforces the same rules on every version.
+pub fn for_server(mut crd: CustomResourceDefinition, minor: u32) -> CustomResourceDefinition {
+    if minor < VALIDATION_RULES_SINCE_MINOR {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = schema_mut(version) {
+                visit_schemas(schema, &mut |schema| schema.x_kubernetes_validations = None);
+            }
+        }
     }
+    crd
+}
+
+/// Calls `visit` on `schema` and every schema nested in it.
+fn visit_schemas(schema: &mut JSONSchemaProps, visit: &mut impl FnMut(&mut JSONSchemaProps)) {
+    visit(schema);
     let nested = schema
         .properties
         .iter_mut()
@@ -109,7 +134,7 @@ fn strip_null_enum_values(schema: &mut JSONSchemaProps) {
         .chain(schema.any_of.iter_mut().flatten())
         .chain(schema.one_of.iter_mut().flatten());
     for child in nested {
-        strip_null_enum_values(child);
+        visit_schemas(child, visit);
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::condition::{Condition, wire_strings};
 use crate::document::NetworkStateDocument;
 use k8s_openapi::apimachinery::pkg::{apis::meta::v1::Time, util::intstr::IntOrString};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,8 +13,13 @@ use std::collections::BTreeMap;
 /// `maxUnavailable` when a policy does not set it.
 pub const DEFAULT_MAX_UNAVAILABLE: &str = "50%";
 
+// The CEL rules (`x-kubernetes-validations`) mirror the admission webhook's checks for clusters
+// that run them (1.25+); the webhook checks everything, on any version, with fuller messages.
+// A spec change while the policy is in progress cannot be a CEL rule: desiredState keeps unknown
+// fields, which CEL cannot compare.
+
 /// The desired network configuration and which nodes it is for.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "nmstate.io",
     version = "v1",
@@ -26,14 +31,28 @@ pub const DEFAULT_MAX_UNAVAILABLE: &str = "50%";
     status = "NodeNetworkConfigurationPolicyStatus",
     printcolumn = r#"{"name": "Status", "type": "string", "description": "Status", "jsonPath": ".status.conditions[?(@.status==\"True\")].type"}"#,
     printcolumn = r#"{"name": "Reason", "type": "string", "description": "Reason", "jsonPath": ".status.conditions[?(@.status==\"True\")].reason"}"#,
-    printcolumn = r#"{"name": "Message", "type": "string", "description": "Progress of the rollout", "jsonPath": ".status.conditions[?(@.status==\"True\")].message"}"#
+    printcolumn = r#"{"name": "Message", "type": "string", "description": "Progress of the rollout", "jsonPath": ".status.conditions[?(@.status==\"True\")].message"}"#,
+    validation = Rule::new(
+        "size(self.metadata.name) <= 63 && self.metadata.name.matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$')"
+    ).message("invalid policy name: must be no more than 63 characters or match label value format"),
 )]
+#[x_kube(validation = Rule::new(
+    "has(self.capture) == has(oldSelf.capture) && (!has(self.capture) || self.capture == oldSelf.capture)"
+).message("invalid policy operation: capture field cannot be modified"))]
 #[serde(rename_all = "camelCase")]
 pub struct NodeNetworkConfigurationPolicySpec {
     /// Labels a node must all carry (equality) for the policy to apply to it. Empty or
     /// missing: every node that runs a handler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 256))]
+    #[x_kube(
+        validation = Rule::new(
+            "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))"
+        ).message("nodeSelector keys must be valid qualified names"),
+        validation = Rule::new(
+            "self.all(k, size(self[k]) <= 63 && self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$'))"
+        ).message("nodeSelector values must be valid label values"),
+    )]
     pub node_selector: Option<BTreeMap<String, String>>,
     /// Named nmpolicy expressions evaluated against the node's current state, referenced from
     /// `desiredState` as `"{{ capture.<name>.<path> }}"`. Cannot change after creation.
@@ -45,6 +64,9 @@ pub struct NodeNetworkConfigurationPolicySpec {
     /// How many selected nodes (a number, or a percentage such as `"50%"`) may apply the
     /// policy at the same time. Default `"50%"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(
+        "string(self).matches('^([0-9]+|(100|[1-9]?[0-9])%)$')"
+    ).message("maxUnavailable must be a non-negative integer or a percentage from 0% to 100%"))]
     pub max_unavailable: Option<IntOrString>,
 }
 

@@ -130,6 +130,9 @@ pub async fn install_crds(client: &kube::Client) -> Result<Vec<String>> {
         .collect();
     files.sort();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    // As the operator does: validation rules only for servers that run them.
+    let version = client.apiserver_version().await?;
+    let minor = version.minor.trim_end_matches('+').parse().unwrap_or(0);
     let mut names = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(crate::LocalEnvError::io("read", &file))?;
@@ -138,6 +141,7 @@ pub async fn install_crds(client: &kube::Client) -> Result<Vec<String>> {
                 name: file.display().to_string(),
                 reason: format!("not a CRD: {error}"),
             })?;
+        let crd = nmstate_api::crd::for_server(crd, minor);
         let name = crd.name_any();
         crds.patch(
             &name,
