@@ -22,7 +22,7 @@ all: build
 
 help:
 	@echo "make test            fmt, clippy, unit tests, integration tests (installs what they need)"
-	@echo "make bench           the handler against nmstatectl 2.2 on a sandbox node (figures)"
+	@echo "make bench           handler vs nmstatectl 2.2, rollouts, webhook latency (figures)"
 	@echo "make cluster-up      start the local control plane; prints export KUBECONFIG=..."
 	@echo "make cluster-down    stop it and every sandbox node"
 	@echo "make cluster-status  show what runs"
@@ -90,7 +90,7 @@ bench: kube-build localenv nmstatectl
 	export NMSTATE_LOCALENV_DIR=$(BENCH_LOCALENV_DIR) NMSTATECTL=$(NMSTATECTL); \
 	trap '$(LOCALENV) --dir $(BENCH_LOCALENV_DIR) cluster down' EXIT; \
 	$(LOCALENV) --dir $(BENCH_LOCALENV_DIR) cluster up >/dev/null; \
-	$(CARGO) bench -q -p nmstate-handler --bench node --bench rollout
+	$(CARGO) bench -q -p nmstate-handler --bench node --bench rollout --bench webhook
 
 ## Local cluster for people -----------------------------------------------------------------
 

@@ -66,3 +66,22 @@ pub async fn shutdown_signal() {
         }
     }
 }
+
+/// Runs `main` on a multi-threaded runtime and turns its outcome into the exit code, logging
+/// the error that stopped it.
+pub fn run_to_exit<E: std::fmt::Display>(
+    main: impl Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the async runtime: {error}"))
+        .and_then(|runtime| runtime.block_on(main).map_err(|error| error.to_string()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -316,3 +316,21 @@ pub fn free_port() -> u16 {
         .map(|address| address.port())
         .unwrap_or(0)
 }
+
+/// Creates a namespace with a unique name starting with `prefix` (see [`unique_name`]) and
+/// returns its name.
+pub async fn create_namespace(client: &kube::Client, prefix: &str) -> Result<String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let name = unique_name(prefix);
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    kube::Api::<Namespace>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &namespace)
+        .await?;
+    Ok(name)
+}

@@ -59,25 +59,12 @@ enum MainError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     process::init_tracing("info");
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(MainError::Runtime)
-        .and_then(|runtime| runtime.block_on(run(cli)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run_to_exit(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<(), MainError> {

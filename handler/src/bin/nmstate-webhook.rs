@@ -77,25 +77,12 @@ enum MainError {
     Serve(#[from] WebhookServeError),
     #[error("leader election: {0}")]
     Election(#[from] kube_lease_manager::LeaseManagerError),
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     process::init_tracing("info");
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(MainError::Runtime)
-        .and_then(|runtime| runtime.block_on(run(cli)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run_to_exit(run(cli))
 }
 
 /// The Service's in-cluster names, then the extra ones.

@@ -68,22 +68,26 @@ impl RotationConfig {
             read("certRotateInterval", cert_rotate, DEFAULT_CERT_ROTATE_INTERVAL)?;
         let (cert_overlap, cert_overlap_text) =
             read("certOverlapInterval", cert_overlap, DEFAULT_CERT_OVERLAP_INTERVAL)?;
-        if ca_overlap >= ca_rotate {
-            return Err(RotationConfigError::OverlapTooLong {
-                overlap: "caOverlapInterval",
-                overlap_value: ca_overlap_text,
-                rotate: "caRotateInterval",
-                rotate_value: ca_rotate_text,
-            });
-        }
-        if cert_overlap >= cert_rotate {
-            return Err(RotationConfigError::OverlapTooLong {
-                overlap: "certOverlapInterval",
-                overlap_value: cert_overlap_text,
-                rotate: "certRotateInterval",
-                rotate_value: cert_rotate_text,
-            });
-        }
+        let shorter = |overlap: (Duration, String, &'static str),
+                       rotate: (Duration, String, &'static str)| {
+            if overlap.0 < rotate.0 {
+                return Ok(());
+            }
+            Err(RotationConfigError::OverlapTooLong {
+                overlap: overlap.2,
+                overlap_value: overlap.1,
+                rotate: rotate.2,
+                rotate_value: rotate.1,
+            })
+        };
+        shorter(
+            (ca_overlap, ca_overlap_text, "caOverlapInterval"),
+            (ca_rotate, ca_rotate_text, "caRotateInterval"),
+        )?;
+        shorter(
+            (cert_overlap, cert_overlap_text, "certOverlapInterval"),
+            (cert_rotate, cert_rotate_text, "certRotateInterval"),
+        )?;
         Ok(RotationConfig {
             ca_rotate,
             ca_overlap,

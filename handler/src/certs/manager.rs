@@ -250,36 +250,38 @@ async fn write_secret(
 async fn publish_bundle(client: &Client, name: &str, bundle: &str) -> Result<(), kube::Error> {
     let encoded = x509::base64(bundle.as_bytes());
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    if let Some(configuration) = mutating.get_opt(name).await? {
+    let bundles = mutating.get_opt(name).await?.map(|configuration| {
         let webhooks = configuration.webhooks.unwrap_or_default();
-        let bundles = webhooks
+        webhooks
             .into_iter()
-            .map(|webhook| (webhook.name, webhook.client_config.ca_bundle));
-        patch_bundles(&mutating, name, bundles, &encoded).await?;
-    }
+            .map(|webhook| (webhook.name, webhook.client_config.ca_bundle))
+            .collect()
+    });
+    patch_bundles(&mutating, name, bundles, &encoded).await?;
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    if let Some(configuration) = validating.get_opt(name).await? {
+    let bundles = validating.get_opt(name).await?.map(|configuration| {
         let webhooks = configuration.webhooks.unwrap_or_default();
-        let bundles = webhooks
+        webhooks
             .into_iter()
-            .map(|webhook| (webhook.name, webhook.client_config.ca_bundle));
-        patch_bundles(&validating, name, bundles, &encoded).await?;
-    }
-    Ok(())
+            .map(|webhook| (webhook.name, webhook.client_config.ca_bundle))
+            .collect()
+    });
+    patch_bundles(&validating, name, bundles, &encoded).await
 }
 
-/// Patches the `caBundle` of each `(webhook name, caBundle)` that differs from `encoded`.
+/// Patches the `caBundle` of each `(webhook name, caBundle)` that differs from `encoded`;
+/// nothing when the configuration does not exist (`None`).
 async fn patch_bundles<K>(
     api: &Api<K>,
     name: &str,
-    webhooks: impl Iterator<Item = (String, Option<ByteString>)>,
+    webhooks: Option<Vec<(String, Option<ByteString>)>>,
     encoded: &str,
 ) -> Result<(), kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
     let mut operations = Vec::new();
-    for (index, (webhook, bundle)) in webhooks.enumerate() {
+    for (index, (webhook, bundle)) in webhooks.into_iter().flatten().enumerate() {
         if bundle.is_some_and(|bytes| x509::base64(&bytes.0) == encoded) {
             continue;
         }

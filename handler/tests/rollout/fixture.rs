@@ -16,7 +16,7 @@ use nmstate_api::{
 };
 use nmstate_localenv::{
     LocalEnv,
-    testing::{NodeProcess, TestNode, eventually, install_crds, shared_env, unique_name},
+    testing::{NodeProcess, TestNode, create_namespace, eventually, install_crds, shared_env},
 };
 use serde_json::{Value, json};
 use std::{
@@ -55,12 +55,7 @@ impl Fixture {
         let env = shared_env().await.unwrap();
         let client = env.client().await.unwrap();
         install_crds(&client).await.unwrap();
-        let namespace = unique_name("rollout");
-        let object: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap();
+        let namespace = create_namespace(&client, "rollout").await.unwrap();
         let node_labels: BTreeMap<String, String> = if labelled {
             BTreeMap::from([(GROUP.to_string(), namespace.clone())])
         } else {

@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::{
     admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
-    core::v1::{Namespace, Secret},
+    core::v1::Secret,
 };
 use kube::{
     Api, Client,
@@ -14,7 +14,7 @@ use kube::{
 };
 use nmstate_localenv::{
     LocalEnv,
-    testing::{NodeProcess, eventually, free_port, install_crds, kubectl, shared_env, unique_name},
+    testing::{NodeProcess, create_namespace, eventually, free_port, install_crds, kubectl, shared_env},
 };
 use serde_json::{Value, json};
 use std::{io::Write, time::Duration};
@@ -58,12 +58,7 @@ impl Fixture {
         let env = shared_env().await.unwrap();
         let client = env.client().await.unwrap();
         install_crds(&client).await.unwrap();
-        let id = unique_name("webhook");
-        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": id}})).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .unwrap();
+        let id = create_namespace(&client, "webhook").await.unwrap();
         let mut fixture = Fixture {
             env,
             client,
