@@ -13,6 +13,7 @@ mod malformed;
 use fixture::{Fixture, fresh_tls_request, rendered};
 use nmstate_api::labels::WEBHOOK_MUTATING_TIMESTAMP;
 use nmstate_handler::webhook::PATHS;
+use nmstate_localenv::testing::eventually;
 use serde_json::{Value, json};
 use std::{
     collections::BTreeSet,
@@ -330,6 +331,86 @@ async fn certificates_rotate_without_a_failed_request() {
         served.len()
     );
     assert!(admissions >= 100);
+}
+
+/// Two replicas: one writes the certificates, both serve the one in the Secret; when the
+/// writer dies, the other takes the Lease over and the rotations go on.
+#[tokio::test]
+async fn two_replicas_share_one_certificate_writer() {
+    let mut fixture = Fixture::start(&[
+        ("CA_ROTATE_INTERVAL", "1h"),
+        ("CERT_ROTATE_INTERVAL", "6s"),
+        ("CERT_OVERLAP_INTERVAL", "3s"),
+    ])
+    .await;
+    let second_port = nmstate_localenv::testing::free_port();
+    let second = fixture.start_replica(second_port, "b");
+    let served = |port: u16, bundle: String| async move {
+        tokio::task::spawn_blocking(move || {
+            fresh_tls_request(
+                port,
+                &bundle,
+                "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .ok()
+            .filter(|(response, _)| response.starts_with("HTTP/1.1 200"))
+            .map(|(_, certificate)| certificate)
+        })
+        .await
+        .unwrap()
+    };
+    // Both end up serving the same certificate (each follows the Secret).
+    let port = fixture.port;
+    eventually(
+        "both replicas serve the same certificate",
+        Duration::from_secs(20),
+        || async {
+            let bundle = fixture.published_bundle().await?;
+            let first = served(port, bundle.clone()).await?;
+            let other = served(second_port, bundle).await?;
+            (first == other).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(fixture.client.clone(), &fixture.id);
+    let holder = || async {
+        let lease = leases.get("nmstate-webhook-certs").await.ok()?;
+        lease.spec?.holder_identity
+    };
+    let first_holder = holder().await.unwrap();
+    let writers = [fixture.log(), second.log()]
+        .iter()
+        .filter(|log| log.contains("made a new serving certificate"))
+        .count();
+    assert_eq!(writers, 1, "one writer: {first_holder}");
+
+    // Kill the writer; the other takes over and makes the next serving certificate.
+    let (mut survivor, survivor_port) = if first_holder.ends_with("-a") {
+        fixture.webhook.take().unwrap().kill();
+        (second, second_port)
+    } else {
+        let mut second = second;
+        second.kill();
+        (fixture.webhook.take().unwrap(), port)
+    };
+    eventually(
+        "the other replica rotates the certificate",
+        Duration::from_secs(30),
+        || async {
+            survivor
+                .log()
+                .contains("made a new serving certificate")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_ne!(holder().await.unwrap(), first_holder);
+    let bundle = fixture.published_bundle().await.unwrap();
+    assert!(served(survivor_port, bundle).await.is_some());
+    survivor.terminate(Duration::from_secs(10));
 }
 
 /// 1000 generated malformed policies through the API server, and malformed requests straight

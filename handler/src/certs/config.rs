@@ -41,7 +41,7 @@ pub struct RotationConfig {
 
 impl RotationConfig {
     /// From the four optional settings; a missing or empty one takes its default (upstream
-    /// requires all four once any is set).
+    /// requires all four once any is set), a missing overlap at most half its lifetime.
     pub fn from_settings(
         ca_rotate: Option<&str>,
         ca_overlap: Option<&str>,
@@ -62,12 +62,31 @@ impl RotationConfig {
                 })
         };
         let (ca_rotate, ca_rotate_text) = read("caRotateInterval", ca_rotate, DEFAULT_CA_ROTATE_INTERVAL)?;
-        let (ca_overlap, ca_overlap_text) =
-            read("caOverlapInterval", ca_overlap, DEFAULT_CA_OVERLAP_INTERVAL)?;
         let (cert_rotate, cert_rotate_text) =
             read("certRotateInterval", cert_rotate, DEFAULT_CERT_ROTATE_INTERVAL)?;
-        let (cert_overlap, cert_overlap_text) =
-            read("certOverlapInterval", cert_overlap, DEFAULT_CERT_OVERLAP_INTERVAL)?;
+        // A missing overlap takes its default, or half the lifetime when that is shorter, so
+        // setting only a short lifetime works.
+        let overlap = |field, value: Option<&str>, default, rotate: Duration| {
+            let (overlap, text) = read(field, value, default)?;
+            let given = value.is_some_and(|value| !value.trim().is_empty());
+            if given || overlap < rotate {
+                return Ok((overlap, text));
+            }
+            let half = rotate / 2;
+            Ok((half, format!("{}s", half.as_secs_f64())))
+        };
+        let (ca_overlap, ca_overlap_text) = overlap(
+            "caOverlapInterval",
+            ca_overlap,
+            DEFAULT_CA_OVERLAP_INTERVAL,
+            ca_rotate,
+        )?;
+        let (cert_overlap, cert_overlap_text) = overlap(
+            "certOverlapInterval",
+            cert_overlap,
+            DEFAULT_CERT_OVERLAP_INTERVAL,
+            cert_rotate,
+        )?;
         let shorter = |overlap: (Duration, String, &'static str),
                        rotate: (Duration, String, &'static str)| {
             if overlap.0 < rotate.0 {
@@ -192,6 +211,13 @@ mod tests {
         assert_eq!(partial.cert_rotate, Duration::from_secs(48 * 3600));
         assert_eq!(partial.cert_overlap, Duration::from_secs(24 * 3600));
         assert_eq!(partial.ca_rotate, RotationConfig::default().ca_rotate);
+        let short = RotationConfig::from_settings(Some("1h"), None, Some("6s"), None).unwrap();
+        assert_eq!(
+            short.ca_overlap,
+            Duration::from_secs(1800),
+            "half of 1h, not the 24h default"
+        );
+        assert_eq!(short.cert_overlap, Duration::from_secs(3));
     }
 
     #[test]

@@ -109,9 +109,17 @@ impl Fixture {
     }
 
     pub fn start_webhook(&mut self) {
-        let bind = format!("127.0.0.1:{}", self.port);
+        self.webhook = Some(self.start_replica(self.port, "a"));
+    }
+
+    /// Another `nmstate-webhook` of this test, serving on `port`, named `name` in the
+    /// certificate writer's election.
+    pub fn start_replica(&self, port: u16, name: &str) -> NodeProcess {
+        let bind = format!("127.0.0.1:{port}");
+        let identity = format!("{}-{name}", self.id);
         let mut variables = vec![
             ("POD_NAMESPACE", self.id.as_str()),
+            ("POD_NAME", identity.as_str()),
             ("WEBHOOK_BIND_ADDRESS", bind.as_str()),
             ("WEBHOOK_CONFIGURATION", self.id.as_str()),
             ("WEBHOOK_EXTRA_NAMES", "127.0.0.1"),
@@ -123,9 +131,8 @@ impl Fixture {
                 .iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         );
-        let log = self.env.dir().join(format!("{}.log", self.id));
-        self.webhook =
-            Some(NodeProcess::start_on_host(&self.env, WEBHOOK.as_ref(), &[], &variables, log).unwrap());
+        let log = self.env.dir().join(format!("{identity}.log"));
+        NodeProcess::start_on_host(&self.env, WEBHOOK.as_ref(), &[], &variables, log).unwrap()
     }
 
     /// Waits until a dry-run creation goes through the webhook (it carries the timestamp).
