@@ -108,3 +108,42 @@ fn servers_before_1_25_get_the_crd_without_rules() {
     assert!(!has_rules(24));
     assert!(has_rules(25));
 }
+
+/// kube-cel's cost estimate of every rule stays within the API server's per-rule budget. The
+/// estimate is coarse (the API server's own is stricter about unbounded strings, hence the
+/// bounded sizes in the rules); its scope check is not used, as it does not know the variables
+/// that `all()` binds.
+#[test]
+fn rules_stay_within_the_cost_budget() {
+    fn visit(schema: &Value, found: &mut Vec<(String, Value)>) {
+        for rule in schema["x-kubernetes-validations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            found.push((rule["rule"].as_str().unwrap().to_string(), schema.clone()));
+        }
+        for child in schema["properties"]
+            .as_object()
+            .into_iter()
+            .flat_map(|map| map.values())
+        {
+            visit(child, found);
+        }
+        if schema["additionalProperties"].is_object() {
+            visit(&schema["additionalProperties"], found);
+        }
+    }
+    let mut rules = Vec::new();
+    visit(&schema(), &mut rules);
+    assert_eq!(rules.len(), 5, "{rules:?}");
+    for (rule, schema) in rules {
+        let compiled = kube_cel::compile_schema(&schema);
+        let warnings = kube_cel::analyze_rule(&rule, &compiled, kube_cel::ScopeContext::CrdValidation);
+        let over: Vec<_> = warnings
+            .iter()
+            .filter(|warning| matches!(warning.kind, kube_cel::WarningKind::CostExceeded))
+            .collect();
+        assert!(over.is_empty(), "{rule}: {over:?}");
+    }
+}
