@@ -338,15 +338,26 @@ pub fn changes(client: &Client, settings: &CertSettings) -> BoxStream<'static, (
     .boxed()
 }
 
-/// Keeps the certificates up to date for as long as it runs (while leading).
+/// Keeps the certificates up to date for as long as it runs (while leading). Failures are
+/// retried after 1 s, doubling up to a minute while they last.
 pub async fn run(client: Client, settings: CertSettings) {
     let mut changes = changes(&client, &settings);
+    let mut failures = 0u32;
     loop {
         let wait = match reconcile(&client, &settings).await {
-            Ok(recheck_in) => recheck_in,
+            Ok(recheck_in) => {
+                failures = 0;
+                recheck_in
+            }
             Err(error) => {
-                warn!(category = error.category(), "webhook certificates: {error}");
-                Duration::from_secs(1)
+                failures = failures.saturating_add(1);
+                let retry = Duration::from_secs(1 << (failures - 1).min(6)).min(Duration::from_secs(60));
+                warn!(
+                    category = error.category(),
+                    "webhook certificates: {error}; retrying in {}s",
+                    retry.as_secs()
+                );
+                retry
             }
         };
         tokio::select! {

@@ -110,6 +110,7 @@ pub async fn follow_secret(
     let secrets: Api<Secret> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut updates = std::pin::pin!(watcher(secrets, config).default_backoff().applied_objects());
+    info!(secret = %format!("{namespace}/{name}"), "waiting for the serving certificate (tls.crt, tls.key)");
     while let Some(update) = updates.next().await {
         match update {
             Ok(secret) => match certificate.load_secret(&secret) {
