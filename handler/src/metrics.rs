@@ -112,6 +112,22 @@ impl Metrics {
     }
 }
 
+/// The HTTP answer to a scrape: the OpenMetrics text, or 500 when it cannot be encoded.
+pub fn exposition(encoded: Result<String, std::fmt::Error>) -> axum::response::Response {
+    use axum::{http::StatusCode, http::header, response::IntoResponse};
+    match encoded {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics").into_response(),
+    }
+}
+
 #[derive(Debug)]
 struct Gauges {
     sources: Arc<RwLock<Option<Sources>>>,

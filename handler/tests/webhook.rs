@@ -156,6 +156,34 @@ async fn each_rule_accepts_and_refuses_through_kubectl() {
         fixture.kubectl_apply(&fixture.policy("dangling", dangling)),
         "invalid spec.desiredState: it refers to capture \"nic\", which spec.capture does not define",
     );
+
+    // The webhook counted each refusal.
+    let bundle = fixture.published_bundle().await.unwrap();
+    let port = fixture.port;
+    let (metrics, _) = tokio::task::spawn_blocking(move || {
+        fresh_tls_request(
+            port,
+            &bundle,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let count = |labels: &str| -> u64 {
+        let prefix = format!("kubernetes_nmstate_webhook_admissions_total{{{labels}}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map(|value| value.trim().parse().unwrap())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(r#"webhook="validate",result="denied""#), 10, "{metrics}");
+    assert!(count(r#"webhook="validate",result="allowed""#) >= 7, "{metrics}");
+    assert!(
+        count(r#"webhook="timestamp-mutate",result="allowed""#) >= 17,
+        "{metrics}"
+    );
 }
 
 const SELECTOR_KEY: &str = fixture::SELECTOR;

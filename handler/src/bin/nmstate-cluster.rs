@@ -1,7 +1,7 @@
 //! `nmstate-cluster`: the cluster-level controller of kubernetes-nmstate. Writes every policy's
 //! status (the only writer, leader-elected) and serves the Prometheus metrics.
 
-use axum::{Router, http::header, response::IntoResponse, routing::get};
+use axum::{Router, routing::get};
 use clap::Parser;
 use nmstate_handler::{
     cluster::{self, ClusterError, Settings},
@@ -81,7 +81,7 @@ async fn run(cli: Cli) -> Result<(), MainError> {
             "/metrics",
             get(move || {
                 let metrics = served.clone();
-                async move { exposition(&metrics) }
+                async move { nmstate_handler::metrics::exposition(metrics.encode()) }
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
@@ -99,22 +99,4 @@ async fn run(cli: Cli) -> Result<(), MainError> {
     server.abort();
     info!("stopped");
     Ok(result?)
-}
-
-fn exposition(metrics: &Metrics) -> axum::response::Response {
-    match metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => (
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot encode the metrics",
-        )
-            .into_response(),
-    }
 }

@@ -7,9 +7,9 @@ use nmstate_handler::{
     config::DEFAULT_NAMESPACE,
     leader::{self, Election},
     process::{self, ClientError},
-    webhook::{self, WebhookServeError, tls::ServingCertificate},
+    webhook::{self, WebhookServeError, WebhookState},
 };
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use tracing::info;
 
 #[derive(Parser)]
@@ -113,7 +113,8 @@ async fn run(cli: Cli) -> Result<(), MainError> {
         cli.cert_overlap_interval.as_deref(),
     )?;
     let client = process::kube_client(cli.kubeconfig.clone()).await?;
-    let certificate = Arc::new(ServingCertificate::default());
+    let state = WebhookState::default();
+    let certificate = state.certificate.clone();
     let follower = tokio::spawn(webhook::tls::follow_secret(
         client.clone(),
         cli.namespace.clone(),
@@ -123,7 +124,7 @@ async fn run(cli: Cli) -> Result<(), MainError> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut server_stopped = stopped.clone();
     info!(address = %cli.bind_address, "serving the webhook");
-    let server = tokio::spawn(webhook::serve(cli.bind_address, certificate, async move {
+    let server = tokio::spawn(webhook::serve(cli.bind_address, state, async move {
         let _ = server_stopped.wait_for(|stopped| *stopped).await;
     }));
     let certificates = async {

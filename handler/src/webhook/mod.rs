@@ -2,6 +2,7 @@
 //! rendered configurations (`templates/webhook`).
 
 pub mod label_format;
+pub mod metrics;
 pub mod mutation;
 pub mod tls;
 pub mod validation;
@@ -18,6 +19,7 @@ use kube::core::{
     DynamicObject, Status,
     admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
 };
+use metrics::AdmissionMetrics;
 use nmstate_api::policy::NodeNetworkConfigurationPolicy;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tls::ServingCertificate;
@@ -52,10 +54,36 @@ enum Review {
     Validate,
 }
 
-/// The routes: the four webhooks, `/healthz`, and `/readyz` (ready once a certificate is
-/// loaded; without one no handshake succeeds anyway).
-pub fn router(certificate: Arc<ServingCertificate>) -> Router {
-    let review = |kind: Review| post(move |body: Bytes| answer(kind, body));
+impl Review {
+    /// The `webhook` label of the metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Review::Mutate => "mutate",
+            Review::StatusMutate => "status-mutate",
+            Review::TimestampMutate => "timestamp-mutate",
+            Review::Validate => "validate",
+        }
+    }
+}
+
+/// What the routes share.
+#[derive(Clone, Default)]
+pub struct WebhookState {
+    pub certificate: Arc<ServingCertificate>,
+    pub metrics: Arc<AdmissionMetrics>,
+}
+
+/// The routes: the four webhooks, `/metrics`, `/healthz`, and `/readyz` (ready once a
+/// certificate is loaded; without one no handshake succeeds anyway).
+pub fn router(state: WebhookState) -> Router {
+    let review = |kind: Review| {
+        post(move |State(state): State<WebhookState>, body: Bytes| async move {
+            let started = std::time::Instant::now();
+            let (result, response) = answer(kind, body).await;
+            state.metrics.record(kind.label(), result, started.elapsed());
+            response
+        })
+    };
     Router::new()
         .route(MUTATE_PATH, review(Review::Mutate))
         .route(STATUS_MUTATE_PATH, review(Review::StatusMutate))
@@ -63,12 +91,18 @@ pub fn router(certificate: Arc<ServingCertificate>) -> Router {
         .route(VALIDATE_PATH, review(Review::Validate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(certificate)
+        .route(
+            "/metrics",
+            get(|State(state): State<WebhookState>| async move {
+                crate::metrics::exposition(state.metrics.encode())
+            }),
+        )
+        .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-async fn ready(State(certificate): State<Arc<ServingCertificate>>) -> Response {
-    if certificate.is_loaded() {
+async fn ready(State(state): State<WebhookState>) -> Response {
+    if state.certificate.is_loaded() {
         "ok".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no serving certificate yet").into_response()
@@ -78,10 +112,10 @@ async fn ready(State(certificate): State<Arc<ServingCertificate>>) -> Response {
 /// Serves `router` over TLS on `address` until `shutdown`, then lets requests in flight finish.
 pub async fn serve(
     address: SocketAddr,
-    certificate: Arc<ServingCertificate>,
+    state: WebhookState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WebhookServeError> {
-    let config = tls::server_config(certificate.clone()).map_err(WebhookServeError::Tls)?;
+    let config = tls::server_config(state.certificate.clone()).map_err(WebhookServeError::Tls)?;
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
@@ -93,7 +127,7 @@ pub async fn serve(
         axum_server::tls_rustls::RustlsConfig::from_config(config),
     )
     .handle(handle)
-    .serve(router(certificate).into_make_service())
+    .serve(router(state).into_make_service())
     .await
     .map_err(|source| WebhookServeError::Serve { address, source })
 }
@@ -109,14 +143,15 @@ pub enum WebhookServeError {
     },
 }
 
-async fn answer(kind: Review, body: Bytes) -> Response {
+/// Reviews one request; the `result` label of the metrics, and the HTTP answer.
+async fn answer(kind: Review, body: Bytes) -> (&'static str, Response) {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
         Ok(review) => review,
-        Err(error) => return bad_request(format!("not an AdmissionReview: {error}")),
+        Err(error) => return ("error", bad_request(format!("not an AdmissionReview: {error}"))),
     };
     let request: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(request) => request,
-        Err(_) => return bad_request("the AdmissionReview has no request".into()),
+        Err(_) => return ("error", bad_request("the AdmissionReview has no request".into())),
     };
     let response = AdmissionResponse::from(&request);
     let work = tokio::task::spawn_blocking(move || review_request(kind, &request, response));
@@ -124,17 +159,19 @@ async fn answer(kind: Review, body: Bytes) -> Response {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             warn!("admission review failed: {error}");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "the review failed").into_response();
+            let failed = (StatusCode::INTERNAL_SERVER_ERROR, "the review failed");
+            return ("error", failed.into_response());
         }
         Err(_) => {
+            let message = format!("the review took longer than {}s", REQUEST_TIMEOUT.as_secs());
             return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the review took longer than {}s", REQUEST_TIMEOUT.as_secs()),
-            )
-                .into_response();
+                "error",
+                (StatusCode::SERVICE_UNAVAILABLE, message).into_response(),
+            );
         }
     };
-    axum::Json(response.into_review()).into_response()
+    let result = if response.allowed { "allowed" } else { "denied" };
+    (result, axum::Json(response.into_review()).into_response())
 }
 
 fn bad_request(message: String) -> Response {
