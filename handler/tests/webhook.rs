@@ -178,7 +178,8 @@ async fn each_rule_accepts_and_refuses_through_kubectl() {
             .map(|value| value.trim().parse().unwrap())
             .unwrap_or(0)
     };
-    assert_eq!(count(r#"webhook="validate",result="denied""#), 10, "{metrics}");
+    // At least once per refusal: the API server may review an update again when it retries it.
+    assert!(count(r#"webhook="validate",result="denied""#) >= 10, "{metrics}");
     assert!(count(r#"webhook="validate",result="allowed""#) >= 7, "{metrics}");
     assert!(
         count(r#"webhook="timestamp-mutate",result="allowed""#) >= 17,
