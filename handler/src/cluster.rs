@@ -68,10 +68,10 @@ impl ClusterError {
 }
 
 pub struct Settings {
+    /// Where the handlers' heartbeats are.
     pub namespace: String,
-    /// This replica's name in the election.
-    pub identity: String,
-    pub lease_duration: Duration,
+    /// The election for [`LEADER_LEASE`].
+    pub election: Election,
 }
 
 struct Context {
@@ -90,16 +90,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClusterError> {
-    let election = Election {
-        lease: LEADER_LEASE.into(),
-        namespace: settings.namespace.clone(),
-        identity: settings.identity.clone(),
-        duration: settings.lease_duration,
-        field_manager: "nmstate-cluster-election".into(),
-        role: "writing policy statuses",
-    };
     let lead = || lead(&client, &settings, &metrics);
-    leader::run_while_leading(client.clone(), &election, shutdown, lead, || {
+    leader::run_while_leading(client.clone(), &settings.election, shutdown, lead, || {
         metrics.set_sources(None)
     })
     .await?;

@@ -4,6 +4,37 @@
 use std::{future::Future, time::Duration};
 use tracing::{info, warn};
 
+/// The command-line settings of a leader-elected binary's replicas.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ReplicaArgs {
+    /// kubeconfig to use [default: KUBECONFIG, ~/.kube/config, else the in-cluster service account]
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Namespace of the election Lease and of what the binary keeps there
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::config::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// This replica's name in the leader election [default: <hostname>-<pid>]
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long the leader's lease lasts without renewal (a dead leader is replaced after it)
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 30)]
+    pub lease_duration_seconds: u64,
+}
+
+impl ReplicaArgs {
+    /// The election for `lease`, doing `role`, with this replica's settings.
+    pub fn election(&self, lease: &str, role: &'static str) -> Election {
+        Election {
+            lease: lease.into(),
+            namespace: self.namespace.clone(),
+            identity: self.identity.clone().unwrap_or_else(|| default_identity(lease)),
+            duration: Duration::from_secs(self.lease_duration_seconds),
+            field_manager: format!("{lease}-election"),
+            role,
+        }
+    }
+}
+
 /// Who takes part in an election, and for what.
 #[derive(Clone, Debug)]
 pub struct Election {

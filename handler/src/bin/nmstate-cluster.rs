@@ -5,12 +5,11 @@ use axum::{Router, routing::get};
 use clap::Parser;
 use nmstate_handler::{
     cluster::{self, ClusterError, Settings},
-    config::DEFAULT_NAMESPACE,
-    leader,
+    leader::ReplicaArgs,
     metrics::Metrics,
     process::{self, ClientError},
 };
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 use tracing::info;
 
 #[derive(Parser)]
@@ -20,18 +19,9 @@ use tracing::info;
     about = "kubernetes-nmstate cluster controller: writes policy statuses (leader-elected) and serves metrics"
 )]
 struct Cli {
-    /// kubeconfig to use [default: KUBECONFIG, ~/.kube/config, else the in-cluster service account]
-    #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
-    /// Namespace of the handlers' heartbeats and of the election Lease
-    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
-    namespace: String,
-    /// This replica's name in the leader election [default: <hostname>-<pid>]
-    #[arg(long, env = "POD_NAME")]
-    identity: Option<String>,
-    /// How long the leader's lease lasts without renewal (a dead leader is replaced after it)
-    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 30)]
-    lease_duration_seconds: u64,
+    /// The handlers' heartbeats are in the namespace too.
+    #[command(flatten)]
+    replica: ReplicaArgs,
     /// Where /metrics, /healthz and /readyz are served
     #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8089", value_parser = bind_address)]
     metrics_bind_address: SocketAddr,
@@ -68,7 +58,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), MainError> {
-    let client = process::kube_client(cli.kubeconfig).await?;
+    let client = process::kube_client(cli.replica.kubeconfig.clone()).await?;
     let metrics = Arc::new(Metrics::default());
     let address = cli.metrics_bind_address;
     let listener = tokio::net::TcpListener::bind(address)
@@ -87,13 +77,11 @@ async fn run(cli: Cli) -> Result<(), MainError> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }));
     let server = tokio::spawn(async move { axum::serve(listener, routes).await });
-    let identity = cli
-        .identity
-        .unwrap_or_else(|| leader::default_identity("nmstate-cluster"));
     let settings = Settings {
-        namespace: cli.namespace,
-        identity,
-        lease_duration: Duration::from_secs(cli.lease_duration_seconds),
+        namespace: cli.replica.namespace.clone(),
+        election: cli
+            .replica
+            .election(cluster::LEADER_LEASE, "writing policy statuses"),
     };
     let result = cluster::run(client, settings, metrics, process::shutdown_signal()).await;
     server.abort();

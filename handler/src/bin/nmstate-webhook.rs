@@ -4,12 +4,11 @@
 use clap::Parser;
 use nmstate_handler::{
     certs::{config::RotationConfig, manager::CertSettings},
-    config::DEFAULT_NAMESPACE,
-    leader::{self, Election},
+    leader::{self, ReplicaArgs},
     process::{self, ClientError},
     webhook::{self, WebhookServeError, WebhookState},
 };
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode};
 use tracing::info;
 
 #[derive(Parser)]
@@ -19,12 +18,9 @@ use tracing::info;
     about = "kubernetes-nmstate admission webhook: validates and mutates policies over TLS, and rotates its own certificates"
 )]
 struct Cli {
-    /// kubeconfig to use [default: KUBECONFIG, ~/.kube/config, else the in-cluster service account]
-    #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
-    /// Namespace of the certificate Secrets and of the election Lease
-    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
-    namespace: String,
+    /// The certificate Secrets are in the namespace too.
+    #[command(flatten)]
+    replica: ReplicaArgs,
     /// Where the webhook is served (HTTPS)
     #[arg(long, env = "WEBHOOK_BIND_ADDRESS", default_value = "0.0.0.0:9443")]
     bind_address: SocketAddr,
@@ -59,12 +55,6 @@ struct Cli {
     /// selfSignConfiguration.certOverlapInterval [default: 24h0m0s]
     #[arg(long, env = "CERT_OVERLAP_INTERVAL")]
     cert_overlap_interval: Option<String>,
-    /// This replica's name in the certificate writer's election [default: <hostname>-<pid>]
-    #[arg(long, env = "POD_NAME")]
-    identity: Option<String>,
-    /// How long the certificate writer's lease lasts without renewal
-    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 30)]
-    lease_duration_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +77,7 @@ fn main() -> ExitCode {
 
 /// The Service's in-cluster names, then the extra ones.
 fn serving_names(cli: &Cli) -> Vec<String> {
-    let (service, namespace) = (&cli.service, &cli.namespace);
+    let (service, namespace) = (&cli.service, &cli.replica.namespace);
     let mut names = vec![
         format!("{service}.{namespace}.svc"),
         format!("{service}.{namespace}.svc.cluster.local"),
@@ -112,12 +102,12 @@ async fn run(cli: Cli) -> Result<(), MainError> {
         cli.cert_rotate_interval.as_deref(),
         cli.cert_overlap_interval.as_deref(),
     )?;
-    let client = process::kube_client(cli.kubeconfig.clone()).await?;
+    let client = process::kube_client(cli.replica.kubeconfig.clone()).await?;
     let state = WebhookState::default();
     let certificate = state.certificate.clone();
     let follower = tokio::spawn(webhook::tls::follow_secret(
         client.clone(),
-        cli.namespace.clone(),
+        cli.replica.namespace.clone(),
         cli.serving_secret.clone(),
         certificate.clone(),
     ));
@@ -133,24 +123,16 @@ async fn run(cli: Cli) -> Result<(), MainError> {
             return Ok(());
         }
         let settings = CertSettings {
-            namespace: cli.namespace.clone(),
+            namespace: cli.replica.namespace.clone(),
             ca_secret: cli.ca_secret.clone(),
             serving_secret: cli.serving_secret.clone(),
             webhook_configuration: cli.webhook_configuration.clone(),
             names: serving_names(&cli),
             rotation,
         };
-        let election = Election {
-            lease: "nmstate-webhook-certs".into(),
-            namespace: cli.namespace.clone(),
-            identity: cli
-                .identity
-                .clone()
-                .unwrap_or_else(|| leader::default_identity("nmstate-webhook")),
-            duration: Duration::from_secs(cli.lease_duration_seconds),
-            field_manager: "nmstate-webhook-certs-election".into(),
-            role: "rotating the webhook certificates",
-        };
+        let election = cli
+            .replica
+            .election("nmstate-webhook-certs", "rotating the webhook certificates");
         let lead = || nmstate_handler::certs::manager::run(client.clone(), settings.clone());
         leader::run_while_leading(client.clone(), &election, process::shutdown_signal(), lead, || {}).await
     };
