@@ -162,6 +162,11 @@ pub fn send_raw(port: u16, bundle: &str) -> Vec<String> {
         let request = post(validate, &body);
         match fresh_tls_request(port, bundle, &request) {
             Ok((response, _)) if response.contains(expected) => {}
+            // The server answers 413 once the limit is reached and closes while the rest of the
+            // body is still being sent; the client may then see the reset before the answer.
+            Err(error)
+                if expected.contains("413") && (error.contains("Broken pipe") || error.contains("reset")) => {
+            }
             Ok((response, _)) => wrong.push(format!(
                 "{name}: {}",
                 response.chars().take(300).collect::<String>()
