@@ -33,21 +33,24 @@ pub struct Fixture {
     rotation: Vec<(String, String)>,
 }
 
-/// The webhook configurations and Service, rendered from the template as the operator does.
+/// The webhook configurations and Service as the operator renders them for `namespace`.
 pub fn rendered(namespace: &str) -> Vec<Value> {
-    let template = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../templates/webhook/configuration.yaml.hbs"
-    ))
+    let config = nmstate_operator::config::OperatorConfig::from_lookup(|name| {
+        (name == "HANDLER_NAMESPACE").then(|| namespace.to_string())
+    })
     .unwrap();
-    let mut engine = handlebars::Handlebars::new();
-    engine.set_strict_mode(true);
-    engine.register_escape_fn(handlebars::no_escape);
-    let text = engine
-        .render_template(&template, &json!({"namespace": namespace}))
-        .unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|document| serde::Deserialize::deserialize(document).unwrap())
+    let facts = nmstate_operator::render::ClusterFacts {
+        server_minor: 20,
+        tolerated_infra_taints: 0,
+    };
+    nmstate_operator::render::render(&Default::default(), &config, &facts)
+        .unwrap()
+        .into_iter()
+        .filter(|object| {
+            let kind = object["kind"].as_str().unwrap_or_default();
+            kind.ends_with("WebhookConfiguration")
+                || (kind == "Service" && object["metadata"]["name"] == "nmstate-webhook")
+        })
         .collect()
 }
 

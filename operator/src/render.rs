@@ -1,0 +1,217 @@
+//! The render step, a pure function: the NMState spec, the operator's settings and what was
+//! read from the cluster in; the objects to apply out. No client here.
+//!
+//! Objects come from the handlebars templates in `templates/` (embedded in the binary; strict
+//! mode, no HTML escaping) plus the operand CRDs from the API types. Nested values go into the
+//! templates through `toJson`, as YAML flow collections, so no indentation can go wrong.
+
+use crate::config::OperatorConfig;
+use handlebars::{Handlebars, handlebars_helper};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use nmstate_api::{NMStateSpec, crd, labels};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// The templates, in the order their objects are applied (namespace first, workloads last).
+pub const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "namespace/namespace.yaml.hbs",
+        include_str!("../../templates/namespace/namespace.yaml.hbs"),
+    ),
+    (
+        "rbac/handler.yaml.hbs",
+        include_str!("../../templates/rbac/handler.yaml.hbs"),
+    ),
+    (
+        "rbac/cluster.yaml.hbs",
+        include_str!("../../templates/rbac/cluster.yaml.hbs"),
+    ),
+    (
+        "rbac/webhook.yaml.hbs",
+        include_str!("../../templates/rbac/webhook.yaml.hbs"),
+    ),
+    (
+        "webhook/configuration.yaml.hbs",
+        include_str!("../../templates/webhook/configuration.yaml.hbs"),
+    ),
+    (
+        "webhook/deployment.yaml.hbs",
+        include_str!("../../templates/webhook/deployment.yaml.hbs"),
+    ),
+    (
+        "cluster/deployment.yaml.hbs",
+        include_str!("../../templates/cluster/deployment.yaml.hbs"),
+    ),
+    (
+        "handler/daemonset.yaml.hbs",
+        include_str!("../../templates/handler/daemonset.yaml.hbs"),
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template {template}: {source}")]
+    Template {
+        template: &'static str,
+        source: Box<handlebars::RenderError>,
+    },
+    #[error("template {template} is not valid: {source}")]
+    Compile {
+        template: &'static str,
+        source: Box<handlebars::TemplateError>,
+    },
+    #[error("template {template} did not render to Kubernetes objects: {source}")]
+    Yaml {
+        template: &'static str,
+        source: serde_yaml::Error,
+    },
+    #[error("cannot serialize the NMState spec: {0}")]
+    Spec(#[from] serde_json::Error),
+}
+
+/// What the render step needs from the cluster (read before it, in the dereference step).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// The API server's minor version (1.x): which API versions and CRD features exist.
+    pub server_minor: u32,
+    /// Upstream's rule for webhook replicas: how many (node, taint) pairs the infra
+    /// tolerations match among the nodes the infra node selector selects.
+    pub tolerated_infra_taints: usize,
+}
+
+/// Everything to apply for `spec`, in order: the operand CRDs, then the templates' objects.
+pub fn render(
+    spec: &NMStateSpec,
+    config: &OperatorConfig,
+    facts: &ClusterFacts,
+) -> Result<Vec<Value>, RenderError> {
+    let mut objects: Vec<Value> = crd::operand_crds()
+        .into_iter()
+        .map(|crd: CustomResourceDefinition| serde_json::to_value(crd::for_server(crd, facts.server_minor)))
+        .collect::<Result<_, _>>()?;
+    let engine = engine()?;
+    let context = context(spec, config, facts)?;
+    for (template, _) in TEMPLATES {
+        let text = engine
+            .render(template, &context)
+            .map_err(|source| RenderError::Template {
+                template,
+                source: Box::new(source),
+            })?;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object: Value = serde::Deserialize::deserialize(document)
+                .map_err(|source| RenderError::Yaml { template, source })?;
+            if !object.is_null() {
+                objects.push(object);
+            }
+        }
+    }
+    Ok(objects)
+}
+
+handlebars_helper!(to_json: |value: Json| serde_json::to_string(value).unwrap_or_default());
+
+fn engine() -> Result<Handlebars<'static>, RenderError> {
+    let mut engine = Handlebars::new();
+    engine.set_strict_mode(true);
+    engine.register_escape_fn(handlebars::no_escape);
+    engine.register_helper("toJson", Box::new(to_json));
+    for (name, text) in TEMPLATES {
+        engine
+            .register_template_string(name, *text)
+            .map_err(|source| RenderError::Compile {
+                template: name,
+                source: Box::new(source),
+            })?;
+    }
+    Ok(engine)
+}
+
+fn component_labels(component: &str) -> (Value, Value) {
+    let selector = json!({"name": component});
+    let labels = json!({
+        "name": component,
+        labels::APP: labels::APP_VALUE,
+        labels::COMPONENT: format!("kubernetes-{component}"),
+        labels::APP_PART_OF: labels::APP_VALUE,
+        labels::APP_MANAGED_BY: "nmstate-operator",
+    });
+    (labels, selector)
+}
+
+/// The templates' input: the spec with upstream's defaults filled in.
+fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) -> Result<Value, RenderError> {
+    let linux = BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())]);
+    let prefix = if config.handler_prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}-", config.handler_prefix)
+    };
+    let self_sign = spec.self_sign_configuration.clone().unwrap_or_default();
+    let dns_host = spec
+        .probe_configuration
+        .as_ref()
+        .and_then(|probes| probes.dns.as_ref())
+        .and_then(|dns| dns.host.clone())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| nmstate_api::nmstate::DEFAULT_DNS_PROBE_HOST.to_string());
+    let debug = spec.log_level == Some(nmstate_api::nmstate::LogLevel::Debug);
+    let replicas = if facts.tolerated_infra_taints > 1 { 2 } else { 1 };
+    let (handler_labels, handler_selector) = component_labels("nmstate-handler");
+    let (webhook_labels, webhook_selector) = component_labels("nmstate-webhook");
+    let (cluster_labels, cluster_selector) = component_labels("nmstate-metrics");
+    Ok(json!({
+        "namespace": config.handler_namespace,
+        "prefix": prefix,
+        "image": config.handler_image,
+        "imagePullPolicy": config.handler_image_pull_policy,
+        "version": env!("CARGO_PKG_VERSION"),
+        "labels": {labels::APP: labels::APP_VALUE, labels::APP_MANAGED_BY: "nmstate-operator"},
+        "pdbApiVersion": if facts.server_minor >= 21 { "policy/v1" } else { "policy/v1beta1" },
+        "handler": {
+            "labels": handler_labels,
+            "selector": handler_selector,
+            "nodeSelector": spec.node_selector.clone().unwrap_or(linux.clone()),
+            "tolerations": match &spec.tolerations {
+                Some(tolerations) => serde_json::to_value(tolerations)?,
+                None => json!([{"operator": "Exists"}]),
+            },
+            "affinity": spec.affinity.as_ref().map(serde_json::to_value).transpose()?,
+            "probeDnsHost": dns_host,
+            "logFilter": if debug { "debug" } else { "info" },
+        },
+        "infra": {
+            "nodeSelector": spec.infra_node_selector.clone().unwrap_or(linux),
+            "tolerations": match &spec.infra_tolerations {
+                Some(tolerations) => serde_json::to_value(tolerations)?,
+                None => json!([
+                    {"key": labels::NODE_ROLE_MASTER, "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": labels::NODE_ROLE_CONTROL_PLANE, "operator": "Exists", "effect": "NoSchedule"},
+                ]),
+            },
+            "affinity": match &spec.infra_affinity {
+                Some(affinity) => serde_json::to_value(affinity)?,
+                None => json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 10, "preference": {"matchExpressions": [{"key": labels::NODE_ROLE_CONTROL_PLANE, "operator": "Exists"}]}},
+                    {"weight": 1, "preference": {"matchExpressions": [{"key": labels::NODE_ROLE_MASTER, "operator": "Exists"}]}},
+                ]}}),
+            },
+        },
+        "webhook": {
+            "labels": webhook_labels,
+            "selector": webhook_selector,
+            "replicas": replicas,
+            "minAvailable": replicas - 1,
+            // Empty means the webhook's default (it defaults each missing field by itself).
+            "caRotateInterval": self_sign.ca_rotate_interval.unwrap_or_default(),
+            "caOverlapInterval": self_sign.ca_overlap_interval.unwrap_or_default(),
+            "certRotateInterval": self_sign.cert_rotate_interval.unwrap_or_default(),
+            "certOverlapInterval": self_sign.cert_overlap_interval.unwrap_or_default(),
+        },
+        "cluster": {"labels": cluster_labels, "selector": cluster_selector},
+    }))
+}
+
+#[cfg(test)]
+#[path = "render_tests.rs"]
+mod tests;

@@ -1,0 +1,261 @@
+use super::*;
+use serde_json::json;
+
+fn config() -> OperatorConfig {
+    OperatorConfig::from_lookup(|name| {
+        (name == "RELATED_IMAGE_HANDLER_IMAGE").then(|| "example.com/nmstate:1".into())
+    })
+    .unwrap()
+}
+
+fn facts() -> ClusterFacts {
+    ClusterFacts {
+        server_minor: 33,
+        tolerated_infra_taints: 0,
+    }
+}
+
+fn spec(value: Value) -> NMStateSpec {
+    serde_json::from_value(value).unwrap()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|object| object["kind"] == kind && object["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|variable| variable["name"] == name)
+        .map(|variable| &variable["value"])
+        .unwrap_or_else(|| panic!("no env {name}"))
+}
+
+#[test]
+fn the_default_spec_renders_every_operand() {
+    let objects = render(&spec(json!({})), &config(), &facts()).unwrap();
+    let names: Vec<String> = objects
+        .iter()
+        .map(|object| {
+            format!(
+                "{}/{}",
+                object["kind"].as_str().unwrap(),
+                object["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in [
+        "CustomResourceDefinition/nodenetworkconfigurationpolicies.nmstate.io",
+        "CustomResourceDefinition/nodenetworkconfigurationenactments.nmstate.io",
+        "CustomResourceDefinition/nodenetworkstates.nmstate.io",
+        "Namespace/nmstate",
+        "ServiceAccount/nmstate-handler",
+        "ClusterRole/nmstate-handler",
+        "Role/nmstate-handler-events",
+        "ServiceAccount/nmstate-webhook",
+        "ServiceAccount/nmstate-cluster",
+        "MutatingWebhookConfiguration/nmstate",
+        "ValidatingWebhookConfiguration/nmstate",
+        "Service/nmstate-webhook",
+        "Deployment/nmstate-webhook",
+        "PodDisruptionBudget/nmstate-webhook",
+        "Deployment/nmstate-metrics",
+        "DaemonSet/nmstate-handler",
+    ] {
+        assert!(
+            names.contains(&expected.to_string()),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert!(
+        !names.iter().any(|name| name.contains("nmstates.nmstate.io")),
+        "Helm/OLM install NMState's own CRD"
+    );
+    let namespace = find(&objects, "Namespace", "nmstate");
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+}
+
+#[test]
+fn the_handler_daemonset_runs_on_the_host() {
+    let objects = render(&spec(json!({})), &config(), &facts()).unwrap();
+    let daemonset = find(&objects, "DaemonSet", "nmstate-handler");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["serviceAccountName"], "nmstate-handler");
+    assert_eq!(pod["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
+    assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+    assert!(pod.get("affinity").is_none());
+    assert_eq!(
+        daemonset["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        "10%"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], "example.com/nmstate:1");
+    assert_eq!(container["securityContext"]["privileged"], true);
+    assert_eq!(
+        container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert_eq!(env(container, "PROBE_DNS_HOST"), "root-servers.net");
+    assert_eq!(env(container, "RUST_LOG"), "info");
+    let selector = &daemonset["spec"]["selector"]["matchLabels"];
+    for (key, value) in selector.as_object().unwrap() {
+        assert_eq!(&pod["containers"][0]["name"], "nmstate-handler");
+        assert_eq!(&daemonset["spec"]["template"]["metadata"]["labels"][key], value);
+    }
+}
+
+/// Each knob changes what it should.
+#[test]
+fn knobs_reach_their_fields() {
+    let toleration =
+        json!([{"key": "dedicated", "operator": "Equal", "value": "net", "effect": "NoSchedule"}]);
+    let affinity = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "a", "operator": "Exists"}]}]}}});
+    let cases: Vec<(Value, &str, &str, &str, Value)> = vec![
+        (
+            json!({"nodeSelector": {"role": "net"}}),
+            "DaemonSet",
+            "nmstate-handler",
+            "/spec/template/spec/nodeSelector",
+            json!({"role": "net"}),
+        ),
+        (
+            json!({"tolerations": toleration}),
+            "DaemonSet",
+            "nmstate-handler",
+            "/spec/template/spec/tolerations",
+            toleration.clone(),
+        ),
+        (
+            json!({"affinity": affinity}),
+            "DaemonSet",
+            "nmstate-handler",
+            "/spec/template/spec/affinity",
+            affinity.clone(),
+        ),
+        (
+            json!({"infraNodeSelector": {"infra": ""}}),
+            "Deployment",
+            "nmstate-webhook",
+            "/spec/template/spec/nodeSelector",
+            json!({"infra": ""}),
+        ),
+        (
+            json!({"infraTolerations": toleration}),
+            "Deployment",
+            "nmstate-metrics",
+            "/spec/template/spec/tolerations",
+            toleration.clone(),
+        ),
+        (
+            json!({"infraAffinity": affinity}),
+            "Deployment",
+            "nmstate-webhook",
+            "/spec/template/spec/affinity",
+            affinity.clone(),
+        ),
+    ];
+    for (knob, kind, name, pointer, expected) in cases {
+        let objects = render(&spec(knob.clone()), &config(), &facts()).unwrap();
+        assert_eq!(
+            find(&objects, kind, name).pointer(pointer).unwrap(),
+            &expected,
+            "{knob}"
+        );
+    }
+    let objects = render(
+        &spec(
+            json!({"probeConfiguration": {"dns": {"host": "example.org"}}, "logLevel": "debug",
+                     "selfSignConfiguration": {"certRotateInterval": "48h"}}),
+        ),
+        &config(),
+        &facts(),
+    )
+    .unwrap();
+    let handler =
+        &find(&objects, "DaemonSet", "nmstate-handler")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(handler, "PROBE_DNS_HOST"), "example.org");
+    assert_eq!(env(handler, "RUST_LOG"), "debug");
+    let webhook =
+        &find(&objects, "Deployment", "nmstate-webhook")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(webhook, "CERT_ROTATE_INTERVAL"), "48h");
+    assert_eq!(
+        env(webhook, "CA_ROTATE_INTERVAL"),
+        "",
+        "left to the webhook's default"
+    );
+}
+
+#[test]
+fn infra_defaults_and_webhook_replicas_follow_upstream() {
+    let objects = render(&spec(json!({})), &config(), &facts()).unwrap();
+    let webhook = find(&objects, "Deployment", "nmstate-webhook");
+    let pod = &webhook["spec"]["template"]["spec"];
+    assert_eq!(pod["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
+    assert_eq!(pod["tolerations"].as_array().unwrap().len(), 2);
+    assert_eq!(webhook["spec"]["replicas"], 1);
+    assert_eq!(
+        find(&objects, "PodDisruptionBudget", "nmstate-webhook")["spec"]["minAvailable"],
+        0
+    );
+    let two = ClusterFacts {
+        tolerated_infra_taints: 2,
+        ..facts()
+    };
+    let objects = render(&spec(json!({})), &config(), &two).unwrap();
+    assert_eq!(
+        find(&objects, "Deployment", "nmstate-webhook")["spec"]["replicas"],
+        2
+    );
+    let budget = find(&objects, "PodDisruptionBudget", "nmstate-webhook");
+    assert_eq!(budget["spec"]["minAvailable"], 1);
+    assert_eq!(budget["apiVersion"], "policy/v1");
+}
+
+#[test]
+fn old_servers_get_what_they_know() {
+    let old = ClusterFacts {
+        server_minor: 20,
+        ..facts()
+    };
+    let objects = render(&spec(json!({})), &config(), &old).unwrap();
+    assert_eq!(
+        find(&objects, "PodDisruptionBudget", "nmstate-webhook")["apiVersion"],
+        "policy/v1beta1"
+    );
+    let policies = find(
+        &objects,
+        "CustomResourceDefinition",
+        "nodenetworkconfigurationpolicies.nmstate.io",
+    );
+    assert!(!policies.to_string().contains("x-kubernetes-validations"));
+}
+
+#[test]
+fn a_prefix_renames_every_operand_but_the_namespace() {
+    let config =
+        OperatorConfig::from_lookup(|name| (name == "HANDLER_PREFIX").then(|| "blue".into())).unwrap();
+    let objects = render(&spec(json!({})), &config, &facts()).unwrap();
+    let daemonset = find(&objects, "DaemonSet", "blue-nmstate-handler");
+    assert_eq!(
+        daemonset["spec"]["template"]["spec"]["serviceAccountName"],
+        "blue-nmstate-handler"
+    );
+    let configuration = find(&objects, "ValidatingWebhookConfiguration", "blue-nmstate");
+    assert_eq!(
+        configuration["webhooks"][0]["clientConfig"]["service"]["name"],
+        "blue-nmstate-webhook"
+    );
+    let webhook =
+        &find(&objects, "Deployment", "blue-nmstate-webhook")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(webhook, "WEBHOOK_CONFIGURATION"), "blue-nmstate");
+    find(&objects, "Namespace", "nmstate");
+}
