@@ -40,20 +40,32 @@ pub fn reconcile_failed(policy: &NodeNetworkConfigurationPolicy, node: &str, mes
 
 /// A Warning event on `policy`, reported by this node's handler.
 pub fn warning(policy: &NodeNetworkConfigurationPolicy, node: &str, reason: &str, message: String) -> Event {
+    warning_on(policy, &format!("{node}.nmstate-handler"), node, reason, message)
+}
+
+/// A Warning event on a cluster-scoped `object`, reported by `component` on `host`. Core/v1,
+/// in [`EVENTS_NAMESPACE`]: events.k8s.io refuses events on cluster-scoped objects on older
+/// servers, and upstream's tooling looks for them there.
+pub fn warning_on<K: Resource<DynamicType = ()>>(
+    object: &K,
+    component: &str,
+    host: &str,
+    reason: &str,
+    message: String,
+) -> Event {
     let now = Timestamp::now();
-    let component = format!("{node}.nmstate-handler");
     Event {
         metadata: ObjectMeta {
-            name: Some(format!("{}.{:x}", policy.name_any(), now.as_nanosecond())),
+            name: Some(format!("{}.{:x}", object.name_any(), now.as_nanosecond())),
             namespace: Some(EVENTS_NAMESPACE.into()),
             ..ObjectMeta::default()
         },
         involved_object: ObjectReference {
-            api_version: Some(NodeNetworkConfigurationPolicy::api_version(&()).into_owned()),
-            kind: Some(NodeNetworkConfigurationPolicy::kind(&()).into_owned()),
-            name: Some(policy.name_any()),
-            uid: policy.uid(),
-            resource_version: policy.resource_version(),
+            api_version: Some(K::api_version(&()).into_owned()),
+            kind: Some(K::kind(&()).into_owned()),
+            name: Some(object.name_any()),
+            uid: object.uid(),
+            resource_version: object.resource_version(),
             ..ObjectReference::default()
         },
         type_: Some("Warning".into()),
@@ -63,16 +75,15 @@ pub fn warning(policy: &NodeNetworkConfigurationPolicy, node: &str, reason: &str
         first_timestamp: Some(Time(now)),
         last_timestamp: Some(Time(now)),
         source: Some(EventSource {
-            component: Some(component.clone()),
-            host: Some(node.into()),
+            component: Some(component.into()),
+            host: Some(host.into()),
         }),
-        reporting_component: Some(component),
-        reporting_instance: Some(node.into()),
+        reporting_component: Some(component.into()),
+        reporting_instance: Some(host.into()),
         ..Event::default()
     }
 }
 
-/// Records `event`. A refused event is logged, never an error: it must not fail a reconcile.
 pub async fn record(client: &Client, event: &Event) {
     let events: Api<Event> = Api::namespaced(client.clone(), EVENTS_NAMESPACE);
     if let Err(error) = events.create(&PostParams::default(), event).await {

@@ -32,6 +32,15 @@ pub struct OperatorConfig {
 }
 
 impl OperatorConfig {
+    /// What rendered names start with: `<HANDLER_PREFIX>-`, or nothing.
+    pub fn name_prefix(&self) -> String {
+        if self.handler_prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}-", self.handler_prefix)
+        }
+    }
+
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| {
             lookup(name)

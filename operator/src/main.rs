@@ -2,13 +2,18 @@
 
 use clap::{Parser, ValueEnum};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::{
-    Api, Client, Config, CustomResourceExt,
-    config::{KubeConfigOptions, Kubeconfig},
-};
+use kube::{Api, CustomResourceExt};
 use nmstate_api::NMState;
-use nmstate_operator::config::{ConfigError, OperatorConfig};
-use std::{path::PathBuf, process::ExitCode};
+use nmstate_handler::{
+    leader::ReplicaArgs,
+    process::{self, ClientError},
+};
+use nmstate_operator::{
+    apply::Applier,
+    config::{ConfigError, OperatorConfig},
+    controller::{self, Context},
+};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 use tracing::info;
 
 #[derive(Parser)]
@@ -19,12 +24,14 @@ use tracing::info;
     webhook, certificates and RBAC described by the NMState resource"
 )]
 struct Cli {
-    /// kubeconfig to use [default: KUBECONFIG, ~/.kube/config, else the in-cluster service account]
-    #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    replica: ReplicaArgs,
     /// Log verbosity; RUST_LOG overrides it
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
+    /// Where /healthz and /readyz are served
+    #[arg(long, env = "HEALTH_BIND_ADDRESS", default_value = "0.0.0.0:8081")]
+    health_bind_address: SocketAddr,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -37,10 +44,8 @@ enum LogLevel {
 enum OperatorError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot load kubeconfig: {0}")]
-    Kubeconfig(#[from] kube::config::KubeconfigError),
-    #[error("cannot find a kubeconfig or in-cluster configuration: {0}")]
-    InferConfig(#[from] kube::config::InferConfigError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(
@@ -48,57 +53,61 @@ enum OperatorError {
          or `kubectl apply -f manifests/crds/{0}.yaml`"
     )]
     MissingCrd(&'static str),
-    #[error(
-        "installing the operands is not part of this build yet: the API server and the NMState CRD \
-         were reachable, and the operator stops here"
-    )]
-    ReconcilerUnavailable,
+    #[error("cannot serve health checks on {address}: {source}")]
+    Health {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("leader election: {0}")]
+    Election(#[from] kube_lease_manager::LeaseManagerError),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default = match cli.log_level {
+    process::init_tracing(match cli.log_level {
         LogLevel::Info => "info",
         LogLevel::Debug => "debug",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: container logs and files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(&cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error}");
-            ExitCode::FAILURE
-        }
-    }
+    });
+    process::run_to_exit(run(cli))
 }
 
-async fn run(cli: &Cli) -> Result<(), OperatorError> {
+async fn run(cli: Cli) -> Result<(), OperatorError> {
     let config = OperatorConfig::from_lookup(|name| std::env::var(name).ok())?;
     info!(namespace = %config.handler_namespace, image = %config.handler_image, "starting");
-    let client = kube_client(cli.kubeconfig.clone()).await?;
+    let client = process::kube_client(cli.replica.kubeconfig.clone()).await?;
     let server = client.apiserver_version().await?;
     info!(server = %server.git_version, "connected to the API server");
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     if crds.get_opt(NMState::crd_name()).await?.is_none() {
         return Err(OperatorError::MissingCrd(NMState::crd_name()));
     }
-    Err(OperatorError::ReconcilerUnavailable)
-}
-
-async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<Client, OperatorError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &KubeConfigOptions::default())
-                .await?
-        }
-        None => Config::infer().await?,
-    };
-    Ok(Client::try_from(config)?)
+    let address = cli.health_bind_address;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| OperatorError::Health { address, source })?;
+    let routes = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(|| async { "ok" }));
+    let health = tokio::spawn(async move { axum::serve(listener, routes).await });
+    let context = Arc::new(Context {
+        applier: Applier::new(client.clone()).await?,
+        server_minor: server.minor.trim_end_matches('+').parse().unwrap_or(0),
+        client: client.clone(),
+        config,
+    });
+    let election = cli
+        .replica
+        .election("nmstate-operator", "installing kubernetes-nmstate");
+    let lead = || controller::run(context.clone(), std::future::pending());
+    let result = nmstate_handler::leader::run_while_leading(
+        client,
+        &election,
+        process::shutdown_signal(),
+        lead,
+        || {},
+    )
+    .await;
+    health.abort();
+    info!("stopped");
+    Ok(result?)
 }

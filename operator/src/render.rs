@@ -142,11 +142,7 @@ fn component_labels(component: &str) -> (Value, Value) {
 /// The templates' input: the spec with upstream's defaults filled in.
 fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) -> Result<Value, RenderError> {
     let linux = BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())]);
-    let prefix = if config.handler_prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{}-", config.handler_prefix)
-    };
+    let prefix = config.name_prefix();
     let self_sign = spec.self_sign_configuration.clone().unwrap_or_default();
     let dns_host = spec
         .probe_configuration

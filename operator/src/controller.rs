@@ -1,0 +1,298 @@
+//! The NMState controller: dereference (singleton, cluster facts) → render (pure) → apply →
+//! prune → status. Reconciles on every change of an NMState or of an object it applied.
+
+use crate::{
+    apply::{Applier, ApplyError, OWNER_LABEL},
+    config::OperatorConfig,
+    render::{self, ClusterFacts, RenderError},
+    status,
+};
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
+        apps::v1::{DaemonSet, Deployment},
+        core::v1::{Node, Service, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+use nmstate_api::{NMState, condition::set_condition};
+use nmstate_handler::policy_events;
+use serde_json::json;
+use std::{sync::Arc, time::Duration};
+use tracing::{info, warn};
+
+/// The field manager of NMState's status (separate from the apply manager: on 1.20 a status
+/// apply by the owner of the labels drops them).
+pub const STATUS_FIELD_MANAGER: &str = "nmstate-operator-status";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl OperatorError {
+    /// A bounded category, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            OperatorError::Render(_) => "render",
+            OperatorError::Apply(_) => "apply",
+            OperatorError::Kube(_) => "kube",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub applier: Applier,
+    /// The API server's minor version.
+    pub server_minor: u32,
+}
+
+/// Reconciles until `shutdown`.
+pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    // The controller wants a shareable future: relay the signal through a channel.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(());
+    });
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let client = context.client.clone();
+    // Only what the operator applied: objects carrying its label.
+    let ours = || watcher::Config::default().labels(OWNER_LABEL);
+    Controller::new(Api::<NMState>::all(client.clone()), watcher::Config::default())
+        .watches(Api::<DaemonSet>::all(client.clone()), ours(), owner_of)
+        .watches(Api::<Deployment>::all(client.clone()), ours(), owner_of)
+        .watches(Api::<Service>::all(client.clone()), ours(), owner_of)
+        .watches(Api::<ServiceAccount>::all(client.clone()), ours(), owner_of)
+        .watches(Api::<Role>::all(client.clone()), ours(), owner_of)
+        .watches(Api::<RoleBinding>::all(client.clone()), ours(), owner_of)
+        .watches(Api::<ClusterRole>::all(client.clone()), ours(), owner_of)
+        .watches(Api::<ClusterRoleBinding>::all(client.clone()), ours(), owner_of)
+        .watches(
+            Api::<MutatingWebhookConfiguration>::all(client.clone()),
+            ours(),
+            owner_of,
+        )
+        .watches(
+            Api::<ValidatingWebhookConfiguration>::all(client),
+            ours(),
+            owner_of,
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// The NMState that controls `object`. Cluster-scoped, so the reference carries no namespace
+/// (`owns` would add the child's, and one NMState would be reconciled as several at once).
+fn owner_of<K: Resource>(object: K) -> Option<ObjectRef<NMState>> {
+    object
+        .owner_references()
+        .iter()
+        .find(|reference| reference.controller == Some(true) && reference.kind == NMState::kind(&()))
+        .map(|reference| ObjectRef::new(&reference.name))
+}
+
+/// The oldest NMState wins, whatever its name (upstream's rule); `true` when `nmstate` is it.
+fn is_the_singleton(nmstate: &NMState, all: &[NMState]) -> bool {
+    let key = |candidate: &NMState| {
+        (
+            candidate.creation_timestamp().map(|time| time.0),
+            candidate.name_any(),
+        )
+    };
+    all.iter().map(key).min() == Some(key(nmstate)) || all.is_empty()
+}
+
+async fn reconcile(nmstate: Arc<NMState>, context: Arc<Context>) -> Result<Action, OperatorError> {
+    if nmstate.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let api = Api::<NMState>::all(context.client.clone());
+    let all = api.list(&ListParams::default()).await?.items;
+    if !is_the_singleton(&nmstate, &all) {
+        let reason =
+            "Ignoring NMState.nmstate.io because one already exists and does not match existing name";
+        warn!(name = %nmstate.name_any(), "{reason}; deleting it");
+        let host = nmstate_handler::leader::default_identity("nmstate-operator");
+        let event = policy_events::warning_on(
+            &*nmstate,
+            "nmstate-operator",
+            &host,
+            "SingletonViolation",
+            reason.into(),
+        );
+        policy_events::record(&context.client, &event).await;
+        match api.delete(&nmstate.name_any(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+        return Ok(Action::await_change());
+    }
+    let facts = ClusterFacts {
+        server_minor: context.server_minor,
+        tolerated_infra_taints: tolerated_infra_taints(&context.client, &nmstate).await?,
+    };
+    let outcome = async {
+        let objects = render::render(&nmstate.spec, &context.config, &facts)?;
+        let applied = context.applier.apply(&nmstate, objects).await?;
+        let namespaces = [context.config.handler_namespace.as_str(), "default"];
+        context
+            .applier
+            .prune(&nmstate.name_any(), &namespaces, &applied)
+            .await?;
+        waiting_workloads(&context).await
+    }
+    .await;
+    let waiting = match &outcome {
+        Ok(waiting) => Ok(waiting.as_slice()),
+        Err(error) => Err(error.to_string()),
+    };
+    write_status(
+        &context.client,
+        &nmstate,
+        waiting.as_ref().map(|w| *w).map_err(String::as_str),
+    )
+    .await?;
+    outcome?;
+    // Owned workloads wake it up; this is the safety net.
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+fn error_policy(_: Arc<NMState>, error: &OperatorError, _: Arc<Context>) -> Action {
+    warn!(category = error.category(), "reconcile failed: {error}");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Upstream's webhook replica rule: (node, taint) pairs among the nodes the infra selector
+/// picks whose taint an infra toleration matches exactly.
+async fn tolerated_infra_taints(client: &Client, nmstate: &NMState) -> Result<usize, kube::Error> {
+    let Some(tolerations) = nmstate.spec.infra_tolerations.clone() else {
+        return Ok(0);
+    };
+    let selector = nmstate
+        .spec
+        .infra_node_selector
+        .clone()
+        .unwrap_or_else(|| [("kubernetes.io/os".to_string(), "linux".to_string())].into());
+    let labels: Vec<String> = selector
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels(&labels.join(",")))
+        .await?;
+    let taints = nodes
+        .items
+        .iter()
+        .flat_map(|node| node.spec.iter().flat_map(|spec| spec.taints.iter().flatten()))
+        .filter(|taint| {
+            tolerations.iter().any(|toleration| {
+                toleration.key.as_deref() == Some(taint.key.as_str())
+                    && toleration.value == taint.value
+                    && toleration.effect.as_deref() == Some(taint.effect.as_str())
+            })
+        })
+        .count();
+    Ok(taints)
+}
+
+/// What the workloads are still waiting for, in upstream's messages.
+async fn waiting_workloads(context: &Context) -> Result<Vec<String>, OperatorError> {
+    let namespace = &context.config.handler_namespace;
+    let prefix = context.config.name_prefix();
+    let mut waiting = Vec::new();
+    let daemonsets = Api::<DaemonSet>::namespaced(context.client.clone(), namespace);
+    if let Some(daemonset) = daemonsets.get_opt(&format!("{prefix}nmstate-handler")).await? {
+        waiting.extend(status::daemonset_progress(&daemonset));
+    }
+    let deployments = Api::<Deployment>::namespaced(context.client.clone(), namespace);
+    for name in ["nmstate-webhook", "nmstate-metrics"] {
+        if let Some(deployment) = deployments.get_opt(&format!("{prefix}{name}")).await? {
+            waiting.extend(status::deployment_progress(&deployment));
+        }
+    }
+    Ok(waiting)
+}
+
+/// Writes the conditions when anything but their times changed.
+async fn write_status(
+    client: &Client,
+    nmstate: &NMState,
+    outcome: Result<&[String], &str>,
+) -> Result<(), kube::Error> {
+    let current = nmstate.status.clone().unwrap_or_default().conditions;
+    let mut updated = current.clone();
+    let now = Time(Timestamp::now());
+    for condition in status::conditions(outcome) {
+        set_condition(&mut updated, condition, &now);
+    }
+    let same = |a: &[nmstate_api::Condition], b: &[nmstate_api::Condition]| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(a, b)| {
+                (&a.type_, a.status, &a.reason, &a.message) == (&b.type_, b.status, &b.reason, &b.message)
+            })
+    };
+    if same(&current, &updated) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "nmstate.io/v1", "kind": "NMState",
+        "status": {"conditions": updated},
+    });
+    Api::<NMState>::all(client.clone())
+        .patch_status(
+            &nmstate.name_any(),
+            &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    info!(name = %nmstate.name_any(), "status updated");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nmstate(name: &str, created: &str) -> NMState {
+        serde_json::from_value(json!({
+            "apiVersion": "nmstate.io/v1", "kind": "NMState",
+            "metadata": {"name": name, "creationTimestamp": created}, "spec": {},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_oldest_nmstate_wins_whatever_its_name() {
+        let first = nmstate("zeta", "2026-01-01T00:00:00Z");
+        let second = nmstate("alpha", "2026-01-02T00:00:00Z");
+        let all = [first.clone(), second.clone()];
+        assert!(is_the_singleton(&first, &all));
+        assert!(!is_the_singleton(&second, &all));
+        // Created in the same second: the name decides, the same way everywhere.
+        let twin = nmstate("beta", "2026-01-01T00:00:00Z");
+        let all = [first.clone(), twin.clone()];
+        assert!(is_the_singleton(&twin, &all));
+        assert!(!is_the_singleton(&first, &all));
+    }
+}
