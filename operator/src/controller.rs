@@ -60,7 +60,12 @@ pub struct Context {
     pub applier: Applier,
     /// The API server's minor version.
     pub server_minor: u32,
+    /// `kubernetes_nmstate_reconcile_total{controller="nmstate"}` and its durations.
+    pub metrics: Arc<nmstate_handler::metrics::Metrics>,
 }
+
+/// The metrics' `controller` label.
+pub const CONTROLLER: &str = "nmstate";
 
 /// Reconciles until `shutdown`.
 pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
@@ -96,7 +101,7 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
             owner_of,
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
+        .run(measured_reconcile, error_policy, context)
         .for_each(|_| async {})
         .await;
 }
@@ -120,6 +125,15 @@ fn is_the_singleton(nmstate: &NMState, all: &[NMState]) -> bool {
         )
     };
     all.iter().map(key).min() == Some(key(nmstate)) || all.is_empty()
+}
+
+async fn measured_reconcile(nmstate: Arc<NMState>, context: Arc<Context>) -> Result<Action, OperatorError> {
+    let started = std::time::Instant::now();
+    let result = reconcile(nmstate, context.clone()).await;
+    context
+        .metrics
+        .record_reconcile(CONTROLLER, result.is_ok(), started.elapsed());
+    result
 }
 
 async fn reconcile(nmstate: Arc<NMState>, context: Arc<Context>) -> Result<Action, OperatorError> {

@@ -29,7 +29,7 @@ struct Cli {
     /// Log verbosity; RUST_LOG overrides it
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
-    /// Where /healthz and /readyz are served
+    /// Where /healthz, /readyz and /metrics are served
     #[arg(long, env = "HEALTH_BIND_ADDRESS", default_value = "0.0.0.0:8081")]
     health_bind_address: SocketAddr,
 }
@@ -85,15 +85,25 @@ async fn run(cli: Cli) -> Result<(), OperatorError> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|source| OperatorError::Health { address, source })?;
+    let metrics = Arc::new(nmstate_handler::metrics::Metrics::default());
+    let served = metrics.clone();
     let routes = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/readyz", axum::routing::get(|| async { "ok" }));
+        .route("/readyz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = served.clone();
+                async move { nmstate_handler::metrics::exposition(metrics.encode()) }
+            }),
+        );
     let health = tokio::spawn(async move { axum::serve(listener, routes).await });
     let context = Arc::new(Context {
         applier: Applier::new(client.clone()).await?,
         server_minor: server.minor.trim_end_matches('+').parse().unwrap_or(0),
         client: client.clone(),
         config,
+        metrics,
     });
     let election = cli
         .replica

@@ -165,6 +165,22 @@ async fn an_nmstate_installs_reports_repairs_and_uninstalls() {
     .await
     .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
 
+    // Reconciles are counted on /metrics.
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&health).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(
+        metrics.contains(r#"kubernetes_nmstate_reconcile_total{controller="nmstate",result="success"}"#),
+        "{metrics}"
+    );
+
     // Repair: a deleted Service comes back; an edited field is restored.
     let services = Api::<Service>::namespaced(client.clone(), &namespace);
     let service = format!("{prefix}-nmstate-webhook");
@@ -223,6 +239,56 @@ async fn an_nmstate_installs_reports_repairs_and_uninstalls() {
             .is_some()
     );
 
+    // A knob: logLevel debug rolls the DaemonSet (a new generation with the new env); the
+    // rest stays as it was.
+    let before = daemonsets.get(&handler).await.unwrap();
+    let debug =
+        json!({"spec": {"logLevel": "debug", "probeConfiguration": {"dns": {"host": "example.org"}}}});
+    nmstates
+        .patch("nmstate", &PatchParams::default(), &Patch::Merge(&debug))
+        .await
+        .unwrap();
+    let after = eventually("logLevel reaches the handler", WAIT, || async {
+        let daemonset = daemonsets.get(&handler).await.ok()?;
+        let generation = daemonset.metadata.generation?;
+        (generation > before.metadata.generation?).then_some(daemonset)
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
+    let container =
+        |daemonset: &DaemonSet| daemonset.spec.clone().unwrap().template.spec.unwrap().containers[0].clone();
+    let variable = |daemonset: &DaemonSet, name: &str| {
+        container(daemonset)
+            .env
+            .unwrap()
+            .into_iter()
+            .find(|variable| variable.name == name)
+            .and_then(|variable| variable.value)
+    };
+    assert_eq!(variable(&after, "RUST_LOG").as_deref(), Some("debug"));
+    assert_eq!(variable(&after, "PROBE_DNS_HOST").as_deref(), Some("example.org"));
+    assert_eq!(container(&after).image, container(&before).image);
+    assert_eq!(
+        after
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .node_selector,
+        before
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .node_selector
+    );
+
     // Singleton: a second NMState is deleted, the first stays.
     let mut second = nmstate.clone();
     second.metadata.name = Some("second".into());
@@ -233,6 +299,23 @@ async fn an_nmstate_installs_reports_repairs_and_uninstalls() {
     .await
     .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
     assert!(nmstates.get_opt("nmstate").await.unwrap().is_some());
+
+    // Leader change: the operator killed, another replica takes over (after the lease expires)
+    // and keeps repairing, with one of each object.
+    let mut operator = operator;
+    operator.kill();
+    let log = env.dir().join(format!("{namespace}-operator-b.log"));
+    let operator = NodeProcess::start_on_host(&env, OPERATOR.as_ref(), &[], &variables, log).unwrap();
+    services.delete(&service, &DeleteParams::default()).await.unwrap();
+    eventually("the new leader repairs", WAIT, || async {
+        services.get_opt(&service).await.ok()?.map(|_| ())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
+    let ours = kube::api::ListParams::default().labels("nmstate.io/nmstate=nmstate");
+    assert_eq!(daemonsets.list(&ours).await.unwrap().items.len(), 1);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+    assert_eq!(deployments.list(&ours).await.unwrap().items.len(), 2);
 
     // Uninstall: the operands go (garbage collection), the CRDs and the namespace stay.
     nmstates
