@@ -25,6 +25,7 @@ const PRUNABLE: &[(&str, &str)] = &[
     ("apps", "DaemonSet"),
     ("apps", "Deployment"),
     ("policy", "PodDisruptionBudget"),
+    ("networking.k8s.io", "NetworkPolicy"),
     ("rbac.authorization.k8s.io", "Role"),
     ("rbac.authorization.k8s.io", "RoleBinding"),
     ("rbac.authorization.k8s.io", "ClusterRole"),

@@ -46,6 +46,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "handler/daemonset.yaml.hbs",
         include_str!("../../templates/handler/daemonset.yaml.hbs"),
     ),
+    (
+        "netpol/operands.yaml.hbs",
+        include_str!("../../templates/netpol/operands.yaml.hbs"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +162,7 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
     let (cluster_labels, cluster_selector) = component_labels("nmstate-metrics");
     Ok(json!({
         "namespace": config.handler_namespace,
+        "monitoringNamespace": config.monitoring_namespace,
         "prefix": prefix,
         "image": config.handler_image,
         "imagePullPolicy": config.handler_image_pull_policy,

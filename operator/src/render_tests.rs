@@ -66,6 +66,10 @@ fn the_default_spec_renders_every_operand() {
         "PodDisruptionBudget/nmstate-webhook",
         "Deployment/nmstate-metrics",
         "DaemonSet/nmstate-handler",
+        "NetworkPolicy/default-deny-labelled-operand",
+        "NetworkPolicy/allow-webhook-ingress",
+        "NetworkPolicy/allow-metrics-ingress",
+        "NetworkPolicy/allow-operand-egress",
     ] {
         assert!(
             names.contains(&expected.to_string()),
