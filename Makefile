@@ -84,13 +84,15 @@ test: deps kube-build fmt-check clippy unit integration
 nmstatectl:
 	@[ -x $(NMSTATECTL) ] || $(CARGO) install nmstatectl --version '~2.2' --locked --root $(NMSTATECTL_ROOT)
 
-# The handler (release build) against nmstatectl on the same sandbox node, side by side.
+# The handler (release build) against nmstatectl on the same sandbox node, side by side; the
+# rollouts, the webhook and the operator.
 bench: kube-build localenv nmstatectl
 	@set -euo pipefail; \
 	export NMSTATE_LOCALENV_DIR=$(BENCH_LOCALENV_DIR) NMSTATECTL=$(NMSTATECTL); \
 	trap '$(LOCALENV) --dir $(BENCH_LOCALENV_DIR) cluster down' EXIT; \
 	$(LOCALENV) --dir $(BENCH_LOCALENV_DIR) cluster up >/dev/null; \
-	$(CARGO) bench -q -p nmstate-handler --bench node --bench rollout --bench webhook
+	$(CARGO) bench -q -p nmstate-handler --bench node --bench rollout --bench webhook; \
+	$(CARGO) bench -q -p nmstate-operator --bench operator
 
 ## Local cluster for people -----------------------------------------------------------------
 
