@@ -29,7 +29,18 @@ pub struct OperatorConfig {
     pub handler_image_pull_policy: String,
     /// `HANDLER_PREFIX`: prepended (with `-`) to the names of rendered objects.
     pub handler_prefix: String,
+    /// The handler settings the operator passes on when they are set in its own environment
+    /// (as upstream): [`FORWARDED_TO_HANDLER`], in that order.
+    pub handler_env: Vec<(String, String)>,
 }
+
+/// Operator environment variables copied into the handler's.
+pub const FORWARDED_TO_HANDLER: [&str; 4] = [
+    "NNCP_MAX_RETRIES",
+    "NNCP_INITIAL_BACKOFF_SECONDS",
+    "NNCP_MAX_BACKOFF_SECONDS",
+    "PROBE_TIMEOUT_SECONDS",
+];
 
 impl OperatorConfig {
     /// What rendered names start with: `<HANDLER_PREFIX>-`, or nothing.
@@ -63,6 +74,10 @@ impl OperatorConfig {
                 .unwrap_or_else(|| DEFAULT_HANDLER_IMAGE.to_string()),
             handler_image_pull_policy: pull_policy,
             handler_prefix: get("HANDLER_PREFIX").unwrap_or_default(),
+            handler_env: FORWARDED_TO_HANDLER
+                .iter()
+                .filter_map(|name| get(name).map(|value| (name.to_string(), value)))
+                .collect(),
             handler_namespace,
         })
     }

@@ -180,6 +180,7 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
             "affinity": spec.affinity.as_ref().map(serde_json::to_value).transpose()?,
             "probeDnsHost": dns_host,
             "logFilter": if debug { "debug" } else { "info" },
+            "env": config.handler_env.iter().map(|(name, value)| json!({"name": name, "value": value})).collect::<Vec<_>>(),
         },
         "infra": {
             "nodeSelector": spec.infra_node_selector.clone().unwrap_or(linux),

@@ -199,6 +199,31 @@ fn knobs_reach_their_fields() {
 }
 
 #[test]
+fn the_operators_retry_settings_reach_the_handler() {
+    let config = OperatorConfig::from_lookup(|name| match name {
+        "NNCP_MAX_RETRIES" => Some("9".into()),
+        "PROBE_TIMEOUT_SECONDS" => Some("60".into()),
+        _ => None,
+    })
+    .unwrap();
+    let objects = render(&spec(json!({})), &config, &facts()).unwrap();
+    let handler =
+        &find(&objects, "DaemonSet", "nmstate-handler")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(handler, "NNCP_MAX_RETRIES"), "9");
+    assert_eq!(env(handler, "PROBE_TIMEOUT_SECONDS"), "60");
+    let names: Vec<&str> = handler["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"NNCP_MAX_BACKOFF_SECONDS"),
+        "unset ones are left to the handler's defaults"
+    );
+}
+
+#[test]
 fn infra_defaults_and_webhook_replicas_follow_upstream() {
     let objects = render(&spec(json!({})), &config(), &facts()).unwrap();
     let webhook = find(&objects, "Deployment", "nmstate-webhook");
