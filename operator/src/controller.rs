@@ -12,7 +12,7 @@ use k8s_openapi::{
     api::{
         admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
         apps::v1::{DaemonSet, Deployment},
-        core::v1::{Node, Service, ServiceAccount},
+        core::v1::{Node, Service, ServiceAccount, Toleration},
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -198,11 +198,9 @@ fn error_policy(_: Arc<NMState>, error: &OperatorError, _: Arc<Context>) -> Acti
 }
 
 /// Upstream's webhook replica rule: (node, taint) pairs among the nodes the infra selector
-/// picks whose taint an infra toleration matches exactly.
+/// picks whose taint an infra toleration (the default ones included) matches exactly.
 async fn tolerated_infra_taints(client: &Client, nmstate: &NMState) -> Result<usize, kube::Error> {
-    let Some(tolerations) = nmstate.spec.infra_tolerations.clone() else {
-        return Ok(0);
-    };
+    let tolerations = render::infra_tolerations(&nmstate.spec);
     let selector = nmstate
         .spec
         .infra_node_selector
@@ -215,8 +213,12 @@ async fn tolerated_infra_taints(client: &Client, nmstate: &NMState) -> Result<us
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default().labels(&labels.join(",")))
         .await?;
-    let taints = nodes
-        .items
+    Ok(count_tolerated_taints(&nodes.items, &tolerations))
+}
+
+/// The (node, taint) pairs whose taint some toleration matches by key, value and effect.
+fn count_tolerated_taints(nodes: &[Node], tolerations: &[Toleration]) -> usize {
+    nodes
         .iter()
         .flat_map(|node| node.spec.iter().flat_map(|spec| spec.taints.iter().flatten()))
         .filter(|taint| {
@@ -226,8 +228,7 @@ async fn tolerated_infra_taints(client: &Client, nmstate: &NMState) -> Result<us
                     && toleration.effect.as_deref() == Some(taint.effect.as_str())
             })
         })
-        .count();
-    Ok(taints)
+        .count()
 }
 
 /// What the workloads are still waiting for, in upstream's messages.
@@ -294,6 +295,29 @@ mod tests {
             "metadata": {"name": name, "creationTimestamp": created}, "spec": {},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn webhook_replicas_count_exactly_tolerated_taints() {
+        let node = |taints: serde_json::Value| -> Node {
+            serde_json::from_value(json!({"spec": {"taints": taints}})).unwrap()
+        };
+        let master = json!({"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"});
+        let nodes = [
+            node(json!([master])),
+            node(json!([master, {"key": "other", "effect": "NoSchedule"}])),
+            node(json!([])),
+        ];
+        let tolerations: Vec<Toleration> = serde_json::from_value(json!([
+            {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
+        ]))
+        .unwrap();
+        assert_eq!(count_tolerated_taints(&nodes, &tolerations), 2);
+        let other_effect: Vec<Toleration> = serde_json::from_value(json!([
+            {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoExecute"},
+        ]))
+        .unwrap();
+        assert_eq!(count_tolerated_taints(&nodes, &other_effect), 0);
     }
 
     #[test]

@@ -7,7 +7,10 @@
 
 use crate::config::OperatorConfig;
 use handlebars::{Handlebars, handlebars_helper};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::{
+    api::core::v1::Toleration,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
 use nmstate_api::{NMStateSpec, crd, labels};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -143,6 +146,23 @@ fn component_labels(component: &str) -> (Value, Value) {
     (labels, selector)
 }
 
+/// The webhook's and cluster controller's tolerations: the spec's, else upstream's default
+/// (the control-plane and master `NoSchedule` taints).
+pub fn infra_tolerations(spec: &NMStateSpec) -> Vec<Toleration> {
+    let control_plane = |key: &str| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Toleration::default()
+    };
+    spec.infra_tolerations.clone().unwrap_or_else(|| {
+        vec![
+            control_plane(labels::NODE_ROLE_MASTER),
+            control_plane(labels::NODE_ROLE_CONTROL_PLANE),
+        ]
+    })
+}
+
 /// The templates' input: the spec with upstream's defaults filled in.
 fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) -> Result<Value, RenderError> {
     let linux = BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())]);
@@ -184,13 +204,7 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
         },
         "infra": {
             "nodeSelector": spec.infra_node_selector.clone().unwrap_or(linux),
-            "tolerations": match &spec.infra_tolerations {
-                Some(tolerations) => serde_json::to_value(tolerations)?,
-                None => json!([
-                    {"key": labels::NODE_ROLE_MASTER, "operator": "Exists", "effect": "NoSchedule"},
-                    {"key": labels::NODE_ROLE_CONTROL_PLANE, "operator": "Exists", "effect": "NoSchedule"},
-                ]),
-            },
+            "tolerations": serde_json::to_value(infra_tolerations(spec))?,
             "affinity": match &spec.infra_affinity {
                 Some(affinity) => serde_json::to_value(affinity)?,
                 None => json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
