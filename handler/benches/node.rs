@@ -19,8 +19,9 @@ mod common;
 use common::{AVAILABLE, policy, start_handler_with, wait_for_condition};
 use kube::{Api, api::PostParams};
 use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState};
-use nmstate_handler::profiler::kibibytes;
-use nmstate_localenv::testing::{TestNode, eventually, install_crds, shared_env, unique_name};
+use nmstate_localenv::testing::{
+    TestNode, eventually, install_crds, proc_status_kib, shared_env, unique_name,
+};
 use serde_json::{Value, json};
 use std::{
     collections::BTreeMap,
@@ -65,11 +66,6 @@ fn nmstatectl_apply(node: &TestNode, nmstatectl: &str, state: &Value) -> Duratio
         String::from_utf8_lossy(&output.stderr)
     );
     took
-}
-
-fn resident_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    kibibytes(&status, field).unwrap()
 }
 
 struct Series {
@@ -139,8 +135,8 @@ async fn main() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle_kib = resident_kib(handler.pid(), "VmRSS:");
-    let idle_anonymous_kib = resident_kib(handler.pid(), "RssAnon:");
+    let idle_kib = proc_status_kib(handler.pid(), "VmRSS:");
+    let idle_anonymous_kib = proc_status_kib(handler.pid(), "RssAnon:");
 
     let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
     let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
@@ -173,8 +169,8 @@ async fn main() {
         ours.samples.push(started.elapsed());
         policies.delete(&name, &Default::default()).await.unwrap();
     }
-    let idle_after_kib = resident_kib(handler.pid(), "VmRSS:");
-    let peak_kib = resident_kib(handler.pid(), "VmHWM:");
+    let idle_after_kib = proc_status_kib(handler.pid(), "VmRSS:");
+    let peak_kib = proc_status_kib(handler.pid(), "VmHWM:");
 
     let mut reported = Series::new("out-of-band change -> NNS updated");
     for run in 0..RUNS {

@@ -15,6 +15,7 @@
 mod fixture;
 
 use fixture::Fixture;
+use nmstate_localenv::testing::proc_status_kib;
 use serde_json::{Value, json};
 use std::{
     io::{Read, Write},
@@ -164,20 +165,11 @@ async fn through_api_server(fixture: &Arc<Fixture>, policy: Value) -> Vec<Durati
     latencies
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::main]
 async fn main() {
     let fixture = Arc::new(Fixture::start(&[]).await);
     let pid = fixture.webhook.as_ref().unwrap().pid();
-    let idle = status_kib(pid, "VmRSS:");
+    let idle = proc_status_kib(pid, "VmRSS:");
     let bundle = fixture.published_bundle().await.unwrap();
     let port = fixture.port;
     println!("\nwebhook admission at {RATE} requests/s for {SECONDS} s (release build)\n");
@@ -234,7 +226,7 @@ async fn main() {
         "webhook RSS: idle {:.1} MiB, after {} requests {:.1} MiB, peak {:.1} MiB",
         idle as f64 / 1024.0,
         RATE * SECONDS * 4,
-        status_kib(pid, "VmRSS:") as f64 / 1024.0,
-        status_kib(pid, "VmHWM:") as f64 / 1024.0
+        proc_status_kib(pid, "VmRSS:") as f64 / 1024.0,
+        proc_status_kib(pid, "VmHWM:") as f64 / 1024.0
     );
 }

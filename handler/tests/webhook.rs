@@ -14,6 +14,7 @@ use fixture::{Fixture, fresh_tls_request, rendered};
 use nmstate_api::labels::WEBHOOK_MUTATING_TIMESTAMP;
 use nmstate_handler::webhook::PATHS;
 use nmstate_localenv::testing::eventually;
+use nmstate_localenv::testing::proc_status_kib;
 use serde_json::{Value, json};
 use std::{
     collections::BTreeSet,
@@ -475,7 +476,7 @@ async fn malformed_policies_are_refused_without_harm() {
             .await
             .unwrap();
         assert_eq!(raw, Vec::<String>::new(), "raw requests answered wrongly");
-        resident.push(resident_kib(pid));
+        resident.push(proc_status_kib(pid, "VmRSS:"));
     }
     println!("cases: {by_kind:?}; webhook RSS after each round (KiB): {resident:?}");
     let growth = resident[4].saturating_sub(resident[1]);
@@ -488,15 +489,6 @@ async fn malformed_policies_are_refused_without_harm() {
         "{}",
         fixture.log()
     );
-}
-
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// `failurePolicy: Fail`: while the webhook is down the API server refuses policies and names

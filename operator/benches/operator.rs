@@ -10,7 +10,7 @@ use kube::{
 };
 use nmstate_api::NMState;
 use nmstate_localenv::testing::{
-    NodeProcess, create_namespace, eventually, free_port, install_crds, kubectl, shared_env,
+    NodeProcess, create_namespace, eventually, free_port, install_crds, kubectl, proc_status_kib, shared_env,
 };
 use nmstate_operator::{
     config::OperatorConfig,
@@ -28,15 +28,6 @@ const RUNS: usize = 7;
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::main]
@@ -92,7 +83,7 @@ async fn main() {
     let log = env.dir().join(format!("{namespace}-operator.log"));
     let mut operator = NodeProcess::start_on_host(&env, OPERATOR.as_ref(), &[], &variables, log).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = status_kib(operator.pid(), "VmRSS:");
+    let idle = proc_status_kib(operator.pid(), "VmRSS:");
     let nmstates = Api::<NMState>::all(client.clone());
     let daemonsets = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), &namespace);
     let handler = format!("{namespace}-nmstate-handler");
@@ -123,8 +114,8 @@ async fn main() {
         .await
         .unwrap();
     }
-    let peak = status_kib(operator.pid(), "VmHWM:");
-    let after = status_kib(operator.pid(), "VmRSS:");
+    let peak = proc_status_kib(operator.pid(), "VmHWM:");
+    let after = proc_status_kib(operator.pid(), "VmRSS:");
     operator.terminate(Duration::from_secs(10));
 
     // The peer: kubectl applying the same objects server-side, from a file.
