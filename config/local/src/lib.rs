@@ -142,32 +142,30 @@ impl LocalEnv {
             return Err(LocalEnvError::NotRoot);
         }
         let client = self.client().await?;
-        let node = {
-            let _lock = self.lock().await?;
-            let node = match self.node(name) {
+        // The lock is taken and released on the blocking thread that does the work, never held
+        // by a future: a test that blocks its runtime (a TestNode dropped while another starts)
+        // cannot then keep it from being released.
+        let dir = self.dir.clone();
+        let prefix = self.prefix.clone();
+        let name_owned = name.to_string();
+        let env = self.clone();
+        let fabric = self.fabric();
+        let control_plane = self.control_plane();
+        let node = tokio::task::spawn_blocking(move || {
+            let _lock = lock_file(&dir)?;
+            let node = match env.node(&name_owned) {
                 Some(existing) => existing,
-                None => SandboxNode::new(
-                    &self.dir,
-                    &self.prefix,
-                    name,
-                    self.free_index(),
-                    &self.control_plane(),
-                ),
+                None => SandboxNode::new(&dir, &prefix, &name_owned, env.free_index(), &control_plane),
             };
-            let fabric = self.fabric();
-            let starting = node.clone();
-            let api_socket = self.control_plane().api_socket();
-            tokio::task::spawn_blocking(move || {
-                fabric.ensure(&api_socket)?;
-                starting.start(&fabric)
-            })
-            .await
-            .map_err(|error| LocalEnvError::Node {
-                name: name.to_string(),
-                reason: error.to_string(),
-            })??;
-            node
-        };
+            fabric.ensure(&control_plane.api_socket())?;
+            node.start(&fabric)?;
+            Ok::<_, LocalEnvError>(node)
+        })
+        .await
+        .map_err(|error| LocalEnvError::Node {
+            name: name.to_string(),
+            reason: error.to_string(),
+        })??;
         register_node(&client, &node, labels).await?;
         Ok(node)
     }
@@ -224,27 +222,31 @@ impl LocalEnv {
     /// An exclusive lock on the environment, held while processes start or stop, so parallel
     /// tests and processes never start the same piece twice.
     async fn lock(&self) -> Result<Flock<File>> {
-        let path = self.dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(LocalEnvError::io("open", &path))?;
-        tokio::task::spawn_blocking(move || {
-            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| LocalEnvError::Io {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || lock_file(&dir))
+            .await
+            .map_err(|error| LocalEnvError::Io {
                 action: "lock",
-                path,
-                source: errno.into(),
-            })
-        })
-        .await
-        .map_err(|error| LocalEnvError::Io {
-            action: "lock",
-            path: self.dir.clone(),
-            source: std::io::Error::other(error),
-        })?
+                path: self.dir.clone(),
+                source: std::io::Error::other(error),
+            })?
     }
+}
+
+/// Blocks until this process holds the environment's lock in `dir`.
+fn lock_file(dir: &Path) -> Result<Flock<File>> {
+    let path = dir.join(".lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(LocalEnvError::io("open", &path))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| LocalEnvError::Io {
+        action: "lock",
+        path,
+        source: errno.into(),
+    })
 }
 
 /// The workspace root (this crate lives in `config/local`).
