@@ -113,6 +113,31 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
 /// Writes `update` into `conditions` as upstream does: a missing type is appended; an existing
 /// one takes the new status, reason, message and generation, keeps its `lastTransitionTime`
 /// unless the status changed, and always gets `lastHeartbeatTime = now`.
+/// `current` updated to `wanted`, or `None` when nothing but the times would change (so an
+/// object whose state stays put is not rewritten).
+pub fn updated_conditions(
+    current: &[Condition],
+    wanted: Vec<Condition>,
+    now: &Time,
+) -> Option<Vec<Condition>> {
+    let same = |want: &Condition| {
+        find_condition(current, &want.type_).is_some_and(|have| {
+            have.status == want.status
+                && have.reason == want.reason
+                && have.message == want.message
+                && have.observed_generation == want.observed_generation
+        })
+    };
+    if wanted.iter().all(same) {
+        return None;
+    }
+    let mut conditions = current.to_vec();
+    for condition in wanted {
+        set_condition(&mut conditions, condition, now);
+    }
+    Some(conditions)
+}
+
 pub fn set_condition(conditions: &mut Vec<Condition>, update: Condition, now: &Time) {
     match conditions
         .iter_mut()

@@ -95,6 +95,12 @@ fn strip_null_enum_values(schema: &mut JSONSchemaProps) {
 /// The first Kubernetes minor version (1.x) that runs CRD validation rules (CEL).
 pub const VALIDATION_RULES_SINCE_MINOR: u32 = 25;
 
+/// The minor version (1.x) of an API server from its `/version` (`"20"`, or `"20+"` on some
+/// distributions); 0 when it does not read as a number.
+pub fn server_minor(version: &k8s_openapi::apimachinery::pkg::version::Info) -> u32 {
+    version.minor.trim_end_matches('+').parse().unwrap_or(0)
+}
+
 /// `crd` as a server of version 1.`minor` takes it: older servers do not know
 /// `x-kubernetes-validations` and refuse it under server-side apply (and `kubectl apply`
 /// refuses it before sending), so the rules are left out for them. The admission webhook

@@ -10,7 +10,7 @@ use crate::{
     heartbeat,
     leader::{self, Election},
     metrics::{Metrics, Sources},
-    policy_status::{NodeView, evaluate, updated_conditions},
+    policy_status::{NodeView, evaluate},
 };
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
@@ -29,7 +29,8 @@ use kube::{
     },
 };
 use nmstate_api::{
-    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState, labels,
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
+    condition::updated_conditions, labels,
 };
 use serde_json::json;
 use std::{

@@ -112,6 +112,27 @@ impl Metrics {
     }
 }
 
+/// Serves `/metrics` (OpenMetrics), `/healthz` and `/readyz` on `address` (plain HTTP), on a
+/// task of its own; fails only when the address cannot be bound.
+pub async fn serve(
+    address: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let routes = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { exposition(metrics.encode()) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }));
+    Ok(tokio::spawn(async move { axum::serve(listener, routes).await }))
+}
+
 /// The HTTP answer to a scrape: the OpenMetrics text, or 500 when it cannot be encoded.
 pub fn exposition(encoded: Result<String, std::fmt::Error>) -> axum::response::Response {
     use axum::{http::StatusCode, http::header, response::IntoResponse};

@@ -2,10 +2,9 @@
 //! reasons, messages and precedence (`kubectl wait nncp/<name> --for condition=Available` and
 //! dashboards match on them). Pure: the cluster controller feeds it what it watches.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use nmstate_api::{
     Condition, ConditionStatus, NodeNetworkConfigurationEnactment,
-    condition::{find_condition, set_condition},
+    condition::find_condition,
     enactment::EnactmentConditionType as EnactmentType,
     labels,
     policy::{PolicyConditionReason as Reason, PolicyConditionType as Type},
@@ -169,31 +168,6 @@ impl PolicyOutcome {
             PolicyOutcome::Degraded(_) => Type::Degraded.as_str(),
         }
     }
-}
-
-/// `current` updated to `wanted`, or `None` when nothing but the times would change (so a
-/// policy that stays put is not rewritten).
-pub fn updated_conditions(
-    current: &[Condition],
-    wanted: Vec<Condition>,
-    now: &Time,
-) -> Option<Vec<Condition>> {
-    let same = |want: &Condition| {
-        find_condition(current, &want.type_).is_some_and(|have| {
-            have.status == want.status
-                && have.reason == want.reason
-                && have.message == want.message
-                && have.observed_generation == want.observed_generation
-        })
-    };
-    if wanted.iter().all(same) {
-        return None;
-    }
-    let mut conditions = current.to_vec();
-    for condition in wanted {
-        set_condition(&mut conditions, condition, now);
-    }
-    Some(conditions)
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 use super::*;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use nmstate_api::{
-    NodeNetworkConfigurationEnactmentStatus, enactment::NodeNetworkConfigurationEnactmentFields,
+    NodeNetworkConfigurationEnactmentStatus, condition::updated_conditions,
+    enactment::NodeNetworkConfigurationEnactmentFields,
 };
 
 fn node(name: &str) -> NodeView {

@@ -36,14 +36,7 @@ async fn main() {
     let client = env.client().await.unwrap();
     install_crds(&client).await.unwrap();
     let namespace = create_namespace(&client, "opbench").await.unwrap();
-    let minor: u32 = client
-        .apiserver_version()
-        .await
-        .unwrap()
-        .minor
-        .trim_end_matches('+')
-        .parse()
-        .unwrap();
+    let minor = nmstate_api::crd::server_minor(&client.apiserver_version().await.unwrap());
     let config = OperatorConfig::from_lookup(|name| match name {
         "HANDLER_NAMESPACE" => Some(namespace.clone()),
         "HANDLER_PREFIX" => Some(namespace.clone()),

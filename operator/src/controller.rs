@@ -23,7 +23,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
-use nmstate_api::{NMState, condition::set_condition};
+use nmstate_api::{NMState, condition::updated_conditions};
 use nmstate_handler::policy_events;
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
@@ -162,11 +162,11 @@ async fn reconcile(nmstate: Arc<NMState>, context: Arc<Context>) -> Result<Actio
         }
         return Ok(Action::await_change());
     }
-    let facts = ClusterFacts {
-        server_minor: context.server_minor,
-        tolerated_infra_taints: tolerated_infra_taints(&context.client, &nmstate).await?,
-    };
     let outcome = async {
+        let facts = ClusterFacts {
+            server_minor: context.server_minor,
+            tolerated_infra_taints: tolerated_infra_taints(&context.client, &nmstate).await?,
+        };
         let objects = render::render(&nmstate.spec, &context.config, &facts)?;
         let applied = context.applier.apply(&nmstate, objects).await?;
         let namespaces = [context.config.handler_namespace.as_str(), "default"];
@@ -177,16 +177,10 @@ async fn reconcile(nmstate: Arc<NMState>, context: Arc<Context>) -> Result<Actio
         waiting_workloads(&context).await
     }
     .await;
-    let waiting = match &outcome {
-        Ok(waiting) => Ok(waiting.as_slice()),
-        Err(error) => Err(error.to_string()),
-    };
-    write_status(
-        &context.client,
-        &nmstate,
-        waiting.as_ref().map(|w| *w).map_err(String::as_str),
-    )
-    .await?;
+    match &outcome {
+        Ok(waiting) => write_status(&context.client, &nmstate, Ok(waiting)).await?,
+        Err(error) => write_status(&context.client, &nmstate, Err(&error.to_string())).await?,
+    }
     outcome?;
     // Owned workloads wake it up; this is the safety net.
     Ok(Action::requeue(Duration::from_secs(300)))
@@ -256,20 +250,10 @@ async fn write_status(
     outcome: Result<&[String], &str>,
 ) -> Result<(), kube::Error> {
     let current = nmstate.status.clone().unwrap_or_default().conditions;
-    let mut updated = current.clone();
     let now = Time(Timestamp::now());
-    for condition in status::conditions(outcome) {
-        set_condition(&mut updated, condition, &now);
-    }
-    let same = |a: &[nmstate_api::Condition], b: &[nmstate_api::Condition]| {
-        a.len() == b.len()
-            && a.iter().zip(b).all(|(a, b)| {
-                (&a.type_, a.status, &a.reason, &a.message) == (&b.type_, b.status, &b.reason, &b.message)
-            })
-    };
-    if same(&current, &updated) {
+    let Some(updated) = updated_conditions(&current, status::conditions(outcome), &now) else {
         return Ok(());
-    }
+    };
     let patch = json!({
         "apiVersion": "nmstate.io/v1", "kind": "NMState",
         "status": {"conditions": updated},

@@ -82,25 +82,13 @@ async fn run(cli: Cli) -> Result<(), OperatorError> {
         return Err(OperatorError::MissingCrd(NMState::crd_name()));
     }
     let address = cli.health_bind_address;
-    let listener = tokio::net::TcpListener::bind(address)
+    let metrics = Arc::new(nmstate_handler::metrics::Metrics::default());
+    let health = nmstate_handler::metrics::serve(address, metrics.clone())
         .await
         .map_err(|source| OperatorError::Health { address, source })?;
-    let metrics = Arc::new(nmstate_handler::metrics::Metrics::default());
-    let served = metrics.clone();
-    let routes = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route("/readyz", axum::routing::get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = served.clone();
-                async move { nmstate_handler::metrics::exposition(metrics.encode()) }
-            }),
-        );
-    let health = tokio::spawn(async move { axum::serve(listener, routes).await });
     let context = Arc::new(Context {
         applier: Applier::new(client.clone()).await?,
-        server_minor: server.minor.trim_end_matches('+').parse().unwrap_or(0),
+        server_minor: nmstate_api::crd::server_minor(&server),
         client: client.clone(),
         config,
         metrics,

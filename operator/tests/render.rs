@@ -21,7 +21,7 @@ async fn every_rendered_object_is_accepted_by_the_api_server() {
     let namespace = create_namespace(&client, "render").await.unwrap();
     let version = client.apiserver_version().await.unwrap();
     let facts = ClusterFacts {
-        server_minor: version.minor.trim_end_matches('+').parse().unwrap(),
+        server_minor: nmstate_api::crd::server_minor(&version),
         tolerated_infra_taints: 0,
     };
     let config =

@@ -131,8 +131,7 @@ pub async fn install_crds(client: &kube::Client) -> Result<Vec<String>> {
     files.sort();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     // As the operator does: validation rules only for servers that run them.
-    let version = client.apiserver_version().await?;
-    let minor = version.minor.trim_end_matches('+').parse().unwrap_or(0);
+    let minor = nmstate_api::crd::server_minor(&client.apiserver_version().await?);
     let mut names = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(crate::LocalEnvError::io("read", &file))?;

@@ -1,12 +1,11 @@
 //! `nmstate-cluster`: the cluster-level controller of kubernetes-nmstate. Writes every policy's
 //! status (the only writer, leader-elected) and serves the Prometheus metrics.
 
-use axum::{Router, routing::get};
 use clap::Parser;
 use nmstate_handler::{
     cluster::{self, ClusterError, Settings},
     leader::ReplicaArgs,
-    metrics::Metrics,
+    metrics::{self, Metrics},
     process::{self, ClientError},
 };
 use std::{net::SocketAddr, process::ExitCode, sync::Arc};
@@ -61,22 +60,10 @@ async fn run(cli: Cli) -> Result<(), MainError> {
     let client = process::kube_client(cli.replica.kubeconfig.clone()).await?;
     let metrics = Arc::new(Metrics::default());
     let address = cli.metrics_bind_address;
-    let listener = tokio::net::TcpListener::bind(address)
+    let server = metrics::serve(address, metrics.clone())
         .await
         .map_err(|source| MainError::Bind { address, source })?;
     info!(%address, "serving /metrics");
-    let served = metrics.clone();
-    let routes = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = served.clone();
-                async move { nmstate_handler::metrics::exposition(metrics.encode()) }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }));
-    let server = tokio::spawn(async move { axum::serve(listener, routes).await });
     let settings = Settings {
         namespace: cli.replica.namespace.clone(),
         election: cli

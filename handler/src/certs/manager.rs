@@ -248,7 +248,6 @@ async fn write_secret(
 /// Sets `caBundle` on every webhook of both configurations named `name` that lacks it. A
 /// configuration that does not exist yet is skipped (its creation wakes the writer up).
 async fn publish_bundle(client: &Client, name: &str, bundle: &str) -> Result<(), kube::Error> {
-    let encoded = x509::base64(bundle.as_bytes());
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let bundles = mutating.get_opt(name).await?.map(|configuration| {
         let webhooks = configuration.webhooks.unwrap_or_default();
@@ -257,7 +256,7 @@ async fn publish_bundle(client: &Client, name: &str, bundle: &str) -> Result<(),
             .map(|webhook| (webhook.name, webhook.client_config.ca_bundle))
             .collect()
     });
-    patch_bundles(&mutating, name, bundles, &encoded).await?;
+    patch_bundles(&mutating, name, bundles, bundle).await?;
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let bundles = validating.get_opt(name).await?.map(|configuration| {
         let webhooks = configuration.webhooks.unwrap_or_default();
@@ -266,23 +265,24 @@ async fn publish_bundle(client: &Client, name: &str, bundle: &str) -> Result<(),
             .map(|webhook| (webhook.name, webhook.client_config.ca_bundle))
             .collect()
     });
-    patch_bundles(&validating, name, bundles, &encoded).await
+    patch_bundles(&validating, name, bundles, bundle).await
 }
 
-/// Patches the `caBundle` of each `(webhook name, caBundle)` that differs from `encoded`;
+/// Patches the `caBundle` of each `(webhook name, caBundle)` that differs from `bundle`;
 /// nothing when the configuration does not exist (`None`).
 async fn patch_bundles<K>(
     api: &Api<K>,
     name: &str,
     webhooks: Option<Vec<(String, Option<ByteString>)>>,
-    encoded: &str,
+    bundle: &str,
 ) -> Result<(), kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
+    let encoded = x509::base64(bundle.as_bytes());
     let mut operations = Vec::new();
-    for (index, (webhook, bundle)) in webhooks.into_iter().flatten().enumerate() {
-        if bundle.is_some_and(|bytes| x509::base64(&bytes.0) == encoded) {
+    for (index, (webhook, current)) in webhooks.into_iter().flatten().enumerate() {
+        if current.is_some_and(|bytes| bytes.0 == bundle.as_bytes()) {
             continue;
         }
         let index = index.to_string();
