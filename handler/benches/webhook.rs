@@ -51,20 +51,7 @@ struct Connection {
 
 impl Connection {
     fn open(port: u16, bundle: &str) -> Connection {
-        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
-            roots.add(certificate.unwrap()).unwrap();
-        }
-        let config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let connection =
-            rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
-                .unwrap();
+        let connection = fixture::client_connection(bundle).unwrap();
         let socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         socket.set_nodelay(true).unwrap();
         Connection {

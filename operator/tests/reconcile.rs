@@ -255,8 +255,8 @@ async fn an_nmstate_installs_reports_repairs_and_uninstalls() {
     })
     .await
     .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
-    let container =
-        |daemonset: &DaemonSet| daemonset.spec.clone().unwrap().template.spec.unwrap().containers[0].clone();
+    let pod = |daemonset: &DaemonSet| daemonset.spec.clone().unwrap().template.spec.unwrap();
+    let container = |daemonset: &DaemonSet| pod(daemonset).containers[0].clone();
     let variable = |daemonset: &DaemonSet, name: &str| {
         container(daemonset)
             .env
@@ -268,26 +268,7 @@ async fn an_nmstate_installs_reports_repairs_and_uninstalls() {
     assert_eq!(variable(&after, "RUST_LOG").as_deref(), Some("debug"));
     assert_eq!(variable(&after, "PROBE_DNS_HOST").as_deref(), Some("example.org"));
     assert_eq!(container(&after).image, container(&before).image);
-    assert_eq!(
-        after
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .node_selector,
-        before
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .node_selector
-    );
+    assert_eq!(pod(&after).node_selector, pod(&before).node_selector);
 
     // Singleton: a second NMState is deleted, the first stays.
     let mut second = nmstate.clone();

@@ -289,12 +289,10 @@ impl Drop for Fixture {
     }
 }
 
-/// A fresh TLS connection to the webhook, verified with `bundle` (PEM) for 127.0.0.1 as the
-/// API server does for a new connection; sends `request` (an HTTP/1.1 request) and returns
-/// the response status line and body, and the served certificate (DER).
-pub fn fresh_tls_request(port: u16, bundle: &str, request: &str) -> Result<(String, Vec<u8>), String> {
+/// A TLS client session for 127.0.0.1 that trusts the CAs of `bundle` (PEM), as the API server
+/// does with a webhook configuration's `caBundle`.
+pub fn client_connection(bundle: &str) -> Result<rustls::ClientConnection, String> {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-    use std::io::Read;
     let mut roots = rustls::RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
         roots
@@ -309,8 +307,15 @@ pub fn fresh_tls_request(port: u16, bundle: &str, request: &str) -> Result<(Stri
     .with_root_certificates(roots)
     .with_no_client_auth();
     let name = ServerName::try_from("127.0.0.1").map_err(|error| error.to_string())?;
-    let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
-        .map_err(|error| error.to_string())?;
+    rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(|error| error.to_string())
+}
+
+/// A fresh TLS connection to the webhook, verified with `bundle` (PEM) for 127.0.0.1 as the
+/// API server does for a new connection; sends `request` (an HTTP/1.1 request) and returns
+/// the response status line and body, and the served certificate (DER).
+pub fn fresh_tls_request(port: u16, bundle: &str, request: &str) -> Result<(String, Vec<u8>), String> {
+    use std::io::Read;
+    let mut connection = client_connection(bundle)?;
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|error| error.to_string())?;
     socket.set_read_timeout(Some(Duration::from_secs(5))).ok();
     let mut stream = rustls::Stream::new(&mut connection, &mut socket);
