@@ -15,8 +15,8 @@ NMSTATECTL := $(NMSTATECTL_ROOT)/bin/nmstatectl
 LOCALENV := $(CURDIR)/target/debug/localenv
 export PATH := $(TOOLS_BIN):$(PATH)
 
-.PHONY: all test bench nmstatectl deps kube-build tools localenv fmt-check clippy unit integration crds crds-check \
-        cluster-up cluster-down cluster-status build release help
+.PHONY: all test bench nmstatectl deps kube-build tools localenv fmt-check clippy unit integration generate \
+        generate-check crds cluster-up cluster-down cluster-status build build-release release images help
 
 all: build
 
@@ -26,7 +26,9 @@ help:
 	@echo "make cluster-up      start the local control plane; prints export KUBECONFIG=..."
 	@echo "make cluster-down    stop it and every sandbox node"
 	@echo "make cluster-status  show what runs"
-	@echo "make crds            regenerate manifests/crds from the API types"
+	@echo "make generate        regenerate the CRDs, Helm chart, OLM bundle and catalog, plain manifest"
+	@echo "make release VERSION=x.y.z   set the version, record the release, regenerate everything"
+	@echo "make images          build the operator, handler and bundle images (needs podman)"
 	@echo "make deps            install the Debian packages, kubectl and helm"
 	@echo "make kube-build      build kube-apiserver v1.20.2 once (cached in ~/.cache)"
 
@@ -49,14 +51,39 @@ localenv:
 build:
 	$(CARGO) build --workspace
 
-release:
+build-release:
 	$(CARGO) build --workspace --release
 
-crds:
-	$(CARGO) run -q -p nmstate-operator --bin crdgen
+# Everything generated from the types and the install objects (operator/src/install): the
+# CRDs, manifests/kubernetes-nmstate-operator.yaml, the Helm chart and the OLM bundle and catalog.
+generate:
+	$(CARGO) run -q -p nmstate-operator --bin generate
 
-crds-check:
-	$(CARGO) run -q -p nmstate-operator --bin crdgen -- --check
+crds: generate
+
+generate-check:
+	$(CARGO) run -q -p nmstate-operator --bin generate -- --check
+
+# The version lives in one place, the workspace's Cargo.toml; this sets it, records the
+# release in bundle/releases.yaml (the upgrade graph) and regenerates every channel.
+release:
+	@[ -n "$(VERSION)" ] || { echo "usage: make release VERSION=x.y.z" >&2; exit 2; }
+	@[[ "$(VERSION)" =~ ^[0-9]+\.[0-9]+\.[0-9]+$$ ]] || { echo "VERSION must be x.y.z, got $(VERSION)" >&2; exit 2; }
+	sed -i -E '/^\[workspace.package\]/,/^\[/ s/^version = "[^"]*"/version = "$(VERSION)"/' Cargo.toml
+	$(CARGO) run -q -p nmstate-operator --bin generate -- --add-release $$(date -u +%F)
+	@echo "release $(VERSION) prepared: review, commit, tag v$(VERSION), then make images on a release machine"
+
+# Images: the release binaries with the shared libraries they link, FROM scratch
+# (operator/Containerfile, handler/Containerfile); podman builds them offline.
+IMAGE_REGISTRY ?= quay.io/nmstate
+IMAGE_TAG ?= v$(shell sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' Cargo.toml)
+images: build-release
+	@command -v podman >/dev/null || { echo "make images needs podman (apt-get install podman)" >&2; exit 1; }
+	config/images/rootfs.sh target/images/operator target/release/nmstate-operator
+	config/images/rootfs.sh target/images/handler target/release/nmstate-handler target/release/nmstate-cluster target/release/nmstate-webhook
+	podman build -f operator/Containerfile -t $(IMAGE_REGISTRY)/kubernetes-nmstate-rs-operator:$(IMAGE_TAG) target/images/operator
+	podman build -f handler/Containerfile -t $(IMAGE_REGISTRY)/kubernetes-nmstate-rs-handler:$(IMAGE_TAG) target/images/handler
+	podman build -f bundle/bundle.Dockerfile -t $(IMAGE_REGISTRY)/kubernetes-nmstate-rs-operator-bundle:$(IMAGE_TAG) .
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

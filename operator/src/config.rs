@@ -1,7 +1,10 @@
 //! The operator's settings, from its environment (names as upstream's operator Deployment).
 
-/// Upstream's handler image; a release build points `RELATED_IMAGE_HANDLER_IMAGE` at its own.
-pub const DEFAULT_HANDLER_IMAGE: &str = "quay.io/nmstate/kubernetes-nmstate-handler:latest";
+/// This release's handler image (every channel also sets `RELATED_IMAGE_HANDLER_IMAGE`).
+pub const DEFAULT_HANDLER_IMAGE: &str = concat!(
+    "quay.io/nmstate/kubernetes-nmstate-rs-handler:v",
+    env!("CARGO_PKG_VERSION")
+);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -52,14 +55,28 @@ impl OperatorConfig {
         }
     }
 
+    /// The settings of an operator whose environment sets none of them.
+    pub fn defaults() -> OperatorConfig {
+        OperatorConfig {
+            handler_namespace: "nmstate".into(),
+            operator_namespace: "nmstate".into(),
+            monitoring_namespace: "monitoring".into(),
+            handler_image: DEFAULT_HANDLER_IMAGE.into(),
+            handler_image_pull_policy: "IfNotPresent".into(),
+            handler_prefix: String::new(),
+            handler_env: Vec::new(),
+        }
+    }
+
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| {
             lookup(name)
                 .map(|value| value.trim().to_string())
                 .filter(|value| !value.is_empty())
         };
-        let handler_namespace = get("HANDLER_NAMESPACE").unwrap_or_else(|| "nmstate".to_string());
-        let pull_policy = get("HANDLER_IMAGE_PULL_POLICY").unwrap_or_else(|| "IfNotPresent".to_string());
+        let defaults = OperatorConfig::defaults();
+        let handler_namespace = get("HANDLER_NAMESPACE").unwrap_or(defaults.handler_namespace);
+        let pull_policy = get("HANDLER_IMAGE_PULL_POLICY").unwrap_or(defaults.handler_image_pull_policy);
         if !["Always", "IfNotPresent", "Never"].contains(&pull_policy.as_str()) {
             return Err(ConfigError::Invalid {
                 variable: "HANDLER_IMAGE_PULL_POLICY",
@@ -69,9 +86,8 @@ impl OperatorConfig {
         }
         Ok(OperatorConfig {
             operator_namespace: get("OPERATOR_NAMESPACE").unwrap_or_else(|| handler_namespace.clone()),
-            monitoring_namespace: get("MONITORING_NAMESPACE").unwrap_or_else(|| "monitoring".to_string()),
-            handler_image: get("RELATED_IMAGE_HANDLER_IMAGE")
-                .unwrap_or_else(|| DEFAULT_HANDLER_IMAGE.to_string()),
+            monitoring_namespace: get("MONITORING_NAMESPACE").unwrap_or(defaults.monitoring_namespace),
+            handler_image: get("RELATED_IMAGE_HANDLER_IMAGE").unwrap_or(defaults.handler_image),
             handler_image_pull_policy: pull_policy,
             handler_prefix: get("HANDLER_PREFIX").unwrap_or_default(),
             handler_env: FORWARDED_TO_HANDLER

@@ -3,6 +3,6 @@
 pub mod apply;
 pub mod config;
 pub mod controller;
-pub mod crds;
+pub mod install;
 pub mod render;
 pub mod status;

@@ -97,6 +97,41 @@ pub fn kubectl(env: &LocalEnv) -> std::process::Command {
     command
 }
 
+/// `helm` (from the project's tool cache, else `PATH`) aimed at `env`.
+pub fn helm(env: &LocalEnv) -> std::process::Command {
+    let cached = crate::tools_bin_dir().join("helm");
+    let program: std::path::PathBuf = if cached.is_file() { cached } else { "helm".into() };
+    let mut command = std::process::Command::new(program);
+    command
+        .env("KUBECONFIG", env.kubeconfig())
+        .env("HELM_CONFIG_HOME", env.dir().join("helm/config"))
+        .env("HELM_CACHE_HOME", env.dir().join("helm/cache"))
+        .env("HELM_DATA_HOME", env.dir().join("helm/data"));
+    command
+}
+
+/// A copy of `env`'s kubeconfig whose requests impersonate `user` (e.g.
+/// `system:serviceaccount:<namespace>:<name>`), so a program runs with exactly that user's RBAC.
+pub fn impersonating_kubeconfig(env: &LocalEnv, user: &str) -> Result<std::path::PathBuf> {
+    let source = env.kubeconfig();
+    let invalid = |source_error| crate::LocalEnvError::Kubeconfig {
+        path: source.clone(),
+        source: source_error,
+    };
+    let mut config = kube::config::Kubeconfig::read_from(&source).map_err(invalid)?;
+    for named in &mut config.auth_infos {
+        if let Some(auth) = named.auth_info.as_mut() {
+            auth.impersonate = Some(user.to_string());
+        }
+    }
+    let path = env.dir().join(format!("{}.kubeconfig", user.replace(':', "_")));
+    let text = serde_yaml::to_string(&config)
+        .map_err(std::io::Error::other)
+        .map_err(crate::LocalEnvError::io("serialize", &path))?;
+    std::fs::write(&path, text).map_err(crate::LocalEnvError::io("write", &path))?;
+    Ok(path)
+}
+
 /// `etcdctl` aimed at the environment's etcd, to look at what the API server stored.
 pub fn etcdctl(env: &LocalEnv) -> Result<std::process::Command> {
     let endpoints = env

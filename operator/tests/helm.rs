@@ -1,0 +1,492 @@
+//! The Helm chart with the real `helm` (v4) against the real API server: lint, template,
+//! values refused by the schema, install, upgrade to a changed value and to a new chart
+//! version, and uninstall, with the operator process running as the chart's ServiceAccount
+//! (its requests impersonate it, so the chart's RBAC is what is tested). No pods run here: the
+//! test starts the operator with the environment of the Deployment the chart installed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{Api, Client, ResourceExt};
+use nmstate_api::NMState;
+use nmstate_localenv::{
+    LocalEnv,
+    testing::{
+        NodeProcess, create_namespace, eventually, free_port, helm, impersonating_kubeconfig, kubectl,
+        shared_env,
+    },
+};
+use nmstate_operator::install::{self, files};
+use serde_json::Value;
+use std::{path::Path, time::Duration};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_nmstate-operator");
+const WAIT: Duration = Duration::from_secs(60);
+
+fn chart_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(files::CHART_DIR)
+}
+
+/// Runs `helm args`; returns (success, stdout + stderr).
+fn run_helm(env: &LocalEnv, args: &[&str]) -> (bool, String) {
+    let output = helm(env).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn helm_ok(env: &LocalEnv, args: &[&str]) -> String {
+    let (ok, text) = run_helm(env, args);
+    assert!(ok, "helm {args:?} failed:\n{text}");
+    text
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|document| serde::Deserialize::deserialize(document).unwrap())
+        .filter(|object: &Value| !object.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|object| object["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+/// Removes what a failed run could leave (also on panic): the release, the NMState (its
+/// operands follow by garbage collection) and the webhook configurations, which would refuse
+/// the policies of later tests.
+struct Cleanup {
+    env: LocalEnv,
+    release: String,
+    namespace: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = helm(&self.env)
+            .args(["uninstall", &self.release, "-n", &self.namespace])
+            .output();
+        let _ = kubectl(&self.env)
+            .args(["delete", "nmstates", "--all", "--wait=false"])
+            .output();
+        for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
+            let name = format!("{}-nmstate", self.namespace);
+            let _ = kubectl(&self.env)
+                .args(["delete", kind, &name, "--ignore-not-found", "--wait=false"])
+                .output();
+        }
+    }
+}
+
+/// The operator as the Deployment `nmstate-operator` in `namespace` describes it, run as its
+/// ServiceAccount. The handler prefix keeps its cluster-wide operands apart from other tests'.
+fn start_operator(env: &LocalEnv, deployment: &Deployment, namespace: &str, log_name: &str) -> NodeProcess {
+    let container = &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(
+        container.command.as_deref(),
+        Some(&["nmstate-operator".to_string()][..])
+    );
+    let mut variables: Vec<(String, String)> = Vec::new();
+    for variable in container.env.iter().flatten() {
+        let value = match (&variable.value, &variable.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(from)) => match from.field_ref.as_ref().map(|field| field.field_path.as_str()) {
+                Some("metadata.namespace") => namespace.to_string(),
+                Some("metadata.name") => format!("nmstate-operator-{log_name}"),
+                other => panic!("unexpected env source {other:?}"),
+            },
+            (None, None) => String::new(),
+        };
+        variables.push((variable.name.clone(), value));
+    }
+    let kubeconfig = impersonating_kubeconfig(
+        env,
+        &format!("system:serviceaccount:{namespace}:nmstate-operator"),
+    )
+    .unwrap();
+    let health = format!("127.0.0.1:{}", free_port());
+    variables.retain(|(name, _)| name != "HEALTH_BIND_ADDRESS");
+    variables.extend([
+        ("HEALTH_BIND_ADDRESS".to_string(), health),
+        ("HANDLER_PREFIX".to_string(), namespace.to_string()),
+        ("LEASE_DURATION_SECONDS".to_string(), "4".to_string()),
+        ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
+    ]);
+    let pairs: Vec<(&str, &str)> = variables.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let args: Vec<&str> = container.args.iter().flatten().map(String::as_str).collect();
+    let log = env.dir().join(format!("{namespace}-{log_name}.log"));
+    NodeProcess::start_on_host(env, OPERATOR.as_ref(), &args, &pairs, log).unwrap()
+}
+
+async fn handler_daemonset(client: &Client, namespace: &str) -> Option<DaemonSet> {
+    Api::<DaemonSet>::namespaced(client.clone(), namespace)
+        .get_opt(&format!("{namespace}-nmstate-handler"))
+        .await
+        .unwrap()
+}
+
+fn handler_env(daemonset: &DaemonSet, name: &str) -> Option<String> {
+    let containers = &daemonset.spec.as_ref()?.template.spec.as_ref()?.containers;
+    containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|variable| variable.name == name)
+        .and_then(|variable| variable.value.clone())
+}
+
+#[test]
+fn the_chart_lints_and_renders_its_values() {
+    let env = LocalEnv::new(std::env::temp_dir().join("nmstate-helm-template"));
+    let chart = chart_dir().display().to_string();
+    helm_ok(&env, &["lint", &chart, "--strict"]);
+
+    let defaults = documents(&helm_ok(&env, &["template", "nm", &chart, "-n", "nmstate"]));
+    let kinds: Vec<&str> = defaults.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|kind| **kind == "CustomResourceDefinition")
+            .count(),
+        4
+    );
+    assert!(
+        !kinds.contains(&"NMState"),
+        "no NMState unless asked for: {kinds:?}"
+    );
+    let deployment = find(&defaults, "Deployment");
+    let version = files::workspace_version();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        install::image(install::OPERATOR_IMAGE, &version)
+    );
+    assert_eq!(deployment["metadata"]["namespace"], "nmstate");
+    assert_eq!(
+        deployment["metadata"]["labels"]["app.kubernetes.io/instance"],
+        "nm"
+    );
+    for crd in defaults
+        .iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+    {
+        assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    }
+
+    let custom = documents(&helm_ok(
+        &env,
+        &[
+            "template",
+            "nm",
+            &chart,
+            "-n",
+            "nmstate",
+            "--set",
+            "namespace=network",
+            "--set",
+            "operator.image.tag=dev",
+            "--set",
+            "operator.replicas=2",
+            "--set",
+            "handler.image.repository=registry.local/handler",
+            "--set",
+            "crds.install=false",
+            "--set",
+            "nmstate.create=true",
+            "--set",
+            "nmstate.spec.logLevel=debug",
+            "--set",
+            "imagePullSecrets[0].name=pull",
+        ],
+    ));
+    assert!(!custom.iter().any(|o| o["kind"] == "CustomResourceDefinition"));
+    let deployment = find(&custom, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(deployment["metadata"]["namespace"], "network");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(pod["imagePullSecrets"][0]["name"], "pull");
+    assert_eq!(
+        pod["containers"][0]["image"],
+        format!("{}/{}:dev", install::IMAGE_REGISTRY, install::OPERATOR_IMAGE)
+    );
+    let handler_image = pod["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|variable| variable["name"] == "RELATED_IMAGE_HANDLER_IMAGE")
+        .unwrap();
+    assert_eq!(
+        handler_image["value"],
+        format!("registry.local/handler:v{version}")
+    );
+    let nmstate = find(&custom, "NMState");
+    assert_eq!(nmstate["spec"]["logLevel"], "debug");
+    assert_eq!(nmstate["metadata"]["annotations"]["helm.sh/hook"], "post-install");
+    // The CRDs' CEL rules only for servers that run them.
+    let cel = |objects: &[Value]| {
+        serde_json::to_string(objects)
+            .unwrap()
+            .contains("x-kubernetes-validations")
+    };
+    let old = documents(&helm_ok(
+        &env,
+        &["template", "nm", &chart, "--kube-version", "1.24.0"],
+    ));
+    let new = documents(&helm_ok(
+        &env,
+        &["template", "nm", &chart, "--kube-version", "1.25.0"],
+    ));
+    assert!(!cel(&old) && cel(&new));
+
+    for (set, message) in [
+        (
+            "operator.replicas=0",
+            "at '/operator/replicas': minimum: got 0, want 1",
+        ),
+        (
+            "operator.imageTag=v1",
+            "at '/operator': additional properties 'imageTag' not allowed",
+        ),
+        (
+            "operator.image.pullPolicy=Sometimes",
+            "at '/operator/image/pullPolicy'",
+        ),
+        (
+            "nmstate.spec.logLevel=verbose",
+            "value must be one of 'info', 'debug'",
+        ),
+        (
+            "nmstate.spec.nodeSelectr.a=b",
+            "at '/nmstate/spec': additional properties 'nodeSelectr' not allowed",
+        ),
+        ("namespace=Not_A_Namespace", "at '/namespace'"),
+    ] {
+        let (ok, text) = run_helm(&env, &["template", "nm", &chart, "--set", set]);
+        assert!(
+            !ok && text.contains(message),
+            "--set {set}: expected {message:?}, got:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() {
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    let nmstates = Api::<NMState>::all(client.clone());
+    assert!(
+        nmstates.list(&Default::default()).await.unwrap().items.is_empty(),
+        "another NMState exists: the singleton rule would delete this test's"
+    );
+    let namespace = create_namespace(&client, "helm").await.unwrap();
+    let release = namespace.clone();
+    let _cleanup = Cleanup {
+        env: LocalEnv::new(env.dir()),
+        release: release.clone(),
+        namespace: namespace.clone(),
+    };
+    let chart = chart_dir().display().to_string();
+
+    // Values the schema refuses never reach the cluster.
+    let (ok, text) = run_helm(
+        &env,
+        &[
+            "install",
+            &release,
+            &chart,
+            "-n",
+            &namespace,
+            "--set",
+            "operator.replicas=0",
+        ],
+    );
+    assert!(!ok && text.contains("minimum: got 0, want 1"), "{text}");
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+    assert!(deployments.get_opt("nmstate-operator").await.unwrap().is_none());
+
+    // CRDs other tests created are adopted as the README says for existing CRDs.
+    adopt_existing_crds(&env, &release, &namespace);
+    helm_ok(
+        &env,
+        &[
+            "install",
+            &release,
+            &chart,
+            "-n",
+            &namespace,
+            "--set",
+            "nmstate.create=true",
+        ],
+    );
+    let deployment = deployments.get("nmstate-operator").await.unwrap();
+    let mut operator = start_operator(&env, &deployment, &namespace, "operator-1");
+    let nmstate = nmstates.get("nmstate").await.unwrap();
+    let daemonset = eventually("the operator installs the handler", WAIT, || async {
+        handler_daemonset(&client, &namespace).await
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
+    assert_eq!(
+        handler_env(&daemonset, "RUST_LOG").as_deref(),
+        Some("info"),
+        "{:?}",
+        daemonset.spec
+    );
+
+    // A changed value: the NMState (adopted from the install hook) changes in place.
+    helm_ok(
+        &env,
+        &[
+            "upgrade",
+            &release,
+            &chart,
+            "-n",
+            &namespace,
+            "--set",
+            "nmstate.create=true",
+            "--set",
+            "nmstate.spec.logLevel=debug",
+        ],
+    );
+    eventually("the handler logs at debug level", WAIT, || async {
+        let daemonset = handler_daemonset(&client, &namespace).await?;
+        (handler_env(&daemonset, "RUST_LOG").as_deref() == Some("debug")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
+    assert_eq!(nmstates.get("nmstate").await.unwrap().uid(), nmstate.uid());
+
+    // A new chart version: the operator Deployment moves to the new image, and the operator it
+    // runs moves the handler to the new handler image; the NMState and CRDs stay.
+    let next = {
+        let mut next = files::workspace_version();
+        next.minor += 1;
+        next.patch = 0;
+        next
+    };
+    let next_chart = env.dir().join(format!("{namespace}-chart-{next}"));
+    for (path, content) in install::helm::chart(&next).unwrap() {
+        let path = next_chart.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    helm_ok(
+        &env,
+        &[
+            "upgrade",
+            &release,
+            &next_chart.display().to_string(),
+            "-n",
+            &namespace,
+            "--set",
+            "nmstate.create=true",
+            "--set",
+            "nmstate.spec.logLevel=debug",
+        ],
+    );
+    let deployment = deployments.get("nmstate-operator").await.unwrap();
+    let image = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone();
+    assert_eq!(image, Some(install::image(install::OPERATOR_IMAGE, &next)));
+    operator.terminate(Duration::from_secs(10));
+    let operator = start_operator(&env, &deployment, &namespace, "operator-2");
+    let handler_image = install::image(install::HANDLER_IMAGE, &next);
+    eventually("the handler DaemonSet rolls to the new image", WAIT, || async {
+        let daemonset = handler_daemonset(&client, &namespace).await?;
+        let containers = &daemonset.spec?.template.spec?.containers;
+        (containers[0].image.as_deref() == Some(handler_image.as_str())).then_some(())
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
+    assert_eq!(nmstates.get("nmstate").await.unwrap().uid(), nmstate.uid());
+    assert!(!operator.log().contains("forbidden"), "{}", operator.log());
+
+    // Uninstall: the operator and NMState go, the operands follow by garbage collection, the
+    // CRDs stay.
+    helm_ok(&env, &["uninstall", &release, "-n", &namespace]);
+    drop(operator);
+    assert!(deployments.get_opt("nmstate-operator").await.unwrap().is_none());
+    eventually("the handler DaemonSet is garbage-collected", WAIT, || async {
+        handler_daemonset(&client, &namespace)
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(nmstates.get_opt("nmstate").await.unwrap().is_none());
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in nmstate_api::crd::all() {
+        assert!(
+            crds.get_opt(&crd.name_any()).await.unwrap().is_some(),
+            "{} was removed",
+            crd.name_any()
+        );
+    }
+}
+
+/// What the README tells users with nmstate.io CRDs already installed (by upstream, or by hand)
+/// to do before `helm install`: mark them as the release's, so Helm adopts them.
+fn adopt_existing_crds(env: &LocalEnv, release: &str, namespace: &str) {
+    for crd in nmstate_api::crd::all() {
+        let name = crd.name_any();
+        let exists = kubectl(env)
+            .args(["get", "crd", &name])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        if !exists {
+            continue;
+        }
+        for args in [
+            vec![
+                "label",
+                "crd",
+                &name,
+                "--overwrite",
+                "app.kubernetes.io/managed-by=Helm",
+            ],
+            vec!["annotate", "crd", &name, "--overwrite"],
+        ] {
+            let mut command = kubectl(env);
+            command.args(&args);
+            if args[0] == "annotate" {
+                command.arg(format!("meta.helm.sh/release-name={release}"));
+                command.arg(format!("meta.helm.sh/release-namespace={namespace}"));
+            }
+            let output = command.output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
