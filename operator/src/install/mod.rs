@@ -12,6 +12,7 @@ pub mod helm;
 pub mod olm;
 pub mod release;
 pub mod rules;
+pub mod validate;
 pub mod values;
 
 use serde_json::{Value, json};
