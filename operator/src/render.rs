@@ -134,10 +134,13 @@ fn engine() -> Result<Handlebars<'static>, RenderError> {
     Ok(engine)
 }
 
-fn component_labels(component: &str) -> (Value, Value) {
-    let selector = json!({"name": component});
+/// A component's pod labels and selector. The selector is upstream's, `name: <prefix>nmstate-<x>`:
+/// selectors are immutable, so the operator can take over upstream's workloads only with it.
+fn component_labels(prefix: &str, component: &str) -> (Value, Value) {
+    let name = format!("{prefix}{component}");
+    let selector = json!({"name": name});
     let labels = json!({
-        "name": component,
+        "name": name,
         labels::APP: labels::APP_VALUE,
         labels::COMPONENT: format!("kubernetes-{component}"),
         labels::APP_PART_OF: labels::APP_VALUE,
@@ -177,9 +180,9 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
         .unwrap_or_else(|| nmstate_api::nmstate::DEFAULT_DNS_PROBE_HOST.to_string());
     let debug = spec.log_level == Some(nmstate_api::nmstate::LogLevel::Debug);
     let replicas = if facts.tolerated_infra_taints > 1 { 2 } else { 1 };
-    let (handler_labels, handler_selector) = component_labels("nmstate-handler");
-    let (webhook_labels, webhook_selector) = component_labels("nmstate-webhook");
-    let (cluster_labels, cluster_selector) = component_labels("nmstate-metrics");
+    let (handler_labels, handler_selector) = component_labels(&prefix, "nmstate-handler");
+    let (webhook_labels, webhook_selector) = component_labels(&prefix, "nmstate-webhook");
+    let (cluster_labels, cluster_selector) = component_labels(&prefix, "nmstate-metrics");
     Ok(json!({
         "namespace": config.handler_namespace,
         "monitoringNamespace": config.monitoring_namespace,

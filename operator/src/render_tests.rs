@@ -287,4 +287,15 @@ fn a_prefix_renames_every_operand_but_the_namespace() {
         &find(&objects, "Deployment", "blue-nmstate-webhook")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(env(webhook, "WEBHOOK_CONFIGURATION"), "blue-nmstate");
     find(&objects, "Namespace", "nmstate");
+    // Upstream's selectors carry the prefix too; selectors are immutable, so taking over
+    // upstream's workloads needs the same ones.
+    assert_eq!(
+        daemonset["spec"]["selector"]["matchLabels"],
+        json!({"name": "blue-nmstate-handler"})
+    );
+    let service = find(&objects, "Service", "blue-nmstate-webhook");
+    assert_eq!(
+        service["spec"]["selector"],
+        json!({"name": "blue-nmstate-webhook"})
+    );
 }

@@ -13,8 +13,7 @@ use nmstate_api::NMState;
 use nmstate_localenv::{
     LocalEnv,
     testing::{
-        NodeProcess, create_namespace, eventually, free_port, helm, impersonating_kubeconfig, kubectl,
-        shared_env,
+        NodeProcess, create_namespace, eventually, free_port, helm, kubectl, shared_env, start_as_container,
     },
 };
 use nmstate_operator::install::{self, files};
@@ -90,49 +89,28 @@ impl Drop for Cleanup {
 /// The operator as the Deployment `nmstate-operator` in `namespace` describes it, run as its
 /// ServiceAccount. The handler prefix keeps its cluster-wide operands apart from other tests'.
 fn start_operator(env: &LocalEnv, deployment: &Deployment, namespace: &str, log_name: &str) -> NodeProcess {
-    let container = &deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let container = &pod.containers[0];
     assert_eq!(
         container.command.as_deref(),
         Some(&["nmstate-operator".to_string()][..])
     );
-    let mut variables: Vec<(String, String)> = Vec::new();
-    for variable in container.env.iter().flatten() {
-        let value = match (&variable.value, &variable.value_from) {
-            (Some(value), _) => value.clone(),
-            (None, Some(from)) => match from.field_ref.as_ref().map(|field| field.field_path.as_str()) {
-                Some("metadata.namespace") => namespace.to_string(),
-                Some("metadata.name") => format!("nmstate-operator-{log_name}"),
-                other => panic!("unexpected env source {other:?}"),
-            },
-            (None, None) => String::new(),
-        };
-        variables.push((variable.name.clone(), value));
-    }
-    let kubeconfig = impersonating_kubeconfig(
-        env,
-        &format!("system:serviceaccount:{namespace}:nmstate-operator"),
-    )
-    .unwrap();
+    let account = pod.service_account_name.as_deref().unwrap();
     let health = format!("127.0.0.1:{}", free_port());
-    variables.retain(|(name, _)| name != "HEALTH_BIND_ADDRESS");
-    variables.extend([
-        ("HEALTH_BIND_ADDRESS".to_string(), health),
-        ("HANDLER_PREFIX".to_string(), namespace.to_string()),
-        ("LEASE_DURATION_SECONDS".to_string(), "4".to_string()),
-        ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
-    ]);
-    let pairs: Vec<(&str, &str)> = variables.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let args: Vec<&str> = container.args.iter().flatten().map(String::as_str).collect();
-    let log = env.dir().join(format!("{namespace}-{log_name}.log"));
-    NodeProcess::start_on_host(env, OPERATOR.as_ref(), &args, &pairs, log).unwrap()
+    let overrides = [
+        ("HEALTH_BIND_ADDRESS", health.as_str()),
+        ("HANDLER_PREFIX", namespace),
+        ("LEASE_DURATION_SECONDS", "4"),
+    ];
+    let pod_name = format!("nmstate-operator-{log_name}");
+    start_as_container(
+        env,
+        OPERATOR.as_ref(),
+        container,
+        (namespace, &pod_name, account),
+        &overrides,
+    )
+    .unwrap()
 }
 
 async fn handler_daemonset(client: &Client, namespace: &str) -> Option<DaemonSet> {

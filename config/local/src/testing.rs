@@ -132,6 +132,78 @@ pub fn impersonating_kubeconfig(env: &LocalEnv, user: &str) -> Result<std::path:
     Ok(path)
 }
 
+/// The environment a container of a pod named `pod` in `namespace` gets from its spec: values,
+/// and the downward-API fields `metadata.namespace` and `metadata.name` (what the operator's
+/// Deployment uses), as the kubelet would resolve them. No pods run in these tests, so tests
+/// start the programs themselves with this.
+pub fn container_env(
+    container: &k8s_openapi::api::core::v1::Container,
+    namespace: &str,
+    pod: &str,
+) -> Vec<(String, String)> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|variable| {
+            let field = variable
+                .value_from
+                .as_ref()
+                .and_then(|from| from.field_ref.as_ref())
+                .map(|field| field.field_path.as_str());
+            let value = match field {
+                Some("metadata.namespace") => namespace.to_string(),
+                Some("metadata.name") => pod.to_string(),
+                _ => variable.value.clone().unwrap_or_default(),
+            };
+            (variable.name.clone(), value)
+        })
+        .collect()
+}
+
+/// Runs `program` as `container` of a pod named `pod` in `namespace` would run: its args, its
+/// environment ([`container_env`]) with `overrides` on top, and its API requests impersonating
+/// the pod's ServiceAccount, so the RBAC it is installed with is what it gets.
+pub fn start_as_container(
+    env: &LocalEnv,
+    program: &std::path::Path,
+    container: &k8s_openapi::api::core::v1::Container,
+    (namespace, pod, service_account): (&str, &str, &str),
+    overrides: &[(&str, &str)],
+) -> Result<NodeProcess> {
+    let mut variables = container_env(container, namespace, pod);
+    variables.retain(|(name, _)| !overrides.iter().any(|(overridden, _)| overridden == name));
+    variables.extend(
+        overrides
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string())),
+    );
+    let kubeconfig = impersonating_kubeconfig(
+        env,
+        &format!("system:serviceaccount:{namespace}:{service_account}"),
+    )?;
+    variables.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+    let pairs: Vec<(&str, &str)> = variables.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let args: Vec<&str> = container.args.iter().flatten().map(String::as_str).collect();
+    let log = env.dir().join(format!("{namespace}-{pod}.log"));
+    NodeProcess::start_on_host(env, program, &args, &pairs, log)
+}
+
+/// A binary of the workspace, built next to the running test (`cargo test --workspace` builds
+/// every package's binaries before it runs any test).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let candidate = std::env::current_exe()
+        .ok()
+        .and_then(|test| Some(test.parent()?.parent()?.join(name)))
+        .unwrap_or_else(|| name.into());
+    assert!(
+        candidate.is_file(),
+        "{} is not built: run `cargo build --workspace` (or `make test`) first",
+        candidate.display()
+    );
+    candidate
+}
+
 /// `etcdctl` aimed at the environment's etcd, to look at what the API server stored.
 pub fn etcdctl(env: &LocalEnv) -> Result<std::process::Command> {
     let endpoints = env

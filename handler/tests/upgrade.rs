@@ -1,0 +1,560 @@
+//! Upgrades, on a real node: from upstream kubernetes-nmstate (Go) to this operator, then to
+//! the next version through the OLM bundle's upgrade edge. Each time the CRDs are upgraded in
+//! place, the operator takes over what its predecessor wrote, the handler DaemonSet rolls (the
+//! test restarts the handler as the kubelet would), and no policy is applied again: the node's
+//! NetworkManager is not touched and the enactments are not even rewritten.
+//!
+//! OLM itself cannot run here (no OLM binaries, and it needs a newer API server); the test does
+//! what OLM does with a bundle: apply its CRDs, create the RBAC its CSV asks for, and run the
+//! CSV's Deployment (as a process with that Deployment's environment and ServiceAccount).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+
+use common::{start_handler, stop_handler};
+use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Node};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DynamicObject, Patch, PatchParams},
+};
+use nmstate_api::{NMState, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
+use nmstate_localenv::{
+    LocalEnv,
+    testing::{
+        NodeProcess, TestNode, create_namespace, eventually, free_port, install_crds, kubectl, shared_env,
+        start_as_container, unique_name, workspace_binary,
+    },
+};
+use nmstate_operator::install::{olm, release};
+use serde_json::{Value, json};
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn fixture(name: &str, substitutions: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/upstream")
+        .join(name);
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (from, to) in substitutions {
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// `kubectl <args> -f -` with `input`; returns stderr (where warnings go).
+fn kubectl_stdin(env: &LocalEnv, args: &[&str], input: &str) -> String {
+    use std::io::Write as _;
+    let mut child = kubectl(env)
+        .args(args)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "kubectl {args:?}: {stderr}");
+    stderr
+}
+
+fn kubectl_stderr(env: &LocalEnv, args: &[&str]) -> String {
+    let output = kubectl(env).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// What an upstream handler left for a policy it enacted on `node`.
+fn upstream_enactment(node: &Node, policy: &str, desired: &Value) -> (Value, Value) {
+    let time = "2025-06-01T10:00:00Z";
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": type_, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": time, "lastTransitionTime": time})
+    };
+    let object = json!({
+        "apiVersion": "nmstate.io/v1beta1", "kind": "NodeNetworkConfigurationEnactment",
+        "metadata": {
+            "name": format!("{}.{policy}", node.name_any()),
+            "labels": {"nmstate.io/policy": policy, "nmstate.io/node": node.name_any(),
+                       "app.kubernetes.io/component": "network", "app.kubernetes.io/version": "0.84.0"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node.name_any(), "uid": node.uid().unwrap()}],
+        },
+    });
+    let status = json!({"status": {
+        "desiredState": desired,
+        "policyGeneration": 1,
+        "features": ["static-hostname"],
+        "conditions": [
+            condition("Failing", "False", "SuccessfullyConfigured", ""),
+            condition("Available", "True", "SuccessfullyConfigured", "successfully reconciled"),
+            condition("Progressing", "False", "SuccessfullyConfigured", ""),
+            condition("Pending", "False", "SuccessfullyConfigured", ""),
+            condition("Aborted", "False", "SuccessfullyConfigured", ""),
+        ],
+    }});
+    (object, status)
+}
+
+fn upstream_policy_status() -> Value {
+    let time = "2025-06-01T10:00:00Z";
+    let condition = |type_: &str, status: &str, message: &str| {
+        json!({"type": type_, "status": status, "reason": "SuccessfullyConfigured", "message": message,
+               "lastHeartbeatTime": time, "lastTransitionTime": time})
+    };
+    json!({"status": {"conditions": [
+        condition("Available", "True", "1/1 nodes successfully configured"),
+        condition("Degraded", "False", ""),
+        condition("Progressing", "False", ""),
+        condition("Ignored", "False", ""),
+    ], "unavailableNodeCountMap": {}}})
+}
+
+/// The NetworkManager active connection of each bridge: a re-apply replaces it.
+fn active_connections(node: &TestNode) -> String {
+    let output = node
+        .command("nmcli")
+        .unwrap()
+        .args([
+            "-t",
+            "-f",
+            "NAME,UUID,ACTIVE-PATH",
+            "connection",
+            "show",
+            "--active",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut bridges: Vec<&str> = text.lines().filter(|line| line.starts_with("brup")).collect();
+    bridges.sort();
+    bridges.join("\n")
+}
+
+/// Runs the operator of `csv` as OLM would install it: the RBAC its CSV asks for, bound to its
+/// ServiceAccount, and its Deployment's container.
+fn start_csv_operator(env: &LocalEnv, csv: &Value, namespace: &str, prefix: &str, pod: &str) -> NodeProcess {
+    let install = &csv["spec"]["install"]["spec"];
+    let account = install["clusterPermissions"][0]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    let name = csv["metadata"]["name"].as_str().unwrap();
+    let subjects = json!([{"kind": "ServiceAccount", "name": account, "namespace": namespace}]);
+    let role = |kind: &str, namespaced: bool, rules: &Value| {
+        let mut metadata = json!({"name": format!("{name}-{prefix}")});
+        if namespaced {
+            metadata["namespace"] = json!(namespace);
+        }
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata, "rules": rules})
+    };
+    let binding = |kind: &str, role_kind: &str, namespaced: bool| {
+        let mut metadata = json!({"name": format!("{name}-{prefix}")});
+        if namespaced {
+            metadata["namespace"] = json!(namespace);
+        }
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata, "subjects": subjects,
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": format!("{name}-{prefix}")}})
+    };
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": namespace}}),
+        role("ClusterRole", false, &install["clusterPermissions"][0]["rules"]),
+        binding("ClusterRoleBinding", "ClusterRole", false),
+        role("Role", true, &install["permissions"][0]["rules"]),
+        binding("RoleBinding", "Role", true),
+    ];
+    let text: String = objects
+        .iter()
+        .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap()))
+        .collect();
+    kubectl_stdin(
+        env,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "olm",
+            "--force-conflicts",
+        ],
+        &text,
+    );
+    let pod_spec = &install["deployments"][0]["spec"]["template"]["spec"];
+    let container: k8s_openapi::api::core::v1::Container =
+        serde_json::from_value(pod_spec["containers"][0].clone()).unwrap();
+    let health = format!("127.0.0.1:{}", free_port());
+    let overrides = [
+        ("HEALTH_BIND_ADDRESS", health.as_str()),
+        ("HANDLER_PREFIX", prefix),
+        ("LEASE_DURATION_SECONDS", "4"),
+    ];
+    let operator = workspace_binary("nmstate-operator");
+    start_as_container(env, &operator, &container, (namespace, pod, account), &overrides).unwrap()
+}
+
+/// The bundle's CRDs, applied as OLM updates them in place.
+async fn apply_bundle_crds(client: &Client, csv_release: &release::Release) {
+    let crds: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource::erase::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >(&()),
+    );
+    let minor = nmstate_api::crd::server_minor(&client.apiserver_version().await.unwrap());
+    for (path, content) in olm::bundle(csv_release).unwrap() {
+        if !path.starts_with("manifests/nmstate.io_") {
+            continue;
+        }
+        let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+            serde_yaml::from_str(&content).unwrap();
+        // As the chart does, the CEL rules only for servers that run them.
+        let crd = nmstate_api::crd::for_server(crd, minor);
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("olm").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn wait_for_handler_image(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    image: &str,
+    operator: &NodeProcess,
+) -> DaemonSet {
+    eventually(
+        &format!("the handler DaemonSet rolls to {image}"),
+        WAIT,
+        || async {
+            let daemonset = Api::<DaemonSet>::namespaced(client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .unwrap()?;
+            let current = daemonset.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+                .image
+                .clone();
+            (current.as_deref() == Some(image)).then_some(daemonset)
+        },
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()))
+}
+
+/// Restarts the handler on `node` as a DaemonSet roll would, and checks it leaves every policy
+/// alone: no apply, NetworkManager untouched, enactments not rewritten.
+async fn roll_handler_and_check_no_churn(
+    handler: &mut Option<NodeProcess>,
+    node: &TestNode,
+    log: &Path,
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    names: &[String],
+) {
+    if let Some(mut running) = handler.take() {
+        stop_handler(&mut running);
+    }
+    let connections = active_connections(node);
+    let versions: Vec<String> = resource_versions(enactments, names).await;
+    let started = handler.insert(start_handler(node, log));
+    eventually(
+        "the handler finds the node in every policy's desired state",
+        WAIT,
+        || async {
+            let found = started
+                .log()
+                .matches("the node is still in the desired state")
+                .count();
+            (found >= names.len()).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error}\n{}", started.log()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log_text = started.log();
+    assert!(
+        !log_text.contains("enactment: applying"),
+        "a policy was applied again:\n{log_text}"
+    );
+    assert!(
+        !log_text.contains("re-applying"),
+        "a policy was applied again:\n{log_text}"
+    );
+    assert_eq!(
+        active_connections(node),
+        connections,
+        "NetworkManager's connections changed"
+    );
+    assert_eq!(
+        resource_versions(enactments, names).await,
+        versions,
+        "an enactment was rewritten"
+    );
+}
+
+async fn resource_versions(
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    names: &[String],
+) -> Vec<String> {
+    let mut versions = Vec::new();
+    for name in names {
+        versions.push(enactments.get(name).await.unwrap().resource_version().unwrap());
+    }
+    versions
+}
+
+/// Removes what the test made, also when it fails: the operator's operands go with the NMState.
+struct Cleanup {
+    env: LocalEnv,
+    policies: Vec<String>,
+    prefix: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = kubectl(&self.env)
+            .args(["delete", "nmstates", "--all", "--wait=false"])
+            .output();
+        for policy in &self.policies {
+            let _ = kubectl(&self.env)
+                .args(["delete", "nncp", policy, "--ignore-not-found", "--wait=false"])
+                .output();
+        }
+        for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
+            let name = format!("{}-nmstate", self.prefix);
+            let _ = kubectl(&self.env)
+                .args(["delete", kind, &name, "--ignore-not-found", "--wait=false"])
+                .output();
+        }
+    }
+}
+
+#[tokio::test]
+async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    let nmstates = Api::<NMState>::all(client.clone());
+    assert!(
+        nmstates.list(&Default::default()).await.unwrap().items.is_empty(),
+        "another NMState exists: the singleton rule would delete this test's"
+    );
+    let namespace = create_namespace(&client, "upgrade").await.unwrap();
+    let prefix = namespace.clone();
+    let node_name = unique_name("upgrade");
+    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
+    let node_object = Api::<Node>::all(client.clone()).get(&node_name).await.unwrap();
+    let policies = [format!("{prefix}-beta"), format!("{prefix}-v1")];
+    let _cleanup = Cleanup {
+        env: LocalEnv::new(env.dir()),
+        policies: policies.to_vec(),
+        prefix: prefix.clone(),
+    };
+    let substitutions = [
+        ("NODE", node_name.as_str()),
+        ("NAMESPACE", namespace.as_str()),
+        ("PREFIX", prefix.as_str()),
+    ];
+
+    // Upstream's cluster: its CRDs (replacing whatever an earlier test installed), its objects
+    // and statuses, and the bridges its handler configured on the node.
+    kubectl_stdin(
+        &env,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "upstream",
+            "--force-conflicts",
+        ],
+        &fixture("crds.yaml", &[]),
+    );
+    kubectl(&env)
+        .args([
+            "wait",
+            "--for",
+            "condition=Established",
+            "crd",
+            "--all",
+            "--timeout",
+            "30s",
+        ])
+        .output()
+        .unwrap();
+    let created = kubectl_stdin(&env, &["create"], &fixture("objects.yaml", &substitutions));
+    assert!(
+        created.contains("nmstate/v1beta1 deprecated, use nmstate/v1 instead"),
+        "{created}"
+    );
+    for bridge in ["brup0", "brup1"] {
+        let output = node
+            .command("nmcli")
+            .unwrap()
+            .args([
+                "connection",
+                "add",
+                "type",
+                "bridge",
+                "con-name",
+                bridge,
+                "ifname",
+                bridge,
+                "bridge.stp",
+                "no",
+                "ipv4.method",
+                "disabled",
+                "ipv6.method",
+                "disabled",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let dynamic = |version: &str, kind: &str, plural: &str| {
+        let resource = kube::api::ApiResource {
+            group: "nmstate.io".into(),
+            version: version.into(),
+            api_version: format!("nmstate.io/{version}"),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        Api::<DynamicObject>::all_with(client.clone(), &resource)
+    };
+    let raw_policies = dynamic(
+        "v1",
+        "NodeNetworkConfigurationPolicy",
+        "nodenetworkconfigurationpolicies",
+    );
+    let raw_enactments = dynamic(
+        "v1beta1",
+        "NodeNetworkConfigurationEnactment",
+        "nodenetworkconfigurationenactments",
+    );
+    let status_params = PatchParams::default();
+    let mut enactment_names = Vec::new();
+    for policy in &policies {
+        raw_policies
+            .patch_status(policy, &status_params, &Patch::Merge(&upstream_policy_status()))
+            .await
+            .unwrap();
+        let stored = raw_policies.get(policy).await.unwrap();
+        let (object, status) = upstream_enactment(&node_object, policy, &stored.data["spec"]["desiredState"]);
+        let object: DynamicObject = serde_json::from_value(object).unwrap();
+        raw_enactments.create(&Default::default(), &object).await.unwrap();
+        raw_enactments
+            .patch_status(&object.name_any(), &status_params, &Patch::Merge(&status))
+            .await
+            .unwrap();
+        enactment_names.push(object.name_any());
+    }
+    eventually("the upstream bridges are up", WAIT, || async {
+        (active_connections(&node).lines().count() == 2).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // This operator's bundle: CRDs upgraded in place; every object still served, in both
+    // versions, with the deprecation warnings.
+    let current =
+        nmstate_operator::install::files::current_release(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .unwrap();
+    apply_bundle_crds(&client, &current).await;
+    install_crds(&client).await.unwrap(); // waits until they are established
+    let beta = kubectl_stderr(
+        &env,
+        &[
+            "get",
+            "nodenetworkconfigurationpolicies.v1beta1.nmstate.io",
+            &policies[0],
+        ],
+    );
+    assert!(
+        beta.contains("nmstate.io/v1beta1 NodeNetworkConfigurationPolicy is deprecated"),
+        "{beta}"
+    );
+    let beta = kubectl_stderr(&env, &["get", "nmstates.v1beta1.nmstate.io", "nmstate"]);
+    assert!(
+        beta.contains("nmstate/v1beta1 deprecated, use nmstate/v1 instead"),
+        "{beta}"
+    );
+    let typed_policies = Api::<NodeNetworkConfigurationPolicy>::all(client.clone());
+    for policy in &policies {
+        let policy = typed_policies.get(policy).await.unwrap();
+        let available = policy
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Available" && c.is_true());
+        assert!(available, "{policy:?}");
+    }
+    let csv = olm::csv(&current).unwrap();
+    let operator = start_csv_operator(&env, &csv, &namespace, &prefix, "operator-current");
+    let handler_name = format!("{prefix}-nmstate-handler");
+    let handler_image =
+        nmstate_operator::install::image(nmstate_operator::install::HANDLER_IMAGE, &current.version);
+    let daemonset =
+        wait_for_handler_image(&client, &namespace, &handler_name, &handler_image, &operator).await;
+    let managers: Vec<String> = daemonset
+        .managed_fields()
+        .iter()
+        .filter_map(|f| f.manager.clone())
+        .collect();
+    assert!(managers.contains(&"nmstate-operator".to_string()), "{managers:?}");
+    let enactments = Api::<NodeNetworkConfigurationEnactment>::all(client.clone());
+    let log = env.dir().join(format!("{node_name}-handler.log"));
+    let mut handler = None;
+    roll_handler_and_check_no_churn(&mut handler, &node, &log, &enactments, &enactment_names).await;
+
+    // The next version, through the bundle's upgrade edge.
+    let mut next = current.version.clone();
+    next.minor += 1;
+    next.patch = 0;
+    let history = format!(
+        "- version: {}\n  date: \"{}\"\n- version: {next}\n  date: \"2099-01-01\"\n",
+        current.version, current.date
+    );
+    let next_release = release::from_history(&history, &next).unwrap();
+    let next_csv = olm::csv(&next_release).unwrap();
+    assert_eq!(next_csv["spec"]["replaces"], csv["metadata"]["name"]);
+    let skip = next_csv["metadata"]["annotations"]["olm.skipRange"]
+        .as_str()
+        .unwrap()
+        .replace(' ', ", ");
+    assert!(
+        semver::VersionReq::parse(&skip)
+            .unwrap()
+            .matches(&current.version)
+    );
+    apply_bundle_crds(&client, &next_release).await;
+    drop(operator);
+    let operator = start_csv_operator(&env, &next_csv, &namespace, &prefix, "operator-next");
+    let next_image = nmstate_operator::install::image(nmstate_operator::install::HANDLER_IMAGE, &next);
+    wait_for_handler_image(&client, &namespace, &handler_name, &next_image, &operator).await;
+    roll_handler_and_check_no_churn(&mut handler, &node, &log, &enactments, &enactment_names).await;
+    for policy in &policies {
+        let policy = typed_policies.get(policy).await.unwrap();
+        let available = policy
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Available" && c.is_true());
+        assert!(available, "{policy:?}");
+    }
+    assert!(!operator.log().contains("forbidden"), "{}", operator.log());
+    if let Some(mut running) = handler.take() {
+        stop_handler(&mut running);
+    }
+}
