@@ -1,5 +1,5 @@
 //! The four CustomResourceDefinitions, assembled from the types. `manifests/crds/` is
-//! generated from here (`make crds`), and a test fails when it is stale.
+//! generated from here (`make generate`), and a test fails when it is stale.
 //!
 //! Upstream serves its deprecated versions with the same schema as the stored one and no
 //! conversion webhook, so a deprecated version here is a copy of the stored version's schema.

@@ -31,6 +31,8 @@ use serde_json::{Value, json};
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// On the cluster-wide RBAC the test creates as OLM would: value, the test's prefix.
+const TEST_LABEL: &str = "nmstate-test/upgrade";
 
 fn fixture(name: &str, substitutions: &[(&str, &str)]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -146,15 +148,17 @@ fn start_csv_operator(env: &LocalEnv, csv: &Value, namespace: &str, prefix: &str
         .unwrap();
     let name = csv["metadata"]["name"].as_str().unwrap();
     let subjects = json!([{"kind": "ServiceAccount", "name": account, "namespace": namespace}]);
+    // Labelled for the cleanup: cluster-wide objects outlive the test's namespace.
+    let test_metadata = || json!({"name": format!("{name}-{prefix}"), "labels": {TEST_LABEL: prefix}});
     let role = |kind: &str, namespaced: bool, rules: &Value| {
-        let mut metadata = json!({"name": format!("{name}-{prefix}")});
+        let mut metadata = test_metadata();
         if namespaced {
             metadata["namespace"] = json!(namespace);
         }
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata, "rules": rules})
     };
     let binding = |kind: &str, role_kind: &str, namespaced: bool| {
-        let mut metadata = json!({"name": format!("{name}-{prefix}")});
+        let mut metadata = test_metadata();
         if namespaced {
             metadata["namespace"] = json!(namespace);
         }
@@ -326,6 +330,20 @@ impl Drop for Cleanup {
                 .args(["delete", "nncp", policy, "--ignore-not-found", "--wait=false"])
                 .output();
         }
+        // The namespace holds what upstream left (its handler DaemonSet) and the Leases.
+        let _ = kubectl(&self.env)
+            .args(["delete", "namespace", &self.prefix, "--wait=false"])
+            .output();
+        let selector = format!("{TEST_LABEL}={}", self.prefix);
+        let _ = kubectl(&self.env)
+            .args([
+                "delete",
+                "clusterrole,clusterrolebinding",
+                "-l",
+                &selector,
+                "--wait=false",
+            ])
+            .output();
         for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
             let name = format!("{}-nmstate", self.prefix);
             let _ = kubectl(&self.env)
