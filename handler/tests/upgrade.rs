@@ -18,12 +18,12 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DynamicObject, Patch, PatchParams},
 };
-use nmstate_api::{NMState, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
+use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
 use nmstate_localenv::{
     LocalEnv,
     testing::{
-        NodeProcess, TestNode, create_namespace, eventually, free_port, install_crds, kubectl, shared_env,
-        start_as_container, unique_name, workspace_binary,
+        NodeProcess, TestNode, create_namespace, eventually, expect_no_nmstate, free_port, install_crds,
+        kubectl, remove_nmstates, shared_env, start_as_container, unique_name, workspace_binary,
     },
 };
 use nmstate_operator::install::{olm, release};
@@ -313,6 +313,15 @@ async fn resource_versions(
     versions
 }
 
+async fn expect_available(policies: &Api<NodeNetworkConfigurationPolicy>, names: &[String]) {
+    for name in names {
+        let policy = policies.get(name).await.unwrap();
+        let conditions = &policy.status.as_ref().unwrap().conditions;
+        let available = conditions.iter().any(|c| c.type_ == "Available" && c.is_true());
+        assert!(available, "{name} is not Available: {conditions:?}");
+    }
+}
+
 /// Removes what the test made, also when it fails: the operator's operands go with the NMState.
 struct Cleanup {
     env: LocalEnv,
@@ -322,9 +331,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = kubectl(&self.env)
-            .args(["delete", "nmstates", "--all", "--wait=false"])
-            .output();
+        remove_nmstates(&self.env, &self.prefix);
         for policy in &self.policies {
             let _ = kubectl(&self.env)
                 .args(["delete", "nncp", policy, "--ignore-not-found", "--wait=false"])
@@ -344,12 +351,6 @@ impl Drop for Cleanup {
                 "--wait=false",
             ])
             .output();
-        for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
-            let name = format!("{}-nmstate", self.prefix);
-            let _ = kubectl(&self.env)
-                .args(["delete", kind, &name, "--ignore-not-found", "--wait=false"])
-                .output();
-        }
     }
 }
 
@@ -357,11 +358,7 @@ impl Drop for Cleanup {
 async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
     let env = shared_env().await.unwrap();
     let client = env.client().await.unwrap();
-    let nmstates = Api::<NMState>::all(client.clone());
-    assert!(
-        nmstates.list(&Default::default()).await.unwrap().items.is_empty(),
-        "another NMState exists: the singleton rule would delete this test's"
-    );
+    expect_no_nmstate(&client).await;
     let namespace = create_namespace(&client, "upgrade").await.unwrap();
     let prefix = namespace.clone();
     let node_name = unique_name("upgrade");
@@ -505,17 +502,7 @@ async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
         "{beta}"
     );
     let typed_policies = Api::<NodeNetworkConfigurationPolicy>::all(client.clone());
-    for policy in &policies {
-        let policy = typed_policies.get(policy).await.unwrap();
-        let available = policy
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Available" && c.is_true());
-        assert!(available, "{policy:?}");
-    }
+    expect_available(&typed_policies, &policies).await;
     let csv = olm::csv(&current).unwrap();
     let operator = start_csv_operator(&env, &csv, &namespace, &prefix, "operator-current");
     let handler_name = format!("{prefix}-nmstate-handler");
@@ -560,17 +547,7 @@ async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
     let next_image = nmstate_operator::install::image(nmstate_operator::install::HANDLER_IMAGE, &next);
     wait_for_handler_image(&client, &namespace, &handler_name, &next_image, &operator).await;
     roll_handler_and_check_no_churn(&mut handler, &node, &log, &enactments, &enactment_names).await;
-    for policy in &policies {
-        let policy = typed_policies.get(policy).await.unwrap();
-        let available = policy
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Available" && c.is_true());
-        assert!(available, "{policy:?}");
-    }
+    expect_available(&typed_policies, &policies).await;
     assert!(!operator.log().contains("forbidden"), "{}", operator.log());
     if let Some(mut running) = handler.take() {
         stop_handler(&mut running);

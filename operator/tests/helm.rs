@@ -13,7 +13,8 @@ use nmstate_api::NMState;
 use nmstate_localenv::{
     LocalEnv,
     testing::{
-        NodeProcess, create_namespace, eventually, free_port, helm, kubectl, shared_env, start_as_container,
+        NodeProcess, create_namespace, eventually, expect_no_nmstate, free_port, helm, kubectl,
+        remove_nmstates, shared_env, start_as_container,
     },
 };
 use nmstate_operator::install::{self, files};
@@ -74,15 +75,7 @@ impl Drop for Cleanup {
         let _ = helm(&self.env)
             .args(["uninstall", &self.release, "-n", &self.namespace])
             .output();
-        let _ = kubectl(&self.env)
-            .args(["delete", "nmstates", "--all", "--wait=false"])
-            .output();
-        for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
-            let name = format!("{}-nmstate", self.namespace);
-            let _ = kubectl(&self.env)
-                .args(["delete", kind, &name, "--ignore-not-found", "--wait=false"])
-                .output();
-        }
+        remove_nmstates(&self.env, &self.namespace);
     }
 }
 
@@ -268,11 +261,8 @@ fn the_chart_lints_and_renders_its_values() {
 async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() {
     let env = shared_env().await.unwrap();
     let client = env.client().await.unwrap();
+    expect_no_nmstate(&client).await;
     let nmstates = Api::<NMState>::all(client.clone());
-    assert!(
-        nmstates.list(&Default::default()).await.unwrap().items.is_empty(),
-        "another NMState exists: the singleton rule would delete this test's"
-    );
     let namespace = create_namespace(&client, "helm").await.unwrap();
     let release = namespace.clone();
     let _cleanup = Cleanup {

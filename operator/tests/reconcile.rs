@@ -14,7 +14,8 @@ use kube::{
 };
 use nmstate_api::NMState;
 use nmstate_localenv::testing::{
-    NodeProcess, create_namespace, eventually, free_port, install_crds, kubectl, shared_env,
+    NodeProcess, create_namespace, eventually, expect_no_nmstate, free_port, install_crds, remove_nmstates,
+    shared_env,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -32,15 +33,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = kubectl(&self.env)
-            .args(["delete", "nmstates", "--all", "--wait=false"])
-            .output();
-        for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
-            let name = format!("{}-nmstate", self.prefix);
-            let _ = kubectl(&self.env)
-                .args(["delete", kind, &name, "--ignore-not-found", "--wait=false"])
-                .output();
-        }
+        remove_nmstates(&self.env, &self.prefix);
     }
 }
 
@@ -92,11 +85,8 @@ async fn an_nmstate_installs_reports_repairs_and_uninstalls() {
     let env = shared_env().await.unwrap();
     let client = env.client().await.unwrap();
     install_crds(&client).await.unwrap();
+    expect_no_nmstate(&client).await;
     let nmstates = Api::<NMState>::all(client.clone());
-    assert!(
-        nmstates.list(&Default::default()).await.unwrap().items.is_empty(),
-        "another NMState exists: the singleton rule would delete this test's"
-    );
     let namespace = create_namespace(&client, "operator").await.unwrap();
     let prefix = namespace.clone();
     let _cleanup = Cleanup {

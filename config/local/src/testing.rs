@@ -204,6 +204,35 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     candidate
 }
 
+/// Fails unless the cluster has no NMState: the operator's singleton rule would delete the one a
+/// test creates.
+pub async fn expect_no_nmstate(client: &kube::Client) {
+    let nmstates = kube::Api::<nmstate_api::NMState>::all(client.clone());
+    let existing = nmstates
+        .list(&Default::default())
+        .await
+        .map(|list| list.items.len());
+    assert!(
+        matches!(existing, Ok(0)),
+        "another NMState exists ({existing:?}): the singleton rule would delete this test's"
+    );
+}
+
+/// What a test that runs the operator must remove, also when it fails: every NMState (the
+/// operands follow by garbage collection) and the webhook configurations of the operands named
+/// with `prefix`, which would otherwise refuse the policies of later tests.
+pub fn remove_nmstates(env: &LocalEnv, prefix: &str) {
+    let _ = kubectl(env)
+        .args(["delete", "nmstates", "--all", "--wait=false"])
+        .output();
+    let name = format!("{prefix}-nmstate");
+    for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
+        let _ = kubectl(env)
+            .args(["delete", kind, &name, "--ignore-not-found", "--wait=false"])
+            .output();
+    }
+}
+
 /// `etcdctl` aimed at the environment's etcd, to look at what the API server stored.
 pub fn etcdctl(env: &LocalEnv) -> Result<std::process::Command> {
     let endpoints = env
