@@ -35,6 +35,22 @@ pub struct OperatorConfig {
     /// The handler settings the operator passes on when they are set in its own environment
     /// (as upstream): [`FORWARDED_TO_HANDLER`], in that order.
     pub handler_env: Vec<(String, String)>,
+    /// `MANAGE_CRDS`: which CRDs the operator applies.
+    pub crds: CrdManagement,
+}
+
+/// Which CRDs the operator applies (server-side, forced). Each CRD has one owner that upgrades
+/// it, because two server-side appliers of one CRD refuse each other's changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrdManagement {
+    /// `true` (the default, as upstream): the operand CRDs, on every reconcile.
+    Operands,
+    /// `false`: none; the installer owns them all (the OLM bundle, the plain manifest).
+    None,
+    /// `nmstate`: only its own, at start. The Helm chart upgrades the operand CRDs from its
+    /// templates but can only install the NMState CRD once, from `crds/` (an NMState created by
+    /// the same release needs its CRD before Helm builds the release).
+    NMState,
 }
 
 /// Operator environment variables copied into the handler's.
@@ -65,6 +81,7 @@ impl OperatorConfig {
             handler_image_pull_policy: "IfNotPresent".into(),
             handler_prefix: String::new(),
             handler_env: Vec::new(),
+            crds: CrdManagement::Operands,
         }
     }
 
@@ -84,7 +101,20 @@ impl OperatorConfig {
                 expected: "Always, IfNotPresent or Never",
             });
         }
+        let crds = match get("MANAGE_CRDS").as_deref() {
+            None | Some("true") => CrdManagement::Operands,
+            Some("false") => CrdManagement::None,
+            Some("nmstate") => CrdManagement::NMState,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    variable: "MANAGE_CRDS",
+                    value: other.to_string(),
+                    expected: "true, false or nmstate",
+                });
+            }
+        };
         Ok(OperatorConfig {
+            crds,
             operator_namespace: get("OPERATOR_NAMESPACE").unwrap_or_else(|| handler_namespace.clone()),
             monitoring_namespace: get("MONITORING_NAMESPACE").unwrap_or(defaults.monitoring_namespace),
             handler_image: get("RELATED_IMAGE_HANDLER_IMAGE").unwrap_or(defaults.handler_image),

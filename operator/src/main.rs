@@ -2,7 +2,10 @@
 
 use clap::{Parser, ValueEnum};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::{Api, CustomResourceExt};
+use kube::{
+    Api, CustomResourceExt,
+    api::{Patch, PatchParams},
+};
 use nmstate_api::NMState;
 use nmstate_handler::{
     leader::ReplicaArgs,
@@ -10,7 +13,7 @@ use nmstate_handler::{
 };
 use nmstate_operator::{
     apply::Applier,
-    config::{ConfigError, OperatorConfig},
+    config::{ConfigError, CrdManagement, OperatorConfig},
     controller::{self, Context},
 };
 use std::{net::SocketAddr, process::ExitCode, sync::Arc};
@@ -80,6 +83,20 @@ async fn run(cli: Cli) -> Result<(), OperatorError> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     if crds.get_opt(NMState::crd_name()).await?.is_none() {
         return Err(OperatorError::MissingCrd(NMState::crd_name()));
+    }
+    if config.crds == CrdManagement::NMState {
+        // Installed once by Helm from crds/; this release's version of it, from here on.
+        let crd = nmstate_api::crd::for_server(
+            nmstate_api::crd::nmstates(),
+            nmstate_api::crd::server_minor(&server),
+        );
+        crds.patch(
+            NMState::crd_name(),
+            &PatchParams::apply(nmstate_operator::apply::FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        info!(crd = NMState::crd_name(), "applied");
     }
     let address = cli.health_bind_address;
     let metrics = Arc::new(nmstate_handler::metrics::Metrics::default());

@@ -86,13 +86,19 @@ pub struct ClusterFacts {
     pub tolerated_infra_taints: usize,
 }
 
-/// Everything to apply for `spec`, in order: the operand CRDs, then the templates' objects.
+/// Everything to apply for `spec`, in order: the operand CRDs (when the operator manages them),
+/// then the templates' objects.
 pub fn render(
     spec: &NMStateSpec,
     config: &OperatorConfig,
     facts: &ClusterFacts,
 ) -> Result<Vec<Value>, RenderError> {
-    let mut objects: Vec<Value> = crd::operand_crds()
+    let crds = if config.crds == crate::config::CrdManagement::Operands {
+        crd::operand_crds()
+    } else {
+        Vec::new()
+    };
+    let mut objects: Vec<Value> = crds
         .into_iter()
         .map(|crd: CustomResourceDefinition| serde_json::to_value(crd::for_server(crd, facts.server_minor)))
         .collect::<Result<_, _>>()?;

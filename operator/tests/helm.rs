@@ -23,6 +23,9 @@ use std::{path::Path, time::Duration};
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_nmstate-operator");
 const WAIT: Duration = Duration::from_secs(60);
+/// A CRD text the test changes in the next chart version.
+const OLD_DESCRIPTION: &str = "NodeNetworkState is the network state a node reports.";
+const NEW_DESCRIPTION: &str = "NodeNetworkState is the network state a node reports (next version).";
 
 fn chart_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -136,8 +139,16 @@ fn the_chart_lints_and_renders_its_values() {
             .iter()
             .filter(|kind| **kind == "CustomResourceDefinition")
             .count(),
-        4
+        3,
+        "the operand CRDs are templates (upgraded with the release)"
     );
+    // The NMState CRD is in crds/: installed before the release is built, so the release can
+    // hold an NMState.
+    let with_crds = documents(&helm_ok(&env, &["template", "nm", &chart, "--include-crds"]));
+    let nmstate_crd = with_crds
+        .iter()
+        .find(|o| o["kind"] == "CustomResourceDefinition" && o["metadata"]["name"] == "nmstates.nmstate.io");
+    assert!(nmstate_crd.is_some());
     assert!(
         !kinds.contains(&"NMState"),
         "no NMState unless asked for: {kinds:?}"
@@ -209,7 +220,6 @@ fn the_chart_lints_and_renders_its_values() {
     );
     let nmstate = find(&custom, "NMState");
     assert_eq!(nmstate["spec"]["logLevel"], "debug");
-    assert_eq!(nmstate["metadata"]["annotations"]["helm.sh/hook"], "post-install");
     // The CRDs' CEL rules only for servers that run them.
     let cel = |objects: &[Value]| {
         serde_json::to_string(objects)
@@ -289,7 +299,8 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
     let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
     assert!(deployments.get_opt("nmstate-operator").await.unwrap().is_none());
 
-    // CRDs other tests created are adopted as the README says for existing CRDs.
+    // CRDs other tests created are adopted as the README says for existing CRDs: marked as the
+    // release's, and installed with --force-conflicts so the release owns all their fields.
     adopt_existing_crds(&env, &release, &namespace);
     helm_ok(
         &env,
@@ -301,6 +312,7 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
             &namespace,
             "--set",
             "nmstate.create=true",
+            "--force-conflicts",
         ],
     );
     let deployment = deployments.get("nmstate-operator").await.unwrap();
@@ -318,7 +330,7 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
         daemonset.spec
     );
 
-    // A changed value: the NMState (adopted from the install hook) changes in place.
+    // A changed value: the NMState changes in place.
     helm_ok(
         &env,
         &[
@@ -341,8 +353,10 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
     .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
     assert_eq!(nmstates.get("nmstate").await.unwrap().uid(), nmstate.uid());
 
-    // A new chart version: the operator Deployment moves to the new image, and the operator it
-    // runs moves the handler to the new handler image; the NMState and CRDs stay.
+    // A new chart version whose CRDs changed: Helm upgrades them in place (the operator, which
+    // the chart tells to leave CRDs to it, does not hold their fields, so server-side apply
+    // sees no conflict); the operator Deployment moves to the new image, and the operator it
+    // runs moves the handler to the new handler image; the NMState stays.
     let next = {
         let mut next = files::workspace_version();
         next.minor += 1;
@@ -350,7 +364,8 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
         next
     };
     let next_chart = env.dir().join(format!("{namespace}-chart-{next}"));
-    for (path, content) in install::helm::chart(&next).unwrap() {
+    for (path, mut content) in install::helm::chart(&next).unwrap() {
+        content = content.replace(OLD_DESCRIPTION, NEW_DESCRIPTION);
         let path = next_chart.join(path);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, content).unwrap();
@@ -395,6 +410,19 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
     assert_eq!(nmstates.get("nmstate").await.unwrap().uid(), nmstate.uid());
     assert!(!operator.log().contains("forbidden"), "{}", operator.log());
 
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let states = crds.get("nodenetworkstates.nmstate.io").await.unwrap();
+    // The operator keeps its own CRD current (Helm installs it only once).
+    let nmstate_crd = crds.get("nmstates.nmstate.io").await.unwrap();
+    let managers: Vec<_> = nmstate_crd
+        .managed_fields()
+        .iter()
+        .filter_map(|f| f.manager.clone())
+        .collect();
+    assert!(managers.contains(&"nmstate-operator".to_string()), "{managers:?}");
+    let schema = serde_json::to_string(&states.spec.versions[0].schema).unwrap();
+    assert!(schema.contains(NEW_DESCRIPTION), "the CRD was not upgraded");
+
     // Uninstall: the operator and NMState go, the operands follow by garbage collection, the
     // CRDs stay.
     helm_ok(&env, &["uninstall", &release, "-n", &namespace]);
@@ -409,7 +437,6 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
     .await
     .unwrap();
     assert!(nmstates.get_opt("nmstate").await.unwrap().is_none());
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
     for crd in nmstate_api::crd::all() {
         assert!(
             crds.get_opt(&crd.name_any()).await.unwrap().is_some(),

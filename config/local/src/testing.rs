@@ -204,14 +204,15 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     candidate
 }
 
-/// Fails unless the cluster has no NMState: the operator's singleton rule would delete the one a
-/// test creates.
+/// Fails unless the cluster has no NMState (or no NMState CRD yet): the operator's singleton
+/// rule would delete the one a test creates.
 pub async fn expect_no_nmstate(client: &kube::Client) {
     let nmstates = kube::Api::<nmstate_api::NMState>::all(client.clone());
-    let existing = nmstates
-        .list(&Default::default())
-        .await
-        .map(|list| list.items.len());
+    // No CRD yet (404) means no NMState either.
+    let existing = match nmstates.list(&Default::default()).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(0),
+        other => other.map(|list| list.items.len()),
+    };
     assert!(
         matches!(existing, Ok(0)),
         "another NMState exists ({existing:?}): the singleton rule would delete this test's"

@@ -77,6 +77,9 @@ pub struct Slots {
     pub affinity: Value,
     pub log_level: Value,
     pub image_pull_secrets: Value,
+    /// `MANAGE_CRDS` (see [`crate::config::CrdManagement`]): `false` where the installer
+    /// upgrades every CRD, `nmstate` for the Helm chart.
+    pub manage_crds: &'static str,
 }
 
 impl Slots {
@@ -99,6 +102,7 @@ impl Slots {
             affinity: json!({}),
             log_level: json!("info"),
             image_pull_secrets: json!([]),
+            manage_crds: "false",
         }
     }
 }
@@ -148,7 +152,7 @@ pub fn operator_objects(slots: &Slots) -> Result<Vec<Value>, InstallError> {
     Ok(vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(OPERATOR_NAME, Some(&slots.namespace))}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": metadata(OPERATOR_NAME, None), "rules": rules::cluster_rules()?}),
+            "metadata": metadata(OPERATOR_NAME, None), "rules": rules::cluster_rules(slots.manage_crds == "nmstate")?}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": metadata(OPERATOR_NAME, None),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_NAME},
@@ -203,6 +207,7 @@ pub fn deployment_spec(slots: &Slots) -> Value {
                         env_var("RELATED_IMAGE_HANDLER_IMAGE", &json!({"value": slots.handler_image})),
                         env_var("HANDLER_IMAGE_PULL_POLICY", &json!({"value": slots.handler_pull_policy})),
                         env_var("HEALTH_BIND_ADDRESS", &json!({"value": format!("0.0.0.0:{HEALTH_PORT}")})),
+                        env_var("MANAGE_CRDS", &json!({"value": slots.manage_crds})),
                     ],
                     "ports": [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
                     "livenessProbe": http_probe("/healthz", 20),

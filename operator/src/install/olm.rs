@@ -177,7 +177,7 @@ pub fn csv(release: &Release) -> Result<Value, InstallError> {
         "installModes": install_modes,
         "customresourcedefinitions": {"owned": owned_crds()},
         "install": {"strategy": "deployment", "spec": {
-            "clusterPermissions": [{"serviceAccountName": super::OPERATOR_NAME, "rules": super::rules::cluster_rules()?}],
+            "clusterPermissions": [{"serviceAccountName": super::OPERATOR_NAME, "rules": super::rules::cluster_rules(false)?}],
             "permissions": [{"serviceAccountName": super::OPERATOR_NAME, "rules": super::rules::namespace_rules()?}],
             "deployments": [{"name": super::OPERATOR_NAME, "label": slots.labels, "spec": super::deployment_spec(&slots)}],
         }},

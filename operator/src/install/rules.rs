@@ -20,11 +20,12 @@ fn own_cluster_rules() -> Vec<Value> {
         rule("nmstate.io", &["nmstates"], &["get", "list", "watch", "delete"]),
         rule("nmstate.io", &["nmstates/status"], &["get", "update", "patch"]),
         rule("nmstate.io", &["nmstates/finalizers"], &["update"]),
-        // The operand CRDs are applied by the operator, as upstream.
+        // The NMState CRD is checked at start. The channels install and upgrade the CRDs
+        // (MANAGE_CRDS=false or nmstate), so the operator writes its own CRD at most.
         rule(
             "apiextensions.k8s.io",
             &["customresourcedefinitions"],
-            &["get", "list", "watch", "create", "update", "patch"],
+            &["get", "list", "watch"],
         ),
         rule(
             "",
@@ -80,10 +81,16 @@ fn operand_rules() -> Result<(Vec<Value>, Vec<Value>), RenderError> {
     Ok((in_namespace, cluster_wide))
 }
 
-/// The operator's ClusterRole rules.
-pub fn cluster_rules() -> Result<Vec<Value>, RenderError> {
+/// The operator's ClusterRole rules; `patches_nmstate_crd` when it keeps the NMState CRD
+/// current itself (`MANAGE_CRDS=nmstate`, the Helm chart).
+pub fn cluster_rules(patches_nmstate_crd: bool) -> Result<Vec<Value>, RenderError> {
     let (_, cluster_wide) = operand_rules()?;
-    Ok(merge(own_cluster_rules().into_iter().chain(cluster_wide)))
+    let nmstate_crd = json!({"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+        "resourceNames": ["nmstates.nmstate.io"], "verbs": ["patch"]});
+    let extra = patches_nmstate_crd.then_some(nmstate_crd);
+    Ok(merge(
+        own_cluster_rules().into_iter().chain(cluster_wide).chain(extra),
+    ))
 }
 
 /// The operator's Role rules in the handler namespace.

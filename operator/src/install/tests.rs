@@ -32,7 +32,7 @@ fn the_operator_may_grant_every_rule_of_the_roles_it_renders() {
         server_minor: 33,
         tolerated_infra_taints: 0,
     };
-    let cluster = rules::cluster_rules().unwrap();
+    let cluster = rules::cluster_rules(false).unwrap();
     let namespaced = rules::namespace_rules().unwrap();
     let granted = |rules: &[Value], group: &str, resource: &str, verb: &str| {
         rules.iter().any(|rule| {
@@ -118,4 +118,6 @@ fn the_plain_manifest_installs_crds_namespace_rbac_and_the_operator() {
         deployment["metadata"]["labels"]["app.kubernetes.io/version"],
         "1.2.3"
     );
+    let manage_crds = env.iter().find(|e| e["name"] == "MANAGE_CRDS").unwrap();
+    assert_eq!(manage_crds["value"], "false", "the channels own the CRDs");
 }

@@ -23,19 +23,6 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/component: operator
 {{- end }}
 
-{{/* On the first install the NMState CRD does not exist when Helm builds the release, so the
-NMState is created after it, by a hook that the next upgrade adopts. */}}
-{{- define "kubernetes-nmstate.nmstateAnnotations" -}}
-{{- if not (.Capabilities.APIVersions.Has "nmstate.io/v1/NMState") -}}
-helm.sh/hook: post-install
-helm.sh/hook-delete-policy: hook-failed
-meta.helm.sh/release-name: {{ .Release.Name }}
-meta.helm.sh/release-namespace: {{ .Release.Namespace }}
-{{- else -}}
-{}
-{{- end }}
-{{- end }}
-
 {{/* An image reference from (list {repository, tag} appVersion); the tag defaults to v<appVersion>. */}}
 {{- define "kubernetes-nmstate.image" -}}
 {{- $image := index . 0 -}}
