@@ -71,12 +71,13 @@ pub enum LogLevel {
     Debug,
 }
 
-/// The nmstate.io CRDs.
+/// The policy, enactment and node-state CRDs. (The NMState CRD is in the chart's crds/, which
+/// Helm installs once, `--skip-crds` skips, and the operator keeps current.)
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CrdValues {
-    /// Install and upgrade the CRDs with the chart. They are kept on uninstall (policies and
-    /// node states live in them); delete them by hand to remove everything.
+    /// Install and upgrade them with the chart. They are kept on uninstall (policies and node
+    /// states live in them); delete them by hand to remove everything.
     pub install: bool,
 }
 
