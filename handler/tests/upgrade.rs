@@ -21,9 +21,10 @@ use kube::{
 use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
 use nmstate_localenv::{
     LocalEnv,
+    kubelet::PodFacts,
     testing::{
         NodeProcess, TestNode, create_namespace, eventually, expect_no_nmstate, free_port, install_crds,
-        kubectl, remove_nmstates, shared_env, start_as_container, unique_name, workspace_binary,
+        kubectl, remove_nmstates, shared_env, start_as_container, unique_name,
     },
 };
 use nmstate_operator::install::{olm, release};
@@ -196,8 +197,13 @@ fn start_csv_operator(env: &LocalEnv, csv: &Value, namespace: &str, prefix: &str
         ("HANDLER_PREFIX", prefix),
         ("LEASE_DURATION_SECONDS", "4"),
     ];
-    let operator = workspace_binary("nmstate-operator");
-    start_as_container(env, &operator, &container, (namespace, pod, account), &overrides).unwrap()
+    let facts = PodFacts {
+        namespace,
+        name: pod,
+        node: "control-plane",
+        service_account: account,
+    };
+    start_as_container(env, &container, &facts, &overrides).unwrap()
 }
 
 /// The bundle's CRDs, applied as OLM updates them in place.

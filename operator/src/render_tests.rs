@@ -299,3 +299,41 @@ fn a_prefix_renames_every_operand_but_the_namespace() {
         json!({"name": "blue-nmstate-webhook"})
     );
 }
+
+/// Every workload the operator renders can be run by the local environment's kubelet stand-in
+/// (what `make demo` relies on): a command it knows, and no environment it cannot provide.
+#[test]
+fn every_rendered_workload_is_runnable_without_a_kubelet() {
+    use nmstate_localenv::kubelet::{PodFacts, invocation};
+    let objects = render(&spec(json!({})), &config(), &facts()).unwrap();
+    let mut programs = Vec::new();
+    for workload in objects
+        .iter()
+        .filter(|o| o["kind"] == "DaemonSet" || o["kind"] == "Deployment")
+    {
+        let pod = &workload["spec"]["template"]["spec"];
+        let container: k8s_openapi::api::core::v1::Container =
+            serde_json::from_value(pod["containers"][0].clone()).unwrap();
+        let facts = PodFacts {
+            namespace: "nmstate",
+            name: "pod-1",
+            node: "node01",
+            service_account: pod["serviceAccountName"].as_str().unwrap(),
+        };
+        let run = invocation(&container, &facts).unwrap();
+        if workload["kind"] == "DaemonSet" {
+            assert!(
+                run.env.contains(&("NODE_NAME".into(), "node01".into())),
+                "{run:?}"
+            );
+        }
+        programs.push((run.program, run.args));
+    }
+    programs.sort();
+    let expected: Vec<(String, Vec<String>)> = vec![
+        ("nmstate-cluster".into(), vec![]),
+        ("nmstate-handler".into(), vec!["run".into()]),
+        ("nmstate-webhook".into(), vec![]),
+    ];
+    assert_eq!(programs, expected);
+}

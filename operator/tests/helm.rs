@@ -12,6 +12,7 @@ use kube::{Api, Client, ResourceExt};
 use nmstate_api::NMState;
 use nmstate_localenv::{
     LocalEnv,
+    kubelet::PodFacts,
     testing::{
         NodeProcess, create_namespace, eventually, expect_no_nmstate, free_port, helm, kubectl,
         remove_nmstates, shared_env, start_as_container,
@@ -21,7 +22,6 @@ use nmstate_operator::install::{self, files};
 use serde_json::Value;
 use std::{path::Path, time::Duration};
 
-const OPERATOR: &str = env!("CARGO_BIN_EXE_nmstate-operator");
 const WAIT: Duration = Duration::from_secs(60);
 /// A CRD text the test changes in the next chart version.
 const OLD_DESCRIPTION: &str = "NodeNetworkState is the network state a node reports.";
@@ -86,27 +86,19 @@ impl Drop for Cleanup {
 /// ServiceAccount. The handler prefix keeps its cluster-wide operands apart from other tests'.
 fn start_operator(env: &LocalEnv, deployment: &Deployment, namespace: &str, log_name: &str) -> NodeProcess {
     let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    let container = &pod.containers[0];
-    assert_eq!(
-        container.command.as_deref(),
-        Some(&["nmstate-operator".to_string()][..])
-    );
-    let account = pod.service_account_name.as_deref().unwrap();
     let health = format!("127.0.0.1:{}", free_port());
     let overrides = [
         ("HEALTH_BIND_ADDRESS", health.as_str()),
         ("HANDLER_PREFIX", namespace),
         ("LEASE_DURATION_SECONDS", "4"),
     ];
-    let pod_name = format!("nmstate-operator-{log_name}");
-    start_as_container(
-        env,
-        OPERATOR.as_ref(),
-        container,
-        (namespace, &pod_name, account),
-        &overrides,
-    )
-    .unwrap()
+    let facts = PodFacts {
+        namespace,
+        name: &format!("nmstate-operator-{log_name}"),
+        node: "control-plane",
+        service_account: pod.service_account_name.as_deref().unwrap(),
+    };
+    start_as_container(env, &pod.containers[0], &facts, &overrides).unwrap()
 }
 
 async fn handler_daemonset(client: &Client, namespace: &str) -> Option<DaemonSet> {

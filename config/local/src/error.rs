@@ -40,6 +40,8 @@ pub enum LocalEnvError {
     Certificate(#[from] rcgen::Error),
     #[error("Kubernetes client: {0}")]
     Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Kubelet(#[from] crate::kubelet::KubeletError),
     #[error("kubeconfig {path}: {source}")]
     Kubeconfig {
         path: PathBuf,

@@ -9,6 +9,7 @@
 pub mod control_plane;
 mod error;
 pub mod fabric;
+pub mod kubelet;
 mod netns;
 pub mod node;
 mod pki;

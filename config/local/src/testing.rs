@@ -132,61 +132,31 @@ pub fn impersonating_kubeconfig(env: &LocalEnv, user: &str) -> Result<std::path:
     Ok(path)
 }
 
-/// The environment a container of a pod named `pod` in `namespace` gets from its spec: values,
-/// and the downward-API fields `metadata.namespace` and `metadata.name` (what the operator's
-/// Deployment uses), as the kubelet would resolve them. No pods run in these tests, so tests
-/// start the programs themselves with this.
-pub fn container_env(
-    container: &k8s_openapi::api::core::v1::Container,
-    namespace: &str,
-    pod: &str,
-) -> Vec<(String, String)> {
-    container
-        .env
-        .iter()
-        .flatten()
-        .map(|variable| {
-            let field = variable
-                .value_from
-                .as_ref()
-                .and_then(|from| from.field_ref.as_ref())
-                .map(|field| field.field_path.as_str());
-            let value = match field {
-                Some("metadata.namespace") => namespace.to_string(),
-                Some("metadata.name") => pod.to_string(),
-                _ => variable.value.clone().unwrap_or_default(),
-            };
-            (variable.name.clone(), value)
-        })
-        .collect()
-}
-
-/// Runs `program` as `container` of a pod named `pod` in `namespace` would run: its args, its
-/// environment ([`container_env`]) with `overrides` on top, and its API requests impersonating
-/// the pod's ServiceAccount, so the RBAC it is installed with is what it gets.
+/// Runs `container` of the pod `pod` the way the kubelet would (see [`crate::kubelet`]), on
+/// the host: the workspace binary its command names, its arguments, its environment with
+/// `overrides` on top, and its API requests impersonating the pod's ServiceAccount, so the RBAC
+/// it is installed with is what it gets.
 pub fn start_as_container(
     env: &LocalEnv,
-    program: &std::path::Path,
     container: &k8s_openapi::api::core::v1::Container,
-    (namespace, pod, service_account): (&str, &str, &str),
+    pod: &crate::kubelet::PodFacts<'_>,
     overrides: &[(&str, &str)],
 ) -> Result<NodeProcess> {
-    let mut variables = container_env(container, namespace, pod);
+    let run = crate::kubelet::invocation(container, pod)?;
+    let mut variables = run.env;
     variables.retain(|(name, _)| !overrides.iter().any(|(overridden, _)| overridden == name));
     variables.extend(
         overrides
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string())),
     );
-    let kubeconfig = impersonating_kubeconfig(
-        env,
-        &format!("system:serviceaccount:{namespace}:{service_account}"),
-    )?;
+    let user = format!("system:serviceaccount:{}:{}", pod.namespace, pod.service_account);
+    let kubeconfig = impersonating_kubeconfig(env, &user)?;
     variables.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
     let pairs: Vec<(&str, &str)> = variables.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let args: Vec<&str> = container.args.iter().flatten().map(String::as_str).collect();
-    let log = env.dir().join(format!("{namespace}-{pod}.log"));
-    NodeProcess::start_on_host(env, program, &args, &pairs, log)
+    let args: Vec<&str> = run.args.iter().map(String::as_str).collect();
+    let log = env.dir().join(format!("{}-{}.log", pod.namespace, pod.name));
+    NodeProcess::start_on_host(env, &workspace_binary(&run.program), &args, &pairs, log)
 }
 
 /// A binary of the workspace, built next to the running test (`cargo test --workspace` builds

@@ -1,0 +1,150 @@
+//! The kubelet's part, where no kubelet runs: what a container of a pod runs (program,
+//! arguments, environment), read from the pod template the operator or an installer rendered,
+//! so the local environment starts the same programs with the same settings as a cluster would,
+//! from the objects themselves rather than from a second copy of their settings.
+
+use k8s_openapi::api::core::v1::Container;
+
+/// What the downward API knows about the pod.
+#[derive(Clone, Copy, Debug)]
+pub struct PodFacts<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub node: &'a str,
+    pub service_account: &'a str,
+}
+
+/// A container's program, arguments and environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invocation {
+    /// `command[0]`: a program name, looked up like the image's `PATH` would.
+    pub program: String,
+    /// The rest of `command`, then `args`.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KubeletError {
+    #[error("container {0} has no command: the image's entrypoint is unknown here")]
+    NoCommand(String),
+    #[error(
+        "container {container}: env {variable} comes from {source_kind}, which the local environment does not provide"
+    )]
+    UnsupportedSource {
+        container: String,
+        variable: String,
+        source_kind: String,
+    },
+}
+
+/// What `container` runs in the pod `pod`. Environment values and the downward-API fields
+/// `metadata.name`, `metadata.namespace`, `spec.nodeName` and `spec.serviceAccountName` are
+/// resolved; any other source is an error, not a silently empty variable.
+pub fn invocation(container: &Container, pod: &PodFacts<'_>) -> Result<Invocation, KubeletError> {
+    let mut command = container.command.iter().flatten().cloned();
+    let program = command
+        .next()
+        .ok_or_else(|| KubeletError::NoCommand(container.name.clone()))?;
+    let args = command.chain(container.args.iter().flatten().cloned()).collect();
+    let mut env = Vec::new();
+    for variable in container.env.iter().flatten() {
+        let value = match &variable.value_from {
+            None => variable.value.clone().unwrap_or_default(),
+            Some(from) => {
+                let field = from.field_ref.as_ref().map(|field| field.field_path.as_str());
+                match field {
+                    Some("metadata.name") => pod.name.to_string(),
+                    Some("metadata.namespace") => pod.namespace.to_string(),
+                    Some("spec.nodeName") => pod.node.to_string(),
+                    Some("spec.serviceAccountName") => pod.service_account.to_string(),
+                    other => {
+                        let source_kind = match other {
+                            Some(path) => format!("fieldRef {path}"),
+                            None if from.secret_key_ref.is_some() => "a Secret".into(),
+                            None if from.config_map_key_ref.is_some() => "a ConfigMap".into(),
+                            None => "resourceFieldRef".into(),
+                        };
+                        return Err(KubeletError::UnsupportedSource {
+                            container: container.name.clone(),
+                            variable: variable.name.clone(),
+                            source_kind,
+                        });
+                    }
+                }
+            }
+        };
+        env.push((variable.name.clone(), value));
+    }
+    Ok(Invocation { program, args, env })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use super::*;
+    use serde_json::json;
+
+    const POD: PodFacts<'static> = PodFacts {
+        namespace: "nmstate",
+        name: "nmstate-handler-x",
+        node: "node01",
+        service_account: "nmstate-handler",
+    };
+
+    fn container(value: serde_json::Value) -> Container {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn command_args_values_and_downward_fields_are_resolved() {
+        let container = container(json!({
+            "name": "handler", "command": ["nmstate-handler", "run"], "args": ["--v", "debug"],
+            "env": [
+                {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "RUST_LOG", "value": "info"},
+                {"name": "EMPTY"},
+            ],
+        }));
+        let run = invocation(&container, &POD).unwrap();
+        assert_eq!(run.program, "nmstate-handler");
+        assert_eq!(run.args, ["run", "--v", "debug"]);
+        let env: Vec<(&str, &str)> = run.env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(
+            env,
+            [
+                ("NODE_NAME", "node01"),
+                ("POD_NAMESPACE", "nmstate"),
+                ("POD_NAME", "nmstate-handler-x"),
+                ("RUST_LOG", "info"),
+                ("EMPTY", ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_provided_is_an_error() {
+        let from_secret = container(json!({"name": "c", "command": ["x"], "env": [
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}));
+        assert_eq!(
+            invocation(&from_secret, &POD).unwrap_err().to_string(),
+            "container c: env TOKEN comes from a Secret, which the local environment does not provide"
+        );
+        let from_status = container(json!({"name": "c", "command": ["x"], "env": [
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}));
+        assert!(
+            invocation(&from_status, &POD)
+                .unwrap_err()
+                .to_string()
+                .contains("fieldRef status.podIP")
+        );
+        let no_command = container(json!({"name": "c", "args": ["x"]}));
+        assert_eq!(
+            invocation(&no_command, &POD).unwrap_err(),
+            KubeletError::NoCommand("c".into())
+        );
+    }
+}
