@@ -37,6 +37,37 @@ pub struct OperatorConfig {
     pub handler_env: Vec<(String, String)>,
     /// `MANAGE_CRDS`: which CRDs the operator applies.
     pub crds: CrdManagement,
+    /// `WEBHOOK_URL` (`https://<host>:<port>`): where the API server calls the webhook when it
+    /// runs outside the cluster's Service network (a development environment without a
+    /// kubelet or kube-proxy); by default the webhook configurations name the Service.
+    pub webhook_url: Option<WebhookUrl>,
+}
+
+/// An out-of-cluster webhook address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl WebhookUrl {
+    fn parse(value: &str) -> Option<WebhookUrl> {
+        let authority = value.strip_prefix("https://")?.trim_end_matches('/');
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse().ok()?),
+            None => (authority, 443),
+        };
+        let valid = !host.is_empty() && !host.contains('/') && !host.contains('@');
+        valid.then(|| WebhookUrl {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The URL of the webhook serving `path`.
+    pub fn with_path(&self, path: &str) -> String {
+        format!("https://{}:{}{path}", self.host, self.port)
+    }
 }
 
 /// Which CRDs the operator applies (server-side, forced). Each CRD has one owner that upgrades
@@ -82,6 +113,7 @@ impl OperatorConfig {
             handler_prefix: String::new(),
             handler_env: Vec::new(),
             crds: CrdManagement::Operands,
+            webhook_url: None,
         }
     }
 
@@ -113,7 +145,16 @@ impl OperatorConfig {
                 });
             }
         };
+        let webhook_url = match get("WEBHOOK_URL") {
+            None => None,
+            Some(value) => Some(WebhookUrl::parse(&value).ok_or(ConfigError::Invalid {
+                variable: "WEBHOOK_URL",
+                value,
+                expected: "https://<host>[:<port>]",
+            })?),
+        };
         Ok(OperatorConfig {
+            webhook_url,
             crds,
             operator_namespace: get("OPERATOR_NAMESPACE").unwrap_or_else(|| handler_namespace.clone()),
             monitoring_namespace: get("MONITORING_NAMESPACE").unwrap_or(defaults.monitoring_namespace),

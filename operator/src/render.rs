@@ -172,6 +172,20 @@ pub fn infra_tolerations(spec: &NMStateSpec) -> Vec<Toleration> {
     })
 }
 
+/// Where the API server calls each webhook: the Service, or `WEBHOOK_URL`.
+fn webhook_clients(config: &OperatorConfig, prefix: &str) -> Value {
+    let client = |path: &str| match &config.webhook_url {
+        Some(url) => json!({"url": url.with_path(path)}),
+        None => json!({"service": {"name": format!("{prefix}nmstate-webhook"),
+            "namespace": config.handler_namespace, "path": path, "port": 443}}),
+    };
+    json!({
+        "timestamp": client("/nodenetworkconfigurationpolicies-timestamp-mutate"),
+        "status": client("/nodenetworkconfigurationpolicies-status-mutate"),
+        "validate": client("/nodenetworkconfigurationpolicies-validate"),
+    })
+}
+
 /// The templates' input: the spec with upstream's defaults filled in.
 fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) -> Result<Value, RenderError> {
     let linux = BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())]);
@@ -234,6 +248,14 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
             "certOverlapInterval": self_sign.cert_overlap_interval.unwrap_or_default(),
         },
         "cluster": {"labels": cluster_labels, "selector": cluster_selector},
+        "webhookClients": webhook_clients(config, &prefix),
+        "webhookExtraEnv": match &config.webhook_url {
+            Some(url) => json!([
+                {"name": "WEBHOOK_EXTRA_NAMES", "value": url.host},
+                {"name": "WEBHOOK_BIND_ADDRESS", "value": format!("0.0.0.0:{}", url.port)},
+            ]),
+            None => json!([]),
+        },
     }))
 }
 

@@ -337,3 +337,51 @@ fn every_rendered_workload_is_runnable_without_a_kubelet() {
     ];
     assert_eq!(programs, expected);
 }
+
+/// WEBHOOK_URL points the API server at a webhook outside the Service network (a development
+/// environment), and gives the webhook a certificate for that host and the port to listen on.
+#[test]
+fn a_webhook_url_replaces_the_service() {
+    let url = |value: &str| {
+        let value = value.to_string();
+        OperatorConfig::from_lookup(move |name| (name == "WEBHOOK_URL").then(|| value.clone()))
+    };
+    let objects = render(
+        &spec(json!({})),
+        &url("https://127.0.0.1:9443/").unwrap(),
+        &facts(),
+    )
+    .unwrap();
+    let validating = find(&objects, "ValidatingWebhookConfiguration", "nmstate");
+    assert_eq!(
+        validating["webhooks"][0]["clientConfig"],
+        json!({"url": "https://127.0.0.1:9443/nodenetworkconfigurationpolicies-validate"})
+    );
+    let mutating = find(&objects, "MutatingWebhookConfiguration", "nmstate");
+    for webhook in mutating["webhooks"].as_array().unwrap() {
+        assert!(
+            webhook["clientConfig"]["url"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://127.0.0.1:9443/")
+        );
+    }
+    let webhook =
+        &find(&objects, "Deployment", "nmstate-webhook")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(webhook, "WEBHOOK_EXTRA_NAMES"), "127.0.0.1");
+    assert_eq!(env(webhook, "WEBHOOK_BIND_ADDRESS"), "0.0.0.0:9443");
+
+    let default = render(&spec(json!({})), &config(), &facts()).unwrap();
+    let validating = find(&default, "ValidatingWebhookConfiguration", "nmstate");
+    assert_eq!(validating["webhooks"][0]["clientConfig"]["service"]["port"], 443);
+
+    for bad in [
+        "http://127.0.0.1:9443",
+        "https://:9443",
+        "https://host:port",
+        "127.0.0.1",
+    ] {
+        let error = url(bad).unwrap_err().to_string();
+        assert!(error.contains("https://<host>[:<port>]"), "{bad}: {error}");
+    }
+}
