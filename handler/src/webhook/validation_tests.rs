@@ -212,3 +212,33 @@ fn every_broken_rule_is_reported() {
     let message = refusal(validate(&policy(&"n".repeat(70), spec), None));
     assert_eq!(message.matches("; ").count(), 2, "{message}");
 }
+
+/// Every example policy in `examples/` is one the webhook accepts as written.
+#[test]
+fn every_example_policy_is_accepted() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|ext| ext != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object: Value = serde::Deserialize::deserialize(document).unwrap();
+            if object["kind"] != "NodeNetworkConfigurationPolicy" {
+                continue;
+            }
+            let policy: NodeNetworkConfigurationPolicy = serde_json::from_value(object).unwrap();
+            if let Err(refusal) = validate(&policy, None) {
+                panic!("{} is refused: {}", path.display(), refusal.message());
+            }
+            checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    assert!(
+        checked.len() >= 20,
+        "only {} example policies: {checked:?}",
+        checked.len()
+    );
+}
