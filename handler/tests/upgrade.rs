@@ -21,10 +21,9 @@ use kube::{
 use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
 use nmstate_localenv::{
     LocalEnv,
-    kubelet::PodFacts,
     testing::{
-        NodeProcess, TestNode, create_namespace, eventually, expect_no_nmstate, free_port, install_crds,
-        kubectl, remove_nmstates, shared_env, start_as_container, unique_name,
+        NodeProcess, TestNode, create_namespace, eventually, expect_no_nmstate, install_crds, kubectl,
+        remove_nmstates, shared_env, start_operator_as_deployed, unique_name,
     },
 };
 use nmstate_operator::install::{olm, release};
@@ -188,22 +187,10 @@ fn start_csv_operator(env: &LocalEnv, csv: &Value, namespace: &str, prefix: &str
         ],
         &text,
     );
-    let pod_spec = &install["deployments"][0]["spec"]["template"]["spec"];
-    let container: k8s_openapi::api::core::v1::Container =
-        serde_json::from_value(pod_spec["containers"][0].clone()).unwrap();
-    let health = format!("127.0.0.1:{}", free_port());
-    let overrides = [
-        ("HEALTH_BIND_ADDRESS", health.as_str()),
-        ("HANDLER_PREFIX", prefix),
-        ("LEASE_DURATION_SECONDS", "4"),
-    ];
-    let facts = PodFacts {
-        namespace,
-        name: pod,
-        node: "control-plane",
-        service_account: account,
-    };
-    start_as_container(env, &container, &facts, &overrides).unwrap()
+    let pod_spec: k8s_openapi::api::core::v1::PodSpec =
+        serde_json::from_value(install["deployments"][0]["spec"]["template"]["spec"].clone()).unwrap();
+    assert_eq!(pod_spec.service_account_name.as_deref(), Some(account));
+    start_operator_as_deployed(env, &pod_spec, (namespace, pod), prefix).unwrap()
 }
 
 /// The bundle's CRDs, applied as OLM updates them in place.

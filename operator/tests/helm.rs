@@ -12,10 +12,9 @@ use kube::{Api, Client, ResourceExt};
 use nmstate_api::NMState;
 use nmstate_localenv::{
     LocalEnv,
-    kubelet::PodFacts,
     testing::{
-        NodeProcess, create_namespace, eventually, expect_no_nmstate, free_port, helm, kubectl,
-        remove_nmstates, shared_env, start_as_container,
+        NodeProcess, create_namespace, eventually, expect_no_nmstate, helm, kubectl, remove_nmstates,
+        shared_env, start_operator_as_deployed,
     },
 };
 use nmstate_operator::install::{self, files};
@@ -86,19 +85,8 @@ impl Drop for Cleanup {
 /// ServiceAccount. The handler prefix keeps its cluster-wide operands apart from other tests'.
 fn start_operator(env: &LocalEnv, deployment: &Deployment, namespace: &str, log_name: &str) -> NodeProcess {
     let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    let health = format!("127.0.0.1:{}", free_port());
-    let overrides = [
-        ("HEALTH_BIND_ADDRESS", health.as_str()),
-        ("HANDLER_PREFIX", namespace),
-        ("LEASE_DURATION_SECONDS", "4"),
-    ];
-    let facts = PodFacts {
-        namespace,
-        name: &format!("nmstate-operator-{log_name}"),
-        node: "control-plane",
-        service_account: pod.service_account_name.as_deref().unwrap(),
-    };
-    start_as_container(env, &pod.containers[0], &facts, &overrides).unwrap()
+    let pod_name = format!("nmstate-operator-{log_name}");
+    start_operator_as_deployed(env, pod, (namespace, &pod_name), namespace).unwrap()
 }
 
 async fn handler_daemonset(client: &Client, namespace: &str) -> Option<DaemonSet> {

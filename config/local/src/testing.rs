@@ -159,6 +159,35 @@ pub fn start_as_container(
     NodeProcess::start_on_host(env, &workspace_binary(&run.program), &args, &pairs, log)
 }
 
+/// The operator as the pod template `pod` of its Deployment describes it, in the pod
+/// `pod_name` in `namespace`, run as its ServiceAccount ([`start_as_container`]). For tests:
+/// its health port is a free one, its Lease expires in 4 s, and `prefix` (HANDLER_PREFIX)
+/// keeps its cluster-wide operands apart from other tests'.
+pub fn start_operator_as_deployed(
+    env: &LocalEnv,
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    (namespace, pod_name): (&str, &str),
+    prefix: &str,
+) -> Result<NodeProcess> {
+    let health = format!("127.0.0.1:{}", free_port());
+    let overrides = [
+        ("HEALTH_BIND_ADDRESS", health.as_str()),
+        ("HANDLER_PREFIX", prefix),
+        ("LEASE_DURATION_SECONDS", "4"),
+    ];
+    let facts = crate::kubelet::PodFacts {
+        namespace,
+        name: pod_name,
+        node: "control-plane",
+        service_account: pod.service_account_name.as_deref().unwrap_or("default"),
+    };
+    let container = pod
+        .containers
+        .first()
+        .ok_or_else(|| crate::kubelet::KubeletError::NoCommand(pod_name.into()))?;
+    start_as_container(env, container, &facts, &overrides)
+}
+
 /// A binary of the workspace, built next to the running test (`cargo test --workspace` builds
 /// every package's binaries before it runs any test).
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
