@@ -263,7 +263,8 @@ fn the_rendered_configuration_matches_the_server() {
     let service = objects.iter().find(|object| object["kind"] == "Service").unwrap();
     let service_name = service["metadata"]["name"].as_str().unwrap();
     assert_eq!(service["spec"]["ports"][0]["port"], 443);
-    assert_eq!(service["spec"]["ports"][0]["targetPort"], 9443);
+    // The webhook container's named port (9443, or the WEBHOOK_URL's port).
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "webhook-server");
     let mut paths = BTreeSet::new();
     for configuration in objects.iter().filter(|object| object["kind"] != "Service") {
         assert_eq!(configuration["metadata"]["name"], "nmstate");

@@ -241,6 +241,8 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
             "selector": webhook_selector,
             "replicas": replicas,
             "minAvailable": replicas - 1,
+            // What it listens on: the Service's target, the probes' and NetworkPolicy's port.
+            "port": config.webhook_url.as_ref().map_or(9443, |url| url.port),
             // Empty means the webhook's default (it defaults each missing field by itself).
             "caRotateInterval": self_sign.ca_rotate_interval.unwrap_or_default(),
             "caOverlapInterval": self_sign.ca_overlap_interval.unwrap_or_default(),

@@ -348,14 +348,14 @@ fn a_webhook_url_replaces_the_service() {
     };
     let objects = render(
         &spec(json!({})),
-        &url("https://127.0.0.1:9443/").unwrap(),
+        &url("https://127.0.0.1:9444/").unwrap(),
         &facts(),
     )
     .unwrap();
     let validating = find(&objects, "ValidatingWebhookConfiguration", "nmstate");
     assert_eq!(
         validating["webhooks"][0]["clientConfig"],
-        json!({"url": "https://127.0.0.1:9443/nodenetworkconfigurationpolicies-validate"})
+        json!({"url": "https://127.0.0.1:9444/nodenetworkconfigurationpolicies-validate"})
     );
     let mutating = find(&objects, "MutatingWebhookConfiguration", "nmstate");
     for webhook in mutating["webhooks"].as_array().unwrap() {
@@ -363,17 +363,25 @@ fn a_webhook_url_replaces_the_service() {
             webhook["clientConfig"]["url"]
                 .as_str()
                 .unwrap()
-                .starts_with("https://127.0.0.1:9443/")
+                .starts_with("https://127.0.0.1:9444/")
         );
     }
     let webhook =
         &find(&objects, "Deployment", "nmstate-webhook")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(env(webhook, "WEBHOOK_EXTRA_NAMES"), "127.0.0.1");
-    assert_eq!(env(webhook, "WEBHOOK_BIND_ADDRESS"), "0.0.0.0:9443");
+    assert_eq!(env(webhook, "WEBHOOK_BIND_ADDRESS"), "0.0.0.0:9444");
+    // The port it listens on is the one its pod declares, probes and the NetworkPolicy allows.
+    assert_eq!(webhook["ports"][0]["containerPort"], 9444);
+    assert_eq!(webhook["readinessProbe"]["httpGet"]["port"], "webhook-server");
+    let ingress = find(&objects, "NetworkPolicy", "allow-webhook-ingress");
+    assert_eq!(ingress["spec"]["ingress"][0]["ports"][0]["port"], 9444);
 
     let default = render(&spec(json!({})), &config(), &facts()).unwrap();
     let validating = find(&default, "ValidatingWebhookConfiguration", "nmstate");
     assert_eq!(validating["webhooks"][0]["clientConfig"]["service"]["port"], 443);
+    let webhook =
+        &find(&default, "Deployment", "nmstate-webhook")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(webhook["ports"][0]["containerPort"], 9443);
 
     for bad in [
         "http://127.0.0.1:9443",
