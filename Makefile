@@ -16,13 +16,16 @@ LOCALENV := $(CURDIR)/target/debug/localenv
 export PATH := $(TOOLS_BIN):$(PATH)
 
 .PHONY: all test bench nmstatectl deps kube-build tools localenv fmt-check clippy unit integration generate \
-        generate-check crds cluster-up cluster-down cluster-status build build-release release images help
+        generate-check crds cluster-up cluster-down cluster-status build build-release release images help \
+        demo demo-down
 
 all: build
 
 help:
 	@echo "make test            fmt, clippy, unit tests, integration tests (installs what they need)"
 	@echo "make bench           handler vs nmstatectl 2.2, rollouts, webhook latency (figures)"
+	@echo "make demo            the whole system on this machine: 3 nodes, the operator, a tour of policies"
+	@echo "make demo-down       stop everything make demo started"
 	@echo "make cluster-up      start the local control plane; prints export KUBECONFIG=..."
 	@echo "make cluster-down    stop it and every sandbox node"
 	@echo "make cluster-status  show what runs"
@@ -131,3 +134,15 @@ cluster-down: localenv
 
 cluster-status: localenv
 	@$(LOCALENV) --dir $(LOCALENV_DIR) cluster status
+
+## The demo: the whole product on this machine ------------------------------------------------
+
+# Control plane, three sandbox nodes, the Helm chart, the operator and what it installs run as
+# processes, then a tour of examples/ policies; all left running (in the cluster-up environment).
+demo: deps kube-build
+	@start=$$(date +%s); echo "make demo: building the workspace (cargo build --workspace)"; \
+	$(CARGO) build -q --workspace && echo "make demo: built in $$(( $$(date +%s) - start )) s"
+	@$(LOCALENV) --dir $(LOCALENV_DIR) demo up
+
+demo-down: localenv
+	@$(LOCALENV) --dir $(LOCALENV_DIR) demo down

@@ -51,6 +51,8 @@ pub enum LocalEnvError {
     ClusterDown { dir: PathBuf },
     #[error("node {name}: {reason}")]
     Node { name: String, reason: String },
+    #[error("make demo: {0}")]
+    Demo(String),
     #[error("must run as root to create network namespaces")]
     NotRoot,
 }

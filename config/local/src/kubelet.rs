@@ -3,7 +3,8 @@
 //! so the local environment starts the same programs with the same settings as a cluster would,
 //! from the objects themselves rather than from a second copy of their settings.
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use std::path::Path;
 
 /// What the downward API knows about the pod.
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +80,48 @@ pub fn invocation(container: &Container, pod: &PodFacts<'_>) -> Result<Invocatio
     Ok(Invocation { program, args, env })
 }
 
+/// Mounts `container`'s hostPath volumes with `root` as the node's `/`: every environment value
+/// and argument under a hostPath mount path is rewritten to the matching path below `root`
+/// (`/var/k8s_nmstate/lock` with hostPath `/var/k8s_nmstate` becomes
+/// `<root>/var/k8s_nmstate/lock`), and `DirectoryOrCreate` directories are created there. A
+/// sandbox node shares the host's file system, so this keeps the nodes' files apart, as their
+/// own disks would. Other volume kinds are not mounted; the programs here only name paths.
+pub fn mount_host_paths(
+    run: &mut Invocation,
+    pod: &PodSpec,
+    container: &Container,
+    root: &Path,
+) -> std::io::Result<()> {
+    let mut mounts = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let host_path = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|volume| volume.name == mount.name)
+            .and_then(|volume| volume.host_path.as_ref());
+        if let Some(host_path) = host_path {
+            let on_node = root.join(host_path.path.trim_start_matches('/'));
+            if host_path.type_.as_deref() == Some("DirectoryOrCreate") {
+                std::fs::create_dir_all(&on_node)?;
+            }
+            mounts.push((mount.mount_path.trim_end_matches('/').to_string(), on_node));
+        }
+    }
+    let rewrite = |value: &mut String| {
+        for (mount_path, on_node) in &mounts {
+            let rest = value.strip_prefix(mount_path.as_str());
+            if let Some(rest) = rest.filter(|rest| rest.is_empty() || rest.starts_with('/')) {
+                *value = format!("{}{rest}", on_node.display());
+                return;
+            }
+        }
+    };
+    run.env.iter_mut().for_each(|(_, value)| rewrite(value));
+    run.args.iter_mut().for_each(rewrite);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // test code
@@ -146,5 +189,41 @@ mod tests {
             invocation(&no_command, &POD).unwrap_err(),
             KubeletError::NoCommand("c".into())
         );
+    }
+
+    #[test]
+    fn host_path_volumes_are_mounted_below_the_node_root() {
+        let pod: PodSpec = serde_json::from_value(json!({
+            "containers": [{"name": "handler", "command": ["h"],
+                "env": [{"name": "LOCK", "value": "/var/k8s_nmstate/handler_lock"},
+                        {"name": "OTHER", "value": "/var/k8s_nmstate_other"}],
+                "volumeMounts": [{"name": "lock", "mountPath": "/var/k8s_nmstate"},
+                                 {"name": "bus", "mountPath": "/run/dbus/system_bus_socket"}]}],
+            "volumes": [{"name": "lock", "hostPath": {"path": "/var/k8s_nmstate", "type": "DirectoryOrCreate"}},
+                        {"name": "bus", "hostPath": {"path": "/run/dbus/system_bus_socket", "type": "Socket"}}],
+        }))
+        .unwrap();
+        let root = std::env::temp_dir().join(format!("kubelet-mount-test-{}", std::process::id()));
+        let mut run = invocation(&pod.containers[0], &POD).unwrap();
+        run.args = vec!["/run/dbus/system_bus_socket".into()];
+        mount_host_paths(&mut run, &pod, &pod.containers[0], &root).unwrap();
+        assert_eq!(
+            run.env[0].1,
+            root.join("var/k8s_nmstate/handler_lock").display().to_string()
+        );
+        assert_eq!(
+            run.env[1].1, "/var/k8s_nmstate_other",
+            "only whole path components match"
+        );
+        assert_eq!(
+            run.args[0],
+            root.join("run/dbus/system_bus_socket").display().to_string()
+        );
+        assert!(
+            root.join("var/k8s_nmstate").is_dir(),
+            "DirectoryOrCreate is created"
+        );
+        assert!(!root.join("run/dbus").exists(), "a Socket is not created");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

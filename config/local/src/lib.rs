@@ -7,12 +7,14 @@
 //! `make cluster-up`/`cluster-down` and the integration tests drive it through this crate.
 
 pub mod control_plane;
+pub mod demo;
 mod error;
 pub mod fabric;
 pub mod kubelet;
 mod netns;
 pub mod node;
 mod pki;
+pub mod pods;
 pub mod process;
 pub mod testing;
 
@@ -114,6 +116,9 @@ impl LocalEnv {
     }
 
     fn stop_everything(&self) -> Result<()> {
+        // What runs inside the nodes goes before the nodes: the kubelet stand-in, then its pods.
+        demo::stop_kubelet(self);
+        pods::Pods::stop_all(self);
         for node in self.nodes() {
             node.stop()?;
         }
@@ -277,6 +282,26 @@ pub async fn client_from(path: &Path) -> Result<Client> {
             source,
         })?;
     Ok(Client::try_from(config)?)
+}
+
+/// Writes to `path` a copy of the kubeconfig `source` whose requests impersonate `user` (e.g.
+/// `system:serviceaccount:<namespace>:<name>`): a program run with it gets exactly that
+/// user's RBAC, as it would in a pod with that ServiceAccount.
+pub fn write_impersonating_kubeconfig(source: &Path, path: &Path, user: &str) -> Result<()> {
+    let invalid = |source_error| LocalEnvError::Kubeconfig {
+        path: source.to_path_buf(),
+        source: source_error,
+    };
+    let mut config = Kubeconfig::read_from(source).map_err(invalid)?;
+    for named in &mut config.auth_infos {
+        if let Some(auth) = named.auth_info.as_mut() {
+            auth.impersonate = Some(user.to_string());
+        }
+    }
+    let text = serde_yaml::to_string(&config)
+        .map_err(std::io::Error::other)
+        .map_err(LocalEnvError::io("serialize", path))?;
+    std::fs::write(path, text).map_err(LocalEnvError::io("write", path))
 }
 
 async fn register_node(client: &Client, node: &SandboxNode, labels: &BTreeMap<String, String>) -> Result<()> {

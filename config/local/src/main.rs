@@ -29,6 +29,36 @@ enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// The whole product on this machine, with a tour of example policies (`make demo`).
+    Demo {
+        #[command(subcommand)]
+        action: DemoAction,
+    },
+    /// Play the kubelet for one namespace until stopped: run its DaemonSets' pods in the
+    /// sandbox nodes and its Deployments' on the host, as processes (`make demo` starts it).
+    Kubelet {
+        #[arg(long)]
+        namespace: String,
+        /// Where the containers' programs are [default: this program's directory]
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// An environment variable on top of a container's template, CONTAINER:NAME=VALUE
+        /// (repeatable).
+        #[arg(long = "set")]
+        overrides: Vec<nmstate_localenv::pods::EnvOverride>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoAction {
+    /// Start (or start over) the demo and run the tour; everything is left running.
+    Up {
+        /// Where the workspace's binaries are [default: this program's directory]
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Stop everything the demo started: processes, nodes, control plane.
+    Down,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +200,30 @@ async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError
         Command::Node {
             action: NodeAction::Down { name },
         } => env.node_down(&name).await?,
+        Command::Demo {
+            action: DemoAction::Up { bin_dir },
+        } => {
+            let bin_dir = bin_dir.unwrap_or_else(nmstate_localenv::demo::default_bin_dir);
+            nmstate_localenv::demo::up(env, &bin_dir).await?;
+        }
+        Command::Demo {
+            action: DemoAction::Down,
+        } => {
+            env.down().await?;
+            eprintln!(
+                "localenv: the demo is stopped (processes, nodes, control plane in {})",
+                env.dir().display()
+            );
+        }
+        Command::Kubelet {
+            namespace,
+            bin_dir,
+            overrides,
+        } => {
+            let bin_dir = bin_dir.unwrap_or_else(nmstate_localenv::demo::default_bin_dir);
+            let pods = nmstate_localenv::pods::Pods::new(env, &namespace, overrides, &bin_dir);
+            pods.run_until_stopped(&env.client().await?).await;
+        }
         Command::Node {
             action: NodeAction::List,
         } => {

@@ -113,22 +113,8 @@ pub fn helm(env: &LocalEnv) -> std::process::Command {
 /// A copy of `env`'s kubeconfig whose requests impersonate `user` (e.g.
 /// `system:serviceaccount:<namespace>:<name>`), so a program runs with exactly that user's RBAC.
 pub fn impersonating_kubeconfig(env: &LocalEnv, user: &str) -> Result<std::path::PathBuf> {
-    let source = env.kubeconfig();
-    let invalid = |source_error| crate::LocalEnvError::Kubeconfig {
-        path: source.clone(),
-        source: source_error,
-    };
-    let mut config = kube::config::Kubeconfig::read_from(&source).map_err(invalid)?;
-    for named in &mut config.auth_infos {
-        if let Some(auth) = named.auth_info.as_mut() {
-            auth.impersonate = Some(user.to_string());
-        }
-    }
     let path = env.dir().join(format!("{}.kubeconfig", user.replace(':', "_")));
-    let text = serde_yaml::to_string(&config)
-        .map_err(std::io::Error::other)
-        .map_err(crate::LocalEnvError::io("serialize", &path))?;
-    std::fs::write(&path, text).map_err(crate::LocalEnvError::io("write", &path))?;
+    crate::write_impersonating_kubeconfig(&env.kubeconfig(), &path, user)?;
     Ok(path)
 }
 

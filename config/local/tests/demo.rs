@@ -1,0 +1,247 @@
+//! `make demo`'s entry point, `localenv demo up`, run in an environment of its own: the tour's
+//! outcomes as printed, checked again in the API and on the nodes; a second run that starts
+//! over; `localenv demo down` that leaves no process behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use kube::{Api, ResourceExt};
+use nmstate_api::{NMState, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
+use nmstate_localenv::{LocalEnv, pods::Pods, process::is_running};
+use std::{path::PathBuf, process::Command};
+
+const LOCALENV: &str = env!("CARGO_BIN_EXE_localenv");
+
+/// Stops the demo's environment however the test ends.
+struct DemoEnv(PathBuf);
+
+impl Drop for DemoEnv {
+    fn drop(&mut self) {
+        let _ = Command::new(LOCALENV)
+            .arg("--dir")
+            .arg(&self.0)
+            .args(["demo", "down"])
+            .output();
+    }
+}
+
+fn demo(dir: &PathBuf, action: &str) -> String {
+    let output = Command::new(LOCALENV)
+        .arg("--dir")
+        .arg(dir)
+        .args(["demo", action])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "localenv demo {action} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The tour's lines for step `number`, up to the next step.
+fn step(output: &str, number: usize) -> &str {
+    let start = output
+        .find(&format!("── {number}. "))
+        .unwrap_or_else(|| panic!("no step {number} in:\n{output}"));
+    let rest = &output[start..];
+    let end = rest.find("\n  ── ").unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The "applying now: [...]" lists of a step's rollout lines.
+fn applying(lines: &str) -> Vec<usize> {
+    lines
+        .lines()
+        .filter_map(|line| line.split_once("applying now: [")?.1.split_once(']'))
+        .map(|(nodes, _)| nodes.split(", ").filter(|node| !node.is_empty()).count())
+        .collect()
+}
+
+/// Every process the demo's kubelet stand-in runs, by pod, with its pid.
+fn pod_pids(env: &LocalEnv) -> Vec<(String, u32, String)> {
+    let dir = Pods::root(env).join("nmstate");
+    let mut pods = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pod) = name.strip_suffix(".pid") {
+            let pid: u32 = std::fs::read_to_string(entry.path())
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let stamp = std::fs::read_to_string(dir.join(format!("{pod}.pod"))).unwrap();
+            let program = stamp.split_whitespace().nth(1).unwrap().to_string();
+            pods.push((pod.to_string(), pid, program));
+        }
+    }
+    pods.sort();
+    pods
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn make_demo_tours_the_examples_starts_over_and_stops_everything() {
+    let dir = nmstate_localenv::workspace_dir().join("target/localenv-demo-test");
+    let _down = DemoEnv(dir.clone());
+    let env = LocalEnv::new(&dir);
+
+    let output = demo(&dir, "up");
+    for line in ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"] {
+        assert!(output.contains(line), "no progress line {line}:\n{output}");
+    }
+    assert!(output.contains(&format!("export KUBECONFIG={}", env.kubeconfig().display())));
+
+    // 1: the workers only, never both at once.
+    let bridge = step(&output, 1);
+    assert!(bridge.contains("worker-selector   Available"), "{bridge}");
+    assert!(bridge.contains("2/2 nodes successfully configured"), "{bridge}");
+    let rollout_lines = bridge.lines().filter(|line| line.contains("applying now"));
+    assert!(
+        !bridge.contains("node01.worker-selector")
+            && !rollout_lines.clone().any(|line| line.contains("node01")),
+        "the control-plane node is not selected:\n{bridge}"
+    );
+    let counts = applying(bridge);
+    assert!(
+        !counts.is_empty() && counts.iter().all(|&count| count <= 1),
+        "maxUnavailable 1: {counts:?}\n{bridge}"
+    );
+    assert!(
+        bridge.contains("- eth1") && bridge.contains("controller: br1"),
+        "{bridge}"
+    );
+    // 2: static address and route on node02.
+    let route = step(&output, 2);
+    assert!(route.contains("1/1 nodes successfully configured"), "{route}");
+    assert!(
+        route.contains("192.0.2.251") && route.contains("198.51.100.0/24"),
+        "{route}"
+    );
+    // 3: rolled back on two nodes, the third aborted, and the reason shown.
+    let broken = step(&output, 3);
+    assert!(
+        broken.contains("2/3 nodes failed to configure, 1 nodes aborted configuration"),
+        "{broken}"
+    );
+    assert!(
+        applying(broken).iter().all(|&count| count <= 2),
+        "maxUnavailable 50% of 3"
+    );
+    assert!(
+        broken.contains("failed running probe 'dns' after network changes"),
+        "{broken}"
+    );
+    assert!(broken.contains("Aborted (ConfigurationAborted)"), "{broken}");
+    // 4: fixed.
+    let fixed = step(&output, 4);
+    assert!(fixed.contains("3/3 nodes successfully configured"), "{fixed}");
+
+    // What the output said, in the API.
+    let client = env.client().await.unwrap();
+    let nmstate = Api::<NMState>::all(client.clone()).get("nmstate").await.unwrap();
+    let available = nmstate.status.unwrap().conditions;
+    assert!(
+        available
+            .iter()
+            .any(|c| c.type_ == "Available" && c.reason == "SuccessfullyDeployed"),
+        "{available:?}"
+    );
+    let daemonset = Api::<DaemonSet>::namespaced(client.clone(), "nmstate")
+        .get("nmstate-handler")
+        .await
+        .unwrap();
+    assert_eq!(daemonset.status.unwrap().number_ready, 3);
+    let enactments = Api::<NodeNetworkConfigurationEnactment>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let mut names: Vec<String> = enactments.items.iter().map(|e| e.name_any()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "node01.dns",
+            "node02.dns",
+            "node02.route",
+            "node02.worker-selector",
+            "node03.dns",
+            "node03.worker-selector"
+        ]
+    );
+    let policies = Api::<NodeNetworkConfigurationPolicy>::all(client.clone());
+    assert_eq!(policies.get("dns").await.unwrap().metadata.generation, Some(2));
+
+    // And on the nodes: the handler of each runs inside it, and node02 shows every step.
+    let pods = pod_pids(&env);
+    let programs: Vec<&str> = pods.iter().map(|(_, _, program)| program.as_str()).collect();
+    assert_eq!(
+        pods.iter().map(|(pod, _, _)| pod.as_str()).collect::<Vec<_>>(),
+        [
+            "nmstate-handler-node01",
+            "nmstate-handler-node02",
+            "nmstate-handler-node03",
+            "nmstate-metrics-0",
+            "nmstate-operator-0",
+            "nmstate-webhook-0"
+        ],
+        "{programs:?}"
+    );
+    for (pod, pid, program) in &pods {
+        assert!(is_running(*pid, program), "{pod} (pid {pid}) is not running");
+    }
+    for node in env.nodes() {
+        let handler = pods.iter().find(|(pod, _, _)| pod.ends_with(&node.name)).unwrap();
+        let network_manager = node.network_manager_pid().unwrap();
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{}/ns/net", handler.1)).unwrap(),
+            std::fs::read_link(format!("/proc/{network_manager}/ns/net")).unwrap(),
+            "the handler of {} runs in its network namespace",
+            node.name
+        );
+    }
+    let node02 = env.node("node02").unwrap();
+    let shell = |script: &str| {
+        let output = node02
+            .command("sh")
+            .unwrap()
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(shell("ip -br link show master br1").contains("eth1"));
+    assert!(shell("ip -4 -br addr show eth2").contains("192.0.2.251/24"));
+    assert!(shell("ip route show 198.51.100.0/24").contains("via 192.0.2.2 dev eth2"));
+    let resolv = shell("cat /etc/resolv.conf");
+    assert!(
+        resolv.contains("nameserver 10.77.0.1") && resolv.contains("example.com"),
+        "{resolv}"
+    );
+
+    // A second run starts over on fresh nodes and tours the same way.
+    let again = demo(&dir, "up");
+    assert!(again.contains("starting over"), "{again}");
+    assert!(
+        step(&again, 3).contains("2/3 nodes failed to configure"),
+        "{again}"
+    );
+    assert!(
+        step(&again, 4).contains("3/3 nodes successfully configured"),
+        "{again}"
+    );
+
+    // Down: every process the demo started is gone.
+    let pods = pod_pids(&env);
+    demo(&dir, "down");
+    for (pod, pid, program) in pods {
+        assert!(
+            !is_running(pid, &program),
+            "{pod} (pid {pid}) still runs after demo down"
+        );
+    }
+    assert!(!env.control_plane().is_running());
+    assert!(env.nodes().is_empty());
+}
