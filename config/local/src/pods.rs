@@ -43,6 +43,19 @@ struct PodProcess {
     node: Option<SandboxNode>,
 }
 
+impl PodProcess {
+    /// The program its container runs (`command[0]`), as `/proc/<pid>/exe` names it.
+    fn program(&self) -> String {
+        self.container
+            .command
+            .iter()
+            .flatten()
+            .next()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Workload {
     DaemonSet(String),
@@ -311,15 +324,7 @@ impl Pods {
     }
 
     fn daemon(&self, pod: &PodProcess) -> Daemon {
-        let program = pod
-            .container
-            .command
-            .iter()
-            .flatten()
-            .next()
-            .cloned()
-            .unwrap_or_default();
-        Daemon::new(&pod.pod, &program, &self.dir())
+        Daemon::new(&pod.pod, &pod.program(), &self.dir())
     }
 
     /// Starts `pod`'s container as the kubelet would, with its ServiceAccount's rights.
@@ -420,15 +425,7 @@ impl Pods {
 
 /// What identifies a pod's running incarnation: its workload's generation and its program.
 fn stamp(pod: &PodProcess) -> String {
-    let program = pod
-        .container
-        .command
-        .iter()
-        .flatten()
-        .next()
-        .cloned()
-        .unwrap_or_default();
-    format!("{} {program}\n", pod.generation)
+    format!("{} {}\n", pod.generation, pod.program())
 }
 
 fn stamp_file(dir: &Path, pod: &str) -> PathBuf {
