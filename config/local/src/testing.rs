@@ -97,11 +97,15 @@ pub fn kubectl(env: &LocalEnv) -> std::process::Command {
     command
 }
 
-/// `helm` (from the project's tool cache, else `PATH`) aimed at `env`.
-pub fn helm(env: &LocalEnv) -> std::process::Command {
+/// The `helm` program: the project's tool cache, else `helm` on `PATH`.
+pub fn helm_program() -> std::path::PathBuf {
     let cached = crate::tools_bin_dir().join("helm");
-    let program: std::path::PathBuf = if cached.is_file() { cached } else { "helm".into() };
-    let mut command = std::process::Command::new(program);
+    if cached.is_file() { cached } else { "helm".into() }
+}
+
+/// `helm` aimed at `env`.
+pub fn helm(env: &LocalEnv) -> std::process::Command {
+    let mut command = std::process::Command::new(helm_program());
     command
         .env("KUBECONFIG", env.kubeconfig())
         .env("HELM_CONFIG_HOME", env.dir().join("helm/config"))

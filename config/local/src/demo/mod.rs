@@ -16,7 +16,7 @@ use crate::{
     LocalEnv, LocalEnvError, Result,
     pods::{EnvOverride, Pods},
     process::{Daemon, run},
-    testing::{helm, kubectl},
+    testing::{eventually, helm, helm_program, kubectl, kubectl_program},
 };
 use k8s_openapi::api::{admissionregistration::v1::ValidatingWebhookConfiguration, apps::v1::Deployment};
 use kube::{Api, Client};
@@ -194,18 +194,8 @@ fn preflight(bin_dir: &Path, workspace: &Path) -> Result<()> {
             ));
         }
     }
-    let helm_program = crate::tools_bin_dir().join("helm");
-    let kubectl_program = crate::testing::kubectl_program();
-    for (tool, found) in [
-        (
-            "helm",
-            helm_program.is_file() || crate::control_plane::which("helm").is_some(),
-        ),
-        (
-            "kubectl",
-            kubectl_program.is_file() || crate::control_plane::which("kubectl").is_some(),
-        ),
-    ] {
+    for (tool, program) in [("helm", helm_program()), ("kubectl", kubectl_program())] {
+        let found = program.is_file() || crate::control_plane::which(&program.to_string_lossy()).is_some();
         if !found {
             missing.push(format!("{tool}: install it with `make tools`"));
         }
@@ -346,26 +336,19 @@ async fn webhook_trusted(client: &Client) -> Option<()> {
     trusted.then_some(())
 }
 
-/// Polls `probe` until it answers, or fails after [`STEP_TIMEOUT`] naming the logs to read.
-async fn wait_until<T, F, Fut>(env: &LocalEnv, what: &str, mut probe: F) -> Result<T>
+/// Polls `probe` until it answers ([`eventually`]), or fails after [`STEP_TIMEOUT`] naming
+/// the logs to read.
+async fn wait_until<T, F, Fut>(env: &LocalEnv, what: &str, probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        if let Some(value) = probe().await {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            return Err(LocalEnvError::Demo(format!(
-                "{what}: not within {} s; the processes' logs are in {} (kubelet.log: what ran)",
-                STEP_TIMEOUT.as_secs(),
-                Pods::root(env).display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(what, STEP_TIMEOUT, probe).await.map_err(|timed_out| {
+        LocalEnvError::Demo(format!(
+            "{timed_out}; the processes' logs are in {} (kubelet.log: what ran)",
+            Pods::root(env).display()
+        ))
+    })
 }
 
 /// Numbered steps with the time each took.

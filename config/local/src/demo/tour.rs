@@ -123,7 +123,7 @@ pub async fn run_tour(env: &LocalEnv, client: &Client, workspace: &Path) -> Resu
 async fn watch_rollout(env: &LocalEnv, client: &Client, policy: &str) -> Result<Outcome> {
     let policies = Api::<NodeNetworkConfigurationPolicy>::all(client.clone());
     let enactments = Api::<NodeNetworkConfigurationEnactment>::all(client.clone());
-    let selector = ListParams::default().labels(&format!("{}={policy}", nmstate_api::labels::POLICY));
+    let selector = enactments_of(policy);
     let started = Instant::now();
     // Shared by the polls: what each node showed last, so only changes are printed.
     let seen: RefCell<BTreeMap<String, String>> = RefCell::new(BTreeMap::new());
@@ -198,6 +198,11 @@ async fn watch_rollout(env: &LocalEnv, client: &Client, policy: &str) -> Result<
     .await
 }
 
+/// Selects the enactments of `policy`.
+fn enactments_of(policy: &str) -> ListParams {
+    ListParams::default().labels(&format!("{}={policy}", nmstate_api::labels::POLICY))
+}
+
 fn true_condition(conditions: &[Condition]) -> Option<&Condition> {
     conditions
         .iter()
@@ -207,7 +212,7 @@ fn true_condition(conditions: &[Condition]) -> Option<&Condition> {
 /// Where a user looks first when a policy is Degraded: a failing enactment's message.
 async fn explain_failure(env: &LocalEnv, client: &Client, policy: &str) -> Result<()> {
     let enactments = Api::<NodeNetworkConfigurationEnactment>::all(client.clone());
-    let selector = ListParams::default().labels(&format!("{}={policy}", nmstate_api::labels::POLICY));
+    let selector = enactments_of(policy);
     let failing = enactments
         .list(&selector)
         .await?
