@@ -142,6 +142,43 @@ pub async fn create(leases: &Api<Lease>, lease: &Lease) -> Result<Lease, kube::E
     leases.create(&params, lease).await
 }
 
+/// How many times a holder's write is retried on a fresh copy after a conflict.
+const CONFLICT_ATTEMPTS: usize = 5;
+
+/// Runs `write` on `held`, the holder's copy of a lease, and again on a fresh copy after each
+/// conflict as long as `holder` still holds the lease. The holder's copy can be one version
+/// behind through no one else's doing: a renewal cut off mid-flight (its task aborted after the
+/// API server stored it) never updated it. `Ok(None)`: the lease is gone or someone else holds
+/// it.
+pub async fn write_while_held<T, Written>(
+    leases: &Api<Lease>,
+    held: Lease,
+    holder: &str,
+    write: impl Fn(Lease) -> Written,
+) -> Result<Option<T>, kube::Error>
+where
+    Written: Future<Output = Result<T, kube::Error>>,
+{
+    let name = held.name_any();
+    let mut current = held;
+    let mut attempt = 1;
+    loop {
+        match write(current.clone()).await {
+            Ok(written) => return Ok(Some(written)),
+            Err(error) if is_not_found(&error) => return Ok(None),
+            Err(error) if is_conflict(&error) && attempt < CONFLICT_ATTEMPTS => {
+                debug!(lease = %name, attempt, "conflict: writing again on a fresh copy");
+            }
+            Err(error) => return Err(error),
+        }
+        attempt += 1;
+        match leases.get_opt(&name).await? {
+            Some(fresh) if self::holder(&fresh) == Some(holder) => current = fresh,
+            _ => return Ok(None),
+        }
+    }
+}
+
 /// Renews the lease in `held` until it is lost (someone else wrote it) or the task is aborted,
 /// keeping `held` at the stored version so the holder can release or update it.
 pub async fn keep_renewed(leases: Api<Lease>, held: Arc<Mutex<Lease>>, duration: Duration) {

@@ -283,18 +283,24 @@ impl Rollout {
     /// Gives the place back (the apply finished, or the policy no longer applies here).
     pub async fn release(&self, policy: &str) {
         let Some(lease) = self.forget(policy) else { return };
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                resource_version: lease.resource_version(),
-                uid: lease.uid(),
-            }),
-            ..DeleteParams::default()
+        let slot = lease.name_any();
+        let api = &self.leases;
+        let delete = move |lease: Lease| async move {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: lease.resource_version(),
+                    uid: lease.uid(),
+                }),
+                ..DeleteParams::default()
+            };
+            api.delete(&lease.name_any(), &params).await.map(drop)
         };
-        match self.leases.delete(&lease.name_any(), &params).await {
-            Ok(_) => info!(policy, slot = %lease.name_any(), "released the place in the rollout"),
-            Err(error) if leases::is_conflict(&error) || leases::is_not_found(&error) => {}
+        match leases::write_while_held(&self.leases, lease, &self.node, delete).await {
+            Ok(Some(())) => info!(policy, %slot, "released the place in the rollout"),
+            Ok(None) => {} // already gone, or taken over after it expired
             Err(error) => warn!(
                 policy,
+                %slot,
                 "cannot release the place in the rollout (it expires by itself): {error}"
             ),
         }
@@ -326,14 +332,25 @@ impl Rollout {
 
     /// Keeps the place for this generation, marked failed: it counts against the budget.
     pub async fn mark_failed(&self, policy: &str) {
-        let Some(mut lease) = self.forget(policy) else {
+        let Some(lease) = self.forget(policy) else {
             return;
         };
-        lease
-            .annotations_mut()
-            .insert(labels::ROLLOUT_OUTCOME.into(), "failed".into());
-        if let Err(error) = leases::replace(&self.leases, &lease).await {
-            warn!(policy, "cannot mark the rollout place failed: {error}");
+        let slot = lease.name_any();
+        let api = &self.leases;
+        let mark = move |mut lease: Lease| async move {
+            lease
+                .annotations_mut()
+                .insert(labels::ROLLOUT_OUTCOME.into(), "failed".into());
+            leases::replace(api, &lease).await
+        };
+        match leases::write_while_held(&self.leases, lease, &self.node, mark).await {
+            Ok(Some(_)) => info!(policy, %slot, "kept the place in the rollout, marked failed"),
+            Ok(None) => warn!(
+                policy,
+                %slot,
+                "cannot mark the rollout place failed: it is gone, or expired and another node took it"
+            ),
+            Err(error) => warn!(policy, %slot, "cannot mark the rollout place failed: {error}"),
         }
     }
 

@@ -2,7 +2,8 @@
 //! handler, against the real API server, with the cluster controller writing policy statuses:
 //! never more nodes applying than `maxUnavailable`, failures that abort the rest, handlers that
 //! are killed or paused mid-apply, a policy that selects no node, a status writer restarted
-//! mid-rollout, and the metrics.
+//! mid-rollout, the metrics, and a place marked failed or given back after a renewal cut off
+//! mid-flight moved it on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -11,8 +12,15 @@ mod common;
 mod fixture;
 
 use fixture::{Fixture, GROUP, Recorder, SERIAL, bridge, scrape, value_of};
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::{
+    api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp,
+};
+use kube::{
+    Api,
+    api::{ListParams, Patch, PatchParams},
+};
 use nix::sys::signal::Signal;
+use nmstate_handler::rollout::{Admission, Rollout, Slot, slot_name, slot_state};
 use nmstate_localenv::testing::{eventually, free_port, kubectl};
 use serde_json::json;
 use std::time::Duration;
@@ -294,5 +302,59 @@ async fn a_new_status_writer_takes_over_mid_rollout_and_gets_it_right() {
         .terminate(Duration::from_secs(10))
         .expect("writer-b stops on SIGTERM");
     assert!(status.success(), "writer-b exited with {status}");
+    fixture.clean_up().await;
+}
+
+/// A renewal cut off mid-flight (its task aborted once the API server had stored it) leaves the
+/// holder's copy of its place one version behind. Marking the place failed and giving it back
+/// must still work: once a lost failure mark let the place expire, and a second node applied a
+/// broken policy under `maxUnavailable: 1`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_place_is_marked_failed_and_released_after_a_renewal_moved_it_on() {
+    let mut fixture = Fixture::start(0, true).await;
+    let name = fixture.create_policy("place", bridge("br-place"), json!(1)).await;
+    let policy = fixture.policies().get(&name).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(fixture.client.clone(), &fixture.namespace);
+    let slot = slot_name(&name, 0);
+    let rollout = Rollout::new(
+        fixture.client.clone(),
+        &fixture.namespace,
+        "node-a",
+        Duration::from_secs(60),
+    );
+    // What a renewal cut off mid-flight leaves behind: the stored lease moved on.
+    let renewed_behind_the_holders_back = async || {
+        let renewal = json!({"spec": {"renewTime": MicroTime(Timestamp::now())}});
+        leases
+            .patch(&slot, &PatchParams::default(), &Patch::Merge(renewal))
+            .await
+            .unwrap();
+    };
+
+    let granted = rollout.acquire(&policy, 1, 1).await.unwrap();
+    assert_eq!(granted, Admission::Granted);
+    renewed_behind_the_holders_back().await;
+    rollout.mark_failed(&name).await;
+    let lease = leases.get(&slot).await.unwrap();
+    let failed = Slot::Failed {
+        holder: "node-a".into(),
+    };
+    let written = (lease.metadata.annotations.as_ref(), lease.spec.as_ref());
+    assert_eq!(
+        slot_state(&lease, "node-b", 1, Timestamp::now()),
+        failed,
+        "{written:?}"
+    );
+
+    let granted = rollout.acquire(&policy, 2, 1).await.unwrap();
+    assert_eq!(
+        granted,
+        Admission::Granted,
+        "a new generation frees the failed place"
+    );
+    renewed_behind_the_holders_back().await;
+    rollout.release(&name).await;
+    let left = leases.get_opt(&slot).await.unwrap();
+    assert!(left.is_none(), "the place was given back: {left:?}");
     fixture.clean_up().await;
 }
