@@ -17,7 +17,9 @@ use crate::{
     enactment_objects::{
         create_enactment, delete_enactment, finish, remove_enactments_of_deleted_policies, write_status,
     },
-    node_state, policy_events, probes,
+    node_state,
+    node_state_reporter::ReportNow,
+    policy_events, probes,
     rollout::{Admission, Rollout},
 };
 use futures::StreamExt;
@@ -60,14 +62,18 @@ pub enum EnactmentError {
     Serialize(#[from] serde_json::Error),
 }
 
+/// How long an apply waits for the node state to be reported before saying Available anyway.
+const REPORT_BEFORE_AVAILABLE: Duration = Duration::from_secs(10);
+
 /// What every reconcile needs.
 pub struct Context {
     pub client: Client,
     pub config: HandlerConfig,
     /// Whether this node's kernel can filter VLANs on bridges (see [`bridge_vlan`]).
     pub vlan_filtering: bool,
-    /// Notified after each successful apply, so the node state is reported at once.
-    pub applied: Arc<tokio::sync::Notify>,
+    /// Reports the node state after each successful apply, before the enactment says
+    /// Available.
+    pub report_now: ReportNow,
     /// The generation of each policy this process has applied, or found the node already in.
     /// Checked once per process: a restarted handler re-applies a policy only if the node
     /// drifted from it, and a running one does not chase changes made by others (two policies
@@ -325,7 +331,15 @@ async fn reconcile(
         Ok(()) => {
             info!(policy = %policy_name, generation, "applied");
             context.mark_in_desired_state(&policy_name, generation);
-            context.applied.notify_one();
+            // Reported before Available: whoever waited for the policy then reads the new
+            // state in the NodeNetworkState.
+            if !context.report_now.report(REPORT_BEFORE_AVAILABLE).await {
+                warn!(
+                    policy = %policy_name,
+                    "the node state was not reported within {} s of the apply; it follows shortly",
+                    REPORT_BEFORE_AVAILABLE.as_secs()
+                );
+            }
             let action = finish(
                 &enactments,
                 &name,

@@ -182,10 +182,10 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     if let Some(reason) = unsupported.clone() {
         reporter = reporter.with_unsupported(reason);
     }
-    let applied = Arc::new(tokio::sync::Notify::new());
+    let (report_now, report_requests) = node_state_reporter::ReportNow::channel();
     let mut reporting = tokio::spawn(node_state_reporter::run(
         reporter,
-        applied.clone(),
+        report_requests,
         stopped(stopping.clone()),
     ));
     let vlan_filtering = bridge_vlan::kernel_supports_vlan_filtering()
@@ -217,7 +217,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         client,
         config,
         vlan_filtering,
-        applied,
+        report_now,
         in_desired_state: Default::default(),
         rollout,
         reported_invalid_max_unavailable: Default::default(),

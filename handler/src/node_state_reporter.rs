@@ -5,6 +5,9 @@
 //! only when it differs from what was last reported, so an idle node causes no API writes.
 //! Refreshes follow NetworkManager's D-Bus signals (a burst is coalesced into one refresh), a
 //! deleted NodeNetworkState is recreated at once, and a periodic refresh is the safety net.
+//! After an apply, the enactment asks for a report and waits for it ([`ReportNow`]) before it
+//! says Available, so whoever waited for the policy reads the new state in the
+//! NodeNetworkState.
 
 use crate::{
     network_manager::{self, NetworkManagerError},
@@ -26,7 +29,10 @@ use nmstate_api::{
 };
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, future::Future, time::Duration};
-use tokio::time::{Instant, sleep_until};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::{Instant, sleep_until},
+};
 use tracing::{debug, info, warn};
 
 /// The field manager of the NodeNetworkState object the handler creates.
@@ -211,11 +217,33 @@ pub fn unsupported_conditions(reason: Option<&str>, current: &[Condition]) -> Op
     Some(conditions)
 }
 
-/// Keeps the node's NodeNetworkState current until `shutdown` completes.
-/// `applied` is notified after each successful apply, for an immediate refresh.
+/// Asks the running reporter ([`run`]) to report the node's state now.
+#[derive(Clone, Debug)]
+pub struct ReportNow(mpsc::Sender<oneshot::Sender<()>>);
+
+/// The reporter's end of [`ReportNow`].
+pub struct ReportRequests(mpsc::Receiver<oneshot::Sender<()>>);
+
+impl ReportNow {
+    pub fn channel() -> (ReportNow, ReportRequests) {
+        let (sender, receiver) = mpsc::channel(16);
+        (ReportNow(sender), ReportRequests(receiver))
+    }
+
+    /// Returns once the state read after this call is in the NodeNetworkState, or after
+    /// `timeout` (false; the reporter goes on retrying by itself).
+    pub async fn report(&self, timeout: Duration) -> bool {
+        let (reply, reported) = oneshot::channel();
+        let requested = async { self.0.send(reply).await.is_ok() && reported.await.is_ok() };
+        tokio::time::timeout(timeout, requested).await.unwrap_or(false)
+    }
+}
+
+/// Keeps the node's NodeNetworkState current until `shutdown` completes, reporting at once
+/// when asked through `requests`.
 pub async fn run(
     mut reporter: NodeStateReporter,
-    applied: std::sync::Arc<tokio::sync::Notify>,
+    mut requests: ReportRequests,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ReportError> {
     let mut signals = network_manager::change_signals(None).await?;
@@ -229,6 +257,8 @@ pub async fn run(
 
     // (when the next refresh is due, whether it must check the object, when its burst began)
     let mut due: Option<(Instant, bool, Instant)> = Some((Instant::now(), true, Instant::now()));
+    // Who asked for the refresh that is due, answered once it is reported.
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let wake = due.map_or_else(|| Instant::now() + PERIODIC_REFRESH, |(at, _, _)| at);
         tokio::select! {
@@ -249,8 +279,10 @@ pub async fn run(
                 Some(Err(error)) => warn!("watching the NodeNetworkState: {error}"),
                 None => warn!("the NodeNetworkState watch ended"),
             },
-            () = applied.notified() => {
-                due = Some((Instant::now(), false, Instant::now()));
+            Some(reply) = requests.0.recv() => {
+                waiting.push(reply);
+                let force = due.is_some_and(|(_, force, _)| force);
+                due = Some((Instant::now(), force, Instant::now()));
             }
             _ = periodic.tick() => {
                 due.get_or_insert((Instant::now(), false, Instant::now()));
@@ -258,7 +290,13 @@ pub async fn run(
             () = sleep_until(wake), if due.is_some() => {
                 let force = due.is_some_and(|(_, force, _)| force);
                 due = None;
-                match reporter.refresh(force).await {
+                let refreshed = reporter.refresh(force).await;
+                if refreshed.is_ok() {
+                    for reply in waiting.drain(..) {
+                        let _ = reply.send(()); // the asker may have stopped waiting
+                    }
+                }
+                match refreshed {
                     Ok(true) => debug!("reported a new node state"),
                     Ok(false) => debug!("node state unchanged"),
                     Err(error) => {

@@ -16,7 +16,7 @@ use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
 };
 use nmstate_localenv::testing::{TestNode, eventually, install_crds, shared_env, unique_name};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::{collections::BTreeMap, time::Duration};
 
 #[tokio::test]
@@ -59,6 +59,36 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
         find_condition(&status.conditions, "Available").unwrap().reason,
         "SuccessfullyConfigured"
     );
+    // The node state was reported before the enactment said Available: read once, no waiting.
+    let states: Api<nmstate_api::NodeNetworkState> = Api::all(client.clone());
+    let reported = states
+        .get(&node_name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .current_state
+        .unwrap()
+        .0;
+    let br1 = reported["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|interface| interface["name"] == "br1");
+    let ports: Option<Vec<&Value>> = br1.and_then(|br1| {
+        Some(
+            br1["bridge"]["port"]
+                .as_array()?
+                .iter()
+                .map(|port| &port["name"])
+                .collect(),
+        )
+    });
+    assert_eq!(
+        ports,
+        Some(vec![&json!("eth1")]),
+        "br1 in the node state: {br1:?}"
+    );
     let address = eventually("a DHCP lease on br1", Duration::from_secs(10), || async {
         let text = stdout_of(&node, &["ip", "-4", "-br", "addr", "show", "br1"]);
         text.contains("10.77.1.").then_some(text)
@@ -66,23 +96,6 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     .await
     .unwrap();
     eprintln!("br1: {}", address.trim());
-    let states: Api<nmstate_api::NodeNetworkState> = Api::all(client.clone());
-    eventually(
-        "the enacted bridge is in the node's NodeNetworkState",
-        Duration::from_secs(10),
-        || async {
-            let state = states.get_opt(&node_name).await.unwrap()?;
-            let current = state.status?.current_state?.0;
-            let names: Vec<String> = current["interfaces"]
-                .as_array()?
-                .iter()
-                .filter_map(|i| i["name"].as_str().map(String::from))
-                .collect();
-            names.contains(&"br1".to_string()).then_some(())
-        },
-    )
-    .await
-    .unwrap();
 
     // Static address, route and DNS in one policy: the kernel's table and the resolver show it.
     let static_net = format!("{node_name}-static");

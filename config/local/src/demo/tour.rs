@@ -112,7 +112,7 @@ pub async fn run_tour(env: &LocalEnv, client: &Client, workspace: &Path) -> Resu
         if outcome == Outcome::Degraded {
             explain_failure(env, client, step.policy).await?;
         }
-        wait_for_node_report(client).await;
+        // A handler reports its node's state before it says Available: nothing to wait for.
         show_node_state(env, step.shows)?;
     }
     Ok(())
@@ -244,26 +244,6 @@ async fn explain_failure(env: &LocalEnv, client: &Client, policy: &str) -> Resul
         say("    -> currentState: {…the node's state after the rollback…}");
     }
     Ok(())
-}
-
-/// Gives node02's handler up to 5 s to report the state the step left (a report follows a
-/// change by about half a second); a step that left node02 alone leaves no new report.
-async fn wait_for_node_report(client: &Client) {
-    let states = Api::<nmstate_api::NodeNetworkState>::all(client.clone());
-    let since = k8s_openapi::jiff::Timestamp::now();
-    let deadline = Instant::now() + std::time::Duration::from_secs(5);
-    while Instant::now() < deadline {
-        let reported = states
-            .get_opt(SHOWN_NODE)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|state| state.status?.last_successful_update_time.map(|time| time.0));
-        if reported.is_some_and(|time| time >= since) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
 }
 
 /// The parts of node02's reported state a step changed.
