@@ -3,12 +3,17 @@
 //!
 //! | bridge  | gateway (dnsmasq) | node NIC | addresses                                       |
 //! |---------|-------------------|----------|-------------------------------------------------|
-//! | br-mgmt | 10.77.0.1         | eth0     | static 10.77.0.(10+index), default route, DNS   |
+//! | br-mgmt | 10.77.0.1         | eth0     | static 10.77.0.(10+index), default route, DNS;  |
+//! |         |                   |          | DHCP reserves the same address for eth0's MAC   |
 //! | br-net1 | 10.77.1.1         | eth1     | DHCPv4 .100-.199, RA + DHCPv6 in fd00:77:1::/64 |
 //! | br-net2 | 10.77.2.1         | eth2     | DHCPv4 .100-.199, RA + DHCPv6 in fd00:77:2::/64 |
 //!
 //! eth0 is the node's primary NIC, like a real node's, so policies can reconfigure eth1 and
-//! eth2 without cutting the node off. The secondary networks hand out no default route.
+//! eth2 without cutting the node off. The secondary networks hand out no default route. On the
+//! management network DHCP only answers a node's eth0 MAC (each node reserves its address when
+//! it is cabled), with the node's own address and the default route, as a real cluster's DHCP
+//! reservations do: a bridge that takes over eth0 and its MAC (`capture-default-bridge`) keeps
+//! the node's address.
 //!
 //! The API server is served on the management gateway, `https://10.77.0.1:6443` (a socat
 //! forwarding to the control plane's unix socket), so nodes reach it over eth0 like a kubelet
@@ -60,6 +65,17 @@ impl Fabric {
         Daemon::new("dnsmasq", "dnsmasq", &self.dir)
     }
 
+    /// dnsmasq reads every file here when it appears (inotify): one reservation per node.
+    fn reservations_dir(&self) -> PathBuf {
+        self.dir.join("mgmt-reservations")
+    }
+
+    /// Reserves `address` on the management network for the NIC with `mac` (file `node`).
+    pub fn reserve_mgmt_address(&self, node: &str, mac: &str, address: &str) -> Result<()> {
+        let path = self.reservations_dir().join(node);
+        std::fs::write(&path, format!("{mac},{address}\n")).map_err(LocalEnvError::io("write", &path))
+    }
+
     fn api_forwarder(&self) -> Daemon {
         Daemon::new("api-forwarder", "socat", &self.dir)
     }
@@ -77,7 +93,8 @@ impl Fabric {
             return Ok(());
         }
         self.stop()?;
-        std::fs::create_dir_all(&self.dir).map_err(LocalEnvError::io("create", &self.dir))?;
+        let reservations = self.reservations_dir();
+        std::fs::create_dir_all(&reservations).map_err(LocalEnvError::io("create", &reservations))?;
         netns::add(&self.netns)?;
         let ns = self.netns.as_str();
         run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
@@ -140,10 +157,15 @@ impl Fabric {
         command.arg(format!("--listen-address={}", listen.join(",")));
         for (index, (_, bridge, gateway)) in CABLING.iter().enumerate() {
             command.arg(format!("--interface={bridge}"));
+            let subnet = gateway.rsplit_once('.').map_or(*gateway, |(subnet, _)| subnet);
             if index == 0 {
+                // Reserved addresses only; dnsmasq is the router and name server.
+                command.arg(format!(
+                    "--dhcp-range=set:mgmt,{subnet}.0,static,255.255.255.0,1h"
+                ));
+                command.arg(format!("--dhcp-hostsdir={}", self.reservations_dir().display()));
                 continue;
             }
-            let subnet = gateway.rsplit_once('.').map_or(*gateway, |(subnet, _)| subnet);
             let tag = format!("net{index}");
             command.arg(format!(
                 "--dhcp-range=set:{tag},{subnet}.100,{subnet}.199,255.255.255.0,1h"

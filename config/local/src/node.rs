@@ -62,6 +62,13 @@ impl SandboxNode {
         format!("10.77.0.{}", 10 + self.index)
     }
 
+    /// eth0's MAC, fixed by the node's index: the management network's DHCP reserves the
+    /// node's address for it.
+    pub fn mgmt_mac(&self) -> String {
+        let [_, _, high, low] = self.index.to_be_bytes();
+        format!("02:77:0a:{high:02x}:{low:02x}:00")
+    }
+
     /// `DBUS_SYSTEM_BUS_ADDRESS` of the node's private bus.
     pub fn bus_address(&self) -> String {
         format!("unix:path={}", self.bus_socket().display())
@@ -230,9 +237,12 @@ impl SandboxNode {
         netns::add(&self.netns)?;
         run(Command::new("ip").args(["-n", &self.netns, "link", "set", "lo", "up"]))?;
         let switch = fabric.netns();
+        let mgmt_mac = self.mgmt_mac();
+        fabric.reserve_mgmt_address(&self.netns, &mgmt_mac, &self.address())?;
         for (port, (nic, bridge, _)) in CABLING.iter().enumerate() {
             let switch_end = self.switch_end(port);
-            run(Command::new("ip").args([
+            let mut add = Command::new("ip");
+            add.args([
                 "-n",
                 switch,
                 "link",
@@ -243,9 +253,11 @@ impl SandboxNode {
                 "peer",
                 "name",
                 nic,
-                "netns",
-                &self.netns,
-            ]))?;
+            ]);
+            if port == 0 {
+                add.args(["address", &mgmt_mac]);
+            }
+            run(add.args(["netns", &self.netns]))?;
             run(Command::new("ip").args(["-n", switch, "link", "set", &switch_end, "master", bridge, "up"]))?;
         }
         Ok(())
