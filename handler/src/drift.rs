@@ -17,6 +17,7 @@ pub fn pending_changes(
     desired: &Value,
     current: &NetworkState,
 ) -> Result<Option<Value>, nmstate::NmstateError> {
+    let desired_input = desired;
     let desired_state = NetworkState::new_from_json(&desired.to_string())?;
     let mut diff = to_json(&desired_state.gen_diff(current)?)?;
     let desired = to_json(&desired_state)?;
@@ -35,7 +36,33 @@ pub fn pending_changes(
             }
         });
     }
-    Ok((!is_empty_section(&diff)).then_some(diff))
+    // A purge reads as an empty section: pending, though `is_empty_section` would say nothing is.
+    let purge = dns_purge_pending(desired_input, &current);
+    if purge {
+        diff["dns-resolver"] = desired_input["dns-resolver"].clone();
+    }
+    Ok((purge || !is_empty_section(&diff)).then_some(diff))
+}
+
+/// Whether `desired` removes DNS settings the node still has: `dns-resolver.config: {}` removes
+/// every server and search domain, an empty `server` or `search` list all of those. `gen_diff`
+/// sees nothing to change there, as nothing is asked for.
+fn dns_purge_pending(desired: &Value, current: &Value) -> bool {
+    let Some(config) = desired.pointer("/dns-resolver/config").and_then(Value::as_object) else {
+        return false;
+    };
+    ["server", "search"].into_iter().any(|key| {
+        let removed = config.is_empty()
+            || config
+                .get(key)
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty);
+        let present = current
+            .pointer(&format!("/dns-resolver/config/{key}"))
+            .and_then(Value::as_array)
+            .is_some_and(|entries| !entries.is_empty());
+        removed && present
+    })
 }
 
 fn to_json(state: &NetworkState) -> Result<Value, nmstate::NmstateError> {
@@ -161,6 +188,13 @@ mod tests {
 
         let dns = json!({"dns-resolver": {"config": {"server": ["10.77.0.9"]}}});
         assert!(pending_changes(&dns, &node()).unwrap().is_some());
+
+        // dns-cleanup.yaml: the node's servers and search domains are to go.
+        let purge = json!({"dns-resolver": {"config": {}}});
+        let pending = pending_changes(&purge, &node()).unwrap().unwrap();
+        assert_eq!(pending["dns-resolver"], purge["dns-resolver"], "{pending}");
+        let no_search = json!({"dns-resolver": {"config": {"search": [], "server": ["10.77.0.1"]}}});
+        assert!(pending_changes(&no_search, &node()).unwrap().is_some());
 
         let route = json!({"routes": {"config": [{
             "destination": "198.51.100.0/24", "next-hop-address": "10.77.0.1", "next-hop-interface": "eth0",
