@@ -258,6 +258,12 @@ async fn reconcile(
     let mut desired = resolved.desired;
     let ports_without_vlan = bridge_vlan::apply_default_vlan_filtering(&mut desired, context.vlan_filtering);
     let vlan_note = (!context.vlan_filtering && ports_without_vlan > 0).then_some(bridge_vlan::SKIPPED_NOTE);
+    let ports_asking_for_vlans = bridge_vlan::ports_asking_for_vlans(&desired);
+    if !context.vlan_filtering && !ports_asking_for_vlans.is_empty() {
+        status.desired_state = Some(NetworkStateDocument(desired));
+        let reason = bridge_vlan::unsupported_message(&ports_asking_for_vlans);
+        return fail_without_applying(&policy, &name, &mut status, &context, &enactments, reason).await;
+    }
     status.desired_state = Some(NetworkStateDocument(desired.clone()));
     status.features = node_state::features_used(&desired, &current);
     status.captured_states = (!resolved.captured.is_empty()).then(|| {
@@ -431,6 +437,26 @@ async fn take_place(
             Ok(Some(finish(enactments, name, status, situation).await?))
         }
     }
+}
+
+/// Failing for good before anything was applied (the node cannot do what the policy asks): no
+/// place in the rollout is used, as nothing on the node changes.
+async fn fail_without_applying(
+    policy: &NodeNetworkConfigurationPolicy,
+    name: &str,
+    status: &mut NodeNetworkConfigurationEnactmentStatus,
+    context: &Context,
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    reason: String,
+) -> Result<Action, EnactmentError> {
+    let node = &context.config.node_name;
+    warn!(policy = %policy.name_any(), "not applied: {reason}");
+    let event = policy_events::reconcile_failed(policy, node, policy_events::failed_without_retries(name));
+    policy_events::record(&context.client, &event).await;
+    let message = format!(
+        "error reconciling NodeNetworkConfigurationPolicy on node {node} at desired state apply: {reason}"
+    );
+    finish(enactments, name, status, EnactmentSituation::Failed { message }).await
 }
 
 /// After a failed apply: another attempt later, keeping the place, or, when the retries are
