@@ -1,99 +1,22 @@
 //! The repository's example policies that this kernel supports, enacted by the handler on real
 //! sandbox nodes (one node each, side by side): each reaches Available and the node's real
 //! state shows it. And policies that would cut a node off, rolled back by the probes, with the
-//! enactment naming the probe and the node's default route and DNS as before.
+//! enactment naming the probe and the node's default route and DNS as before. The examples the
+//! sandbox cannot do are in `unsupported_kernel.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 mod common;
 
-use common::{AVAILABLE, FAILING, start_handler_with, stdout_of, true_condition, wait_for_condition};
-use kube::{Api, Client, api::PostParams};
-use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
-use nmstate_localenv::testing::{TestNode, eventually, install_crds, shared_env, unique_name};
-use serde_json::{Value, json};
-use std::{collections::BTreeMap, time::Duration};
-
-/// What a node must show once a policy is enacted: a command run in it, and text its output
-/// must (or must not) contain.
-struct Shows {
-    command: &'static [&'static str],
-    contains: &'static [&'static str],
-    lacks: &'static [&'static str],
-}
-
-const fn shows(command: &'static [&'static str], contains: &'static [&'static str]) -> Shows {
-    Shows {
-        command,
-        contains,
-        lacks: &[],
-    }
-}
-
-const DHCP_LEASE_ON_ETH1: Shows = shows(&["ip", "-4", "-br", "addr", "show", "eth1"], &["10.77.1."]);
-const DEFAULT_ROUTE: Shows = shows(&["ip", "route", "show", "default"], &["via 10.77.0.1 dev eth0"]);
-const SANDBOX_DNS: Shows = Shows {
-    command: &["cat", "/etc/resolv.conf"],
-    contains: &["nameserver 10.77.0.1", "search sandbox.test"],
-    lacks: &["192.0.2.251", "10.77.0.254"],
+use common::{
+    AVAILABLE, FAILING,
+    examples::{
+        DEFAULT_ROUTE, DHCP_LEASE_ON_ETH1, SANDBOX_DNS, Shows, as_written, enact, enact_after, shows,
+    },
+    true_condition,
 };
-
-/// `examples/<file>.yaml` as a policy for `node` only, named after both.
-fn example_for(file: &str, node: &str, edit: fn(&mut Value)) -> NodeNetworkConfigurationPolicy {
-    let path = format!("{}/../examples/{file}.yaml", env!("CARGO_MANIFEST_DIR"));
-    let mut policy: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    policy["metadata"]["name"] = json!(format!("{node}-{file}"));
-    policy["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": node});
-    edit(&mut policy);
-    serde_json::from_value(policy).unwrap()
-}
-
-fn as_written(_: &mut Value) {}
-
-/// Runs `policy` on a node of its own; returns the enactment once `outcome` is reached, after
-/// checking what the node shows.
-async fn enact(
-    client: &Client,
-    file: &str,
-    edit: fn(&mut Value),
-    outcome: (&str, &str),
-    checks: &[Shows],
-) -> NodeNetworkConfigurationEnactment {
-    let env = shared_env().await.unwrap();
-    let node_name = unique_name("ex");
-    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
-    let log = std::env::temp_dir().join(format!("{node_name}.log"));
-    // One attempt: the probes' verdict does not change on a retry.
-    let _handler = start_handler_with(&node, &log, &[("NNCP_MAX_RETRIES", "1")]);
-    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
-    let policy = example_for(file, &node_name, edit);
-    let policy_name = policy.metadata.name.clone().unwrap();
-    policies.create(&PostParams::default(), &policy).await.unwrap();
-    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
-    let enactment = wait_for_condition(
-        &enactments,
-        &format!("{node_name}.{policy_name}"),
-        outcome,
-        Duration::from_secs(90),
-    )
-    .await;
-    for check in checks {
-        let description = format!("{file}: `{}` on {node_name}", check.command.join(" "));
-        // DHCP leases arrive after the apply returns.
-        let shown = eventually(&description, Duration::from_secs(15), || async {
-            let text = stdout_of(&node, check.command);
-            let right = check.contains.iter().all(|wanted| text.contains(wanted))
-                && !check.lacks.iter().any(|unwanted| text.contains(unwanted));
-            right.then_some(text)
-        })
-        .await
-        .unwrap_or_else(|error| panic!("{error}\n{}", stdout_of(&node, check.command)));
-        eprintln!("{description}:\n{}", shown.trim_end());
-    }
-    policies.delete(&policy_name, &Default::default()).await.unwrap();
-    let _ = std::fs::remove_file(&log);
-    enactment
-}
+use nmstate_localenv::testing::{install_crds, shared_env};
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn the_examples_this_kernel_supports_are_enacted_for_real() {
@@ -127,6 +50,33 @@ async fn the_examples_this_kernel_supports_are_enacted_for_real() {
     fn sandbox_name_server(policy: &mut Value) {
         policy["spec"]["desiredState"]["dns-resolver"]["config"]["server"] = json!(["10.77.0.1"]);
     }
+    let bridges = [
+        shows(&["ip", "-br", "link", "show", "master", "br0"], &["eth1"]),
+        shows(&["ip", "-br", "link", "show", "master", "br1"], &["eth2"]),
+    ];
+    let forwarding = [
+        shows(&["cat", "/proc/sys/net/ipv4/conf/eth1/forwarding"], &["1"]),
+        DHCP_LEASE_ON_ETH1,
+    ];
+    let bridge_gone = [
+        DHCP_LEASE_ON_ETH1,
+        Shows {
+            command: &["ip", "-br", "link"],
+            contains: &["eth1"],
+            lacks: &["br1"],
+        },
+    ];
+    let dns_cleaned_up = [Shows {
+        lacks: &["example.com"],
+        ..SANDBOX_DNS
+    }];
+    // The management network's DHCP reserves the node's address for eth0's MAC, which the
+    // bridge takes over: the node keeps its address and default route, now on the bridge.
+    let default_bridge = [
+        shows(&["ip", "-br", "link", "show", "master", "brext"], &["eth0"]),
+        shows(&["ip", "route", "show", "default"], &["via 10.77.0.1 dev brext"]),
+        shows(&["ip", "-4", "-br", "addr", "show", "brext"], &["10.77.0."]),
+    ];
     let enacted = futures::join!(
         enact(&client, "linux-bridge", as_written, AVAILABLE, &bridge),
         enact(&client, "static-ip", as_written, AVAILABLE, &static_ip),
@@ -134,10 +84,54 @@ async fn the_examples_this_kernel_supports_are_enacted_for_real() {
         enact(&client, "ethernet", as_written, AVAILABLE, &[DHCP_LEASE_ON_ETH1]),
         enact(&client, "route", as_written, AVAILABLE, &route),
         enact(&client, "dns", sandbox_name_server, AVAILABLE, &dns),
+        enact(&client, "bridges", as_written, AVAILABLE, &bridges),
+        enact(
+            &client,
+            "linux-bridge-maxunavailable",
+            as_written,
+            AVAILABLE,
+            &bridge
+        ),
+        enact(
+            &client,
+            "per-interface-ipv4-forwarding",
+            as_written,
+            AVAILABLE,
+            &forwarding
+        ),
+        enact_after(
+            &client,
+            &[("linux-bridge", as_written)],
+            ("detach-bridge-port-and-restore-eth", as_written),
+            AVAILABLE,
+            &bridge_gone,
+        ),
+        // DNS from eth1's DHCP lease stays: the sandbox's DHCP, like most, hands out a server.
+        enact_after(
+            &client,
+            &[("dhcp", as_written), ("dns", sandbox_name_server)],
+            ("dns-cleanup", as_written),
+            AVAILABLE,
+            &dns_cleaned_up,
+        ),
+        enact(
+            &client,
+            "capture-default-bridge",
+            as_written,
+            AVAILABLE,
+            &default_bridge
+        ),
     );
     let bridge_enactment = enacted.0;
     let desired = &bridge_enactment.status.unwrap().desired_state.unwrap().0;
     assert_eq!(desired["interfaces"][0]["bridge"]["port"][0]["name"], "eth1");
+    let captured = &enacted.11.status.unwrap().desired_state.unwrap().0["interfaces"][0];
+    assert_eq!(captured["bridge"]["port"][0]["name"], "eth0", "{captured}");
+    let mac = captured["mac-address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(mac.starts_with("02:77:0a:"), "eth0's MAC captured: {captured}");
 }
 
 #[tokio::test]
@@ -153,13 +147,15 @@ async fn changes_that_cut_a_node_off_are_rolled_back_and_the_probe_named() {
         }]}});
     }
     let as_before = [DEFAULT_ROUTE, SANDBOX_DNS];
-    let (gateway, dns) = futures::join!(
+    let (gateway, dns, no_dns) = futures::join!(
         // The route example, turned into a default route through a gateway that is not there.
         enact(&client, "route", wrong_default_gateway, FAILING, &as_before),
         // The dns example as written: its name servers answer nowhere.
         enact(&client, "dns", as_written, FAILING, &as_before),
+        // dns-cleanup where the only DNS server is eth0's static setting: none would be left.
+        enact(&client, "dns-cleanup", as_written, FAILING, &as_before),
     );
-    for (enactment, probe) in [(gateway, "ping"), (dns, "dns")] {
+    for (enactment, probe) in [(gateway, "ping"), (dns, "dns"), (no_dns, "dns")] {
         let message = true_condition(&enactment).unwrap().message;
         assert!(
             message.contains(&format!("failed running probe '{probe}' after network changes")),

@@ -11,6 +11,8 @@ use nmstate_localenv::testing::{NodeProcess, TestNode, eventually};
 use serde_json::json;
 use std::time::Duration;
 
+pub mod examples;
+
 pub const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
 
 /// The handler's settings for these tests: quick retries and probes, and a DNS name the
