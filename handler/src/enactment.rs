@@ -261,8 +261,11 @@ async fn reconcile(
     let ports_asking_for_vlans = bridge_vlan::ports_asking_for_vlans(&desired);
     if !context.vlan_filtering && !ports_asking_for_vlans.is_empty() {
         status.desired_state = Some(NetworkStateDocument(desired));
+        // Nothing is applied, so no place in the rollout is used.
         let reason = bridge_vlan::unsupported_message(&ports_asking_for_vlans);
-        return fail_without_applying(&policy, &name, &mut status, &context, &enactments, reason).await;
+        warn!(policy = %policy_name, "not applied: {reason}");
+        let event = policy_events::failed_without_retries(&name);
+        return fail_for_good(&policy, &name, &mut status, &context, &enactments, reason, event).await;
     }
     status.desired_state = Some(NetworkStateDocument(desired.clone()));
     status.features = node_state::features_used(&desired, &current);
@@ -439,19 +442,18 @@ async fn take_place(
     }
 }
 
-/// Failing for good before anything was applied (the node cannot do what the policy asks): no
-/// place in the rollout is used, as nothing on the node changes.
-async fn fail_without_applying(
+/// Failing for good, for `reason`: upstream's message in the enactment, and `event` on the policy.
+async fn fail_for_good(
     policy: &NodeNetworkConfigurationPolicy,
     name: &str,
     status: &mut NodeNetworkConfigurationEnactmentStatus,
     context: &Context,
     enactments: &Api<NodeNetworkConfigurationEnactment>,
-    reason: String,
+    reason: impl std::fmt::Display,
+    event: String,
 ) -> Result<Action, EnactmentError> {
     let node = &context.config.node_name;
-    warn!(policy = %policy.name_any(), "not applied: {reason}");
-    let event = policy_events::reconcile_failed(policy, node, policy_events::failed_without_retries(name));
+    let event = policy_events::reconcile_failed(policy, node, event);
     policy_events::record(&context.client, &event).await;
     let message = format!(
         "error reconciling NodeNetworkConfigurationPolicy on node {node} at desired state apply: {reason}"
@@ -479,18 +481,12 @@ async fn failed(
     warn!(policy = %policy_name, attempt, "apply failed: {error}");
     let permanent = error.is_permanent();
     if permanent || attempt >= config.max_retries {
-        let message = format!(
-            "error reconciling NodeNetworkConfigurationPolicy on node {} at desired state apply: {error}",
-            config.node_name
-        );
-        let event_message = if permanent {
+        let event = if permanent {
             policy_events::failed_without_retries(name)
         } else {
             policy_events::failed_after_retries(name, attempt)
         };
-        let event = policy_events::reconcile_failed(policy, &config.node_name, event_message);
-        policy_events::record(&context.client, &event).await;
-        let action = finish(enactments, name, status, EnactmentSituation::Failed { message }).await;
+        let action = fail_for_good(policy, name, status, context, enactments, error, event).await;
         context.rollout.mark_failed(&policy_name).await;
         action
     } else {
