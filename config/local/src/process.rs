@@ -80,19 +80,27 @@ impl Daemon {
         })
     }
 
-    /// SIGTERM, then SIGKILL after `grace`; removes the pid file. Does nothing when the pid
-    /// file is missing or names another program.
+    /// SIGTERM, then SIGKILL after `grace`, to the daemon's process group (it leads one, see
+    /// [`Daemon::spawn`]), so what it forked goes too (the API forwarder's per-connection
+    /// socats); removes the pid file. Does nothing when the pid file is missing or names
+    /// another program.
     pub fn stop(&self, grace: Duration) {
         if let Some(pid) = self.running_pid() {
             let target = Pid::from_raw(pid as i32);
-            let _ = signal::kill(target, signal::Signal::SIGTERM);
+            // Signalled while the leader runs, so the group id cannot belong to anyone else.
+            let signal_all = |signal| {
+                if signal::killpg(target, signal).is_err() {
+                    let _ = signal::kill(target, signal);
+                }
+            };
+            signal_all(signal::Signal::SIGTERM);
             let deadline = Instant::now() + grace;
             while is_running(pid, &self.executable) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if is_running(pid, &self.executable) {
                 tracing::warn!(daemon = %self.name, pid, "did not stop on SIGTERM, sending SIGKILL");
-                let _ = signal::kill(target, signal::Signal::SIGKILL);
+                signal_all(signal::Signal::SIGKILL);
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while is_running(pid, &self.executable) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
