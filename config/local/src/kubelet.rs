@@ -15,6 +15,16 @@ pub struct PodFacts<'a> {
     pub service_account: &'a str,
 }
 
+impl PodFacts<'_> {
+    /// The user the pod's API requests are made as: its ServiceAccount.
+    pub fn user(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
 /// A container's program, arguments and environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invocation {
@@ -37,6 +47,14 @@ pub enum KubeletError {
         variable: String,
         source_kind: String,
     },
+}
+
+impl Invocation {
+    /// Sets the environment variable `name`, replacing the template's value if it has one.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(existing, _)| existing != name);
+        self.env.push((name.to_string(), value.to_string()));
+    }
 }
 
 /// What `container` runs in the pod `pod`. Environment values and the downward-API fields

@@ -240,22 +240,21 @@ impl Pods {
         let root = Pods::root(env);
         let namespaces = std::fs::read_dir(&root).into_iter().flatten().flatten();
         for namespace in namespaces {
-            let pods = Pods::new(
-                env,
-                &namespace.file_name().to_string_lossy(),
-                vec![],
-                Path::new(""),
-            );
-            for (_, daemon) in pods.running_pods() {
+            for (_, daemon) in Pods::started_pods(env, &namespace.file_name().to_string_lossy()) {
                 daemon.stop(Duration::from_secs(15));
             }
         }
         let _ = std::fs::remove_dir_all(&root);
     }
 
-    /// The pods that have a pid file, by name.
     fn running_pods(&self) -> Vec<(String, Daemon)> {
-        let dir = self.dir();
+        Pods::started_pods(&self.env, &self.namespace)
+    }
+
+    /// The pods of `namespace` in `env` that have a pid file (running or not), by name, each
+    /// as the daemon of the program it was started with.
+    pub fn started_pods(env: &LocalEnv, namespace: &str) -> Vec<(String, Daemon)> {
+        let dir = Pods::root(env).join(namespace);
         let entries = std::fs::read_dir(&dir).into_iter().flatten().flatten();
         entries
             .filter_map(|entry| {
@@ -348,8 +347,7 @@ impl Pods {
             .iter()
             .filter(|extra| extra.container == pod.container.name)
         {
-            run.env.retain(|(name, _)| name != &extra.name);
-            run.env.push((extra.name.clone(), extra.value.clone()));
+            run.set_env(&extra.name, &extra.value);
         }
         let program = self.bin_dir.join(&run.program);
         if !program.is_file() {
@@ -368,8 +366,7 @@ impl Pods {
             None => (self.env.kubeconfig(), Command::new(&program)),
         };
         let kubeconfig = self.dir().join(format!("{}.kubeconfig", pod.pod));
-        let user = format!("system:serviceaccount:{}:{service_account}", self.namespace);
-        crate::write_impersonating_kubeconfig(&source, &kubeconfig, &user)?;
+        crate::write_impersonating_kubeconfig(&source, &kubeconfig, &facts.user())?;
         command
             .args(&run.args)
             .envs(run.env)

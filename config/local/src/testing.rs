@@ -132,18 +132,13 @@ pub fn start_as_container(
     pod: &crate::kubelet::PodFacts<'_>,
     overrides: &[(&str, &str)],
 ) -> Result<NodeProcess> {
-    let run = crate::kubelet::invocation(container, pod)?;
-    let mut variables = run.env;
-    variables.retain(|(name, _)| !overrides.iter().any(|(overridden, _)| overridden == name));
-    variables.extend(
-        overrides
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.to_string())),
-    );
-    let user = format!("system:serviceaccount:{}:{}", pod.namespace, pod.service_account);
-    let kubeconfig = impersonating_kubeconfig(env, &user)?;
-    variables.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
-    let pairs: Vec<(&str, &str)> = variables.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let mut run = crate::kubelet::invocation(container, pod)?;
+    for (name, value) in overrides {
+        run.set_env(name, value);
+    }
+    let kubeconfig = impersonating_kubeconfig(env, &pod.user())?;
+    run.set_env("KUBECONFIG", &kubeconfig.display().to_string());
+    let pairs: Vec<(&str, &str)> = run.env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let args: Vec<&str> = run.args.iter().map(String::as_str).collect();
     let log = env.dir().join(format!("{}-{}.log", pod.namespace, pod.name));
     NodeProcess::start_on_host(env, &workspace_binary(&run.program), &args, &pairs, log)

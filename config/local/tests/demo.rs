@@ -61,23 +61,18 @@ fn applying(lines: &str) -> Vec<usize> {
         .collect()
 }
 
-/// Every process the demo's kubelet stand-in runs, by pod, with its pid.
+/// Every process the demo's kubelet stand-in runs, by pod, with its pid and program; each
+/// must be running.
 fn pod_pids(env: &LocalEnv) -> Vec<(String, u32, String)> {
-    let dir = Pods::root(env).join("nmstate");
-    let mut pods = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pod) = name.strip_suffix(".pid") {
-            let pid: u32 = std::fs::read_to_string(entry.path())
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            let stamp = std::fs::read_to_string(dir.join(format!("{pod}.pod"))).unwrap();
-            let program = stamp.split_whitespace().nth(1).unwrap().to_string();
-            pods.push((pod.to_string(), pid, program));
-        }
-    }
+    let mut pods: Vec<_> = Pods::started_pods(env, "nmstate")
+        .into_iter()
+        .map(|(pod, daemon)| {
+            let pid = daemon
+                .running_pid()
+                .unwrap_or_else(|| panic!("{pod} ({}) is not running", daemon.executable));
+            (pod, pid, daemon.executable)
+        })
+        .collect();
     pods.sort();
     pods
 }
@@ -189,9 +184,6 @@ async fn make_demo_tours_the_examples_starts_over_and_stops_everything() {
         ],
         "{programs:?}"
     );
-    for (pod, pid, program) in &pods {
-        assert!(is_running(*pid, program), "{pod} (pid {pid}) is not running");
-    }
     for node in env.nodes() {
         let handler = pods.iter().find(|(pod, _, _)| pod.ends_with(&node.name)).unwrap();
         let network_manager = node.network_manager_pid().unwrap();

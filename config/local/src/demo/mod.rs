@@ -316,10 +316,10 @@ async fn nmstate_available(client: &Client) -> Option<()> {
         .get_opt("nmstate")
         .await
         .ok()??;
-    let available = nmstate.status?.conditions.into_iter().any(|condition| {
-        condition.type_ == "Available" && condition.status == nmstate_api::condition::ConditionStatus::True
-    });
-    available.then_some(())
+    let conditions = nmstate.status?.conditions;
+    nmstate_api::condition::find_condition(&conditions, "Available")
+        .is_some_and(nmstate_api::Condition::is_true)
+        .then_some(())
 }
 
 /// The API server can call the webhook once its CA is in every webhook's `caBundle`.

@@ -7,7 +7,8 @@ use crate::{LocalEnv, LocalEnvError, Result, process::run, testing::kubectl};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy,
-    condition::{Condition, ConditionStatus},
+    condition::{Condition, find_condition},
+    policy::DEFAULT_MAX_UNAVAILABLE,
 };
 use serde_json::{Value, json};
 use std::{cell::RefCell, collections::BTreeMap, path::Path, time::Instant};
@@ -128,7 +129,7 @@ async fn watch_rollout(env: &LocalEnv, client: &Client, policy: &str) -> Result<
     // Shared by the polls: what each node showed last, so only changes are printed.
     let seen: RefCell<BTreeMap<String, String>> = RefCell::new(BTreeMap::new());
     let limit = policies.get(policy).await?.spec.max_unavailable.map_or_else(
-        || "50%".to_string(),
+        || DEFAULT_MAX_UNAVAILABLE.to_string(),
         |value| match value {
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(count) => count.to_string(),
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(text) => text,
@@ -177,10 +178,8 @@ async fn watch_rollout(env: &LocalEnv, client: &Client, policy: &str) -> Result<
             }
             let conditions = current.status.map(|status| status.conditions).unwrap_or_default();
             let done = |kind: &str| {
-                conditions.iter().any(|condition| {
-                    condition.type_ == kind
-                        && condition.status == ConditionStatus::True
-                        && condition.observed_generation == Some(generation)
+                find_condition(&conditions, kind).is_some_and(|condition| {
+                    condition.is_true() && condition.observed_generation == Some(generation)
                 })
             };
             // Settled: the policy's verdict on this generation, and no node still at it.
@@ -204,9 +203,7 @@ fn enactments_of(policy: &str) -> ListParams {
 }
 
 fn true_condition(conditions: &[Condition]) -> Option<&Condition> {
-    conditions
-        .iter()
-        .find(|condition| condition.status == ConditionStatus::True)
+    conditions.iter().find(|condition| condition.is_true())
 }
 
 /// Where a user looks first when a policy is Degraded: a failing enactment's message.
