@@ -19,12 +19,11 @@ pub const SKIPPED_NOTE: &str =
 pub fn apply_default_vlan_filtering(desired: &mut Value, kernel_supports_vlan_filtering: bool) -> usize {
     let mut defaulted = 0;
     let interfaces = desired.get_mut("interfaces").and_then(Value::as_array_mut);
-    for interface in interfaces.into_iter().flatten() {
-        let is_bridge_up = interface.get("type").and_then(Value::as_str) == Some("linux-bridge")
-            && interface.get("state").and_then(Value::as_str) == Some("up");
-        if !is_bridge_up {
-            continue;
-        }
+    for interface in interfaces
+        .into_iter()
+        .flatten()
+        .filter(|interface| is_bridge_up(interface))
+    {
         let ports = interface
             .pointer_mut("/bridge/port")
             .and_then(Value::as_array_mut);
@@ -42,16 +41,22 @@ pub fn apply_default_vlan_filtering(desired: &mut Value, kernel_supports_vlan_fi
     defaulted
 }
 
+/// Whether `interface` (of a desired state) is a Linux bridge that is to be up.
+fn is_bridge_up(interface: &Value) -> bool {
+    interface.get("type").and_then(Value::as_str) == Some("linux-bridge")
+        && interface.get("state").and_then(Value::as_str) == Some("up")
+}
+
 /// The ports of bridges that are `up` in `desired` whose `vlan` settings ask for VLAN filtering,
 /// as `<bridge> port <port>`. Where the kernel cannot filter VLANs, nmstate would create no
 /// bridge and fail after its verification (about 20 s) with "Failed to find desired
 /// interface"; the handler says why at once instead.
 pub fn ports_asking_for_vlans(desired: &Value) -> Vec<String> {
     let interfaces = desired.get("interfaces").and_then(Value::as_array);
-    let bridges_up = interfaces.into_iter().flatten().filter(|interface| {
-        interface.get("type").and_then(Value::as_str) == Some("linux-bridge")
-            && interface.get("state").and_then(Value::as_str) == Some("up")
-    });
+    let bridges_up = interfaces
+        .into_iter()
+        .flatten()
+        .filter(|interface| is_bridge_up(interface));
     bridges_up
         .flat_map(|bridge| {
             let name = bridge.get("name").and_then(Value::as_str).unwrap_or_default();

@@ -17,11 +17,10 @@ pub fn pending_changes(
     desired: &Value,
     current: &NetworkState,
 ) -> Result<Option<Value>, nmstate::NmstateError> {
-    let desired_input = desired;
     let desired_state = NetworkState::new_from_json(&desired.to_string())?;
     let mut diff = to_json(&desired_state.gen_diff(current)?)?;
-    let desired = to_json(&desired_state)?;
-    let current = to_json(current)?;
+    let desired_json = to_json(&desired_state)?;
+    let current_json = to_json(current)?;
     if let Some(interfaces) = diff.get_mut("interfaces").and_then(Value::as_array_mut) {
         interfaces.retain(|changed| {
             let name = changed.get("name");
@@ -30,16 +29,16 @@ pub fn pending_changes(
                     .as_array()
                     .and_then(|list| list.iter().find(|iface| iface.get("name") == name).cloned())
             };
-            match (find(&desired), find(&current)) {
+            match (find(&desired_json), find(&current_json)) {
                 (Some(wanted), Some(found)) => !is_contained(&wanted, &found),
                 _ => true,
             }
         });
     }
     // A purge reads as an empty section: pending, though `is_empty_section` would say nothing is.
-    let purge = dns_purge_pending(desired_input, &current);
+    let purge = dns_purge_pending(desired, &current_json);
     if purge {
-        diff["dns-resolver"] = desired_input["dns-resolver"].clone();
+        diff["dns-resolver"] = desired["dns-resolver"].clone();
     }
     Ok((purge || !is_empty_section(&diff)).then_some(diff))
 }

@@ -258,16 +258,15 @@ async fn reconcile(
     let mut desired = resolved.desired;
     let ports_without_vlan = bridge_vlan::apply_default_vlan_filtering(&mut desired, context.vlan_filtering);
     let vlan_note = (!context.vlan_filtering && ports_without_vlan > 0).then_some(bridge_vlan::SKIPPED_NOTE);
+    status.desired_state = Some(NetworkStateDocument(desired.clone()));
     let ports_asking_for_vlans = bridge_vlan::ports_asking_for_vlans(&desired);
     if !context.vlan_filtering && !ports_asking_for_vlans.is_empty() {
-        status.desired_state = Some(NetworkStateDocument(desired));
         // Nothing is applied, so no place in the rollout is used.
         let reason = bridge_vlan::unsupported_message(&ports_asking_for_vlans);
         warn!(policy = %policy_name, "not applied: {reason}");
         let event = policy_events::failed_without_retries(&name);
         return fail_for_good(&policy, &name, &mut status, &context, &enactments, reason, event).await;
     }
-    status.desired_state = Some(NetworkStateDocument(desired.clone()));
     status.features = node_state::features_used(&desired, &current);
     status.captured_states = (!resolved.captured.is_empty()).then(|| {
         resolved

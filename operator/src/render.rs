@@ -15,6 +15,10 @@ use nmstate_api::{NMStateSpec, crd, labels};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
+/// The port the webhook listens on unless `WEBHOOK_URL` names another: `nmstate-webhook`'s
+/// default `WEBHOOK_BIND_ADDRESS`.
+const DEFAULT_WEBHOOK_PORT: u16 = 9443;
+
 /// The templates, in the order their objects are applied (namespace first, workloads last).
 pub const TEMPLATES: &[(&str, &str)] = &[
     (
@@ -242,7 +246,7 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
             "replicas": replicas,
             "minAvailable": replicas - 1,
             // What it listens on: the Service's target, the probes' and NetworkPolicy's port.
-            "port": config.webhook_url.as_ref().map_or(9443, |url| url.port),
+            "port": config.webhook_url.as_ref().map_or(DEFAULT_WEBHOOK_PORT, |url| url.port),
             // Empty means the webhook's default (it defaults each missing field by itself).
             "caRotateInterval": self_sign.ca_rotate_interval.unwrap_or_default(),
             "caOverlapInterval": self_sign.ca_overlap_interval.unwrap_or_default(),
