@@ -96,7 +96,7 @@ clippy:
 
 # Pure and fast: no API server, no NetworkManager.
 unit:
-	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test --workspace --lib --bins --no-fail-fast
 
 # Against the real API server and real NetworkManager nodes, in an environment of their own
 # that is stopped afterwards whatever the outcome.
@@ -105,9 +105,19 @@ integration: kube-build localenv
 	export NMSTATE_LOCALENV_DIR=$(TEST_LOCALENV_DIR); \
 	trap '$(LOCALENV) --dir $(TEST_LOCALENV_DIR) cluster down' EXIT; \
 	$(LOCALENV) --dir $(TEST_LOCALENV_DIR) cluster up >/dev/null; \
-	$(CARGO) test --workspace --test '*'
+	$(CARGO) test --workspace --test '*' --no-fail-fast
 
-test: deps kube-build fmt-check clippy unit integration
+# Every part runs even when an earlier one fails (and every test binary within a part), so one
+# failure never hides another; the exit status is non-zero if any part failed, and the last line
+# names those parts.
+TEST_PARTS := fmt-check clippy unit integration
+test: deps kube-build
+	@failed=(); \
+	for part in $(TEST_PARTS); do \
+		$(MAKE) --no-print-directory $$part || failed+=($$part); \
+	done; \
+	if [ $${#failed[@]} -gt 0 ]; then echo "make test: failed: $${failed[*]}" >&2; exit 1; fi; \
+	echo "make test: $(TEST_PARTS) passed"
 
 ## Benchmarks (figures printed, never asserted) ----------------------------------------------
 

@@ -43,6 +43,13 @@ apt-get source --download-only kubernetes >/dev/null 2>&1
 tar xzf kubernetes_*.orig.tar.gz
 cd kubernetes-1.20.2
 
+# Kubernetes 1.20 is built with the Go it was made for, Debian's 1.19 (golang-go puts it under
+# /usr/lib/go-1.19), whatever `go` comes first on the PATH: a newer Go (1.26 on these machines)
+# rejects parts of its vendored tree.
+GO_ROOT=/usr/lib/go-1.19
+[ -x "$GO_ROOT/bin/go" ] || { log "$GO_ROOT/bin/go is missing after installing golang-go"; exit 1; }
+export PATH=$GO_ROOT/bin:$PATH GOROOT=$GO_ROOT GOTOOLCHAIN=local
+log "using $(go version)"
 export GOPATH=$PWD/.go CGO_ENABLED=0 HOME=$WORK/home GOCACHE=$WORK/gocache
 mkdir -p .go/src/k8s.io
 ln -sfn ../../.. .go/src/k8s.io/kubernetes   # the layout debian/rules uses
