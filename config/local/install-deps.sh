@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local environment and the integration tests use: etcd,
-# NetworkManager, dnsmasq, a dbus-daemon, socat, iproute2 and ping. Installing must never change
+# NetworkManager, dnsmasq, a dbus-daemon, socat, iproute2, ping and sysctl. Installing must never change
 # the host's networking, so apt may not start any of their services (policy-rc.d), and the
 # services a package enables for the next boot are disabled again. Idempotent.
 set -euo pipefail
@@ -11,7 +11,7 @@ declare -A package_of=(
     [etcd]=etcd-server [etcdctl]=etcd-client [NetworkManager]=network-manager
     [nmcli]=network-manager [dnsmasq]=dnsmasq-base [dbus-daemon]=dbus-daemon [ip]=iproute2
     [nsenter]=util-linux [unshare]=util-linux [socat]=socat [ping]=iputils-ping
-    [getent]=libc-bin [python3]=python3
+    [getent]=libc-bin [python3]=python3 [sysctl]=procps
     # `go tool pprof` reads the handler's CPU profiles in the profiler test.
     [go]=golang-go
 )

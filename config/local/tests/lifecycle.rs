@@ -75,3 +75,70 @@ async fn a_crashed_environment_is_replaced_and_teardown_leaves_nothing() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The host's `net.ipv4.ip_forward`, set for the life of this value and put back when dropped
+/// (even when the test fails).
+struct HostForwarding {
+    before: String,
+}
+
+const HOST_IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl HostForwarding {
+    fn set(value: &str) -> HostForwarding {
+        let before = std::fs::read_to_string(HOST_IP_FORWARD)
+            .unwrap()
+            .trim()
+            .to_string();
+        std::fs::write(HOST_IP_FORWARD, value).unwrap();
+        HostForwarding { before }
+    }
+}
+
+impl Drop for HostForwarding {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::write(HOST_IP_FORWARD, &self.before) {
+            eprintln!(
+                "could not put back the host's ip_forward {}: {error}",
+                self.before
+            );
+        }
+    }
+}
+
+/// A new namespace inherits the host's IPv4 settings, so without the node's own settings a
+/// host that forwards makes every node forward: tests then pass or fail by the machine's past.
+#[tokio::test]
+async fn a_new_node_starts_without_forwarding_on_a_host_that_forwards() {
+    let env = nmstate_localenv::testing::shared_env().await.unwrap();
+    let name = nmstate_localenv::testing::unique_name("fwd");
+    let node = {
+        let _forwarding = HostForwarding::set("1");
+        nmstate_localenv::testing::TestNode::start(&env, &name, &BTreeMap::new())
+            .await
+            .unwrap()
+    };
+    for setting in [
+        "ipv4/ip_forward",
+        "ipv4/conf/all/forwarding",
+        "ipv4/conf/default/forwarding",
+        "ipv4/conf/eth0/forwarding",
+        "ipv4/conf/eth1/forwarding",
+        "ipv6/conf/all/forwarding",
+        "ipv6/conf/eth1/forwarding",
+        "ipv4/conf/all/rp_filter",
+    ] {
+        let output = node
+            .command("cat")
+            .unwrap()
+            .arg(format!("/proc/sys/net/{setting}"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{setting}: {output:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "0",
+            "{setting} in node {name}"
+        );
+    }
+}
