@@ -81,8 +81,8 @@ pub fn ports_asking_for_vlans(desired: &Value) -> Vec<String> {
 pub fn unsupported_message(ports: &[String]) -> String {
     format!(
         "{} set VLANs, but this node's kernel does not support bridge VLAN filtering \
-         (CONFIG_BRIDGE_VLAN_FILTERING): nothing was applied; remove the ports' vlan settings, \
-         or select nodes whose kernel filters VLANs",
+         (CONFIG_BRIDGE_VLAN_FILTERING): remove the ports' vlan settings, or select nodes whose \
+         kernel filters VLANs",
         ports.join(", ")
     )
 }

@@ -19,6 +19,7 @@ use crate::{
     },
     node_state,
     node_state_reporter::ReportNow,
+    node_support::{self, NodeSupport},
     policy_events, probes,
     rollout::{Admission, Rollout},
 };
@@ -69,8 +70,8 @@ const REPORT_BEFORE_AVAILABLE: Duration = Duration::from_secs(10);
 pub struct Context {
     pub client: Client,
     pub config: HandlerConfig,
-    /// Whether this node's kernel can filter VLANs on bridges (see [`bridge_vlan`]).
-    pub vlan_filtering: bool,
+    /// What this node can do: a policy it cannot is refused before anything is applied.
+    pub support: NodeSupport,
     /// Reports the node state after each successful apply, before the enactment says
     /// Available.
     pub report_now: ReportNow,
@@ -256,13 +257,17 @@ async fn reconcile(
         }
     };
     let mut desired = resolved.desired;
-    let ports_without_vlan = bridge_vlan::apply_default_vlan_filtering(&mut desired, context.vlan_filtering);
-    let vlan_note = (!context.vlan_filtering && ports_without_vlan > 0).then_some(bridge_vlan::SKIPPED_NOTE);
+    let vlan_filtering = context.support.vlan_filtering;
+    let ports_without_vlan = bridge_vlan::apply_default_vlan_filtering(&mut desired, vlan_filtering);
+    let vlan_note = (!vlan_filtering && ports_without_vlan > 0).then_some(bridge_vlan::SKIPPED_NOTE);
     status.desired_state = Some(NetworkStateDocument(desired.clone()));
-    let ports_asking_for_vlans = bridge_vlan::ports_asking_for_vlans(&desired);
-    if !context.vlan_filtering && !ports_asking_for_vlans.is_empty() {
+    let refusals = context
+        .support
+        .refusals(&desired, &serde_json::to_value(&current)?)
+        .await;
+    if !refusals.is_empty() {
         // Nothing is applied, so no place in the rollout is used.
-        let reason = bridge_vlan::unsupported_message(&ports_asking_for_vlans);
+        let reason = node_support::message(&refusals);
         warn!(policy = %policy_name, "not applied: {reason}");
         let event = policy_events::failed_without_retries(&name);
         return fail_for_good(&policy, &name, &mut status, &context, &enactments, reason, event).await;

@@ -12,6 +12,7 @@ use nmstate_handler::{
     node_lock::{self, LockError},
     node_state::{self, NodeStateError},
     node_state_reporter::{self, NodeStateReporter, ReportError},
+    node_support::NodeSupport,
     probes, process,
     rollout::Rollout,
 };
@@ -177,7 +178,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         client.clone(),
         config.node_name.clone(),
         config.relationship_labels.clone(),
-        network_manager,
+        network_manager.clone(),
     );
     if let Some(reason) = unsupported.clone() {
         reporter = reporter.with_unsupported(reason);
@@ -197,6 +198,20 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     if !vlan_filtering {
         warn!("{}", bridge_vlan::SKIPPED_NOTE);
     }
+    let capabilities = network_manager::capabilities(None).await?;
+    if !capabilities.ipv4_forwarding {
+        info!(
+            "NetworkManager {network_manager} cannot set ipv4.forwarding per interface (it needs {}): \
+             policies that change it are refused on this node",
+            network_manager::IPV4_FORWARDING_SINCE
+        );
+    }
+    let support = NodeSupport {
+        network_manager,
+        capabilities,
+        vlan_filtering,
+        link_kinds: Default::default(),
+    };
     let rollout = Rollout::new(
         client.clone(),
         config.lease_namespace(),
@@ -216,7 +231,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     let context = Arc::new(enactment::Context {
         client,
         config,
-        vlan_filtering,
+        support,
         report_now,
         in_desired_state: Default::default(),
         rollout,

@@ -34,6 +34,49 @@ pub async fn version(address: Option<&str>) -> Result<String, NetworkManagerErro
     Ok(proxy.get_property::<String>("Version").await?)
 }
 
+/// What NetworkManager announces it can do, in its `VersionInfo` property (NetworkManager 1.42
+/// and later; older ones announce nothing): the encoded version, then a bit field of
+/// `NM_VERSION_INFO_CAPABILITY_*`. nmstate decides by these bits, not by version numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `ipv4.forwarding` per interface (`NM_VERSION_INFO_CAPABILITY_IP4_FORWARDING`,
+    /// NetworkManager 1.54). Without it nmstate drops the property with a warning ("Clearing
+    /// unsupported ipv4.forwarding") and its verification then fails, unless the interface
+    /// already forwarded as asked.
+    pub ipv4_forwarding: bool,
+}
+
+/// The NetworkManager release that brought per-interface IPv4 forwarding, for messages.
+pub const IPV4_FORWARDING_SINCE: Version = Version::new(1, 54, 0);
+
+const CAPABILITY_IP4_FORWARDING: usize = 1;
+
+impl Capabilities {
+    /// From the `VersionInfo` array: `[encoded version, capability bits 0-31, bits 32-63, ...]`.
+    pub fn from_version_info(version_info: &[u32]) -> Capabilities {
+        let has = |capability: usize| {
+            version_info
+                .get(1 + capability / 32)
+                .is_some_and(|bits| bits & (1 << (capability % 32)) != 0)
+        };
+        Capabilities {
+            ipv4_forwarding: has(CAPABILITY_IP4_FORWARDING),
+        }
+    }
+}
+
+/// NetworkManager's capabilities; none where it is too old to announce them.
+pub async fn capabilities(address: Option<&str>) -> Result<Capabilities, NetworkManagerError> {
+    let connection = connect(address).await?;
+    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
+    match proxy.get_property::<Vec<u32>>("VersionInfo").await {
+        Ok(version_info) => Ok(Capabilities::from_version_info(&version_info)),
+        // Before 1.42 there is no such property.
+        Err(zbus::Error::FDO(_) | zbus::Error::MethodError(..)) => Ok(Capabilities::default()),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// The checkpoints NetworkManager holds (object paths). A checkpoint is a change applied but
 /// not yet committed: NetworkManager rolls it back when its timeout expires.
 pub async fn checkpoints(address: Option<&str>) -> Result<Vec<String>, NetworkManagerError> {
@@ -213,6 +256,20 @@ mod tests {
         for text in ["", "abc", "-1.2"] {
             assert!(parse_version(text).is_err(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn capabilities_are_read_from_the_bits_after_the_version() {
+        let version_1_42 = (1 << 16) | (42 << 8) | 4;
+        let version_1_54 = (1 << 16) | (54 << 8);
+        assert_eq!(
+            Capabilities::from_version_info(&[version_1_42, 0b01]),
+            Capabilities::default(),
+            "1.42 has only capability 0 (routes synced with their table)"
+        );
+        assert!(Capabilities::from_version_info(&[version_1_54, 0b11]).ipv4_forwarding);
+        assert!(!Capabilities::from_version_info(&[version_1_54]).ipv4_forwarding);
+        assert!(!Capabilities::from_version_info(&[]).ipv4_forwarding);
     }
 
     #[test]
