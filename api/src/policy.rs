@@ -44,7 +44,10 @@ pub struct NodeNetworkConfigurationPolicySpec {
     /// Labels a node must all carry (equality) for the policy to apply to it. Empty or
     /// missing: every node that runs a handler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 256))]
+    // Bounded sizes keep the rules within the API server's CEL cost budget: with values of
+    // unbounded length, 1.25+ servers refuse the whole CRD ("estimated rule cost exceeds budget
+    // by factor of 96.6x", seen on 1.37). Label values are at most 63 characters anyway.
+    #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": 63}))]
     #[x_kube(
         validation = Rule::new(
             "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))"
