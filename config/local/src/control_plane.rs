@@ -1,5 +1,7 @@
 //! The control plane: etcd, kube-apiserver and kube-controller-manager on loopback, on free
-//! ports, with their own CA, service-account keys, RBAC authorization and a kubeconfig.
+//! ports, with their own CA, service-account keys, RBAC authorization and a kubeconfig, of the
+//! Kubernetes release [`KubeRelease`] chooses (recorded in the directory, so a running control
+//! plane of another release is replaced, not reused).
 //!
 //! Network namespaces (the sandbox nodes) cannot reach the host's loopback, so a socat bridge
 //! also exposes the API server on a unix socket (`api.sock`); the fabric serves that socket on
@@ -9,6 +11,7 @@ use crate::{
     error::{LocalEnvError, Result},
     pki,
     process::{Daemon, wait_until},
+    release::KubeRelease,
 };
 use std::{
     net::TcpListener,
@@ -16,17 +19,6 @@ use std::{
     process::Command,
     time::{Duration, Instant},
 };
-
-/// Where the API server binaries are cached by `make kube-build`.
-pub fn kube_bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KUBE_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache/kubernetes-nmstate/kube-1.20.2-r3/bin")
-}
 
 /// The port the fabric serves the API server on, at its management gateway.
 pub const NODE_API_PORT: u16 = 6443;
@@ -103,6 +95,11 @@ impl ControlPlane {
             .collect()
     }
 
+    /// The release the running (or last started) control plane is of.
+    pub fn release(&self) -> Option<KubeRelease> {
+        KubeRelease::parse(&std::fs::read_to_string(self.dir.join("release")).ok()?)
+    }
+
     pub fn endpoints(&self) -> Option<Endpoints> {
         let ports = std::fs::read_to_string(self.dir.join("ports")).ok()?;
         let mut values = ports.split_whitespace().map(|value| value.parse::<u16>().ok());
@@ -129,18 +126,31 @@ impl ControlPlane {
 
     /// Starts a fresh control plane (after stopping whatever a previous run left) and waits
     /// until the API server is ready.
-    pub async fn start(&self) -> Result<Endpoints> {
-        let bin = kube_bin_dir();
+    pub async fn start(&self, release: KubeRelease) -> Result<Endpoints> {
+        let bin = release.bin_dir();
         for tool in ["kube-apiserver", "kube-controller-manager"] {
             if !bin.join(tool).is_file() {
                 return Err(LocalEnvError::MissingTool {
                     what: "kube-apiserver build",
                     path: bin.join(tool),
-                    hint: "build it once with `make kube-build` (about 7 minutes)",
+                    hint: release.build_hint(),
                 });
             }
         }
-        for tool in ["etcd", "socat"] {
+        let etcd_program = release.etcd();
+        if etcd_program.is_absolute() && !etcd_program.is_file() {
+            return Err(LocalEnvError::MissingTool {
+                what: "etcd build",
+                path: etcd_program,
+                hint: release.build_hint(),
+            });
+        }
+        let needed_on_path = if etcd_program.is_absolute() {
+            &["socat"][..]
+        } else {
+            &["etcd", "socat"][..]
+        };
+        for &tool in needed_on_path {
             if which(tool).is_none() {
                 return Err(LocalEnvError::MissingTool {
                     what: "a Debian package",
@@ -159,14 +169,16 @@ impl ControlPlane {
         let ports = format!("{etcd_port} {apiserver_port}\n");
         std::fs::write(self.dir.join("ports"), ports)
             .map_err(LocalEnvError::io("write", self.dir.join("ports")))?;
+        std::fs::write(self.dir.join("release"), release.name())
+            .map_err(LocalEnvError::io("write", self.dir.join("release")))?;
         self.write_kubeconfig(&self.kubeconfig(), "127.0.0.1", apiserver_port, &token)?;
         let gateway = crate::fabric::MGMT_GATEWAY;
         self.write_kubeconfig(&self.node_kubeconfig(), gateway, NODE_API_PORT, &token)?;
 
         let started = Instant::now();
         let [etcd, apiserver, controller_manager, api_socket] = self.daemons();
-        etcd.spawn(self.etcd_command(etcd_port, etcd_peer_port))?;
-        apiserver.spawn(self.apiserver_command(&bin, etcd_port, apiserver_port)?)?;
+        etcd.spawn(self.etcd_command(&etcd_program, etcd_port, etcd_peer_port))?;
+        apiserver.spawn(self.apiserver_command(release, etcd_port, apiserver_port)?)?;
 
         let client = crate::client_from(&self.kubeconfig()).await?;
         wait_until(&apiserver, "kube-apiserver /readyz", READY_TIMEOUT, || {
@@ -181,7 +193,7 @@ impl ControlPlane {
         let startup = started.elapsed();
         create_namespace(&client, HANDLER_NAMESPACE).await?;
 
-        controller_manager.spawn(self.controller_manager_command(&bin))?;
+        controller_manager.spawn(self.controller_manager_command(release))?;
         api_socket.spawn(self.api_socket_command(apiserver_port))?;
         // The controller manager fails fast on bad flags or credentials; give it that moment.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -195,10 +207,10 @@ impl ControlPlane {
         })
     }
 
-    fn etcd_command(&self, client_port: u16, peer_port: u16) -> Command {
+    fn etcd_command(&self, program: &Path, client_port: u16, peer_port: u16) -> Command {
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut command = Command::new("etcd");
+        let mut command = Command::new(program);
         command
             .arg(format!("--data-dir={}", self.dir.join("etcd-data").display()))
             .arg(format!("--listen-client-urls={client_url}"))
@@ -211,16 +223,16 @@ impl ControlPlane {
         command
     }
 
-    fn apiserver_command(&self, bin: &Path, etcd_port: u16, port: u16) -> Result<Command> {
+    fn apiserver_command(&self, release: KubeRelease, etcd_port: u16, port: u16) -> Result<Command> {
         let pki = self.pki_dir();
         let audit_policy = self.write_audit_policy()?;
-        let mut command = Command::new(bin.join("kube-apiserver"));
+        let mut command = Command::new(release.bin_dir().join("kube-apiserver"));
         command
+            .args(release.apiserver_flags())
             .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--secure-port={port}"))
-            .arg("--insecure-port=0")
             .arg(format!(
                 "--cert-dir={}",
                 self.dir.join("apiserver-certs").display()
@@ -267,10 +279,11 @@ impl ControlPlane {
         Ok(path)
     }
 
-    fn controller_manager_command(&self, bin: &Path) -> Command {
+    fn controller_manager_command(&self, release: KubeRelease) -> Command {
         let pki = self.pki_dir();
-        let mut command = Command::new(bin.join("kube-controller-manager"));
+        let mut command = Command::new(release.bin_dir().join("kube-controller-manager"));
         command
+            .args(release.controller_manager_flags())
             .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
             // Only what tests rely on: ownerReference garbage collection and namespace
             // deletion. No pods run here, so workload controllers would only fight the tests
@@ -283,7 +296,6 @@ impl ControlPlane {
             ))
             .arg(format!("--root-ca-file={}", pki.join(pki::CA_CERT).display()))
             .arg("--leader-elect=false")
-            .arg("--port=0")
             .arg("--secure-port=0")
             .arg("--v=1");
         command

@@ -53,6 +53,8 @@ pub enum LocalEnvError {
     Node { name: String, reason: String },
     #[error("make demo: {0}")]
     Demo(String),
+    #[error("{0}")]
+    Usage(String),
     #[error("must run as root to create network namespaces")]
     NotRoot,
 }

@@ -16,12 +16,14 @@ pub mod node;
 mod pki;
 pub mod pods;
 pub mod process;
+pub mod release;
 pub mod testing;
 
 pub use control_plane::{ControlPlane, Endpoints};
 pub use error::{LocalEnvError, Result};
 pub use fabric::Fabric;
 pub use node::SandboxNode;
+pub use release::KubeRelease;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::{
@@ -87,15 +89,18 @@ impl LocalEnv {
         std::fs::create_dir_all(&self.dir).map_err(LocalEnvError::io("create", &self.dir))?;
         let _lock = self.lock().await?;
         let control_plane = self.control_plane();
+        let release = KubeRelease::from_env()?;
         if let Some(endpoints) = control_plane.endpoints()
             && control_plane.is_running()
+            && control_plane.release() == Some(release)
             && self.answers().await
         {
             return Ok(endpoints);
         }
-        // Whatever is left from an earlier run (crashed, or half started) goes first.
+        // Whatever is left from an earlier run (crashed, half started, or of another release)
+        // goes first.
         self.stop_everything()?;
-        control_plane.start().await
+        control_plane.start(release).await
     }
 
     /// True when the API server answers with the credentials in the kubeconfig.
