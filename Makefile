@@ -7,6 +7,7 @@ CARGO ?= cargo
 # (and stops), so a test run never takes down a cluster someone is working with.
 LOCALENV_DIR ?= $(CURDIR)/target/localenv
 TEST_LOCALENV_DIR ?= $(CURDIR)/target/localenv-test
+TEST_OLDEST_LOCALENV_DIR ?= $(CURDIR)/target/localenv-test-oldest
 TOOLS_BIN := $(HOME)/.cache/kubernetes-nmstate/bin
 BENCH_LOCALENV_DIR ?= $(CURDIR)/target/localenv-bench
 # The peer `make bench` measures against: nmstatectl 2.2 from crates.io, built once.
@@ -15,7 +16,7 @@ NMSTATECTL := $(NMSTATECTL_ROOT)/bin/nmstatectl
 LOCALENV := $(CURDIR)/target/debug/localenv
 export PATH := $(TOOLS_BIN):$(PATH)
 
-.PHONY: all test bench nmstatectl deps kube-build tools localenv fmt-check clippy unit integration generate \
+.PHONY: all test test-oldest bench nmstatectl deps kube-build kube-build-oldest tools localenv fmt-check clippy unit integration generate \
         generate-check crds cluster-up cluster-down cluster-status build build-release release images help \
         demo demo-down
 
@@ -33,7 +34,9 @@ help:
 	@echo "make release VERSION=x.y.z   set the version, record the release, regenerate everything"
 	@echo "make images          build the operator, handler and bundle images (needs podman)"
 	@echo "make deps            install the Debian packages, kubectl and helm"
-	@echo "make kube-build      build kube-apiserver v1.20.2 once (cached in ~/.cache)"
+	@echo "make test-oldest     the compatibility subset against Kubernetes v1.20.2, the oldest supported"
+	@echo "make kube-build      build the pinned Kubernetes (config/kube/go.mod) once (cached in ~/.cache)"
+	@echo "make kube-build-oldest  build kube-apiserver v1.20.2 once (cached in ~/.cache)"
 
 ## Dependencies -----------------------------------------------------------------------------
 
@@ -43,7 +46,13 @@ deps: tools
 tools:
 	@config/local/install-kubectl-helm.sh
 
+# The Kubernetes the local environment runs (NMSTATE_KUBE_RELEASE=current, the default): the
+# release config/kube/go.mod pins, built from the Go module proxy. And v1.20.2, the oldest
+# supported (NMSTATE_KUBE_RELEASE=oldest), from Debian's source package.
 kube-build: deps
+	@config/kube/build.sh
+
+kube-build-oldest: deps
 	@config/local/build-kube.sh
 
 localenv:
@@ -102,7 +111,7 @@ unit:
 # that is stopped afterwards whatever the outcome.
 integration: kube-build localenv
 	@set -euo pipefail; \
-	export NMSTATE_LOCALENV_DIR=$(TEST_LOCALENV_DIR); \
+	export NMSTATE_LOCALENV_DIR=$(TEST_LOCALENV_DIR) NMSTATE_KUBE_RELEASE=current; \
 	trap '$(LOCALENV) --dir $(TEST_LOCALENV_DIR) cluster down' EXIT; \
 	$(LOCALENV) --dir $(TEST_LOCALENV_DIR) cluster up >/dev/null; \
 	$(CARGO) test --workspace --test '*' --no-fail-fast
@@ -110,7 +119,7 @@ integration: kube-build localenv
 # Every part runs even when an earlier one fails (and every test binary within a part), so one
 # failure never hides another; the exit status is non-zero if any part failed, and the last line
 # names those parts.
-TEST_PARTS := fmt-check clippy unit integration
+TEST_PARTS := fmt-check clippy unit integration test-oldest
 test: deps kube-build
 	@failed=(); \
 	for part in $(TEST_PARTS); do \
@@ -118,6 +127,22 @@ test: deps kube-build
 	done; \
 	if [ $${#failed[@]} -gt 0 ]; then echo "make test: failed: $${failed[*]}" >&2; exit 1; fi; \
 	echo "make test: $(TEST_PARTS) passed"
+
+# What must keep working on the oldest supported server, v1.20.2: the CRDs install in their
+# old-server form (no CEL) and are served, the operator reconciles and its render follows the
+# server, the Helm chart installs, the webhook admits and refuses with its own messages, a policy
+# is enacted on a node, and an unusable maxUnavailable (which current servers refuse) is reported.
+OLDEST_TESTS := -p nmstate-api --test cluster -p nmstate-operator --test helm --test reconcile \
+	-p nmstate-handler --test enactment --test webhook
+test-oldest: kube-build-oldest localenv
+	@set -euo pipefail; \
+	export NMSTATE_LOCALENV_DIR=$(TEST_OLDEST_LOCALENV_DIR) NMSTATE_KUBE_RELEASE=oldest; \
+	trap '$(LOCALENV) --dir $(TEST_OLDEST_LOCALENV_DIR) cluster down' EXIT; \
+	$(LOCALENV) --dir $(TEST_OLDEST_LOCALENV_DIR) cluster up >/dev/null; \
+	failed=0; \
+	$(CARGO) test $(OLDEST_TESTS) --no-fail-fast || failed=1; \
+	$(CARGO) test -p nmstate-handler --test rollout an_unusable_max_unavailable || failed=1; \
+	exit $$failed
 
 ## Benchmarks (figures printed, never asserted) ----------------------------------------------
 

@@ -17,7 +17,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api,
-    api::{ListParams, Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 use nix::sys::signal::Signal;
 use nmstate_handler::rollout::{Admission, Rollout, Slot, slot_name, slot_state};
@@ -226,7 +226,7 @@ async fn a_policy_selecting_no_node_is_ignored_until_a_node_matches() {
     let mut fixture = Fixture::start(1, false).await;
     let _cluster = fixture.start_cluster("writer", free_port());
     let name = fixture
-        .create_policy("late", bridge("br-late"), json!("asdf"))
+        .create_policy("late", bridge("br-late"), json!(null))
         .await;
     fixture
         .wait_for_policy(&name, "Ignored", "Policy does not match any node", ROLLOUT)
@@ -241,6 +241,44 @@ async fn a_policy_selecting_no_node_is_ignored_until_a_node_matches() {
         )
         .await
         .unwrap();
+    fixture
+        .wait_for_policy(&name, "Available", "1/1 nodes successfully configured", ROLLOUT)
+        .await;
+    fixture.clean_up().await;
+}
+
+/// A server that runs the CRD's CEL rules (1.25+) refuses `maxUnavailable: asdf` when it is
+/// written. Older servers store it (and so may a newer one, for a policy stored before the rule,
+/// as upstream's CRD has none): the handler then uses the default and says so in an event.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unusable_max_unavailable_is_refused_or_reported_in_an_event() {
+    let _serial = SERIAL.lock().await;
+    let mut fixture = Fixture::start(1, true).await;
+    let version = fixture.client.apiserver_version().await.unwrap();
+    if nmstate_api::crd::server_minor(&version) >= 25 {
+        let name = format!("{}-asdf", fixture.namespace);
+        let mut object = common::policy(&name, json!({GROUP: fixture.namespace}), bridge("br-asdf"));
+        object.spec.max_unavailable = serde_json::from_value(json!("asdf")).unwrap();
+        let refused = fixture
+            .policies()
+            .create(&PostParams::default(), &object)
+            .await
+            .expect_err("the CRD's rule refuses it");
+        assert!(
+            refused.to_string().contains(
+                "spec.maxUnavailable: Invalid value: \"asdf\": maxUnavailable must be a non-negative \
+                 integer or a percentage from 0% to 100%"
+            ),
+            "{refused}"
+        );
+        eprintln!("Kubernetes {} refused it: {refused}", version.git_version);
+        fixture.clean_up().await;
+        return;
+    }
+    let _cluster = fixture.start_cluster("writer", free_port());
+    let name = fixture
+        .create_policy("asdf", bridge("br-asdf"), json!("asdf"))
+        .await;
     fixture
         .wait_for_policy(&name, "Available", "1/1 nodes successfully configured", ROLLOUT)
         .await;
