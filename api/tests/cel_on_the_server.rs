@@ -7,10 +7,9 @@
 
 use nmstate_localenv::{
     LocalEnv,
-    testing::{install_crds, kubectl, shared_env, unique_name},
+    testing::{install_crds, kubectl, kubectl_apply as apply, shared_env, unique_name},
 };
 use serde_json::{Value, json};
-use std::io::Write;
 
 /// The environment, its CRDs installed, on a server that runs CEL rules.
 async fn server_with_rules() -> LocalEnv {
@@ -31,30 +30,6 @@ async fn server_with_rules() -> LocalEnv {
 fn policy(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "nmstate.io/v1", "kind": "NodeNetworkConfigurationPolicy",
            "metadata": {"name": name}, "spec": spec})
-}
-
-/// `kubectl apply` of `object`: Ok(stdout) or Err(stderr).
-fn apply(env: &LocalEnv, object: &Value) -> Result<String, String> {
-    let mut child = kubectl(env)
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(object.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    if output.status.success() {
-        Ok(text(&output.stdout))
-    } else {
-        Err(text(&output.stderr))
-    }
 }
 
 fn delete(env: &LocalEnv, name: &str) {

@@ -47,17 +47,7 @@ fn fixture(name: &str, substitutions: &[(&str, &str)]) -> String {
 
 /// `kubectl <args> -f -` with `input`; returns stderr (where warnings go).
 fn kubectl_stdin(env: &LocalEnv, args: &[&str], input: &str) -> String {
-    use std::io::Write as _;
-    let mut child = kubectl(env)
-        .args(args)
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = nmstate_localenv::testing::kubectl_stdin(env, args, input).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "kubectl {args:?}: {stderr}");
     stderr

@@ -97,6 +97,33 @@ pub fn kubectl(env: &LocalEnv) -> std::process::Command {
     command
 }
 
+/// `kubectl <args> -f -` aimed at `env`, with `input` on its standard input.
+pub fn kubectl_stdin(env: &LocalEnv, args: &[&str], input: &str) -> std::io::Result<std::process::Output> {
+    use std::{io::Write, process::Stdio};
+    let mut child = kubectl(env)
+        .args(args)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes())?;
+    }
+    child.wait_with_output()
+}
+
+/// `kubectl apply` of `object` aimed at `env`: what kubectl printed, or the error it printed.
+pub fn kubectl_apply(env: &LocalEnv, object: &serde_json::Value) -> std::result::Result<String, String> {
+    let output = kubectl_stdin(env, &["apply"], &object.to_string()).map_err(|error| error.to_string())?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    if output.status.success() {
+        Ok(text(&output.stdout))
+    } else {
+        Err(text(&output.stderr))
+    }
+}
+
 /// The `helm` program: the project's tool cache, else `helm` on `PATH`.
 pub fn helm_program() -> std::path::PathBuf {
     let cached = crate::tools_bin_dir().join("helm");

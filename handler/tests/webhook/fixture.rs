@@ -214,25 +214,7 @@ impl Fixture {
 
     /// `kubectl apply` of `object`: its output, or the error kubectl printed.
     pub fn kubectl_apply(&self, object: &Value) -> Result<String, String> {
-        let mut child = kubectl(&self.env)
-            .args(["apply", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(serde_json::to_string(object).unwrap().as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        if output.status.success() {
-            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
-        }
+        nmstate_localenv::testing::kubectl_apply(&self.env, object)
     }
 
     /// The CA bundle the API server verifies the webhook with (PEM).
