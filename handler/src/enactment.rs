@@ -261,10 +261,7 @@ async fn reconcile(
     let ports_without_vlan = bridge_vlan::apply_default_vlan_filtering(&mut desired, vlan_filtering);
     let vlan_note = (!vlan_filtering && ports_without_vlan > 0).then_some(bridge_vlan::SKIPPED_NOTE);
     status.desired_state = Some(NetworkStateDocument(desired.clone()));
-    let refusals = context
-        .support
-        .refusals(&desired, &serde_json::to_value(&current)?)
-        .await;
+    let refusals = context.support.refusals(&desired, &current).await;
     if !refusals.is_empty() {
         // Nothing is applied, so no place in the rollout is used.
         let reason = node_support::message(&refusals);

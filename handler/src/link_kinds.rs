@@ -129,12 +129,9 @@ pub fn of_type(interface_type: &str) -> Option<LinkKind> {
         .map(|(_, kind)| *kind)
 }
 
-/// The interfaces `desired` brings up that the node does not have yet (by name, in `current`),
-/// with the link kind each needs: what the kernel will be asked to create.
-pub fn to_create(desired: &Value, current: &Value) -> BTreeMap<String, (String, LinkKind)> {
-    let existing: BTreeSet<&str> = interfaces(current)
-        .filter_map(|interface| interface.get("name").and_then(Value::as_str))
-        .collect();
+/// The interfaces `desired` brings up that the node does not have yet (`exists` says which it
+/// has, by name), with the link kind each needs: what the kernel will be asked to create.
+pub fn to_create(desired: &Value, exists: impl Fn(&str) -> bool) -> BTreeMap<String, (String, LinkKind)> {
     interfaces(desired)
         .filter(|interface| {
             // An interface without a state is brought up, as nmstate does.
@@ -144,12 +141,13 @@ pub fn to_create(desired: &Value, current: &Value) -> BTreeMap<String, (String, 
             let name = interface.get("name").and_then(Value::as_str)?;
             let interface_type = interface.get("type").and_then(Value::as_str)?;
             let kind = of_type(interface_type)?;
-            (!existing.contains(name)).then(|| (name.to_string(), (interface_type.to_string(), kind)))
+            (!exists(name)).then(|| (name.to_string(), (interface_type.to_string(), kind)))
         })
         .collect()
 }
 
-fn interfaces(state: &Value) -> impl Iterator<Item = &Value> {
+/// The `interfaces` of a state document.
+pub(crate) fn interfaces(state: &Value) -> impl Iterator<Item = &Value> {
     state
         .get("interfaces")
         .and_then(Value::as_array)
@@ -233,10 +231,7 @@ mod tests {
 
     #[test]
     fn only_new_interfaces_of_kernel_link_types_that_are_brought_up_need_a_kind() {
-        let current = json!({"interfaces": [
-            {"name": "eth1", "type": "ethernet"},
-            {"name": "bond9", "type": "bond"},
-        ]});
+        let exists = |name: &str| ["eth1", "bond9"].contains(&name);
         let desired = json!({"interfaces": [
             {"name": "eth1", "type": "ethernet", "state": "up"},
             {"name": "bond0", "type": "bond", "state": "up"},
@@ -247,7 +242,7 @@ mod tests {
             {"name": "ovs0", "type": "ovs-interface", "state": "up"},
             {"name": "br9", "type": "linux-bridge", "state": "up"},
         ]});
-        let needed: Vec<(String, String, &str, &str)> = to_create(&desired, &current)
+        let needed: Vec<(String, String, &str, &str)> = to_create(&desired, exists)
             .into_iter()
             .map(|(name, (interface_type, kind))| (name, interface_type, kind.kind, kind.module))
             .collect();
@@ -262,7 +257,7 @@ mod tests {
                 row("eth1.102", "vlan", "vlan", "8021q"),
             ]
         );
-        assert!(to_create(&json!({"dns-resolver": {}}), &current).is_empty());
+        assert!(to_create(&json!({"dns-resolver": {}}), exists).is_empty());
     }
 
     #[test]

@@ -36,8 +36,9 @@ pub struct NodeSupport {
 
 impl NodeSupport {
     /// Why this node cannot enact `desired`, given its `current` state; empty when it can.
-    pub async fn refusals(&self, desired: &Value, current: &Value) -> Vec<Refusal> {
-        let to_create = link_kinds::to_create(desired, current);
+    pub async fn refusals(&self, desired: &Value, current: &nmstate::NetworkState) -> Vec<Refusal> {
+        let current = current_interfaces(current);
+        let to_create = link_kinds::to_create(desired, |name| current.contains_key(name));
         let kinds: BTreeSet<LinkKind> = to_create.values().map(|(_, kind)| *kind).collect();
         let missing = self.link_kinds.missing(kinds).await;
         let missing_links = to_create
@@ -50,8 +51,28 @@ impl NodeSupport {
             vlan_filtering: self.vlan_filtering,
             default_ipv4_forwarding: default_ipv4_forwarding(),
         };
-        refusals(desired, current, &facts, missing_links)
+        refusals(desired, &current, &facts, missing_links)
     }
+}
+
+/// What the decisions need of the node's state: each interface, by name, with its
+/// `ipv4.forwarding` as the kernel reports it.
+pub type CurrentInterfaces = BTreeMap<String, Option<bool>>;
+
+/// Read off the state the reconcile already holds, without serializing it.
+fn current_interfaces(state: &nmstate::NetworkState) -> CurrentInterfaces {
+    state
+        .interfaces
+        .iter()
+        .map(|interface| {
+            let forwarding = interface
+                .base_iface()
+                .ipv4
+                .as_ref()
+                .and_then(|ipv4| ipv4.forwarding);
+            (interface.name().to_string(), forwarding)
+        })
+        .collect()
 }
 
 /// What a new interface's `ipv4.forwarding` starts as: the kernel's default for new links.
@@ -135,7 +156,7 @@ pub fn message(refusals: &[Refusal]) -> String {
 /// interfaces whose kernel link kind the kernel said it lacks.
 pub fn refusals(
     desired: &Value,
-    current: &Value,
+    current: &CurrentInterfaces,
     facts: &NodeFacts,
     missing_links: BTreeMap<String, (String, LinkKind)>,
 ) -> Vec<Refusal> {
@@ -166,26 +187,9 @@ pub fn refusals(
 /// The interfaces of `desired` whose `ipv4.forwarding` differs from what they have now (a new
 /// interface starts with the kernel's default). Where it is already as asked there is nothing
 /// to set, and nmstate's verification passes; where IPv4 is disabled nmstate ignores it.
-fn forwarding_changes(desired: &Value, current: &Value, default: Option<bool>) -> Vec<String> {
-    let interfaces = |state: &Value| -> Vec<Value> {
-        state
-            .get("interfaces")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let current_interfaces = interfaces(current);
-    let now = |name: &str| -> Option<bool> {
-        match current_interfaces
-            .iter()
-            .find(|interface| interface.get("name").and_then(Value::as_str) == Some(name))
-        {
-            Some(interface) => interface.pointer("/ipv4/forwarding").and_then(Value::as_bool),
-            None => default,
-        }
-    };
-    interfaces(desired)
-        .iter()
+fn forwarding_changes(desired: &Value, current: &CurrentInterfaces, default: Option<bool>) -> Vec<String> {
+    let now = |name: &str| current.get(name).copied().unwrap_or(default);
+    link_kinds::interfaces(desired)
         .filter(|interface| interface.pointer("/ipv4/enabled").and_then(Value::as_bool) != Some(false))
         .filter_map(|interface| {
             let name = interface.get("name").and_then(Value::as_str)?;
@@ -221,10 +225,10 @@ mod tests {
         let new = Capabilities {
             ipv4_forwarding: true,
         };
-        let current = json!({"interfaces": [
-            {"name": "eth1", "type": "ethernet", "ipv4": {"enabled": true, "forwarding": false}},
-            {"name": "eth2", "type": "ethernet", "ipv4": {"enabled": true, "forwarding": true}},
-        ]});
+        let current = CurrentInterfaces::from([
+            ("eth1".to_string(), Some(false)),
+            ("eth2".to_string(), Some(true)),
+        ]);
         let on = json!({"enabled": true, "dhcp": true, "forwarding": true});
         let off = json!({"enabled": true, "forwarding": false});
         let disabled = json!({"enabled": false, "forwarding": true});
@@ -303,7 +307,12 @@ mod tests {
             ("bond0.102".to_string(), ("vlan".to_string(), vlan)),
         ]);
         let capabilities = Capabilities::default();
-        let refused = refusals(&desired, &json!({}), &facts(&capabilities, false), missing);
+        let refused = refusals(
+            &desired,
+            &CurrentInterfaces::new(),
+            &facts(&capabilities, false),
+            missing,
+        );
         assert_eq!(refused.len(), 3, "{refused:?}");
         let text = message(&refused);
         for part in [
@@ -321,7 +330,7 @@ mod tests {
         assert!(
             refusals(
                 &desired,
-                &json!({}),
+                &CurrentInterfaces::new(),
                 &facts(
                     &Capabilities {
                         ipv4_forwarding: true
