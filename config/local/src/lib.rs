@@ -268,10 +268,15 @@ pub fn workspace_dir() -> PathBuf {
 
 /// Where `make deps` installs kubectl and helm.
 pub fn tools_bin_dir() -> PathBuf {
-    let home = std::env::var_os("HOME")
+    cache_dir().join("bin")
+}
+
+/// `~/.cache/kubernetes-nmstate`, where the Makefile caches what it installs and builds.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache/kubernetes-nmstate/bin")
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".cache/kubernetes-nmstate")
 }
 
 /// A client for the kubeconfig at `path`.

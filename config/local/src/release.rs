@@ -50,10 +50,7 @@ impl KubeRelease {
         if let Some(dir) = std::env::var_os("KUBE_BIN_DIR") {
             return PathBuf::from(dir);
         }
-        let cache = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/root"))
-            .join(".cache/kubernetes-nmstate");
+        let cache = crate::cache_dir();
         match self {
             KubeRelease::Current => cache.join("kube-current"),
             KubeRelease::Oldest => cache.join("kube-1.20.2-r3/bin"),
