@@ -17,6 +17,7 @@ use crate::{
     enactment_objects::{
         create_enactment, delete_enactment, finish, remove_enactments_of_deleted_policies, write_status,
     },
+    events::Events,
     node_state,
     node_state_reporter::ReportNow,
     node_support::{self, NodeSupport},
@@ -69,6 +70,8 @@ const REPORT_BEFORE_AVAILABLE: Duration = Duration::from_secs(10);
 /// What every reconcile needs.
 pub struct Context {
     pub client: Client,
+    /// Warning events on the policies, reported by this node.
+    pub events: Events,
     pub config: HandlerConfig,
     /// What this node can do: a policy it cannot is refused before anything is applied.
     pub support: NodeSupport,
@@ -409,13 +412,15 @@ async fn take_place(
             limit.limit
         );
         warn!(policy = %policy_name, "{message}");
-        let event = policy_events::warning(
-            policy,
-            &context.config.node_name,
-            policy_events::INVALID_MAX_UNAVAILABLE,
-            message,
-        );
-        policy_events::record(&context.client, &event).await;
+        context
+            .events
+            .warn(
+                policy,
+                policy_events::INVALID_MAX_UNAVAILABLE,
+                policy_events::ROLLOUT,
+                message,
+            )
+            .await;
     }
     match context.rollout.acquire(policy, generation, limit.limit).await? {
         Admission::Granted => Ok(None),
@@ -429,12 +434,15 @@ async fn take_place(
         }
         Admission::Abort => {
             warn!(policy = %policy_name, generation, "aborted: failed nodes hold every place in the rollout");
-            let event = policy_events::reconcile_failed(
-                policy,
-                &context.config.node_name,
-                policy_events::aborted(name),
-            );
-            policy_events::record(&context.client, &event).await;
+            context
+                .events
+                .warn(
+                    policy,
+                    policy_events::RECONCILE_FAILED,
+                    policy_events::ROLLOUT,
+                    policy_events::aborted(name),
+                )
+                .await;
             let situation = EnactmentSituation::Aborted {
                 enactment: name.to_string(),
             };
@@ -454,8 +462,15 @@ async fn fail_for_good(
     event: String,
 ) -> Result<Action, EnactmentError> {
     let node = &context.config.node_name;
-    let event = policy_events::reconcile_failed(policy, node, event);
-    policy_events::record(&context.client, &event).await;
+    context
+        .events
+        .warn(
+            policy,
+            policy_events::RECONCILE_FAILED,
+            policy_events::APPLY,
+            event,
+        )
+        .await;
     let message = format!(
         "error reconciling NodeNetworkConfigurationPolicy on node {node} at desired state apply: {reason}"
     );

@@ -10,6 +10,7 @@ pub mod drift;
 pub mod enactment;
 pub mod enactment_conditions;
 pub mod enactment_objects;
+pub mod events;
 pub mod external_probes;
 pub mod heartbeat;
 pub mod leader;

@@ -7,13 +7,15 @@ use nmstate_handler::{
     apply::{self, ApplyError},
     bridge_vlan,
     config::{ConfigError, HandlerConfig},
-    enactment, heartbeat,
+    enactment,
+    events::Events,
+    heartbeat,
     network_manager::{self, NetworkManagerError},
     node_lock::{self, LockError},
     node_state::{self, NodeStateError},
     node_state_reporter::{self, NodeStateReporter, ReportError},
     node_support::NodeSupport,
-    probes, process,
+    policy_events, probes, process,
     rollout::Rollout,
 };
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
@@ -228,8 +230,15 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         );
         AbortOnDrop(tokio::spawn(heartbeat))
     });
+    let events = Events::new(
+        client.clone(),
+        &policy_events::component(&config.node_name),
+        &config.node_name,
+        nmstate_api::crd::server_minor(&server),
+    );
     let context = Arc::new(enactment::Context {
         client,
+        events,
         config,
         support,
         report_now,

@@ -15,7 +15,7 @@ use kube::{
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
 };
-use nmstate_localenv::testing::{TestNode, eventually, install_crds, shared_env, unique_name};
+use nmstate_localenv::testing::{TestNode, eventually, install_crds, kubectl, shared_env, unique_name};
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, time::Duration};
 
@@ -193,9 +193,26 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
         )
     );
     assert_eq!(
-        recorded[0].source.as_ref().unwrap().component,
+        recorded[0].reporting_component,
         Some(format!("{node_name}.nmstate-handler"))
     );
+    // What a user reads, whichever events API the server took them through.
+    let described = kubectl(&env)
+        .args(["describe", "nncp", &missing])
+        .output()
+        .unwrap();
+    let described = String::from_utf8_lossy(&described.stdout);
+    let failed_line = described
+        .lines()
+        .find(|line| line.contains("ReconcileFailed"))
+        .unwrap_or_else(|| panic!("no ReconcileFailed event in `kubectl describe`:\n{described}"));
+    for expected in [
+        "Warning",
+        &format!("{node_name}.nmstate-handler"),
+        "has failed after 2 retries",
+    ] {
+        assert!(failed_line.contains(expected), "{expected:?} in {failed_line:?}");
+    }
 
     // A policy selecting a label the node does not carry yet: nothing, until the label comes.
     let labelled = format!("{node_name}-labelled");

@@ -24,7 +24,7 @@ use kube::{
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 use nmstate_api::{NMState, condition::updated_conditions};
-use nmstate_handler::policy_events;
+use nmstate_handler::events::Events;
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
 use tracing::{info, warn};
@@ -58,11 +58,18 @@ pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
     pub applier: Applier,
+    /// Warning events on the NMState CR.
+    pub events: Events,
     /// The API server's minor version.
     pub server_minor: u32,
     /// `kubernetes_nmstate_reconcile_total{controller="nmstate"}` and its durations.
     pub metrics: Arc<nmstate_handler::metrics::Metrics>,
 }
+
+/// The operator's reporting component, and its leader election's name.
+pub const COMPONENT: &str = "nmstate-operator";
+/// Warning event on an NMState CR other than the one in charge, which is deleted.
+pub const SINGLETON_VIOLATION: &str = "SingletonViolation";
 
 /// The metrics' `controller` label.
 pub const CONTROLLER: &str = "nmstate";
@@ -146,15 +153,10 @@ async fn reconcile(nmstate: Arc<NMState>, context: Arc<Context>) -> Result<Actio
         let reason =
             "Ignoring NMState.nmstate.io because one already exists and does not match existing name";
         warn!(name = %nmstate.name_any(), "{reason}; deleting it");
-        let host = nmstate_handler::leader::default_identity("nmstate-operator");
-        let event = policy_events::warning_on(
-            &*nmstate,
-            "nmstate-operator",
-            &host,
-            "SingletonViolation",
-            reason.into(),
-        );
-        policy_events::record(&context.client, &event).await;
+        context
+            .events
+            .warn(&*nmstate, SINGLETON_VIOLATION, "Delete", reason.into())
+            .await;
         match api.delete(&nmstate.name_any(), &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}

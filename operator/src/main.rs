@@ -8,6 +8,7 @@ use kube::{
 };
 use nmstate_api::NMState;
 use nmstate_handler::{
+    events::Events,
     leader::ReplicaArgs,
     process::{self, ClientError},
 };
@@ -103,16 +104,23 @@ async fn run(cli: Cli) -> Result<(), OperatorError> {
     let health = nmstate_handler::metrics::serve(address, metrics.clone())
         .await
         .map_err(|source| OperatorError::Health { address, source })?;
+    let election = cli
+        .replica
+        .election(controller::COMPONENT, "installing kubernetes-nmstate");
+    let server_minor = nmstate_api::crd::server_minor(&server);
     let context = Arc::new(Context {
         applier: Applier::new(client.clone()).await?,
-        server_minor: nmstate_api::crd::server_minor(&server),
+        events: Events::new(
+            client.clone(),
+            controller::COMPONENT,
+            &election.identity,
+            server_minor,
+        ),
+        server_minor,
         client: client.clone(),
         config,
         metrics,
     });
-    let election = cli
-        .replica
-        .election("nmstate-operator", "installing kubernetes-nmstate");
     let lead = || controller::run(context.clone(), std::future::pending());
     let result = nmstate_handler::leader::run_while_leading(
         client,

@@ -6,11 +6,11 @@
 
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
-    core::v1::{Namespace, Service},
+    core::v1::{Event, Namespace, Service},
 };
 use kube::{
-    Api, Client,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use nmstate_api::NMState;
 use nmstate_localenv::testing::{
@@ -263,13 +263,26 @@ async fn an_nmstate_installs_reports_repairs_and_uninstalls() {
     // Singleton: a second NMState is deleted, the first stays.
     let mut second = nmstate.clone();
     second.metadata.name = Some("second".into());
-    nmstates.create(&PostParams::default(), &second).await.unwrap();
+    let second = nmstates.create(&PostParams::default(), &second).await.unwrap();
     eventually("the second NMState is deleted", WAIT, || async {
         nmstates.get_opt("second").await.ok()?.is_none().then_some(())
     })
     .await
     .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
     assert!(nmstates.get_opt("nmstate").await.unwrap().is_some());
+    // ... and says why, in an event on it that core/v1 lists, whichever API recorded it.
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let about_second = ListParams::default().fields(&format!(
+        "involvedObject.uid={},reason=SingletonViolation",
+        second.uid().unwrap()
+    ));
+    let recorded = events.list(&about_second).await.unwrap().items;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        recorded[0].reporting_component.as_deref(),
+        Some("nmstate-operator")
+    );
 
     // Leader change: the operator killed, another replica takes over (after the lease expires)
     // and keeps repairing, with one of each object.

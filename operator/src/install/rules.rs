@@ -35,6 +35,7 @@ fn own_cluster_rules() -> Vec<Value> {
         // Webhook replicas follow the infra nodes' taints.
         rule("", &["nodes"], &["get", "list", "watch"]),
         rule("", &["events"], &["create", "patch"]),
+        rule("events.k8s.io", &["events"], &["create", "patch"]),
         // Rendered and pruned: see apply.rs.
         rule("", &["serviceaccounts", "services"], WRITE),
         rule("apps", &["daemonsets", "deployments"], WRITE),
