@@ -1,7 +1,8 @@
-//! The generated CRDs against the real kube-apiserver v1.20.2 (with etcd and the controller
-//! manager) of the local environment: they install, every kind can be created, read, updated
-//! and deleted, deprecated versions are served and stored as the storage version, kubectl
-//! prints the status columns, and owner references are garbage-collected.
+//! The generated CRDs against the real kube-apiserver (with etcd and the controller manager) of
+//! the local environment, current or v1.20.2 (`NMSTATE_KUBE_RELEASE`): they install, every kind
+//! can be created, read, updated and deleted, deprecated versions are served and stored as the
+//! storage version, kubectl prints the status columns, owner references are garbage-collected,
+//! and status applies leave the labels' ownership as the writers assume.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -448,4 +449,62 @@ async fn deleting_a_node_garbage_collects_its_node_state() {
         "node state collected {:.1} s after its node was deleted",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The managers that own `name`'s labels and its status, as `managedFields` says.
+async fn owners(api: &Api<NodeNetworkConfigurationEnactment>, name: &str) -> (Vec<String>, Vec<String>) {
+    let object = api.get(name).await.unwrap();
+    let owning = |field: &str| {
+        object
+            .managed_fields()
+            .iter()
+            .filter(|entry| {
+                entry.fields_v1.as_ref().is_some_and(|fields| {
+                    fields.0.get("f:metadata").and_then(|m| m.get(field)).is_some()
+                        || fields.0.get(field).is_some()
+                })
+            })
+            .filter_map(|entry| entry.manager.clone())
+            .collect::<Vec<_>>()
+    };
+    (owning("f:labels"), owning("f:status"))
+}
+
+/// The handler and the operator apply an object and its status under two field managers. This
+/// is why: before 1.22 a server keeps one managedFields entry per manager for the object and its
+/// `/status`, so an apply to `/status` by the manager that applied the labels takes their
+/// ownership away (they are then never removed by that manager's later applies, and nobody
+/// conflicts on them). From 1.22 on `/status` has its own entry; the two managers work on both.
+#[tokio::test]
+async fn status_applies_keep_the_labels_owned_by_whoever_applied_them() {
+    let (_env, client) = setup().await;
+    let minor = nmstate_api::crd::server_minor(&client.apiserver_version().await.unwrap());
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client);
+    let status =
+        status_patch::<NodeNetworkConfigurationEnactment>(json!({"conditions": available_condition()}));
+    for (status_manager, labels_kept) in [("nmstate-tests-status", true), (FIELD_MANAGER, minor >= 22)] {
+        let name = unique_name("owners");
+        let object = json!({
+            "apiVersion": NodeNetworkConfigurationEnactment::api_version(&()),
+            "kind": NodeNetworkConfigurationEnactment::kind(&()),
+            "metadata": {"name": name, "labels": {labels::POLICY: "some-policy"}},
+        });
+        let apply = |manager| PatchParams::apply(manager).force();
+        enactments
+            .patch(&name, &apply(FIELD_MANAGER), &Patch::Apply(&object))
+            .await
+            .unwrap();
+        enactments
+            .patch_status(&name, &apply(status_manager), &Patch::Apply(&status))
+            .await
+            .unwrap();
+        let (labels_by, status_by) = owners(&enactments, &name).await;
+        assert_eq!(status_by, [status_manager], "1.{minor}");
+        let expected_labels_by: &[&str] = if labels_kept { &[FIELD_MANAGER] } else { &[] };
+        assert_eq!(
+            labels_by, expected_labels_by,
+            "1.{minor}, status applied by {status_manager}"
+        );
+        delete_and_wait(&enactments, &name).await;
+    }
 }
