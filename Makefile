@@ -107,14 +107,17 @@ clippy:
 unit:
 	$(CARGO) test --workspace --lib --bins --no-fail-fast
 
-# Against the real API server and real NetworkManager nodes, in an environment of their own
-# that is stopped afterwards whatever the outcome.
+# $(call in_cluster,DIR,RELEASE,COMMANDS): COMMANDS (no commas) in an environment of their own at
+# DIR, on Kubernetes RELEASE (current or oldest), stopped afterwards whatever the outcome.
+in_cluster = set -euo pipefail; \
+	export NMSTATE_LOCALENV_DIR=$(1) NMSTATE_KUBE_RELEASE=$(2); \
+	trap '$(LOCALENV) --dir $(1) cluster down' EXIT; \
+	$(LOCALENV) --dir $(1) cluster up >/dev/null; \
+	$(3)
+
+# Against the real API server and real NetworkManager nodes.
 integration: kube-build localenv
-	@set -euo pipefail; \
-	export NMSTATE_LOCALENV_DIR=$(TEST_LOCALENV_DIR) NMSTATE_KUBE_RELEASE=current; \
-	trap '$(LOCALENV) --dir $(TEST_LOCALENV_DIR) cluster down' EXIT; \
-	$(LOCALENV) --dir $(TEST_LOCALENV_DIR) cluster up >/dev/null; \
-	$(CARGO) test --workspace --test '*' --no-fail-fast
+	@$(call in_cluster,$(TEST_LOCALENV_DIR),current,$(CARGO) test --workspace --test '*' --no-fail-fast)
 
 # Every part runs even when an earlier one fails (and every test binary within a part), so one
 # failure never hides another; the exit status is non-zero if any part failed, and the last line
@@ -135,14 +138,10 @@ test: deps kube-build
 OLDEST_TESTS := -p nmstate-api --test cluster -p nmstate-operator --test helm --test reconcile \
 	-p nmstate-handler --test enactment --test webhook
 test-oldest: kube-build-oldest localenv
-	@set -euo pipefail; \
-	export NMSTATE_LOCALENV_DIR=$(TEST_OLDEST_LOCALENV_DIR) NMSTATE_KUBE_RELEASE=oldest; \
-	trap '$(LOCALENV) --dir $(TEST_OLDEST_LOCALENV_DIR) cluster down' EXIT; \
-	$(LOCALENV) --dir $(TEST_OLDEST_LOCALENV_DIR) cluster up >/dev/null; \
-	failed=0; \
+	@$(call in_cluster,$(TEST_OLDEST_LOCALENV_DIR),oldest,failed=0; \
 	$(CARGO) test $(OLDEST_TESTS) --no-fail-fast || failed=1; \
 	$(CARGO) test -p nmstate-handler --test rollout an_unusable_max_unavailable || failed=1; \
-	exit $$failed
+	exit $$failed)
 
 ## Benchmarks (figures printed, never asserted) ----------------------------------------------
 
@@ -152,12 +151,9 @@ nmstatectl:
 # The handler (release build) against nmstatectl on the same sandbox node, side by side; the
 # rollouts, the webhook and the operator.
 bench: kube-build localenv nmstatectl
-	@set -euo pipefail; \
-	export NMSTATE_LOCALENV_DIR=$(BENCH_LOCALENV_DIR) NMSTATECTL=$(NMSTATECTL); \
-	trap '$(LOCALENV) --dir $(BENCH_LOCALENV_DIR) cluster down' EXIT; \
-	$(LOCALENV) --dir $(BENCH_LOCALENV_DIR) cluster up >/dev/null; \
+	@$(call in_cluster,$(BENCH_LOCALENV_DIR),current,export NMSTATECTL=$(NMSTATECTL); \
 	$(CARGO) bench -q -p nmstate-handler --bench node --bench rollout --bench webhook; \
-	$(CARGO) bench -q -p nmstate-operator --bench operator
+	$(CARGO) bench -q -p nmstate-operator --bench operator)
 
 ## Local cluster for people -----------------------------------------------------------------
 
