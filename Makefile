@@ -115,8 +115,11 @@ in_cluster = set -euo pipefail; \
 	$(LOCALENV) --dir $(1) cluster up >/dev/null; \
 	$(3)
 
-# Against the real API server and real NetworkManager nodes.
+# Against the real API server and real NetworkManager nodes. Tests start the programs of other
+# packages (the cluster controller, the webhook, the operator's operands), so every binary is
+# built first.
 integration: kube-build localenv
+	@$(CARGO) build -q --workspace --bins
 	@$(call in_cluster,$(TEST_LOCALENV_DIR),current,$(CARGO) test --workspace --test '*' --no-fail-fast)
 
 # Every part runs even when an earlier one fails (and every test binary within a part), so one
@@ -136,8 +139,9 @@ test: deps kube-build
 # server, the Helm chart installs, the webhook admits and refuses with its own messages, a policy
 # is enacted on a node, and an unusable maxUnavailable (which current servers refuse) is reported.
 OLDEST_TESTS := -p nmstate-api --test cluster -p nmstate-operator --test helm --test reconcile \
-	-p nmstate-handler --test enactment --test webhook
+	-p nmstate-handler --test enactment -p nmstate-webhook --test webhook
 test-oldest: kube-build-oldest localenv
+	@$(CARGO) build -q --workspace --bins
 	@$(call in_cluster,$(TEST_OLDEST_LOCALENV_DIR),oldest,failed=0; \
 	$(CARGO) test $(OLDEST_TESTS) --no-fail-fast || failed=1; \
 	$(CARGO) test -p nmstate-handler --test rollout an_unusable_max_unavailable || failed=1; \
@@ -151,8 +155,10 @@ nmstatectl:
 # The handler (release build) against nmstatectl on the same sandbox node, side by side; the
 # rollouts, the webhook and the operator.
 bench: kube-build localenv nmstatectl
+	@$(CARGO) build -q --release --workspace --bins
 	@$(call in_cluster,$(BENCH_LOCALENV_DIR),current,export NMSTATECTL=$(NMSTATECTL); \
-	$(CARGO) bench -q -p nmstate-handler --bench node --bench rollout --bench webhook; \
+	$(CARGO) bench -q -p nmstate-handler --bench node --bench rollout; \
+	$(CARGO) bench -q -p nmstate-webhook --bench webhook; \
 	$(CARGO) bench -q -p nmstate-operator --bench operator)
 
 ## Local cluster for people -----------------------------------------------------------------

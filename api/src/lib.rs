@@ -9,6 +9,7 @@ pub mod crd;
 pub mod document;
 pub mod enactment;
 pub mod labels;
+pub mod names;
 pub mod nmstate;
 pub mod policy;
 pub mod state;

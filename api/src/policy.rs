@@ -90,6 +90,16 @@ pub struct NodeNetworkConfigurationPolicyStatus {
     pub last_unavailable_node_count_update: Option<Time>,
 }
 
+/// Whether a policy's `nodeSelector` selects a node with `node_labels`: equality on every label,
+/// as upstream; none, or an empty one, selects every node. The node agent and the cluster
+/// controller both decide with this.
+pub fn selects(selector: Option<&BTreeMap<String, String>>, node_labels: &BTreeMap<String, String>) -> bool {
+    selector
+        .into_iter()
+        .flatten()
+        .all(|(key, value)| node_labels.get(key) == Some(value))
+}
+
 wire_strings! {
     /// Condition types of a policy.
     PolicyConditionType {
@@ -107,5 +117,39 @@ wire_strings! {
         SuccessfullyConfigured = "SuccessfullyConfigured",
         ConfigurationProgressing = "ConfigurationProgressing",
         NoMatchingNode = "NoMatchingNode",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn selectors_match_by_equality_on_every_label() {
+        let node = labels(&[
+            ("kubernetes.io/hostname", "node01"),
+            ("node-role.kubernetes.io/worker", ""),
+        ]);
+        assert!(selects(None, &node));
+        assert!(selects(Some(&labels(&[])), &node));
+        assert!(selects(
+            Some(&labels(&[("node-role.kubernetes.io/worker", "")])),
+            &node
+        ));
+        assert!(!selects(
+            Some(&labels(&[("node-role.kubernetes.io/worker", "yes")])),
+            &node
+        ));
+        assert!(!selects(
+            Some(&labels(&[("kubernetes.io/hostname", "node01"), ("zone", "a")])),
+            &node
+        ));
     }
 }

@@ -1,33 +1,24 @@
-//! The kubernetes-nmstate node handler.
+//! `nmstate-handler`, the node agent of kubernetes-nmstate (a DaemonSet): reports this node's
+//! NodeNetworkState and applies the policies that select it through NetworkManager, one
+//! enactment per policy, under a checkpoint with probes, within each policy's rollout.
+//!
+//! The cluster controller (`nmstate-cluster`), the webhook (`nmstate-webhook`) and what every
+//! program shares (`nmstate-runtime`) are the crates beside this one, under `handler/`.
 
+/// A desired state applied under a NetworkManager checkpoint, committed only if the probes
+/// (gateway, DNS, API server) still pass.
 pub mod apply;
-pub mod bridge_vlan;
-pub mod capture;
-pub mod certs;
-pub mod cluster;
+/// The agent's settings, from the environment its DaemonSet sets.
 pub mod config;
-pub mod drift;
+/// The policy controller on this node: one enactment per policy, its decisions in a pure plan.
 pub mod enactment;
-pub mod enactment_conditions;
-pub mod enactment_objects;
-pub mod events;
-pub mod external_probes;
-pub mod heartbeat;
-pub mod leader;
-pub mod leases;
-pub mod link_kinds;
-pub mod metrics;
-pub mod network_manager;
+/// The node's network, through nmstate, NetworkManager and the kernel; never Kubernetes.
+pub mod network;
+/// One agent per node: a lock file on the host.
 pub mod node_lock;
-pub mod node_state;
+/// NodeNetworkState: written when the node's state changes, and after each apply.
 pub mod node_state_reporter;
-pub mod node_support;
-pub mod policy_events;
-pub mod policy_status;
-pub mod probes;
-pub mod process;
+/// CPU profiles and heap figures over HTTP (`ENABLE_PROFILER`).
 pub mod profiler;
-pub mod profiles;
+/// Places in a policy's rollout (`maxUnavailable`), and this node's heartbeat.
 pub mod rollout;
-pub mod state_filter;
-pub mod webhook;

@@ -1,7 +1,7 @@
 //! Reports this node's network state as its NodeNetworkState (named after the node, owned by
 //! the Node), and keeps it current.
 //!
-//! A refresh reads the state with nmstate, filters it ([`crate::state_filter`]) and writes it
+//! A refresh reads the state with nmstate, filters it ([`crate::network::filter`]) and writes it
 //! only when it differs from what was last reported, so an idle node causes no API writes.
 //! Refreshes follow NetworkManager's D-Bus signals (a burst is coalesced into one refresh), a
 //! deleted NodeNetworkState is recreated at once, and a periodic refresh is the safety net.
@@ -9,10 +9,10 @@
 //! says Available, so whoever waited for the policy reads the new state in the
 //! NodeNetworkState.
 
-use crate::{
+use crate::network::{
+    filter::filter_for_report,
     network_manager::{self, NetworkManagerError},
-    node_state::{self, NMSTATE_VERSION, NodeStateError},
-    state_filter::filter_for_report,
+    state::{self as node_state, NMSTATE_VERSION, NodeStateError},
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -27,6 +27,7 @@ use nmstate_api::{
     condition::{find_condition, set_condition},
     state::{NodeNetworkStateFields, NodeStateConditionReason, NodeStateConditionType},
 };
+use nmstate_runtime::kube_errors::is_conflict;
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, future::Future, time::Duration};
 use tokio::{
@@ -35,11 +36,9 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-/// The field manager of the NodeNetworkState object the handler creates.
-pub const FIELD_MANAGER: &str = "nmstate-handler";
-/// The field manager of its status: a separate one, because before Kubernetes 1.22 an apply to
-/// `/status` by the manager that owns the labels would remove them.
-pub const STATUS_FIELD_MANAGER: &str = "nmstate-handler-status";
+use nmstate_api::names::{
+    HANDLER_FIELD_MANAGER as FIELD_MANAGER, HANDLER_STATUS_FIELD_MANAGER as STATUS_FIELD_MANAGER,
+};
 
 /// How often the state is read even when nothing signalled a change.
 pub const PERIODIC_REFRESH: Duration = Duration::from_secs(60);
@@ -183,7 +182,7 @@ impl NodeStateReporter {
                 Ok(created)
             }
             // Created meanwhile (e.g. by a previous handler that is still stopping).
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(self.api.get(&self.node_name).await?),
+            Err(error) if is_conflict(&error) => Ok(self.api.get(&self.node_name).await?),
             Err(error) => Err(error.into()),
         }
     }

@@ -5,7 +5,7 @@
 //! - `/debug/pprof/profile?seconds=N` (default 30, at most 300): a CPU profile sampled at
 //!   100 Hz, in pprof's protobuf format.
 //! - `/debug/allocator`: the heap this process has in use, its peak and all-time total (counted
-//!   by the global allocator below), and the kernel's resident-set figures, as JSON.
+//!   by the program's counting global allocator), and the kernel's resident-set figures, as JSON.
 
 use axum::{
     Json, Router,
@@ -19,9 +19,14 @@ use serde_json::{Value, json};
 use std::{alloc::System, net::SocketAddr, time::Duration};
 use tracing::{error, info};
 
-/// Counts every allocation (one atomic add each), so the heap figures are exact.
-#[global_allocator]
-pub static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
+/// The counting allocator the heap figures come from: the program's `#[global_allocator]`,
+/// declared in its `main.rs` (a library must not choose it for every binary that links it).
+pub type CountingAllocator = Cap<System>;
+
+/// A counting allocator with no limit, for a `#[global_allocator]`.
+pub const fn counting_allocator() -> CountingAllocator {
+    Cap::new(System, usize::MAX)
+}
 
 const DEFAULT_SECONDS: u64 = 30;
 const MAX_SECONDS: u64 = 300;
@@ -29,7 +34,7 @@ const SAMPLES_PER_SECOND: i32 = 100;
 
 /// Serves the profiler on `0.0.0.0:port` (as upstream) until the process ends. A port that
 /// cannot be bound is logged; the handler goes on without a profiler.
-pub async fn serve(port: u16) {
+pub async fn serve(port: u16, allocator: &'static CountingAllocator) {
     let address = SocketAddr::from(([0, 0, 0, 0], port));
     let listener = match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => listener,
@@ -41,16 +46,19 @@ pub async fn serve(port: u16) {
         }
     };
     info!(%address, "profiler serving /debug/pprof/profile and /debug/allocator");
-    if let Err(serve_error) = axum::serve(listener, routes()).await {
+    if let Err(serve_error) = axum::serve(listener, routes(allocator)).await {
         error!("profiler stopped: {serve_error}");
     }
 }
 
-fn routes() -> Router {
+fn routes(allocator: &'static CountingAllocator) -> Router {
     Router::new()
         .route("/debug/pprof/", get(index))
         .route("/debug/pprof/profile", get(cpu_profile))
-        .route("/debug/allocator", get(|| async { Json(memory_figures()) }))
+        .route(
+            "/debug/allocator",
+            get(move || async move { Json(memory_figures(allocator)) }),
+        )
 }
 
 async fn index() -> &'static str {
@@ -101,12 +109,12 @@ async fn cpu_profile(Query(query): Query<ProfileQuery>) -> Response {
 }
 
 /// The heap as the allocator counts it, and the resident set as the kernel does.
-pub fn memory_figures() -> Value {
+pub fn memory_figures(allocator: &CountingAllocator) -> Value {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     json!({
-        "heapInUseBytes": ALLOCATOR.allocated(),
-        "heapPeakBytes": ALLOCATOR.max_allocated(),
-        "heapAllocatedTotalBytes": ALLOCATOR.total_allocated(),
+        "heapInUseBytes": allocator.allocated(),
+        "heapPeakBytes": allocator.max_allocated(),
+        "heapAllocatedTotalBytes": allocator.total_allocated(),
         "residentBytes": kibibytes(&status, "VmRSS:").map(|kib| kib * 1024),
         "residentPeakBytes": kibibytes(&status, "VmHWM:").map(|kib| kib * 1024),
     })
@@ -127,6 +135,10 @@ pub fn kibibytes(status: &str, field: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// This test binary's allocator, as `main.rs` declares the handler's.
+    #[global_allocator]
+    static ALLOCATOR: CountingAllocator = counting_allocator();
+
     #[test]
     fn resident_figures_are_read_from_proc_status() {
         let status = "Name:\tnmstate-handler\nVmHWM:\t   21504 kB\nVmRSS:\t   15360 kB\n";
@@ -140,7 +152,7 @@ mod tests {
         let before = ALLOCATOR.total_allocated();
         let buffer = vec![0u8; 1 << 20];
         assert!(ALLOCATOR.total_allocated() >= before + buffer.len());
-        let figures = memory_figures();
+        let figures = memory_figures(&ALLOCATOR);
         assert!(figures["heapPeakBytes"].as_u64().unwrap() >= 1 << 20);
         assert!(figures["residentBytes"].as_u64().unwrap() > 0);
     }

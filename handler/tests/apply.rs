@@ -8,7 +8,7 @@
 mod common;
 
 use common::stdout_of;
-use nmstate_handler::network_manager::checkpoints;
+use nmstate_handler::network::network_manager::checkpoints;
 use nmstate_localenv::testing::{TestNode, shared_env, unique_name};
 use std::{collections::BTreeMap, process::Output, time::Duration};
 
@@ -175,7 +175,7 @@ async fn policies_are_applied_under_a_checkpoint_and_rolled_back_when_a_probe_fa
 
 #[tokio::test]
 async fn the_api_server_and_node_readiness_probes_pass_and_fail_for_real() {
-    use nmstate_handler::probes::Probe;
+    use nmstate_handler::apply::probes::Probe;
     let env = shared_env().await.unwrap();
     let client = env.client().await.unwrap();
     let node = TestNode::start(&env, &unique_name("probes"), &BTreeMap::new())

@@ -8,7 +8,7 @@ use kube::{Api, api::PostParams};
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
 };
-use nmstate_handler::network_manager::checkpoints;
+use nmstate_handler::network::network_manager::checkpoints;
 use nmstate_localenv::testing::{NodeProcess, TestNode, eventually, install_crds, shared_env, unique_name};
 use serde_json::json;
 use std::{

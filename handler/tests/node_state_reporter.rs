@@ -8,7 +8,7 @@
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, ResourceExt};
 use nmstate_api::NodeNetworkState;
-use nmstate_handler::node_state::NMSTATE_VERSION;
+use nmstate_handler::network::state::NMSTATE_VERSION;
 use nmstate_localenv::testing::{NodeProcess, TestNode, eventually, install_crds, shared_env, unique_name};
 use std::{
     collections::BTreeMap,

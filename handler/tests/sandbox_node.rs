@@ -106,10 +106,10 @@ async fn a_sandbox_node_is_real_networkmanager_read_in_process_by_the_handler() 
     assert_eq!(only_eth1["interfaces"].as_array().unwrap().len(), 1);
 
     // NetworkManager's version, read over the node's D-Bus as node states will report it.
-    let version = nmstate_handler::network_manager::version(Some(&node.bus_address()))
+    let version = nmstate_handler::network::network_manager::version(Some(&node.bus_address()))
         .await
         .unwrap();
-    let parsed = nmstate_handler::network_manager::check_supported(&version).unwrap();
+    let parsed = nmstate_handler::network::network_manager::check_supported(&version).unwrap();
     assert!(
         parsed >= semver::Version::new(1, 42, 0),
         "Debian 12 ships 1.42, found {version}"

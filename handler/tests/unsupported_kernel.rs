@@ -149,7 +149,7 @@ fn the_kernel_is_asked_for_link_kinds_the_way_networkmanager_will_and_nothing_is
             ("dummy", "link add t0 type dummy"),
         ] {
             let asked = runtime
-                .block_on(nmstate_handler::link_kinds::kernel_has(kind))
+                .block_on(nmstate_handler::network::link_kinds::kernel_has(kind))
                 .unwrap();
             assert_eq!(
                 ip("-br link").stdout,

@@ -9,6 +9,7 @@ use kube::{
     discovery::{Discovery, Scope},
 };
 use nmstate_api::NMState;
+use nmstate_runtime::kube_errors::is_not_found;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use tracing::info;
@@ -165,7 +166,7 @@ impl Applier {
                     }
                     match api.delete(&key.name, &DeleteParams::background()).await {
                         Ok(_) => {}
-                        Err(kube::Error::Api(status)) if status.code == 404 => continue,
+                        Err(error) if is_not_found(&error) => continue,
                         Err(source) => {
                             return Err(ApplyError::Kube {
                                 kind: key.kind,

@@ -24,7 +24,8 @@ use kube::{
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 use nmstate_api::{NMState, condition::updated_conditions};
-use nmstate_handler::events::Events;
+use nmstate_runtime::events::Events;
+use nmstate_runtime::kube_errors::is_not_found;
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
 use tracing::{info, warn};
@@ -63,7 +64,7 @@ pub struct Context {
     /// The API server's minor version.
     pub server_minor: u32,
     /// `kubernetes_nmstate_reconcile_total{controller="nmstate"}` and its durations.
-    pub metrics: Arc<nmstate_handler::metrics::Metrics>,
+    pub metrics: Arc<nmstate_runtime::metrics::Metrics>,
 }
 
 /// The operator's reporting component, and its leader election's name.
@@ -159,7 +160,7 @@ async fn reconcile(nmstate: Arc<NMState>, context: Arc<Context>) -> Result<Actio
             .await;
         match api.delete(&nmstate.name_any(), &DeleteParams::default()).await {
             Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) if is_not_found(&error) => {}
             Err(error) => return Err(error.into()),
         }
         return Ok(Action::await_change());

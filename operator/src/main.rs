@@ -7,15 +7,15 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use nmstate_api::NMState;
-use nmstate_handler::{
-    events::Events,
-    leader::ReplicaArgs,
-    process::{self, ClientError},
-};
 use nmstate_operator::{
     apply::Applier,
     config::{ConfigError, CrdManagement, OperatorConfig},
     controller::{self, Context},
+};
+use nmstate_runtime::{
+    election::ReplicaArgs,
+    events::Events,
+    process::{self, ClientError},
 };
 use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 use tracing::info;
@@ -100,8 +100,8 @@ async fn run(cli: Cli) -> Result<(), OperatorError> {
         info!(crd = NMState::crd_name(), "applied");
     }
     let address = cli.health_bind_address;
-    let metrics = Arc::new(nmstate_handler::metrics::Metrics::default());
-    let health = nmstate_handler::metrics::serve(address, metrics.clone())
+    let metrics = Arc::new(nmstate_runtime::metrics::Metrics::default());
+    let health = nmstate_runtime::metrics::serve(address, metrics.clone())
         .await
         .map_err(|source| OperatorError::Health { address, source })?;
     let election = cli
@@ -122,7 +122,7 @@ async fn run(cli: Cli) -> Result<(), OperatorError> {
         metrics,
     });
     let lead = || controller::run(context.clone(), std::future::pending());
-    let result = nmstate_handler::leader::run_while_leading(
+    let result = nmstate_runtime::election::run_while_leading(
         client,
         &election,
         process::shutdown_signal(),

@@ -25,7 +25,11 @@ use std::{
     time::Duration,
 };
 
-pub const CLUSTER: &str = env!("CARGO_BIN_EXE_nmstate-cluster");
+/// The cluster controller, another package's binary: `cargo test --workspace` (or `make test`)
+/// builds it.
+pub fn cluster_binary() -> std::path::PathBuf {
+    nmstate_localenv::testing::workspace_binary("nmstate-cluster")
+}
 /// Leases expire quickly here, so a dead handler's place frees within seconds.
 pub const LEASE_SECONDS: &str = "4";
 /// The label every node of one test carries (value: the test's namespace).
@@ -126,7 +130,7 @@ impl Fixture {
             ("METRICS_BIND_ADDRESS", address.as_str()),
             ("RUST_LOG", "info"),
         ];
-        NodeProcess::start_on_host(&self.env, CLUSTER.as_ref(), &[], &variables, self.log(identity)).unwrap()
+        NodeProcess::start_on_host(&self.env, &cluster_binary(), &[], &variables, self.log(identity)).unwrap()
     }
 
     /// Creates a policy for this test's nodes: a new bridge `bridge`, `max_unavailable` at once.

@@ -1,0 +1,318 @@
+//! The cluster controller's driver: the single writer of every policy's status.
+//!
+//! Replicas elect a leader through a Lease (`nmstate-cluster`, kube-lease-manager); only the
+//! leader watches and writes. A policy's status is recomputed from scratch (its enactments of
+//! the current generation, the nodes it selects, their readiness and handler heartbeats) on
+//! every change of those, so a new leader, or a restarted one, converges on the right status.
+
+use crate::{
+    metrics::{ClusterMetrics, Sources},
+    status::{NodeView, evaluate},
+};
+use futures::{Stream, StreamExt};
+use k8s_openapi::{
+    api::{coordination::v1::Lease, core::v1::Node},
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use nmstate_api::{
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
+    condition::updated_conditions,
+    labels,
+    names::{CLUSTER_METRICS_CONTROLLER, CLUSTER_STATUS_FIELD_MANAGER},
+    policy::selects,
+};
+use nmstate_runtime::{
+    election::{self, Election},
+    heartbeat, leases,
+};
+use serde_json::json;
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot serialize the policy status: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("leader election: {0}")]
+    Election(#[from] kube_lease_manager::LeaseManagerError),
+}
+
+impl ClusterError {
+    /// A bounded category, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ClusterError::Kube(_) => "kube",
+            ClusterError::Serialize(_) => "serialize",
+            ClusterError::Election(_) => "election",
+        }
+    }
+}
+
+pub struct Settings {
+    /// Where the handlers' heartbeats are.
+    pub namespace: String,
+    /// The election for [`nmstate_api::names::CLUSTER_LEASE`].
+    pub election: Election,
+}
+
+struct Context {
+    client: Client,
+    nodes: Store<Node>,
+    enactments: Store<NodeNetworkConfigurationEnactment>,
+    heartbeats: Store<Lease>,
+    metrics: Arc<ClusterMetrics>,
+}
+
+/// Runs for as long as `shutdown` does not complete: waits to lead, then writes statuses
+/// until the lead is lost, and so on.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<ClusterMetrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ClusterError> {
+    let lead = || lead(&client, &settings, &metrics);
+    election::run_while_leading(client.clone(), &settings.election, shutdown, lead, || {
+        metrics.set_sources(None)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Watches what policy statuses depend on, and keeps them up to date.
+async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics>) {
+    let (nodes, node_stream) = cached(
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            // Only labels and conditions matter: drop the rest of each Node from the cache.
+            .modify(|node| {
+                node.managed_fields_mut().clear();
+                node.annotations_mut().clear();
+                node.spec = None;
+                if let Some(status) = node.status.as_mut() {
+                    *status = k8s_openapi::api::core::v1::NodeStatus {
+                        conditions: status.conditions.take(),
+                        ..Default::default()
+                    };
+                }
+            }),
+    );
+    let (enactments, enactment_stream) = cached(watcher(
+        Api::<NodeNetworkConfigurationEnactment>::all(client.clone()),
+        watcher::Config::default(),
+    ));
+    let (heartbeats, heartbeat_stream) = cached(watcher(
+        Api::<Lease>::namespaced(client.clone(), &settings.namespace),
+        watcher::Config::default().labels(&heartbeat::selector()),
+    ));
+    let (states, state_stream) = cached(watcher(
+        Api::<NodeNetworkState>::all(client.clone()),
+        watcher::Config::default(),
+    ));
+    let state_stream = state_stream.for_each(|_| futures::future::ready(()));
+
+    let controller = Controller::new(
+        Api::<NodeNetworkConfigurationPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let policies = controller.store();
+    metrics.set_sources(Some(Sources {
+        policies: policies.clone(),
+        enactments: enactments.clone(),
+        states,
+    }));
+    let every_policy = |policies: Store<NodeNetworkConfigurationPolicy>| {
+        move || -> Vec<ObjectRef<NodeNetworkConfigurationPolicy>> {
+            policies
+                .state()
+                .iter()
+                .map(|policy| ObjectRef::from_obj(&**policy))
+                .collect()
+        }
+    };
+    // Nodes matter when their labels or readiness change; heartbeats when their holder comes
+    // or goes (renewals are covered by requeueing at the next expiry).
+    let node_views: Mutex<BTreeMap<String, NodeFacts>> = Mutex::default();
+    let all_for_node = every_policy(policies.clone());
+    let holders: Mutex<BTreeMap<String, Option<String>>> = Mutex::default();
+    let all_for_heartbeat = every_policy(policies.clone());
+    let heartbeat_store = heartbeats.clone();
+    let controller = controller
+        .watches_stream(
+            enactment_stream,
+            |enactment: NodeNetworkConfigurationEnactment| {
+                enactment
+                    .labels()
+                    .get(labels::POLICY)
+                    .map(|policy| ObjectRef::<NodeNetworkConfigurationPolicy>::new(policy))
+            },
+        )
+        .watches_stream(node_stream, move |node: Node| {
+            let view = (node.labels().clone(), is_ready(&node));
+            let changed = node_views.lock().map_or(true, |mut views| {
+                views.insert(node.name_any(), view.clone()).as_ref() != Some(&view)
+            });
+            if changed { all_for_node() } else { Vec::new() }
+        })
+        .watches_stream(heartbeat_stream, move |lease: Lease| {
+            let gone = heartbeat_store.get(&ObjectRef::from_obj(&lease)).is_none();
+            let holder = if gone {
+                None
+            } else {
+                leases::holder(&lease).map(str::to_string)
+            };
+            let changed = holders.lock().map_or(true, |mut all| {
+                all.insert(lease.name_any(), holder.clone()) != Some(holder)
+            });
+            if changed { all_for_heartbeat() } else { Vec::new() }
+        });
+    let context = Arc::new(Context {
+        client: client.clone(),
+        nodes,
+        enactments,
+        heartbeats,
+        metrics: metrics.clone(),
+    });
+    let statuses = controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!("policy status: {error}");
+            }
+        });
+    futures::future::join(statuses, state_stream).await;
+}
+
+/// A cache of what `events` watches, and the stream of the objects it touches, which keeps the
+/// cache filled while it is polled.
+fn cached<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
+where
+    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let touched = reflector::reflector(writer, events)
+        .default_backoff()
+        .touched_objects();
+    (store, touched)
+}
+
+/// What a policy status needs of a node: its labels and whether it is Ready.
+type NodeFacts = (BTreeMap<String, String>, bool);
+
+fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|condition| condition.type_ == "Ready" && condition.status == "True")
+}
+
+async fn reconcile(
+    policy: Arc<NodeNetworkConfigurationPolicy>,
+    context: Arc<Context>,
+) -> Result<Action, ClusterError> {
+    let started = Instant::now();
+    let result = write_status(&policy, &context).await;
+    context
+        .metrics
+        .served
+        .record_reconcile(CLUSTER_METRICS_CONTROLLER, result.is_ok(), started.elapsed());
+    result
+}
+
+async fn write_status(
+    policy: &NodeNetworkConfigurationPolicy,
+    context: &Context,
+) -> Result<Action, ClusterError> {
+    let name = policy.name_any();
+    let generation = policy.metadata.generation.unwrap_or_default();
+    let now = Timestamp::now();
+    let heartbeats = context.heartbeats.state();
+    let live = heartbeat::live_nodes(heartbeats.iter().map(|lease| &**lease), now);
+    let selector = policy.spec.node_selector.as_ref();
+    let nodes: Vec<NodeView> = context
+        .nodes
+        .state()
+        .iter()
+        .map(|node| NodeView {
+            name: node.name_any(),
+            selected: selects(selector, node.labels()),
+            ready: is_ready(node),
+            runs_handler: live.contains(&node.name_any()),
+        })
+        .collect();
+    let enactments: Vec<Arc<NodeNetworkConfigurationEnactment>> = context
+        .enactments
+        .state()
+        .into_iter()
+        .filter(|enactment| enactment.labels().get(labels::POLICY) == Some(&name))
+        .collect();
+    let enactments: Vec<&NodeNetworkConfigurationEnactment> = enactments.iter().map(|e| &**e).collect();
+    let outcome = evaluate(generation, &nodes, &enactments);
+    let current = policy
+        .status
+        .as_ref()
+        .map(|status| status.conditions.as_slice())
+        .unwrap_or_default();
+    if let Some(conditions) = updated_conditions(current, outcome.conditions(generation), &Time(now)) {
+        info!(policy = %name, generation, status = outcome.status(), "{outcome:?}");
+        let patch = json!({
+            "apiVersion": NodeNetworkConfigurationPolicy::api_version(&()),
+            "kind": NodeNetworkConfigurationPolicy::kind(&()),
+            "status": {"conditions": serde_json::to_value(conditions)?},
+        });
+        Api::<NodeNetworkConfigurationPolicy>::all(context.client.clone())
+            .patch_status(
+                &name,
+                &PatchParams::apply(CLUSTER_STATUS_FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+    }
+    // A handler that stops renewing its heartbeat drops out of the count when it expires.
+    let next_expiry = heartbeats
+        .iter()
+        .filter(|lease| {
+            leases::live_holder(lease, now)
+                .is_some_and(|node| nodes.iter().any(|view| view.name == node && view.selected))
+        })
+        .filter_map(|lease| leases::expiry(lease))
+        .min();
+    Ok(match next_expiry {
+        Some(expiry) => {
+            let left = Duration::try_from(expiry.duration_since(now)).unwrap_or_default();
+            Action::requeue(left + Duration::from_millis(200))
+        }
+        None => Action::await_change(),
+    })
+}
+
+fn error_policy(
+    policy: Arc<NodeNetworkConfigurationPolicy>,
+    error: &ClusterError,
+    _: Arc<Context>,
+) -> Action {
+    warn!(policy = %policy.name_any(), category = error.category(), "cannot write the policy status, retrying: {error}");
+    Action::requeue(Duration::from_secs(5))
+}

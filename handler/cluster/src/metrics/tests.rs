@@ -1,0 +1,102 @@
+use super::*;
+use serde_json::json;
+
+fn state(node: &str, current: Value) -> NodeNetworkState {
+    serde_json::from_value(json!({
+        "apiVersion": "nmstate.io/v1beta1", "kind": "NodeNetworkState",
+        "metadata": {"name": node},
+        "status": {"currentState": current},
+    }))
+    .unwrap()
+}
+
+fn labelled(series: Vec<Series>) -> Vec<(Vec<(&'static str, String)>, i64)> {
+    series
+}
+
+#[test]
+fn interfaces_are_counted_by_type_per_node() {
+    let nns = state(
+        "node01",
+        json!({"interfaces": [
+            {"name": "eth0", "type": "ethernet"}, {"name": "eth1", "type": "ethernet"},
+            {"name": "br0", "type": "linux-bridge"}]}),
+    );
+    let node = || ("node", "node01".to_string());
+    assert_eq!(
+        labelled(interfaces_by_type(&nns)),
+        vec![
+            (vec![("type", "ethernet".into()), node()], 2),
+            (vec![("type", "linux-bridge".into()), node()], 1)
+        ]
+    );
+}
+
+#[test]
+fn routes_are_static_when_configured_and_split_by_ip_stack() {
+    let nns = state(
+        "node01",
+        json!({"routes": {
+            "config": [{"destination": "198.51.100.0/24"}],
+            "running": [
+                {"destination": "198.51.100.0/24"}, {"destination": "0.0.0.0/0"},
+                {"destination": "fe80::/64"}]}}),
+    );
+    let series = routes(&nns);
+    let value = |stack: &str, kind: &str| {
+        series
+            .iter()
+            .find(|(labels, _)| {
+                labels.contains(&("ip_stack", stack.into())) && labels.contains(&("type", kind.into()))
+            })
+            .map(|(_, value)| *value)
+    };
+    assert_eq!(value("ipv4", "static"), Some(1));
+    assert_eq!(value("ipv4", "dynamic"), Some(1));
+    assert_eq!(value("ipv6", "dynamic"), Some(1));
+    assert_eq!(value("ipv6", "static"), None);
+}
+
+fn with_true(kind: &str, name: &str, node: &str, true_type: &str) -> Value {
+    json!({
+        "apiVersion": "nmstate.io/v1", "kind": kind,
+        "metadata": {"name": name, "labels": {labels::NODE: node}},
+        "spec": {},
+        "status": {"conditions": [
+            {"type": "Degraded", "status": "False"}, {"type": true_type, "status": "True"}],
+            "features": ["static-dns"]},
+    })
+}
+
+#[test]
+fn policies_and_enactments_count_by_their_first_true_condition() {
+    let policies: Vec<NodeNetworkConfigurationPolicy> =
+        [("a", "Available"), ("b", "Available"), ("c", "Degraded")]
+            .iter()
+            .map(|(name, status)| {
+                serde_json::from_value(with_true("NodeNetworkConfigurationPolicy", name, "", status)).unwrap()
+            })
+            .collect();
+    let series = policies_status(policies.iter());
+    assert_eq!(series.len(), 4, "every status, zero included: {series:?}");
+    assert!(series.contains(&(vec![("status", "Available".into())], 2)));
+    assert!(series.contains(&(vec![("status", "Ignored".into())], 0)));
+
+    let enactments: Vec<NodeNetworkConfigurationEnactment> = [
+        ("node01.a", "node01", "Available"),
+        ("node01.b", "node01", "Pending"),
+    ]
+    .iter()
+    .map(|(name, node, status)| {
+        serde_json::from_value(with_true("NodeNetworkConfigurationEnactment", name, node, status)).unwrap()
+    })
+    .collect();
+    let series = enactments_status(enactments.iter());
+    assert_eq!(series.len(), 5);
+    assert!(series.contains(&(vec![("node", "node01".into()), ("status", "Pending".into())], 1)));
+    assert!(series.contains(&(vec![("node", "node01".into()), ("status", "Failing".into())], 0)));
+    assert_eq!(
+        features_applied(enactments.iter()),
+        BTreeSet::from(["static-dns".to_string()])
+    );
+}

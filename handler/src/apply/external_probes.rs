@@ -1,0 +1,228 @@
+//! The probes that look beyond the node: its default gateway answers a ping, and one of its DNS
+//! servers answers a query. Both look up their target at every attempt, so after a change they
+//! test the gateway and servers the change left in place: the gateway from the kernel's routes,
+//! the servers from NetworkManager's running DNS configuration (both cheap to repeat).
+
+use crate::network::{network_manager, state as node_state};
+use serde_json::Value;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+/// The default route's gateway and interface (main table), IPv4 first.
+pub fn default_gateway(state: &Value) -> Option<(IpAddr, String)> {
+    let routes = state.pointer("/routes/running")?.as_array()?;
+    ["0.0.0.0/0", "::/0"].iter().find_map(|destination| {
+        routes.iter().find_map(|route| {
+            let in_main_table = route
+                .get("table-id")
+                .and_then(Value::as_u64)
+                .is_none_or(|table| table == 254);
+            if route.get("destination").and_then(Value::as_str) != Some(destination) || !in_main_table {
+                return None;
+            }
+            let gateway = route.get("next-hop-address")?.as_str()?.parse().ok()?;
+            let interface = route.get("next-hop-interface")?.as_str()?.to_string();
+            Some((gateway, interface))
+        })
+    })
+}
+
+/// The kernel's view of the node now (routes included): no NetworkManager round trips.
+async fn kernel_state() -> Result<Value, String> {
+    match tokio::task::spawn_blocking(node_state::retrieve_kernel).await {
+        Ok(state) => state.map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Pings the node's default gateway through its interface once.
+pub async fn ping_default_gateway(timeout: Duration) -> Result<(), String> {
+    let state = kernel_state().await?;
+    let (gateway, interface) = default_gateway(&state).ok_or("the node has no default route")?;
+    let kind = if gateway.is_ipv4() {
+        surge_ping::ICMP::V4
+    } else {
+        surge_ping::ICMP::V6
+    };
+    // Raw ICMP: the handler is privileged, and unprivileged ping sockets are often disabled.
+    let config = surge_ping::Config::builder()
+        .kind(kind)
+        .interface(&interface)
+        .sock_type_hint(socket2::Type::RAW)
+        .build();
+    let client =
+        surge_ping::Client::new(&config).map_err(|error| format!("cannot open an ICMP socket: {error}"))?;
+    let mut pinger = client
+        .pinger(gateway, surge_ping::PingIdentifier(std::process::id() as u16))
+        .await;
+    pinger.timeout(timeout);
+    pinger
+        .ping(surge_ping::PingSequence(0), &[0; 16])
+        .await
+        .map(|_| ())
+        .map_err(|error| format!("default gateway {gateway} via {interface} does not answer: {error}"))
+}
+
+/// Resolves `host` through each of the node's DNS servers until one answers. As upstream, the
+/// default host `root-servers.net` is asked for its NS records, any other for an address.
+pub async fn resolve_through_node_servers(host: &str, timeout: Duration) -> Result<(), String> {
+    let servers: Vec<IpAddr> = network_manager::running_dns_servers(None)
+        .await
+        .map_err(|error| error.to_string())?
+        .iter()
+        .filter_map(|server| server.parse().ok())
+        .collect();
+    if servers.is_empty() {
+        return Err("the node has no DNS server".into());
+    }
+    let record_type = if host == "root-servers.net" {
+        RECORD_NS
+    } else {
+        RECORD_A
+    };
+    let mut failures = Vec::new();
+    for server in servers {
+        match query(SocketAddr::new(server, 53), host, record_type, timeout).await {
+            Ok(()) => return Ok(()),
+            Err(error) => failures.push(format!("{server}: {error}")),
+        }
+    }
+    Err(format!("no DNS server resolved {host} ({})", failures.join("; ")))
+}
+
+const RECORD_A: u16 = 1;
+const RECORD_NS: u16 = 2;
+
+/// One DNS question, as sent on the wire: header (recursion desired), the name, type, class IN.
+fn dns_question(id: u16, name: &str, record_type: u16) -> Result<Vec<u8>, String> {
+    let mut message = Vec::with_capacity(32 + name.len());
+    message.extend_from_slice(&id.to_be_bytes());
+    message.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; 1 question
+    for label in name.trim_end_matches('.').split('.') {
+        let length = u8::try_from(label.len())
+            .ok()
+            .filter(|len| (1..=63).contains(len));
+        let length = length.ok_or_else(|| format!("{name:?} is not a valid DNS name"))?;
+        message.push(length);
+        message.extend_from_slice(label.as_bytes());
+    }
+    message.push(0);
+    message.extend_from_slice(&record_type.to_be_bytes());
+    message.extend_from_slice(&1u16.to_be_bytes());
+    Ok(message)
+}
+
+/// Whether `response` answers question `id` successfully with at least one record.
+fn dns_answered(response: &[u8], id: u16) -> Result<(), String> {
+    if response.len() < 12 || response[0..2] != id.to_be_bytes() || response[2] & 0x80 == 0 {
+        return Err("not an answer to the question".into());
+    }
+    match response[3] & 0x0f {
+        0 => {}
+        3 => return Err("no such name".into()),
+        code => return Err(format!("error code {code}")),
+    }
+    if u16::from_be_bytes([response[6], response[7]]) == 0 {
+        return Err("no records in the answer".into());
+    }
+    Ok(())
+}
+
+async fn query(server: SocketAddr, name: &str, record_type: u16, timeout: Duration) -> Result<(), String> {
+    let id = (std::process::id() as u16) ^ 0x5a5a;
+    let question = dns_question(id, name, record_type)?;
+    let local: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut buffer = [0u8; 1500];
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Asked again every second, as resolvers do: one lost datagram is not a dead server.
+    loop {
+        socket
+            .send_to(&question, server)
+            .await
+            .map_err(|error| error.to_string())?;
+        let wait = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_secs(1));
+        if let Ok(received) = tokio::time::timeout(wait, socket.recv(&mut buffer)).await {
+            let received = received.map_err(|error| error.to_string())?;
+            return dns_answered(&buffer[..received], id);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("no answer within {} s", timeout.as_secs()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_default_gateway_is_the_main_tables_default_route() {
+        let state = json!({"routes": {"running": [
+            {"destination": "0.0.0.0/0", "next-hop-address": "10.0.0.254", "next-hop-interface": "eth3", "table-id": 200},
+            {"destination": "10.77.0.0/24", "next-hop-address": "0.0.0.0", "next-hop-interface": "eth0", "table-id": 254},
+            {"destination": "::/0", "next-hop-address": "fd00::1", "next-hop-interface": "eth1", "table-id": 254},
+            {"destination": "0.0.0.0/0", "next-hop-address": "10.77.0.1", "next-hop-interface": "eth0", "table-id": 254},
+        ]}});
+        assert_eq!(
+            default_gateway(&state),
+            Some(("10.77.0.1".parse().unwrap(), "eth0".to_string()))
+        );
+        assert_eq!(default_gateway(&json!({"routes": {"running": []}})), None);
+    }
+
+    #[test]
+    fn questions_are_encoded_as_the_wire_format_says() {
+        let question = dns_question(0x1234, "gw.sandbox.test", RECORD_A).unwrap();
+        let mut expected = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        expected.extend_from_slice(b"\x02gw\x07sandbox\x04test\x00\x00\x01\x00\x01");
+        assert_eq!(question, expected);
+        assert!(dns_question(1, "a..b", RECORD_A).is_err());
+        assert!(dns_question(1, &"x".repeat(64), RECORD_A).is_err());
+    }
+
+    #[test]
+    fn answers_are_checked_for_id_rcode_and_records() {
+        let answer = |id: u16, flags: [u8; 2], answers: u16| {
+            let mut response = id.to_be_bytes().to_vec();
+            response.extend_from_slice(&flags);
+            response.extend_from_slice(&[0, 1]);
+            response.extend_from_slice(&answers.to_be_bytes());
+            response.extend_from_slice(&[0, 0, 0, 0]);
+            response
+        };
+        assert_eq!(dns_answered(&answer(7, [0x81, 0x80], 1), 7), Ok(()));
+        assert!(
+            dns_answered(&answer(8, [0x81, 0x80], 1), 7).is_err(),
+            "another question's answer"
+        );
+        assert!(
+            dns_answered(&answer(7, [0x01, 0x00], 1), 7).is_err(),
+            "a question, not an answer"
+        );
+        assert_eq!(
+            dns_answered(&answer(7, [0x81, 0x83], 0), 7),
+            Err("no such name".into())
+        );
+        assert_eq!(
+            dns_answered(&answer(7, [0x81, 0x85], 0), 7),
+            Err("error code 5".into())
+        );
+        assert!(
+            dns_answered(&answer(7, [0x81, 0x80], 0), 7).is_err(),
+            "no records"
+        );
+        assert!(dns_answered(&[0; 5], 7).is_err());
+    }
+}

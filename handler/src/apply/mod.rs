@@ -1,0 +1,192 @@
+//! Applying a desired state without losing the node: the change is applied under a
+//! NetworkManager checkpoint that is not committed, the probes check that the node still works,
+//! and the checkpoint is then committed, or rolled back when a probe fails. If the handler dies
+//! in between, NetworkManager rolls the change back by itself when the checkpoint times out.
+//!
+//! nmstate's blocking calls run on tokio's blocking pool (they build a runtime of their own and
+//! their futures are not `Send`).
+
+/// Probes that look outside the node: ping and DNS.
+pub mod external_probes;
+/// The checks a change must pass before it is committed.
+pub mod probes;
+
+use crate::network::{
+    network_manager::{self, GlobalDns},
+    state::{self as node_state, NodeStateError},
+};
+use nmstate::{ErrorKind, NetworkState, NmstateError};
+use probes::{Probe, ProbeFailure};
+use serde_json::Value;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// How long NetworkManager keeps an uncommitted checkpoint before rolling it back on its own
+/// (e.g. when the handler dies mid-apply): upstream's formula, long enough for the external
+/// probes to use their full timeout twice: 480 s with the default 120 s probe timeout.
+pub fn checkpoint_timeout(probe_timeout: Duration) -> Duration {
+    probe_timeout.saturating_mul(4)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The desired state is not a valid nmstate state: nothing on the node was touched.
+    #[error("{0}")]
+    InvalidState(NmstateError),
+    /// nmstate could not apply it (and rolled its checkpoint back).
+    #[error("{0}")]
+    Apply(NmstateError),
+    /// A probe failed after the change; the change was rolled back.
+    #[error(
+        "rolling back desired state configuration: failed running probe '{probe}' after network \
+         changes: {reason} -> currentState: {state_after}"
+    )]
+    ProbeFailed {
+        probe: &'static str,
+        reason: String,
+        state_after: String,
+    },
+    /// The handler lost its place in the policy's rollout before it could commit (it stalled
+    /// longer than its lease, and another node may be applying now): rolled back.
+    #[error(
+        "lost the place in the policy's rollout before committing (the handler stalled longer than \
+         its lease): rolled back, to be applied again once a place is free"
+    )]
+    LostPlace,
+    #[error("the change worked but could not be committed: {0}")]
+    Commit(NmstateError),
+    #[error("the change failed and could not be rolled back: {0}")]
+    Rollback(NmstateError),
+    #[error(transparent)]
+    NodeState(#[from] NodeStateError),
+    #[error("internal error: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl ApplyError {
+    /// Errors that retrying cannot heal: the input is not a state at all, or the kernel or host
+    /// lacks the feature (nmstate already spends about two minutes on each such attempt). A
+    /// missing interface is retried, as upstream: it may yet appear.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ApplyError::InvalidState(_) => true,
+            ApplyError::Apply(error) => {
+                matches!(
+                    error.kind(),
+                    ErrorKind::NotSupportedError | ErrorKind::NotImplementedError
+                ) || error.msg().contains("Operation not supported")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Applies `desired` under a checkpoint that expires after `checkpoint`, runs `probes`, then
+/// commits, if `may_commit` still says so, or rolls back.
+pub async fn apply(
+    desired: &Value,
+    probes: &[Probe],
+    checkpoint: Duration,
+    may_commit: impl std::future::Future<Output = bool>,
+) -> Result<(), ApplyError> {
+    let json = desired.to_string();
+    let state = blocking(move || NetworkState::new_from_json(&json))
+        .await?
+        .map_err(ApplyError::InvalidState)?;
+
+    if blocking(rollback_stale_checkpoint)
+        .await?
+        .map_err(ApplyError::Rollback)?
+    {
+        warn!("rolled back a checkpoint left uncommitted by an earlier apply");
+    }
+    // nmstate keeps DNS in NetworkManager's global DNS, which checkpoints do not cover.
+    let dns_before = match network_manager::global_dns(None).await {
+        Ok(dns) => Some(dns),
+        Err(error) => {
+            warn!("cannot save the global DNS configuration; a rollback may not restore DNS: {error}");
+            None
+        }
+    };
+    let timeout = u32::try_from(checkpoint.as_secs()).unwrap_or(u32::MAX).max(1);
+    let applied = blocking(move || {
+        let mut state = state;
+        state.set_commit(false).set_timeout(timeout);
+        state.apply().map(|_| ())
+    })
+    .await?;
+    if let Err(error) = applied {
+        restore_global_dns(dns_before).await;
+        return Err(ApplyError::Apply(error));
+    }
+
+    debug!("applied without commit; running the probes");
+    for probe in probes {
+        debug!(probe = probe.name(), "probe");
+        if let Err(ProbeFailure { reason }) = probe.run().await {
+            warn!(probe = probe.name(), %reason, "probe failed after the change; rolling back");
+            blocking(|| NetworkState::checkpoint_rollback(""))
+                .await?
+                .map_err(ApplyError::Rollback)?;
+            restore_global_dns(dns_before).await;
+            // As upstream: let the node settle before reporting the state it is left in.
+            for probe in probes {
+                let _ = probe.run().await;
+            }
+            let state_after = blocking(node_state::retrieve).await??;
+            return Err(ApplyError::ProbeFailed {
+                probe: probe.name(),
+                reason,
+                state_after: serde_json::to_string(&state_after).unwrap_or_default(),
+            });
+        }
+    }
+    if !may_commit.await {
+        warn!("may no longer commit; rolling back");
+        blocking(|| NetworkState::checkpoint_rollback(""))
+            .await?
+            .map_err(ApplyError::Rollback)?;
+        restore_global_dns(dns_before).await;
+        return Err(ApplyError::LostPlace);
+    }
+    blocking(|| NetworkState::checkpoint_commit(""))
+        .await?
+        .map_err(ApplyError::Commit)?;
+    info!("desired state applied and committed");
+    Ok(())
+}
+
+/// Puts NetworkManager's global DNS configuration back as it was before the change.
+async fn restore_global_dns(before: Option<GlobalDns>) {
+    let Some(before) = before else { return };
+    if network_manager::global_dns(None)
+        .await
+        .is_ok_and(|now| now == before)
+    {
+        return;
+    }
+    match network_manager::set_global_dns(None, before).await {
+        Ok(()) => info!("restored the global DNS configuration"),
+        Err(error) => warn!("cannot restore the global DNS configuration: {error}"),
+    }
+}
+
+/// Rolls back a checkpoint an earlier apply left (e.g. a handler killed mid-apply); returns
+/// whether there was one.
+pub fn rollback_stale_checkpoint() -> Result<bool, NmstateError> {
+    match NetworkState::checkpoint_rollback("") {
+        Ok(()) => Ok(true),
+        Err(error)
+            if error.msg().contains("Not active checkpoint") || error.msg().contains("No checkpoint") =>
+        {
+            Ok(false)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(work).await
+}

@@ -1,0 +1,158 @@
+//! The enactment objects of this node: creating, writing the status of, and removing
+//! `<node>.<policy>`.
+
+use crate::{
+    config::HandlerConfig,
+    enactment::{Context, conditions::EnactmentSituation},
+};
+use futures::StreamExt;
+use k8s_openapi::{
+    api::core::v1::Node,
+    apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{controller::Action, watcher},
+};
+use nmstate_api::names::{
+    HANDLER_FIELD_MANAGER as FIELD_MANAGER, HANDLER_STATUS_FIELD_MANAGER as STATUS_FIELD_MANAGER,
+};
+use nmstate_api::{
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
+    NodeNetworkConfigurationPolicy,
+    enactment::{NodeNetworkConfigurationEnactmentFields, enactment_name},
+    labels,
+};
+use nmstate_runtime::kube_errors::{is_conflict, is_not_found};
+use serde_json::json;
+use std::{sync::Arc, time::Duration};
+use tracing::{info, warn};
+
+use crate::enactment::EnactmentError;
+
+pub async fn finish(
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    name: &str,
+    status: &mut NodeNetworkConfigurationEnactmentStatus,
+    situation: EnactmentSituation,
+) -> Result<Action, EnactmentError> {
+    let generation = status.policy_generation.unwrap_or_default();
+    situation.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
+    write_status(enactments, name, status).await?;
+    Ok(Action::await_change())
+}
+
+pub async fn write_status(
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    name: &str,
+    status: &NodeNetworkConfigurationEnactmentStatus,
+) -> Result<(), EnactmentError> {
+    let patch = json!({
+        "apiVersion": NodeNetworkConfigurationEnactment::api_version(&()),
+        "kind": NodeNetworkConfigurationEnactment::kind(&()),
+        "status": serde_json::to_value(status)?,
+    });
+    enactments
+        .patch_status(
+            name,
+            &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn create_enactment(
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    name: &str,
+    policy: &str,
+    node: &Node,
+    config: &HandlerConfig,
+) -> Result<NodeNetworkConfigurationEnactment, EnactmentError> {
+    let mut enactment =
+        NodeNetworkConfigurationEnactment::new(name, NodeNetworkConfigurationEnactmentFields {});
+    let mut object_labels = config.relationship_labels.clone();
+    object_labels.insert(labels::POLICY.into(), policy.into());
+    object_labels.insert(labels::NODE.into(), config.node_name.clone());
+    enactment.metadata.labels = Some(object_labels);
+    enactment.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: config.node_name.clone(),
+        uid: node.uid().unwrap_or_default(),
+        ..OwnerReference::default()
+    }]);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match enactments.create(&params, &enactment).await {
+        Ok(created) => Ok(created),
+        Err(error) if is_conflict(&error) => Ok(enactments.get(name).await?),
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub async fn delete_enactment(
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    name: &str,
+) -> Result<(), EnactmentError> {
+    // Read first: most policies do not select most nodes, and a read is cheaper than a write.
+    if enactments.get_opt(name).await?.is_none() {
+        return Ok(());
+    }
+    match enactments.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            info!(enactment = name, "removed the enactment");
+            Ok(())
+        }
+        Err(error) if is_not_found(&error) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Removes this node's enactments whose policy is gone: at start (policies deleted while the
+/// handler was down), then whenever a policy is deleted. Runs until the watch ends.
+pub async fn remove_enactments_of_deleted_policies(context: Arc<Context>) {
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(context.client.clone());
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(context.client.clone());
+    let node = context.config.node_name.clone();
+    let mine = ListParams::default().labels(&format!("{}={node}", labels::NODE));
+    match enactments.list(&mine).await {
+        Ok(list) => {
+            for enactment in list {
+                let Some(policy) = enactment.labels().get(labels::POLICY).cloned() else {
+                    continue;
+                };
+                if matches!(policies.get_opt(&policy).await, Ok(None)) {
+                    let _ = delete_enactment(&enactments, &enactment.name_any()).await;
+                }
+            }
+        }
+        Err(error) => warn!("cannot list this node's enactments: {error}"),
+    }
+    let mut deletions = watcher(policies, watcher::Config::default()).boxed();
+    while let Some(event) = deletions.next().await {
+        match event {
+            Ok(watcher::Event::Delete(policy)) => {
+                context.forget(&policy.name_any());
+                context.rollout.release(&policy.name_any()).await;
+                if let Err(error) =
+                    delete_enactment(&enactments, &enactment_name(&node, &policy.name_any())).await
+                {
+                    warn!(
+                        "cannot remove the enactment of deleted policy {}: {error}",
+                        policy.name_any()
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!("watching policies for deletions: {error}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! Rolling a policy out across nodes: at most `maxUnavailable` nodes apply a policy at once.
+//!
+//! Upstream keeps a counter in the policy status that every node increments and decrements; a
+//! node that dies mid-apply never decrements it and the rollout stalls. Here each place is a
+//! Lease, `<policy>.rollout-<i>` for `i < maxUnavailable`, held by the node applying and renewed
+//! while it does. Taking a place is an atomic create, or an update at the stored
+//! resourceVersion, so two nodes never hold one place. A node that dies or stalls stops
+//! renewing and its place frees itself when the lease expires; before committing, a node checks
+//! that it still holds its place, so a paused handler that wakes up rolls its change back
+//! instead of exceeding the limit.
+//!
+//! A node that fails a generation for good marks its place `failed` and keeps it for that
+//! generation, as upstream keeps its count: once failures fill every place, the remaining nodes
+//! abort instead of applying a broken policy everywhere. The place frees itself when the policy
+//! changes (new generation) or when the failed enactment goes away.
+
+/// This node's heartbeat Lease.
+pub mod heartbeat;
+
+use crate::enactment::conditions::is_final_failure;
+use k8s_openapi::{
+    api::coordination::v1::Lease,
+    apimachinery::pkg::{apis::meta::v1::OwnerReference, util::intstr::IntOrString},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Preconditions},
+};
+use nmstate_api::{
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, enactment::enactment_name, labels,
+    policy::DEFAULT_MAX_UNAVAILABLE,
+};
+use nmstate_runtime::{heartbeat::live_handlers, kube_errors::is_conflict, leases};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tracing::{info, warn};
+
+/// How many nodes may apply a policy at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaxUnavailable {
+    pub limit: usize,
+    /// Why the policy's own value was not usable (the default was used instead).
+    pub invalid: Option<String>,
+}
+
+/// `maxUnavailable` (a number, or a percentage of `nodes` rounded up; default 50%), at least 1,
+/// as upstream scales it.
+pub fn max_unavailable(value: Option<&IntOrString>, nodes: usize) -> MaxUnavailable {
+    let scaled = |value: &IntOrString| -> Result<usize, String> {
+        match value {
+            IntOrString::Int(count) => Ok(usize::try_from(*count).unwrap_or(0)),
+            IntOrString::String(text) => {
+                let percent: usize = text
+                    .strip_suffix('%')
+                    .and_then(|number| number.trim().parse().ok())
+                    .ok_or_else(|| format!("maxUnavailable {text:?} is neither a number nor a percentage"))?;
+                Ok((percent.saturating_mul(nodes)).div_ceil(100))
+            }
+        }
+    };
+    let default = IntOrString::String(DEFAULT_MAX_UNAVAILABLE.into());
+    let (limit, invalid) = match scaled(value.unwrap_or(&default)) {
+        Ok(limit) => (limit, None),
+        Err(error) => (scaled(&default).unwrap_or(1), Some(error)),
+    };
+    MaxUnavailable {
+        limit: limit.max(1),
+        invalid,
+    }
+}
+
+pub fn slot_name(policy: &str, index: usize) -> String {
+    leases::object_name(policy, &format!(".rollout-{index}"))
+}
+
+/// Selects a policy's rollout slots.
+pub fn slot_selector(policy: &str) -> String {
+    format!(
+        "{}={},{}={policy}",
+        labels::LEASE,
+        labels::LEASE_ROLLOUT_SLOT,
+        labels::POLICY
+    )
+}
+
+/// What a slot is to a node that wants to apply generation `generation`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// This node holds it.
+    Mine,
+    /// Nobody holds it: released, expired, or failed at an older generation.
+    Free,
+    /// Another node applies with it until `until` (unless it renews).
+    Busy { until: Timestamp },
+    /// `holder` failed this generation for good.
+    Failed { holder: String },
+}
+
+pub fn slot_state(lease: &Lease, me: &str, generation: i64, now: Timestamp) -> Slot {
+    let Some(holder) = leases::holder(lease).filter(|holder| !holder.is_empty()) else {
+        return Slot::Free;
+    };
+    let annotations = lease.annotations();
+    let failed = annotations.get(labels::ROLLOUT_OUTCOME).map(String::as_str) == Some("failed");
+    let slot_generation = annotations
+        .get(labels::POLICY_GENERATION)
+        .and_then(|value| value.parse::<i64>().ok());
+    if failed {
+        if slot_generation == Some(generation) {
+            return Slot::Failed {
+                holder: holder.into(),
+            };
+        }
+        return if holder == me { Slot::Mine } else { Slot::Free };
+    }
+    if holder == me {
+        return Slot::Mine;
+    }
+    match leases::expiry(lease) {
+        Some(until) if until > now => Slot::Busy { until },
+        _ => Slot::Free,
+    }
+}
+
+/// Whether this node may apply now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Granted,
+    /// Every place is taken; try again after `retry_after` (or when a place frees up).
+    Wait {
+        retry_after: Duration,
+    },
+    /// Every place is taken by a node that failed this generation.
+    Abort,
+}
+
+struct Held {
+    generation: i64,
+    lease: Arc<Mutex<Lease>>,
+    renewal: tokio::task::AbortHandle,
+}
+
+/// This node's places in the rollouts of the policies it applies.
+pub struct Rollout {
+    client: Client,
+    leases: Api<Lease>,
+    node: String,
+    duration: Duration,
+    held: Mutex<BTreeMap<String, Held>>,
+}
+
+impl Rollout {
+    pub fn new(client: Client, namespace: &str, node: &str, duration: Duration) -> Self {
+        Rollout {
+            leases: Api::namespaced(client.clone(), namespace),
+            client,
+            node: node.to_string(),
+            duration,
+            held: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The limit for `policy`, scaled over the nodes it selects that run a handler.
+    pub async fn limit(
+        &self,
+        policy: &NodeNetworkConfigurationPolicy,
+        selected: impl Fn(&BTreeMap<String, String>) -> bool,
+    ) -> Result<MaxUnavailable, kube::Error> {
+        let live = live_handlers(&self.leases).await?;
+        let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(self.client.clone())
+            .list_metadata(&ListParams::default())
+            .await?;
+        let count = nodes
+            .items
+            .iter()
+            .filter(|node| live.contains(&node.name_any()) && selected(node.labels()))
+            .count();
+        Ok(max_unavailable(policy.spec.max_unavailable.as_ref(), count))
+    }
+
+    /// Whether this node holds, and still renews, a place in the rollout of `policy`'s
+    /// `generation` (e.g. between retries): nothing to read or take then.
+    pub fn holds(&self, policy: &str, generation: i64) -> bool {
+        self.held.lock().ok().and_then(|all| {
+            let held = all.get(policy)?;
+            (!held.renewal.is_finished()).then_some(held.generation)
+        }) == Some(generation)
+    }
+
+    /// Takes a place in the rollout of `policy`'s `generation`, among `limit` places (a place
+    /// this node already holds included, see [`Rollout::holds`]).
+    pub async fn acquire(
+        &self,
+        policy: &NodeNetworkConfigurationPolicy,
+        generation: i64,
+        limit: usize,
+    ) -> Result<Admission, kube::Error> {
+        let policy_name = policy.name_any();
+        let now = Timestamp::now();
+        let existing: BTreeMap<String, Lease> = self
+            .leases
+            .list(&ListParams::default().labels(&slot_selector(&policy_name)))
+            .await?
+            .into_iter()
+            .map(|lease| (lease.name_any(), lease))
+            .collect();
+        // A place this node already holds (e.g. taken before a restart) is kept.
+        let mut candidates: Vec<(String, Option<Lease>)> = existing
+            .values()
+            .filter(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine)
+            .map(|lease| (lease.name_any(), Some(lease.clone())))
+            .collect();
+        // Each node tries the places in its own order, so nodes woken together rarely race
+        // for the same one.
+        let first = usize::try_from(leases::stable_hash(&self.node)).unwrap_or(0) % limit.max(1);
+        candidates.extend((0..limit).map(|offset| {
+            let name = slot_name(&policy_name, (first + offset) % limit);
+            let lease = existing.get(&name).cloned();
+            (name, lease)
+        }));
+        let mut failed = 0;
+        let mut next_expiry: Option<Timestamp> = None;
+        for (name, lease) in candidates {
+            let taken = match &lease {
+                None => self.create_slot(policy, &name, generation, now).await,
+                Some(lease) => match slot_state(lease, &self.node, generation, now) {
+                    Slot::Mine | Slot::Free => self.take_slot(lease.clone(), generation, now).await,
+                    Slot::Failed { holder } => {
+                        if self.still_failing(&policy_name, &holder, generation).await? {
+                            failed += 1;
+                            continue;
+                        }
+                        self.take_slot(lease.clone(), generation, now).await
+                    }
+                    Slot::Busy { until } => {
+                        next_expiry = Some(next_expiry.map_or(until, |next| next.min(until)));
+                        continue;
+                    }
+                },
+            };
+            match taken {
+                Ok(lease) => {
+                    info!(policy = %policy_name, generation, slot = %name, "took a place in the rollout");
+                    self.hold(&policy_name, generation, lease);
+                    return Ok(Admission::Granted);
+                }
+                Err(error) if is_conflict(&error) => continue, // another node was faster
+                Err(error) => return Err(error),
+            }
+        }
+        if failed >= limit {
+            return Ok(Admission::Abort);
+        }
+        let retry_after = next_expiry
+            .and_then(|until| Duration::try_from(until.duration_since(now)).ok())
+            .map_or(self.duration, |left| left + Duration::from_secs(1))
+            .min(self.duration);
+        Ok(Admission::Wait { retry_after })
+    }
+
+    /// Whether this node still holds its place for `policy`: checked right before committing,
+    /// so a handler that was paused past its lease rolls back instead.
+    pub async fn still_held(&self, policy: &str) -> bool {
+        let Some(name) = self.held_lease(policy).map(|lease| lease.name_any()) else {
+            return false;
+        };
+        let margin = k8s_openapi::jiff::SignedDuration::from_secs(1);
+        match self.leases.get_opt(&name).await {
+            Ok(Some(lease)) => {
+                let now = Timestamp::now()
+                    .checked_add(margin)
+                    .unwrap_or_else(|_| Timestamp::now());
+                leases::live_holder(&lease, now) == Some(self.node.as_str())
+            }
+            Ok(None) => false,
+            Err(error) => {
+                warn!(policy, "cannot check the rollout place: {error}");
+                false
+            }
+        }
+    }
+
+    /// Gives the place back (the apply finished, or the policy no longer applies here).
+    pub async fn release(&self, policy: &str) {
+        let Some(lease) = self.forget(policy) else { return };
+        let slot = lease.name_any();
+        let api = &self.leases;
+        let delete = move |lease: Lease| async move {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: lease.resource_version(),
+                    uid: lease.uid(),
+                }),
+                ..DeleteParams::default()
+            };
+            api.delete(&lease.name_any(), &params).await.map(drop)
+        };
+        match leases::write_while_held(&self.leases, lease, &self.node, delete).await {
+            Ok(Some(())) => info!(policy, %slot, "released the place in the rollout"),
+            Ok(None) => {} // already gone, or taken over after it expired
+            Err(error) => warn!(
+                policy,
+                %slot,
+                "cannot release the place in the rollout (it expires by itself): {error}"
+            ),
+        }
+    }
+
+    /// Releases a place this node holds for `policy` though it does not remember taking it
+    /// (taken before a restart).
+    pub async fn release_any(&self, policy: &NodeNetworkConfigurationPolicy, generation: i64) {
+        let policy_name = policy.name_any();
+        if self.held_lease(&policy_name).is_none() {
+            let Ok(existing) = self
+                .leases
+                .list(&ListParams::default().labels(&slot_selector(&policy_name)))
+                .await
+            else {
+                return;
+            };
+            let now = Timestamp::now();
+            let Some(mine) = existing
+                .into_iter()
+                .find(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine)
+            else {
+                return;
+            };
+            self.hold(&policy_name, generation, mine);
+        }
+        self.release(&policy_name).await;
+    }
+
+    /// Keeps the place for this generation, marked failed: it counts against the budget.
+    pub async fn mark_failed(&self, policy: &str) {
+        let Some(lease) = self.forget(policy) else {
+            return;
+        };
+        let slot = lease.name_any();
+        let api = &self.leases;
+        let mark = move |mut lease: Lease| async move {
+            lease
+                .annotations_mut()
+                .insert(labels::ROLLOUT_OUTCOME.into(), "failed".into());
+            leases::replace(api, &lease).await
+        };
+        match leases::write_while_held(&self.leases, lease, &self.node, mark).await {
+            Ok(Some(_)) => info!(policy, %slot, "kept the place in the rollout, marked failed"),
+            Ok(None) => warn!(
+                policy,
+                %slot,
+                "cannot mark the rollout place failed: it is gone, or expired and another node took it"
+            ),
+            Err(error) => warn!(policy, %slot, "cannot mark the rollout place failed: {error}"),
+        }
+    }
+
+    async fn create_slot(
+        &self,
+        policy: &NodeNetworkConfigurationPolicy,
+        name: &str,
+        generation: i64,
+        now: Timestamp,
+    ) -> Result<Lease, kube::Error> {
+        let policy_name = policy.name_any();
+        let labels = BTreeMap::from([
+            (labels::LEASE.to_string(), labels::LEASE_ROLLOUT_SLOT.to_string()),
+            (labels::POLICY.to_string(), policy_name),
+        ]);
+        let mut lease = leases::held_by(name, labels, &self.node, self.duration, now);
+        lease
+            .annotations_mut()
+            .insert(labels::POLICY_GENERATION.into(), generation.to_string());
+        // Collected with the policy.
+        lease.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: NodeNetworkConfigurationPolicy::api_version(&()).into(),
+            kind: NodeNetworkConfigurationPolicy::kind(&()).into(),
+            name: policy.name_any(),
+            uid: policy.uid().unwrap_or_default(),
+            ..OwnerReference::default()
+        }]);
+        leases::create(&self.leases, &lease).await
+    }
+
+    async fn take_slot(
+        &self,
+        mut lease: Lease,
+        generation: i64,
+        now: Timestamp,
+    ) -> Result<Lease, kube::Error> {
+        leases::take_over(&mut lease, &self.node, self.duration, now);
+        let annotations = lease.annotations_mut();
+        annotations.insert(labels::POLICY_GENERATION.into(), generation.to_string());
+        annotations.remove(labels::ROLLOUT_OUTCOME);
+        leases::replace(&self.leases, &lease).await
+    }
+
+    /// Whether `holder`'s enactment of `policy` is still failed at `generation` (a node that
+    /// went away, or no longer selected, does not keep its place).
+    async fn still_failing(&self, policy: &str, holder: &str, generation: i64) -> Result<bool, kube::Error> {
+        let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(self.client.clone());
+        let enactment = enactments.get_opt(&enactment_name(holder, policy)).await?;
+        Ok(enactment
+            .and_then(|enactment| enactment.status)
+            .is_some_and(|status| status.policy_generation == Some(generation) && is_final_failure(&status)))
+    }
+
+    fn hold(&self, policy: &str, generation: i64, lease: Lease) {
+        let lease = Arc::new(Mutex::new(lease));
+        let renewal = tokio::spawn(leases::keep_renewed(
+            self.leases.clone(),
+            lease.clone(),
+            self.duration,
+        ))
+        .abort_handle();
+        let held = Held {
+            generation,
+            lease,
+            renewal,
+        };
+        if let Ok(mut all) = self.held.lock()
+            && let Some(previous) = all.insert(policy.to_string(), held)
+        {
+            previous.renewal.abort();
+        }
+    }
+
+    fn forget(&self, policy: &str) -> Option<Lease> {
+        let held = self.held.lock().ok()?.remove(policy)?;
+        held.renewal.abort();
+        held.lease.lock().ok().map(|lease| lease.clone())
+    }
+
+    fn held_lease(&self, policy: &str) -> Option<Lease> {
+        let all = self.held.lock().ok()?;
+        all.get(policy)?.lease.lock().ok().map(|lease| lease.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn percent(text: &str) -> IntOrString {
+        IntOrString::String(text.into())
+    }
+
+    #[test]
+    fn max_unavailable_scales_as_upstream() {
+        let limit = |value: Option<IntOrString>, nodes| max_unavailable(value.as_ref(), nodes).limit;
+        assert_eq!(limit(Some(percent("50%")), 5), 3);
+        assert_eq!(limit(Some(percent("50%")), 6), 3);
+        assert_eq!(limit(Some(IntOrString::Int(3)), 6), 3);
+        assert_eq!(limit(Some(percent("0%")), 6), 1);
+        assert_eq!(limit(Some(IntOrString::Int(0)), 6), 1);
+        assert_eq!(limit(None, 4), 2);
+        assert_eq!(limit(None, 0), 1);
+        assert_eq!(limit(Some(IntOrString::Int(-2)), 4), 1);
+    }
+
+    #[test]
+    fn an_unparsable_max_unavailable_falls_back_to_the_default_and_says_why() {
+        let result = max_unavailable(Some(&percent("asdf")), 4);
+        assert_eq!(result.limit, 2);
+        assert!(result.invalid.unwrap().contains("\"asdf\""));
+        assert!(max_unavailable(Some(&percent("42")), 4).invalid.is_some());
+    }
+
+    fn slot(holder: &str, renewed: i64, generation: i64, failed: bool) -> Lease {
+        let at = Timestamp::from_second(renewed).unwrap();
+        let mut lease = leases::held_by(
+            "web.rollout-0",
+            BTreeMap::new(),
+            holder,
+            Duration::from_secs(10),
+            at,
+        );
+        lease
+            .annotations_mut()
+            .insert(labels::POLICY_GENERATION.into(), generation.to_string());
+        if failed {
+            lease
+                .annotations_mut()
+                .insert(labels::ROLLOUT_OUTCOME.into(), "failed".into());
+        }
+        lease
+    }
+
+    #[test]
+    fn slots_are_busy_until_they_expire_and_failed_ones_only_for_their_generation() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let until = Timestamp::from_second(1_005).unwrap();
+        assert_eq!(
+            slot_state(&slot("node02", 995, 3, false), "node01", 3, now),
+            Slot::Busy { until }
+        );
+        assert_eq!(
+            slot_state(&slot("node02", 985, 3, false), "node01", 3, now),
+            Slot::Free
+        );
+        assert_eq!(
+            slot_state(&slot("node01", 985, 2, false), "node01", 3, now),
+            Slot::Mine
+        );
+        assert_eq!(
+            slot_state(&slot("node02", 100, 3, true), "node01", 3, now),
+            Slot::Failed {
+                holder: "node02".into()
+            }
+        );
+        assert_eq!(
+            slot_state(&slot("node02", 100, 2, true), "node01", 3, now),
+            Slot::Free
+        );
+        let mut released = slot("node02", 995, 3, false);
+        released.spec.as_mut().unwrap().holder_identity = None;
+        assert_eq!(slot_state(&released, "node01", 3, now), Slot::Free);
+    }
+}

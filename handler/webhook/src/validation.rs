@@ -1,0 +1,202 @@
+//! What a policy must satisfy to be stored: pure checks, run by the validating webhook on every
+//! Kubernetes version (upstream's equivalent CEL rules need 1.30 or later).
+//!
+//! Messages are upstream's where upstream has one, so scripts that match them keep working.
+
+use super::label_format::{label_value_errors, qualified_name_errors};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use nmstate::{NetworkCaptureRules, NetworkState, NetworkStateTemplate};
+use nmstate_api::policy::{NodeNetworkConfigurationPolicy, PolicyConditionReason, PolicyConditionType};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// Why a policy is refused; `Forbidden` is a valid change at the wrong time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Invalid(String),
+    Forbidden(String),
+}
+
+impl Refusal {
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::Invalid(message) | Refusal::Forbidden(message) => message,
+        }
+    }
+}
+
+/// Checks a policy being created (`old` is `None`) or updated. Every broken rule is reported,
+/// in the order below; a change refused for timing (`still in progress`) comes first.
+pub fn validate(
+    policy: &NodeNetworkConfigurationPolicy,
+    old: Option<&NodeNetworkConfigurationPolicy>,
+) -> Result<(), Refusal> {
+    let name = policy.metadata.name.as_deref().unwrap_or_default();
+    if let Some(old) = old
+        && old.spec != policy.spec
+        && is_in_progress(old)
+    {
+        return Err(Refusal::Forbidden(format!("policy {name} is still in progress")));
+    }
+    let mut errors = Vec::new();
+    if old.is_none() && !is_valid_policy_name(name) {
+        errors.push(format!(
+            "invalid policy name: {name:?}: must be no more than 63 characters or match label value format"
+        ));
+    }
+    if let Some(old) = old
+        && old.spec != policy.spec
+        && old.spec.capture != policy.spec.capture
+    {
+        errors.push("invalid policy operation: capture field cannot be modified".to_string());
+    }
+    errors.extend(node_selector_errors(policy.spec.node_selector.as_ref()));
+    errors.extend(max_unavailable_error(policy.spec.max_unavailable.as_ref()));
+    let capture = policy.spec.capture.clone().unwrap_or_default();
+    errors.extend(capture_errors(&capture));
+    if let Some(desired) = &policy.spec.desired_state {
+        errors.extend(desired_state_error(&desired.0, &capture));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Refusal::Invalid(errors.join("; ")))
+    }
+}
+
+/// Upstream's rule: a spec may change once the last change settled, i.e. `Available` has a
+/// reason other than `ConfigurationProgressing`. A policy without that reason yet is in progress.
+fn is_in_progress(policy: &NodeNetworkConfigurationPolicy) -> bool {
+    let settled = policy.status.as_ref().is_some_and(|status| {
+        status.conditions.iter().any(|condition| {
+            condition.type_ == PolicyConditionType::Available.as_str()
+                && !condition.reason.is_empty()
+                && condition.reason != PolicyConditionReason::ConfigurationProgressing.as_str()
+        })
+    });
+    !settled
+}
+
+/// Policy names are label values (`nmstate.io/policy=<name>` on enactments).
+fn is_valid_policy_name(name: &str) -> bool {
+    !name.is_empty() && label_value_errors(name).is_empty()
+}
+
+fn node_selector_errors(selector: Option<&BTreeMap<String, String>>) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (key, value) in selector.into_iter().flatten() {
+        let key_errors = qualified_name_errors(key);
+        if !key_errors.is_empty() {
+            errors.push(format!("invalid label key: {key:?}: {}", key_errors.join("; ")));
+        }
+        let value_errors = label_value_errors(value);
+        if !value_errors.is_empty() {
+            errors.push(format!(
+                "invalid label value: {value:?}: at key: {key:?}: {}",
+                value_errors.join("; ")
+            ));
+        }
+    }
+    errors
+}
+
+/// A count (≥ 0) or a percentage from 0% to 100%. Upstream accepts anything here and falls
+/// back to 50% on the nodes; refusing says what is wrong before it matters.
+fn max_unavailable_error(value: Option<&IntOrString>) -> Option<String> {
+    let accepted = "must be a non-negative integer or a percentage from \"0%\" to \"100%\" such as \"50%\"";
+    match value? {
+        IntOrString::Int(count) if *count < 0 => {
+            Some(format!("invalid spec.maxUnavailable: {count}: {accepted}"))
+        }
+        IntOrString::Int(_) => None,
+        IntOrString::String(text) => {
+            let percent = text
+                .strip_suffix('%')
+                .filter(|digits| !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit()))
+                .and_then(|digits| digits.parse::<u32>().ok());
+            match percent {
+                Some(percent) if percent <= 100 => None,
+                _ => Some(format!("invalid spec.maxUnavailable: {text:?}: {accepted}")),
+            }
+        }
+    }
+}
+
+fn capture_errors(capture: &BTreeMap<String, String>) -> Vec<String> {
+    capture
+        .iter()
+        .filter_map(|(name, expression)| {
+            let single = serde_json::json!({ name: expression });
+            serde_json::from_value::<NetworkCaptureRules>(single)
+                .err()
+                .map(|error| format!("invalid spec.capture.{name}: {error}"))
+        })
+        .collect()
+}
+
+/// The desired state must be an nmstate state. With captures it is a template whose values
+/// are only known on the node: its capture references are checked here, the state itself
+/// once the node resolved them.
+fn desired_state_error(desired: &Value, capture: &BTreeMap<String, String>) -> Option<String> {
+    let template: NetworkStateTemplate = match serde_json::from_value(desired.clone()) {
+        Ok(template) => template,
+        Err(error) => return Some(format!("invalid spec.desiredState: {error}")),
+    };
+    if capture.is_empty() {
+        // Deserialized with the path to what is wrong, as nmstate's own message does not say.
+        if let Err(error) = serde_path_to_error::deserialize::<_, NetworkState>(desired.clone()) {
+            let path = error.path().to_string();
+            let field = if path == "." {
+                String::new()
+            } else {
+                format!(".{path}")
+            };
+            return Some(format!("invalid spec.desiredState{field}: {}", error.inner()));
+        }
+        return template
+            .fill_with_captured_data(&HashMap::new())
+            .err()
+            .map(|error| format!("invalid spec.desiredState: {}", error.msg()));
+    }
+    let mut unknown = Vec::new();
+    capture_references(desired, &mut |reference| {
+        if !capture.contains_key(reference) {
+            unknown.push(reference.to_string());
+        }
+    });
+    unknown.sort();
+    unknown.dedup();
+    (!unknown.is_empty()).then(|| {
+        format!(
+            "invalid spec.desiredState: it refers to {}, which spec.capture does not define",
+            unknown
+                .iter()
+                .map(|name| format!("capture {name:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// Calls `found` with the capture name of every `{{ capture.<name>.<path> }}` in `value`.
+fn capture_references(value: &Value, found: &mut impl FnMut(&str)) {
+    match value {
+        Value::String(text) => {
+            let mut rest = text.as_str();
+            while let Some(start) = rest.find("{{") {
+                let inner = &rest[start + 2..];
+                let end = inner.find("}}").unwrap_or(inner.len());
+                if let Some(path) = inner[..end].trim().strip_prefix("capture.") {
+                    found(path.split('.').next().unwrap_or_default());
+                }
+                rest = &inner[end..];
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| capture_references(item, found)),
+        Value::Object(map) => map.values().for_each(|item| capture_references(item, found)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;
