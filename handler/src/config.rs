@@ -54,7 +54,7 @@ pub struct HandlerConfig {
 
 /// Where the handler's Leases live when neither `POD_NAMESPACE` nor `HANDLER_NAMESPACE` is set
 /// (upstream's default handler namespace).
-pub const DEFAULT_NAMESPACE: &str = "nmstate";
+pub const DEFAULT_NAMESPACE: &str = nmstate_api::names::DEFAULT_NAMESPACE;
 
 impl HandlerConfig {
     /// The namespace of the handler's Leases: its own.

@@ -14,8 +14,8 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use tracing::info;
 
-/// The field manager of everything the operator applies.
-pub const FIELD_MANAGER: &str = "nmstate-operator";
+/// The field manager of everything the operator renders.
+pub const FIELD_MANAGER: &str = nmstate_api::names::OPERATOR;
 /// Marks the objects rendered for an NMState (value: its name), for pruning.
 pub const OWNER_LABEL: &str = "nmstate.io/nmstate";
 

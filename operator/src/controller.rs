@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 /// The field manager of NMState's status (separate from the apply manager: on 1.20 a status
 /// apply by the owner of the labels drops them).
-pub const STATUS_FIELD_MANAGER: &str = "nmstate-operator-status";
+pub const STATUS_FIELD_MANAGER: &str = nmstate_api::names::OPERATOR_STATUS_FIELD_MANAGER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
@@ -68,12 +68,12 @@ pub struct Context {
 }
 
 /// The operator's reporting component, and its leader election's name.
-pub const COMPONENT: &str = "nmstate-operator";
+pub const COMPONENT: &str = nmstate_api::names::OPERATOR;
 /// Warning event on an NMState CR other than the one in charge, which is deleted.
 pub const SINGLETON_VIOLATION: &str = "SingletonViolation";
 
 /// The metrics' `controller` label.
-pub const CONTROLLER: &str = "nmstate";
+pub const CONTROLLER: &str = nmstate_api::names::OPERATOR_METRICS_CONTROLLER;
 
 /// Reconciles until `shutdown`.
 pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {

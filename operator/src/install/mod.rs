@@ -41,9 +41,9 @@ pub const IMAGE_REGISTRY: &str = "quay.io/nmstate";
 pub const OPERATOR_IMAGE: &str = "kubernetes-nmstate-rs-operator";
 pub const HANDLER_IMAGE: &str = "kubernetes-nmstate-rs-handler";
 /// The operator's ServiceAccount, RBAC and Deployment are all named this.
-pub const OPERATOR_NAME: &str = "nmstate-operator";
+pub const OPERATOR_NAME: &str = nmstate_api::names::OPERATOR;
 /// The namespace of the plain manifest and the one OLM suggests.
-pub const DEFAULT_NAMESPACE: &str = "nmstate";
+pub const DEFAULT_NAMESPACE: &str = nmstate_api::names::DEFAULT_NAMESPACE;
 /// The health port (`HEALTH_BIND_ADDRESS`): `/healthz`, `/readyz`, `/metrics`.
 pub const HEALTH_PORT: u16 = 8081;
 
