@@ -3,7 +3,7 @@
 //! writing the policy status. For each: the wall time from creating the policy to its last node
 //! Available, against ceil(N/k) × one node's apply time (the median time a node spends
 //! Progressing), and the API writes the rollout caused, per node and policy, counted from the
-//! API server's audit log: the rollout's own (enactment and place Leases, write conflicts
+//! API server's audit log: the rollout's own (enactment and slot Leases, write conflicts
 //! included), the node states that the change updates, and the policy status (per policy).
 //! Figures are printed, never asserted.
 //!
@@ -142,7 +142,7 @@ async fn main() {
                     .map(|(_, count)| count)
                     .sum()
             };
-            // The rollout's own writes: enactments (and their events) and the places.
+            // The rollout's own writes: enactments (and their events) and the slots.
             let rollout_writes = sum("nodenetworkconfigurationenactments") + sum("leases") + sum("events");
             println!(
                 "{count:>2} {label:>11} {:>9} {:>9} {:>15} {:>5.2}× {:>13.2} {:>11.2} {:>13}",

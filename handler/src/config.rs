@@ -46,9 +46,9 @@ pub struct HandlerConfig {
     pub relationship_labels: BTreeMap<String, String>,
     /// `ENABLE_PROFILER` and `PROFILER_PORT` (default 6060): where profiles are served, if at all.
     pub profiler_port: Option<u16>,
-    /// `LEASE_DURATION_SECONDS` (default 30): how long the handler's heartbeat and its places in
+    /// `LEASE_DURATION_SECONDS` (default 30): how long the handler's heartbeat and its slots in
     /// policy rollouts stay valid without renewal, i.e. how soon a dead or stalled handler's
-    /// place is given to another node.
+    /// slot is given to another node.
     pub lease_duration: Duration,
 }
 

@@ -20,5 +20,5 @@ pub mod node_lock;
 pub mod node_state_reporter;
 /// CPU profiles and heap figures over HTTP (`ENABLE_PROFILER`).
 pub mod profiler;
-/// Places in a policy's rollout (`maxUnavailable`), and this node's heartbeat.
+/// Slots in a policy's rollout (`maxUnavailable`), and this node's heartbeat.
 pub mod rollout;

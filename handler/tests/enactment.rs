@@ -251,7 +251,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     // A restart re-applies only what the node drifted from. Taken down while the handler is
     // stopped, br9 comes back; the bridge and static policies are not applied again, nor are
     // their enactments even rewritten.
-    let applied_before_restart = handler.log().matches("enactment: applying").count();
+    let applied_before_restart = handler.log().matches("reconcile: applying").count();
     let before = enactments.get(&bridge_enactment).await.unwrap();
     let static_before = enactments
         .get(&format!("{node_name}.{static_net}"))
@@ -296,7 +296,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log_text = handler.log();
     assert_eq!(
-        log_text.matches("enactment: applying").count() - applied_before_restart,
+        log_text.matches("reconcile: applying").count() - applied_before_restart,
         1, // br9 only
         "{log_text}"
     );

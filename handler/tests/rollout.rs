@@ -2,7 +2,7 @@
 //! handler, against the real API server, with the cluster controller writing policy statuses:
 //! never more nodes applying than `maxUnavailable`, failures that abort the rest, handlers that
 //! are killed or paused mid-apply, a policy that selects no node, a status writer restarted
-//! mid-rollout, the metrics, and a place marked failed or given back after a renewal cut off
+//! mid-rollout, the metrics, and a slot marked failed or given back after a renewal cut off
 //! mid-flight moved it on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
@@ -56,7 +56,7 @@ async fn roll_out(
     );
     assert!(
         !observed.ever_pending.is_empty(),
-        "some node waited for a place: {observed:?}"
+        "some node waited for a slot: {observed:?}"
     );
     name
 }
@@ -344,13 +344,13 @@ async fn a_new_status_writer_takes_over_mid_rollout_and_gets_it_right() {
 }
 
 /// A renewal cut off mid-flight (its task aborted once the API server had stored it) leaves the
-/// holder's copy of its place one version behind. Marking the place failed and giving it back
-/// must still work: once a lost failure mark let the place expire, and a second node applied a
+/// holder's copy of its slot one version behind. Marking the slot failed and giving it back
+/// must still work: once a lost failure mark let the slot expire, and a second node applied a
 /// broken policy under `maxUnavailable: 1`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_place_is_marked_failed_and_released_after_a_renewal_moved_it_on() {
     let mut fixture = Fixture::start(0, true).await;
-    let name = fixture.create_policy("place", bridge("br-place"), json!(1)).await;
+    let name = fixture.create_policy("slot", bridge("br-slot"), json!(1)).await;
     let policy = fixture.policies().get(&name).await.unwrap();
     let leases: Api<Lease> = Api::namespaced(fixture.client.clone(), &fixture.namespace);
     let slot = slot_name(&name, 0);
@@ -388,11 +388,11 @@ async fn a_place_is_marked_failed_and_released_after_a_renewal_moved_it_on() {
     assert_eq!(
         granted,
         Admission::Granted,
-        "a new generation frees the failed place"
+        "a new generation frees the failed slot"
     );
     renewed_behind_the_holders_back().await;
     rollout.release(&name).await;
     let left = leases.get_opt(&slot).await.unwrap();
-    assert!(left.is_none(), "the place was given back: {left:?}");
+    assert!(left.is_none(), "the slot was given back: {left:?}");
     fixture.clean_up().await;
 }

@@ -1,6 +1,6 @@
 //! Upgrades, on a real node: from upstream kubernetes-nmstate (Go) to this operator, then to
 //! the next version through the OLM bundle's upgrade edge. Each time the CRDs are upgraded in
-//! place, the operator takes over what its predecessor wrote, the handler DaemonSet rolls (the
+//! slot, the operator takes over what its predecessor wrote, the handler DaemonSet rolls (the
 //! test restarts the handler as the kubelet would), and no policy is applied again: the node's
 //! NetworkManager is not touched and the enactments are not even rewritten.
 //!
@@ -266,7 +266,7 @@ async fn roll_handler_and_check_no_churn(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log_text = started.log();
     assert!(
-        !log_text.contains("enactment: applying"),
+        !log_text.contains("reconcile: applying"),
         "a policy was applied again:\n{log_text}"
     );
     assert!(

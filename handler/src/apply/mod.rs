@@ -46,13 +46,13 @@ pub enum ApplyError {
         reason: String,
         state_after: String,
     },
-    /// The handler lost its place in the policy's rollout before it could commit (it stalled
+    /// The handler lost its slot in the policy's rollout before it could commit (it stalled
     /// longer than its lease, and another node may be applying now): rolled back.
     #[error(
-        "lost the place in the policy's rollout before committing (the handler stalled longer than \
-         its lease): rolled back, to be applied again once a place is free"
+        "lost the slot in the policy's rollout before committing (the handler stalled longer than \
+         its lease): rolled back, to be applied again once a slot is free"
     )]
-    LostPlace,
+    LostSlot,
     #[error("the change worked but could not be committed: {0}")]
     Commit(NmstateError),
     #[error("the change failed and could not be rolled back: {0}")]
@@ -147,7 +147,7 @@ pub async fn apply(
             .await?
             .map_err(ApplyError::Rollback)?;
         restore_global_dns(dns_before).await;
-        return Err(ApplyError::LostPlace);
+        return Err(ApplyError::LostSlot);
     }
     blocking(|| NetworkState::checkpoint_commit(""))
         .await?

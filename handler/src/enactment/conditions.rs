@@ -28,7 +28,7 @@ pub enum EnactmentSituation {
     Failed { message: String },
     /// Failed; another attempt follows (`attempt` of `max`).
     Retrying { node: String, attempt: u32, max: u32 },
-    /// Waiting for a place among the nodes that may apply the policy at the same time.
+    /// Waiting for a slot among the nodes that may apply the policy at the same time.
     Pending,
     /// Not applied because too many nodes already failed the policy.
     Aborted { enactment: String },

@@ -7,7 +7,7 @@ pub fn component(node: &str) -> String {
     format!("{node}.nmstate-handler")
 }
 
-/// The event's `action` while applying a policy, and while waiting for a place in its rollout.
+/// The event's `action` while applying a policy, and while waiting for a slot in its rollout.
 pub const APPLY: &str = "Apply";
 pub const ROLLOUT: &str = "Rollout";
 

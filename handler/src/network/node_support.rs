@@ -6,7 +6,7 @@
 //! `Bug: Device(CreationFailed)`; an `ipv4.forwarding` NetworkManager cannot set is dropped with
 //! a log line and fails verification) and in words that hide the reason. The handler asks first
 //! and refuses such a policy on this node at once, naming each property or link type, what it
-//! needs and what the node has. Nothing is applied and no rollout place is taken.
+//! needs and what the node has. Nothing is applied and no rollout slot is taken.
 //!
 //! The decision is pure ([`refusals`]); the facts come from the node: NetworkManager's version
 //! and capabilities, the kernel's answers ([`crate::network::link_kinds`], [`crate::network::bridge_vlan`]).

@@ -1,17 +1,17 @@
 //! Rolling a policy out across nodes: at most `maxUnavailable` nodes apply a policy at once.
 //!
 //! Upstream keeps a counter in the policy status that every node increments and decrements; a
-//! node that dies mid-apply never decrements it and the rollout stalls. Here each place is a
+//! node that dies mid-apply never decrements it and the rollout stalls. Here each slot is a
 //! Lease, `<policy>.rollout-<i>` for `i < maxUnavailable`, held by the node applying and renewed
-//! while it does. Taking a place is an atomic create, or an update at the stored
-//! resourceVersion, so two nodes never hold one place. A node that dies or stalls stops
-//! renewing and its place frees itself when the lease expires; before committing, a node checks
-//! that it still holds its place, so a paused handler that wakes up rolls its change back
+//! while it does. Taking a slot is an atomic create, or an update at the stored
+//! resourceVersion, so two nodes never hold one slot. A node that dies or stalls stops
+//! renewing and its slot frees itself when the lease expires; before committing, a node checks
+//! that it still holds its slot, so a paused handler that wakes up rolls its change back
 //! instead of exceeding the limit.
 //!
-//! A node that fails a generation for good marks its place `failed` and keeps it for that
-//! generation, as upstream keeps its count: once failures fill every place, the remaining nodes
-//! abort instead of applying a broken policy everywhere. The place frees itself when the policy
+//! A node that fails a generation for good marks its slot `failed` and keeps it for that
+//! generation, as upstream keeps its count: once failures fill every slot, the remaining nodes
+//! abort instead of applying a broken policy everywhere. The slot frees itself when the policy
 //! changes (new generation) or when the failed enactment goes away.
 
 /// This node's heartbeat Lease.
@@ -130,11 +130,11 @@ pub fn slot_state(lease: &Lease, me: &str, generation: i64, now: Timestamp) -> S
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
     Granted,
-    /// Every place is taken; try again after `retry_after` (or when a place frees up).
+    /// Every slot is taken; try again after `retry_after` (or when a slot frees up).
     Wait {
         retry_after: Duration,
     },
-    /// Every place is taken by a node that failed this generation.
+    /// Every slot is taken by a node that failed this generation.
     Abort,
 }
 
@@ -144,7 +144,7 @@ struct Held {
     renewal: tokio::task::AbortHandle,
 }
 
-/// This node's places in the rollouts of the policies it applies.
+/// This node's slots in the rollouts of the policies it applies.
 pub struct Rollout {
     client: Client,
     leases: Api<Lease>,
@@ -182,7 +182,7 @@ impl Rollout {
         Ok(max_unavailable(policy.spec.max_unavailable.as_ref(), count))
     }
 
-    /// Whether this node holds, and still renews, a place in the rollout of `policy`'s
+    /// Whether this node holds, and still renews, a slot in the rollout of `policy`'s
     /// `generation` (e.g. between retries): nothing to read or take then.
     pub fn holds(&self, policy: &str, generation: i64) -> bool {
         self.held.lock().ok().and_then(|all| {
@@ -191,7 +191,7 @@ impl Rollout {
         }) == Some(generation)
     }
 
-    /// Takes a place in the rollout of `policy`'s `generation`, among `limit` places (a place
+    /// Takes a slot in the rollout of `policy`'s `generation`, among `limit` slots (a slot
     /// this node already holds included, see [`Rollout::holds`]).
     pub async fn acquire(
         &self,
@@ -208,13 +208,13 @@ impl Rollout {
             .into_iter()
             .map(|lease| (lease.name_any(), lease))
             .collect();
-        // A place this node already holds (e.g. taken before a restart) is kept.
+        // A slot this node already holds (e.g. taken before a restart) is kept.
         let mut candidates: Vec<(String, Option<Lease>)> = existing
             .values()
             .filter(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine)
             .map(|lease| (lease.name_any(), Some(lease.clone())))
             .collect();
-        // Each node tries the places in its own order, so nodes woken together rarely race
+        // Each node tries the slots in its own order, so nodes woken together rarely race
         // for the same one.
         let first = usize::try_from(leases::stable_hash(&self.node)).unwrap_or(0) % limit.max(1);
         candidates.extend((0..limit).map(|offset| {
@@ -244,7 +244,7 @@ impl Rollout {
             };
             match taken {
                 Ok(lease) => {
-                    info!(policy = %policy_name, generation, slot = %name, "took a place in the rollout");
+                    info!(policy = %policy_name, generation, slot = %name, "took a slot in the rollout");
                     self.hold(&policy_name, generation, lease);
                     return Ok(Admission::Granted);
                 }
@@ -262,7 +262,7 @@ impl Rollout {
         Ok(Admission::Wait { retry_after })
     }
 
-    /// Whether this node still holds its place for `policy`: checked right before committing,
+    /// Whether this node still holds its slot for `policy`: checked right before committing,
     /// so a handler that was paused past its lease rolls back instead.
     pub async fn still_held(&self, policy: &str) -> bool {
         let Some(name) = self.held_lease(policy).map(|lease| lease.name_any()) else {
@@ -278,13 +278,13 @@ impl Rollout {
             }
             Ok(None) => false,
             Err(error) => {
-                warn!(policy, "cannot check the rollout place: {error}");
+                warn!(policy, "cannot check the rollout slot: {error}");
                 false
             }
         }
     }
 
-    /// Gives the place back (the apply finished, or the policy no longer applies here).
+    /// Gives the slot back (the apply finished, or the policy no longer applies here).
     pub async fn release(&self, policy: &str) {
         let Some(lease) = self.forget(policy) else { return };
         let slot = lease.name_any();
@@ -300,17 +300,17 @@ impl Rollout {
             api.delete(&lease.name_any(), &params).await.map(drop)
         };
         match leases::write_while_held(&self.leases, lease, &self.node, delete).await {
-            Ok(Some(())) => info!(policy, %slot, "released the place in the rollout"),
+            Ok(Some(())) => info!(policy, %slot, "released the slot in the rollout"),
             Ok(None) => {} // already gone, or taken over after it expired
             Err(error) => warn!(
                 policy,
                 %slot,
-                "cannot release the place in the rollout (it expires by itself): {error}"
+                "cannot release the slot in the rollout (it expires by itself): {error}"
             ),
         }
     }
 
-    /// Releases a place this node holds for `policy` though it does not remember taking it
+    /// Releases a slot this node holds for `policy` though it does not remember taking it
     /// (taken before a restart).
     pub async fn release_any(&self, policy: &NodeNetworkConfigurationPolicy, generation: i64) {
         let policy_name = policy.name_any();
@@ -334,7 +334,7 @@ impl Rollout {
         self.release(&policy_name).await;
     }
 
-    /// Keeps the place for this generation, marked failed: it counts against the budget.
+    /// Keeps the slot for this generation, marked failed: it counts against the budget.
     pub async fn mark_failed(&self, policy: &str) {
         let Some(lease) = self.forget(policy) else {
             return;
@@ -348,13 +348,13 @@ impl Rollout {
             leases::replace(api, &lease).await
         };
         match leases::write_while_held(&self.leases, lease, &self.node, mark).await {
-            Ok(Some(_)) => info!(policy, %slot, "kept the place in the rollout, marked failed"),
+            Ok(Some(_)) => info!(policy, %slot, "kept the slot in the rollout, marked failed"),
             Ok(None) => warn!(
                 policy,
                 %slot,
-                "cannot mark the rollout place failed: it is gone, or expired and another node took it"
+                "cannot mark the rollout slot failed: it is gone, or expired and another node took it"
             ),
-            Err(error) => warn!(policy, %slot, "cannot mark the rollout place failed: {error}"),
+            Err(error) => warn!(policy, %slot, "cannot mark the rollout slot failed: {error}"),
         }
     }
 
@@ -399,7 +399,7 @@ impl Rollout {
     }
 
     /// Whether `holder`'s enactment of `policy` is still failed at `generation` (a node that
-    /// went away, or no longer selected, does not keep its place).
+    /// went away, or no longer selected, does not keep its slot).
     async fn still_failing(&self, policy: &str, holder: &str, generation: i64) -> Result<bool, kube::Error> {
         let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(self.client.clone());
         let enactment = enactments.get_opt(&enactment_name(holder, policy)).await?;

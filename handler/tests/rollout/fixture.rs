@@ -30,7 +30,7 @@ use std::{
 pub fn cluster_binary() -> std::path::PathBuf {
     nmstate_localenv::testing::workspace_binary("nmstate-cluster")
 }
-/// Leases expire quickly here, so a dead handler's place frees within seconds.
+/// Leases expire quickly here, so a dead handler's slot frees within seconds.
 pub const LEASE_SECONDS: &str = "4";
 /// The label every node of one test carries (value: the test's namespace).
 pub const GROUP: &str = "nmstate-test/rollout";

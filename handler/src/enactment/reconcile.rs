@@ -1,0 +1,363 @@
+//! The reconcile of one policy on this node, a driver over [`plan`]'s pure decisions:
+//!
+//! dereference (client) → [`plan::entry`] → read the node and resolve the desired state
+//! (NetworkManager) → [`plan::before_apply`] → a slot in the rollout (client) →
+//! [`plan::on_admission`] → the checkpointed apply (NetworkManager) → [`plan::after_apply`] →
+//! the enactment's status and the slot (client).
+
+use super::{
+    Context, EnactmentError, REPORT_BEFORE_AVAILABLE,
+    conditions::EnactmentSituation,
+    events,
+    objects::{create_enactment, delete_enactment, finish, write_status},
+    plan::{self, AfterApply, BeforeApply, Drift, Entry, Findings, OnAdmission, Outcome, Retries},
+};
+use crate::{
+    apply::{self, ApplyError, probes},
+    network::{bridge_vlan, capture, drift, node_support, state as node_state},
+};
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{Api, ResourceExt, runtime::controller::Action};
+use nmstate::NetworkState;
+use nmstate_api::{
+    NetworkStateDocument, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
+    NodeNetworkConfigurationPolicy,
+    condition::find_condition,
+    enactment::{CapturedState, EnactmentConditionType, StateMetaInfo, enactment_name},
+    policy::selects,
+};
+use serde_json::Value;
+use std::{collections::BTreeMap, sync::Arc};
+use tracing::{debug, info, warn};
+
+pub(super) async fn reconcile(
+    policy: Arc<NodeNetworkConfigurationPolicy>,
+    context: Arc<Context>,
+) -> Result<Action, EnactmentError> {
+    let config = &context.config;
+    let policy_name = policy.name_any();
+    let generation = policy.metadata.generation.unwrap_or_default();
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(context.client.clone());
+    let name = enactment_name(&config.node_name, &policy_name);
+
+    // dereference (client)
+    let node = Api::<Node>::all(context.client.clone())
+        .get(&config.node_name)
+        .await?;
+    let selected = selects(policy.spec.node_selector.as_ref(), node.labels());
+    let mut status = if selected {
+        let enactment = match enactments.get_opt(&name).await? {
+            Some(existing) => existing,
+            None => create_enactment(&enactments, &name, &policy_name, &node, config).await?,
+        };
+        enactment.status.unwrap_or_default()
+    } else {
+        NodeNetworkConfigurationEnactmentStatus::default()
+    };
+
+    // entry (pure)
+    let known_applied = context.is_in_desired_state(&policy_name, generation);
+    let enacted = match plan::entry(selected, generation, &status, known_applied) {
+        Entry::Remove => {
+            context.rollout.release(&policy_name).await;
+            delete_enactment(&enactments, &name).await?;
+            return Ok(Action::await_change());
+        }
+        Entry::Done => return Ok(Action::await_change()),
+        Entry::Enact { fresh, enacted } => {
+            if fresh {
+                status.conditions.clear();
+                status.policy_generation = Some(generation);
+            }
+            enacted
+        }
+    };
+
+    // read the node and resolve the desired state (NetworkManager, no client)
+    let desired = policy
+        .spec
+        .desired_state
+        .as_ref()
+        .map(|document| document.0.clone())
+        .unwrap_or(Value::Null);
+    let capture = policy.spec.capture.clone().unwrap_or_default();
+    let cached: BTreeMap<String, Value> = status
+        .captured_states
+        .iter()
+        .flatten()
+        .filter_map(|(name, captured)| Some((name.clone(), captured.state.as_ref()?.0.clone())))
+        .collect();
+    debug!(policy = %policy_name, generation, "reading the node's state");
+    let current = tokio::task::spawn_blocking(node_state::retrieve_state).await??;
+    let resolved = match capture::resolve(&capture, &desired, &current, &cached) {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            let situation = EnactmentSituation::failed_generating(error);
+            return finish(&enactments, &name, &mut status, situation).await;
+        }
+    };
+    let mut desired = resolved.desired;
+    let vlan_filtering = context.support.vlan_filtering;
+    let ports_without_vlan = bridge_vlan::apply_default_vlan_filtering(&mut desired, vlan_filtering);
+    status.desired_state = Some(NetworkStateDocument(desired.clone()));
+    let refusals = context.support.refusals(&desired, &current).await;
+    let findings = Findings {
+        refusal: (!refusals.is_empty()).then(|| node_support::message(&refusals)),
+        empty: NetworkStateDocument(desired.clone()).is_empty(),
+        drift: drift_from(&desired, &current),
+        enacted,
+        note: (!vlan_filtering && ports_without_vlan > 0).then_some(bridge_vlan::SKIPPED_NOTE),
+    };
+
+    // before the apply (pure)
+    let step = plan::before_apply(&findings);
+    if !matches!(step, BeforeApply::Refuse { .. }) {
+        status.features = node_state::features_used(&desired, &current);
+        status.captured_states = captured_states(resolved.captured);
+    }
+    match step {
+        BeforeApply::Refuse { reason } => {
+            // Nothing is applied, so no slot in the rollout is used.
+            warn!(policy = %policy_name, "not applied: {reason}");
+            let event = events::failed_without_retries(&name);
+            return fail_for_good(&policy, &name, &mut status, &context, &enactments, reason, event).await;
+        }
+        BeforeApply::IgnoreEmpty => {
+            info!(policy = %policy_name, "Ignoring empty desired state");
+            let situation = EnactmentSituation::Succeeded { note: None };
+            return finish(&enactments, &name, &mut status, situation).await;
+        }
+        BeforeApply::StillApplied => {
+            context.mark_in_desired_state(&policy_name, generation);
+            info!(policy = %policy_name, generation, "the node is still in the desired state");
+            return Ok(Action::await_change());
+        }
+        BeforeApply::AlreadyApplied { note } => {
+            context.mark_in_desired_state(&policy_name, generation);
+            info!(policy = %policy_name, generation, "the node is already in the desired state: not applied");
+            // A slot taken before a restart, when the apply had finished but was not reported.
+            context.rollout.release_any(&policy, generation).await;
+            let situation = EnactmentSituation::Succeeded { note };
+            return finish(&enactments, &name, &mut status, situation).await;
+        }
+        BeforeApply::Apply { drifted } => {
+            if let (true, Drift::Pending(pending)) = (drifted, &findings.drift) {
+                info!(policy = %policy_name, generation, %pending, "the node drifted from the policy: re-applying");
+            }
+        }
+    }
+
+    // a slot in the rollout (client)
+    if let Some(waiting) = take_slot(&policy, generation, &name, &mut status, &context, &enactments).await? {
+        return Ok(waiting);
+    }
+
+    // the checkpointed apply (NetworkManager)
+    EnactmentSituation::Progressing.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
+    write_status(&enactments, &name, &status).await?;
+    let probes = probes::select(
+        &context.client,
+        &config.node_name,
+        &config.probe_dns_host,
+        config.probe_timeout,
+    )
+    .await;
+    debug!(policy = %policy_name, probes = probes.len(), "selected the probes");
+    info!(policy = %policy_name, generation, "applying");
+    let checkpoint = apply::checkpoint_timeout(config.probe_timeout);
+    let may_commit = context.rollout.still_held(&policy_name);
+    let applied = apply::apply(&desired, &probes, checkpoint, may_commit).await;
+    let outcome = match &applied {
+        Ok(()) => Outcome::Applied,
+        Err(ApplyError::LostSlot) => Outcome::LostSlot,
+        Err(error) => Outcome::Failed {
+            permanent: error.is_permanent(),
+        },
+    };
+    let attempt = match outcome {
+        Outcome::Failed { .. } => count_attempt(&mut status, generation),
+        _ => 0,
+    };
+
+    // after the apply (pure), then the status and the slot (client)
+    let retries = Retries {
+        max: config.max_retries,
+        initial_backoff: config.initial_backoff,
+        max_backoff: config.max_backoff,
+    };
+    match plan::after_apply(&outcome, attempt, &retries, &name, findings.note) {
+        AfterApply::Succeeded { note } => {
+            info!(policy = %policy_name, generation, "applied");
+            context.mark_in_desired_state(&policy_name, generation);
+            // Reported before Available: whoever waited for the policy then reads the new
+            // state in the NodeNetworkState.
+            if !context.report_now.report(REPORT_BEFORE_AVAILABLE).await {
+                warn!(
+                    policy = %policy_name,
+                    "the node state was not reported within {} s of the apply; it follows shortly",
+                    REPORT_BEFORE_AVAILABLE.as_secs()
+                );
+            }
+            let action = finish(
+                &enactments,
+                &name,
+                &mut status,
+                EnactmentSituation::Succeeded { note },
+            )
+            .await;
+            // Reported first, so no one sees more nodes applying than there are slots.
+            context.rollout.release(&policy_name).await;
+            action
+        }
+        AfterApply::Pending { retry_after } => {
+            warn!(policy = %policy_name, generation, "{}", ApplyError::LostSlot);
+            finish(&enactments, &name, &mut status, EnactmentSituation::Pending).await?;
+            Ok(Action::requeue(retry_after))
+        }
+        AfterApply::Retry { attempt, after } => {
+            warn!(policy = %policy_name, attempt, "apply failed: {}", failure(&applied));
+            let situation = EnactmentSituation::Retrying {
+                node: config.node_name.clone(),
+                attempt,
+                max: config.max_retries,
+            };
+            finish(&enactments, &name, &mut status, situation).await?;
+            Ok(Action::requeue(after))
+        }
+        AfterApply::FailForGood { event } => {
+            let reason = failure(&applied);
+            warn!(policy = %policy_name, attempt, "apply failed: {reason}");
+            let action =
+                fail_for_good(&policy, &name, &mut status, &context, &enactments, reason, event).await;
+            context.rollout.mark_failed(&policy_name).await;
+            action
+        }
+    }
+}
+
+/// How the node stands against `desired`.
+fn drift_from(desired: &Value, current: &NetworkState) -> Drift {
+    match drift::pending_changes(desired, current) {
+        Ok(None) => Drift::InDesiredState,
+        Ok(Some(pending)) => Drift::Pending(pending.to_string()),
+        // nmstate's apply reports anything it cannot read, with the same message.
+        Err(_) => Drift::Unknown,
+    }
+}
+
+/// The captures, as the enactment keeps them.
+fn captured_states(captured: BTreeMap<String, Value>) -> Option<BTreeMap<String, CapturedState>> {
+    (!captured.is_empty()).then(|| {
+        captured
+            .into_iter()
+            .map(|(name, state)| {
+                let captured = CapturedState {
+                    state: Some(NetworkStateDocument(state)),
+                    meta_info: Some(StateMetaInfo {
+                        version: Some("0".into()),
+                        time: Some(Time(Timestamp::now())),
+                    }),
+                };
+                (name, captured)
+            })
+            .collect()
+    })
+}
+
+/// Counts a failed apply of `generation` in the status; returns how many there were.
+fn count_attempt(status: &mut NodeNetworkConfigurationEnactmentStatus, generation: i64) -> u32 {
+    let retries = status.retry_count.get_or_insert_with(BTreeMap::new);
+    let attempt = retries.get(&generation.to_string()).copied().unwrap_or(0) + 1;
+    retries.insert(generation.to_string(), attempt);
+    u32::try_from(attempt).unwrap_or(u32::MAX)
+}
+
+fn failure(applied: &Result<(), ApplyError>) -> String {
+    applied
+        .as_ref()
+        .err()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+/// Takes a slot in the policy's rollout; when there is none, the enactment is marked Pending
+/// (or Aborted, when failures used up every slot) and the action to take instead is returned.
+async fn take_slot(
+    policy: &NodeNetworkConfigurationPolicy,
+    generation: i64,
+    name: &str,
+    status: &mut NodeNetworkConfigurationEnactmentStatus,
+    context: &Context,
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+) -> Result<Option<Action>, EnactmentError> {
+    let policy_name = policy.name_any();
+    if context.rollout.holds(&policy_name, generation) {
+        return Ok(None); // retrying with the slot it took
+    }
+    let selector = policy.spec.node_selector.as_ref();
+    let limit = context
+        .rollout
+        .limit(policy, |labels| selects(selector, labels))
+        .await?;
+    if let Some(invalid) = &limit.invalid
+        && context.first_report_of_invalid_max_unavailable(&policy_name, generation)
+    {
+        let message = format!(
+            "{invalid}; using the default {} ({} nodes at once)",
+            nmstate_api::policy::DEFAULT_MAX_UNAVAILABLE,
+            limit.limit
+        );
+        warn!(policy = %policy_name, "{message}");
+        (context.events)
+            .warn(policy, events::INVALID_MAX_UNAVAILABLE, events::ROLLOUT, message)
+            .await;
+    }
+    let admission = context.rollout.acquire(policy, generation, limit.limit).await?;
+    let pending = find_condition(&status.conditions, EnactmentConditionType::Pending.as_str())
+        .is_some_and(|c| c.is_true());
+    match plan::on_admission(&admission, pending) {
+        OnAdmission::Apply => Ok(None),
+        OnAdmission::Wait { retry_after, report } => {
+            if report {
+                info!(policy = %policy_name, generation, limit = limit.limit, "waiting for a slot in the rollout");
+                finish(enactments, name, status, EnactmentSituation::Pending).await?;
+            }
+            Ok(Some(Action::requeue(retry_after)))
+        }
+        OnAdmission::Abort => {
+            warn!(policy = %policy_name, generation, "aborted: failed nodes hold every slot in the rollout");
+            (context.events)
+                .warn(
+                    policy,
+                    events::RECONCILE_FAILED,
+                    events::ROLLOUT,
+                    events::aborted(name),
+                )
+                .await;
+            let situation = EnactmentSituation::Aborted {
+                enactment: name.to_string(),
+            };
+            Ok(Some(finish(enactments, name, status, situation).await?))
+        }
+    }
+}
+
+/// Failing for good, for `reason`: upstream's message in the enactment, and `event` on the policy.
+async fn fail_for_good(
+    policy: &NodeNetworkConfigurationPolicy,
+    name: &str,
+    status: &mut NodeNetworkConfigurationEnactmentStatus,
+    context: &Context,
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    reason: impl std::fmt::Display,
+    event: String,
+) -> Result<Action, EnactmentError> {
+    let node = &context.config.node_name;
+    (context.events)
+        .warn(policy, events::RECONCILE_FAILED, events::APPLY, event)
+        .await;
+    let message = format!(
+        "error reconciling NodeNetworkConfigurationPolicy on node {node} at desired state apply: {reason}"
+    );
+    finish(enactments, name, status, EnactmentSituation::Failed { message }).await
+}
