@@ -68,6 +68,20 @@ pub enum ReportError {
     SignalsEnded,
 }
 
+impl ReportError {
+    /// A bounded category, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReportError::NodeState(_) => "node-state",
+            ReportError::NetworkManager(_) => "network-manager",
+            ReportError::Kube(_) => "kube",
+            ReportError::CrdMissing => "crd-missing",
+            ReportError::Join(_) => "internal",
+            ReportError::SignalsEnded => "signals-ended",
+        }
+    }
+}
+
 impl From<kube::Error> for ReportError {
     fn from(error: kube::Error) -> Self {
         match &error {
@@ -299,7 +313,7 @@ pub async fn run(
                     Ok(true) => debug!("reported a new node state"),
                     Ok(false) => debug!("node state unchanged"),
                     Err(error) => {
-                        warn!("cannot report the node state, retrying in {} s: {error}", RETRY.as_secs());
+                        warn!(category = error.category(), "cannot report the node state, retrying in {} s: {error}", RETRY.as_secs());
                         let retry_at = Instant::now() + RETRY;
                         due = Some((retry_at, force, retry_at));
                     }

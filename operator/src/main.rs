@@ -45,7 +45,7 @@ enum LogLevel {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum OperatorError {
+enum MainError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     process::run_to_exit(run(cli))
 }
 
-async fn run(cli: Cli) -> Result<(), OperatorError> {
+async fn run(cli: Cli) -> Result<(), MainError> {
     let config = OperatorConfig::from_lookup(|name| std::env::var(name).ok())?;
     info!(namespace = %config.handler_namespace, image = %config.handler_image, "starting");
     let client = process::kube_client(cli.replica.kubeconfig.clone()).await?;
@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> Result<(), OperatorError> {
     info!(server = %server.git_version, "connected to the API server");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     if crds.get_opt(NMState::crd_name()).await?.is_none() {
-        return Err(OperatorError::MissingCrd(NMState::crd_name()));
+        return Err(MainError::MissingCrd(NMState::crd_name()));
     }
     if config.crds == CrdManagement::NMState {
         // Installed once by Helm from crds/; this release's version of it, from here on.
@@ -103,7 +103,7 @@ async fn run(cli: Cli) -> Result<(), OperatorError> {
     let metrics = Arc::new(nmstate_runtime::metrics::Metrics::default());
     let health = nmstate_runtime::metrics::serve(address, metrics.clone())
         .await
-        .map_err(|source| OperatorError::Health { address, source })?;
+        .map_err(|source| MainError::Health { address, source })?;
     let election = cli
         .replica
         .election(controller::COMPONENT, "installing kubernetes-nmstate");

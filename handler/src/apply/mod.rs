@@ -67,6 +67,20 @@ impl ApplyError {
     /// Errors that retrying cannot heal: the input is not a state at all, or the kernel or host
     /// lacks the feature (nmstate already spends about two minutes on each such attempt). A
     /// missing interface is retried, as upstream: it may yet appear.
+    /// A bounded category, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ApplyError::InvalidState(_) => "invalid-state",
+            ApplyError::Apply(_) => "apply",
+            ApplyError::ProbeFailed { .. } => "probe-failed",
+            ApplyError::LostSlot => "lost-slot",
+            ApplyError::Commit(_) => "commit",
+            ApplyError::Rollback(_) => "rollback",
+            ApplyError::NodeState(_) => "node-state",
+            ApplyError::Join(_) => "internal",
+        }
+    }
+
     pub fn is_permanent(&self) -> bool {
         match self {
             ApplyError::InvalidState(_) => true,

@@ -58,6 +58,18 @@ pub enum EnactmentError {
     Serialize(#[from] serde_json::Error),
 }
 
+impl EnactmentError {
+    /// A bounded category, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            EnactmentError::Kube(_) => "kube",
+            EnactmentError::NodeState(_) => "node-state",
+            EnactmentError::Join(_) => "internal",
+            EnactmentError::Serialize(_) => "serialize",
+        }
+    }
+}
+
 /// How long an apply waits for the node state to be reported before saying Available anyway.
 const REPORT_BEFORE_AVAILABLE: Duration = Duration::from_secs(10);
 
@@ -177,6 +189,6 @@ fn error_policy(
     error: &EnactmentError,
     context: Arc<Context>,
 ) -> Action {
-    warn!(policy = %policy.name_any(), "reconcile failed, retrying: {error}");
+    warn!(policy = %policy.name_any(), category = error.category(), "reconcile failed, retrying: {error}");
     Action::requeue(context.config.max_backoff)
 }

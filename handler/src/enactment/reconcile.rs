@@ -215,7 +215,7 @@ pub(super) async fn reconcile(
             Ok(Action::requeue(retry_after))
         }
         AfterApply::Retry { attempt, after } => {
-            warn!(policy = %policy_name, attempt, "apply failed: {}", failure(&applied));
+            warn!(policy = %policy_name, attempt, category = category(&applied), "apply failed: {}", failure(&applied));
             let situation = EnactmentSituation::Retrying {
                 node: config.node_name.clone(),
                 attempt,
@@ -226,7 +226,7 @@ pub(super) async fn reconcile(
         }
         AfterApply::FailForGood { event } => {
             let reason = failure(&applied);
-            warn!(policy = %policy_name, attempt, "apply failed: {reason}");
+            warn!(policy = %policy_name, attempt, category = category(&applied), "apply failed: {reason}");
             let action =
                 fail_for_good(&policy, &name, &mut status, &context, &enactments, reason, event).await;
             context.rollout.mark_failed(&policy_name).await;
@@ -278,6 +278,10 @@ fn failure(applied: &Result<(), ApplyError>) -> String {
         .err()
         .map(ToString::to_string)
         .unwrap_or_default()
+}
+
+fn category(applied: &Result<(), ApplyError>) -> &'static str {
+    applied.as_ref().err().map_or("none", ApplyError::category)
 }
 
 /// Takes a slot in the policy's rollout; when there is none, the enactment is marked Pending

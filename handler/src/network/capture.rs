@@ -25,6 +25,19 @@ pub enum CaptureError {
     Serialize(#[from] serde_json::Error),
 }
 
+impl CaptureError {
+    /// A bounded category, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            CaptureError::InvalidCapture(_) => "invalid-capture",
+            CaptureError::InvalidDesiredState(_) => "invalid-desired-state",
+            CaptureError::InvalidCachedState { .. } => "invalid-cached-state",
+            CaptureError::Nmstate(_) => "nmstate",
+            CaptureError::Serialize(_) => "serialize",
+        }
+    }
+}
+
 /// A policy's desired state for one node, and the captures it was resolved with.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResolvedState {

@@ -26,6 +26,17 @@ pub enum NetworkManagerError {
     Unsupported { found: Version },
 }
 
+impl NetworkManagerError {
+    /// A bounded category, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            NetworkManagerError::Dbus(_) => "dbus",
+            NetworkManagerError::UnparsableVersion(_) => "unparsable-version",
+            NetworkManagerError::Unsupported { .. } => "unsupported",
+        }
+    }
+}
+
 /// The `Version` property of NetworkManager on the bus at `address`, or on the system bus
 /// (`DBUS_SYSTEM_BUS_ADDRESS` if set) when `address` is `None`.
 pub async fn version(address: Option<&str>) -> Result<String, NetworkManagerError> {

@@ -16,6 +16,16 @@ pub enum NodeStateError {
     Serialize(#[from] serde_json::Error),
 }
 
+impl NodeStateError {
+    /// A bounded category, for logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            NodeStateError::Retrieve(_) => "retrieve",
+            NodeStateError::Serialize(_) => "serialize",
+        }
+    }
+}
+
 /// The node's current network state (secrets hidden), as nmstate reports it. Blocking.
 pub fn retrieve() -> Result<Value, NodeStateError> {
     let mut state = retrieve_state()?;
