@@ -66,15 +66,15 @@ build:
 build-release:
 	$(CARGO) build --workspace --release
 
-# Everything generated from the types and the install objects (operator/src/install): the
+# Everything generated from the types and the install objects (operator/packaging): the
 # CRDs, manifests/kubernetes-nmstate-operator.yaml, the Helm chart and the OLM bundle and catalog.
 generate:
-	$(CARGO) run -q -p nmstate-operator --bin generate
+	$(CARGO) run -q -p nmstate-packaging --bin generate
 
 crds: generate
 
 generate-check:
-	$(CARGO) run -q -p nmstate-operator --bin generate -- --check
+	$(CARGO) run -q -p nmstate-packaging --bin generate -- --check
 
 # The version lives in one place, the workspace's Cargo.toml; this sets it, records the
 # release in bundle/releases.yaml (the upgrade graph) and regenerates every channel.
@@ -82,7 +82,7 @@ release:
 	@[ -n "$(VERSION)" ] || { echo "usage: make release VERSION=x.y.z" >&2; exit 2; }
 	@[[ "$(VERSION)" =~ ^[0-9]+\.[0-9]+\.[0-9]+$$ ]] || { echo "VERSION must be x.y.z, got $(VERSION)" >&2; exit 2; }
 	sed -i -E '/^\[workspace.package\]/,/^\[/ s/^version = "[^"]*"/version = "$(VERSION)"/' Cargo.toml
-	$(CARGO) run -q -p nmstate-operator --bin generate -- --add-release $$(date -u +%F)
+	$(CARGO) run -q -p nmstate-packaging --bin generate -- --add-release $$(date -u +%F)
 	@echo "release $(VERSION) prepared: review, commit, tag v$(VERSION), then make images on a release machine"
 
 # Images: the release binaries with the shared libraries they link, FROM scratch
@@ -138,8 +138,8 @@ test: deps kube-build
 # old-server form (no CEL) and are served, the operator reconciles and its render follows the
 # server, the Helm chart installs, the webhook admits and refuses with its own messages, a policy
 # is enacted on a node, and an unusable maxUnavailable (which current servers refuse) is reported.
-OLDEST_TESTS := -p nmstate-api --test cluster -p nmstate-operator --test helm --test reconcile \
-	-p nmstate-handler --test enactment -p nmstate-webhook --test webhook
+OLDEST_TESTS := -p nmstate-api --test cluster -p nmstate-operator --test reconcile \
+	-p nmstate-packaging --test helm -p nmstate-handler --test enactment -p nmstate-webhook --test webhook
 test-oldest: kube-build-oldest localenv
 	@$(CARGO) build -q --workspace --bins
 	@$(call in_cluster,$(TEST_OLDEST_LOCALENV_DIR),oldest,failed=0; \

@@ -26,7 +26,7 @@ use nmstate_localenv::{
         remove_nmstates, shared_env, start_operator_as_deployed, unique_name,
     },
 };
-use nmstate_operator::install::{olm, release};
+use nmstate_packaging::{olm, release};
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
@@ -463,8 +463,7 @@ async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
     // This operator's bundle: CRDs upgraded in place; every object still served, in both
     // versions, with the deprecation warnings.
     let current =
-        nmstate_operator::install::files::current_release(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .unwrap();
+        nmstate_packaging::files::current_release(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).unwrap();
     apply_bundle_crds(&client, &current).await;
     install_crds(&client).await.unwrap(); // waits until they are established
     let beta = kubectl_stderr(
@@ -489,8 +488,7 @@ async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
     let csv = olm::csv(&current).unwrap();
     let operator = start_csv_operator(&env, &csv, &namespace, &prefix, "operator-current");
     let handler_name = format!("{prefix}-nmstate-handler");
-    let handler_image =
-        nmstate_operator::install::image(nmstate_operator::install::HANDLER_IMAGE, &current.version);
+    let handler_image = nmstate_packaging::image(nmstate_packaging::HANDLER_IMAGE, &current.version);
     let daemonset =
         wait_for_handler_image(&client, &namespace, &handler_name, &handler_image, &operator).await;
     let managers: Vec<String> = daemonset
@@ -527,7 +525,7 @@ async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
     apply_bundle_crds(&client, &next_release).await;
     drop(operator);
     let operator = start_csv_operator(&env, &next_csv, &namespace, &prefix, "operator-next");
-    let next_image = nmstate_operator::install::image(nmstate_operator::install::HANDLER_IMAGE, &next);
+    let next_image = nmstate_packaging::image(nmstate_packaging::HANDLER_IMAGE, &next);
     wait_for_handler_image(&client, &namespace, &handler_name, &next_image, &operator).await;
     roll_handler_and_check_no_churn(&mut handler, &node, &log, &enactments, &enactment_names).await;
     expect_available(&typed_policies, &policies).await;

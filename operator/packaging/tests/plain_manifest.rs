@@ -15,14 +15,14 @@ use nmstate_localenv::{
         eventually, expect_no_nmstate, kubectl, remove_nmstates, shared_env, start_operator_as_deployed,
     },
 };
-use nmstate_operator::install::files;
+use nmstate_packaging::files;
 use std::{path::PathBuf, time::Duration};
 
 const WAIT: Duration = Duration::from_secs(60);
 const NAMESPACE: &str = "nmstate";
 
 fn workspace_file(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
 }
 
 fn kubectl_ok(env: &LocalEnv, args: &[&str]) -> String {

@@ -2,11 +2,11 @@
 //! renders. Kubernetes lets a subject grant only permissions it holds, so the operand rules
 //! are read from the render step itself and cannot fall behind the templates.
 
-use crate::{
+use nmstate_api::NMStateSpec;
+use nmstate_operator::{
     config::OperatorConfig,
     render::{ClusterFacts, RenderError, render},
 };
-use nmstate_api::NMStateSpec;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 

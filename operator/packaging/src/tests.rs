@@ -9,7 +9,7 @@ fn version() -> semver::Version {
 
 #[test]
 fn checked_in_generated_files_are_current() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let stale = files::stale(&root).unwrap();
     assert!(
         stale.is_empty(),
@@ -20,15 +20,15 @@ fn checked_in_generated_files_are_current() {
 #[test]
 fn the_default_handler_image_is_this_releases() {
     assert_eq!(
-        crate::config::DEFAULT_HANDLER_IMAGE,
+        nmstate_operator::config::DEFAULT_HANDLER_IMAGE,
         image(HANDLER_IMAGE, &files::workspace_version())
     );
 }
 
 #[test]
 fn the_operator_may_grant_every_rule_of_the_roles_it_renders() {
-    let config = crate::config::OperatorConfig::defaults();
-    let facts = crate::render::ClusterFacts {
+    let config = nmstate_operator::config::OperatorConfig::defaults();
+    let facts = nmstate_operator::render::ClusterFacts {
         server_minor: 33,
         tolerated_infra_taints: 0,
     };
@@ -42,7 +42,7 @@ fn the_operator_may_grant_every_rule_of_the_roles_it_renders() {
                 && rule.get("resourceNames").is_none()
         })
     };
-    let objects = crate::render::render(&Default::default(), &config, &facts).unwrap();
+    let objects = nmstate_operator::render::render(&Default::default(), &config, &facts).unwrap();
     let mut checked = 0;
     for object in objects
         .iter()

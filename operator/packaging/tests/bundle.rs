@@ -5,12 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use nmstate_operator::install::{files, olm, validate};
+use nmstate_packaging::{files, olm, validate};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 fn bundle_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundle")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bundle")
 }
 
 fn checked_in_bundle() -> validate::Bundle {

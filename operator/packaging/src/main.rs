@@ -1,12 +1,12 @@
 //! Writes every generated file of the repository: the CRDs, the plain manifest, the Helm chart
-//! and the OLM bundle and catalog (see `nmstate_operator::install::files`).
+//! and the OLM bundle and catalog (see `nmstate_packaging::files`).
 //!
 //! `generate [ROOT]` writes them under ROOT (default: the current directory);
 //! `generate --check [ROOT]` writes nothing and exits 1 when one is stale;
 //! `generate --add-release YYYY-MM-DD [ROOT]` first adds the workspace version to
 //! `bundle/releases.yaml` with that date (what `make release VERSION=x.y.z` runs).
 
-use nmstate_operator::install::{InstallError, files, release};
+use nmstate_packaging::{InstallError, files, release};
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,

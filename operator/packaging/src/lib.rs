@@ -1,5 +1,6 @@
-//! The operator's own install, written once: its CRDs, ServiceAccount, RBAC and Deployment.
-//! Every delivery channel is generated from here (`make generate`): the Helm chart
+//! Packaging, not part of the operator that runs in the cluster: the operator's own install,
+//! written once (its CRDs, ServiceAccount, RBAC and Deployment), and every delivery channel
+//! generated from it by the `generate` binary (`make generate`): the Helm chart
 //! ([`helm`]), the OLM bundle and catalog ([`olm`]) and the plain `kubectl apply` manifest
 //! ([`plain_manifest`]). Pure: no client.
 //!
@@ -20,7 +21,7 @@ use serde_json::{Value, json};
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("rendering the operands (to read their RBAC rules): {0}")]
-    Render(#[from] crate::render::RenderError),
+    Render(#[from] nmstate_operator::render::RenderError),
     #[error("cannot serialize a generated object: {0}")]
     Json(#[from] serde_json::Error),
     #[error("cannot read or write YAML: {0}")]
@@ -77,7 +78,7 @@ pub struct Slots {
     pub affinity: Value,
     pub log_level: Value,
     pub image_pull_secrets: Value,
-    /// `MANAGE_CRDS` (see [`crate::config::CrdManagement`]): `false` where the installer
+    /// `MANAGE_CRDS` (see [`nmstate_operator::config::CrdManagement`]): `false` where the installer
     /// upgrades every CRD, `nmstate` for the Helm chart.
     pub manage_crds: &'static str,
 }
@@ -248,5 +249,4 @@ pub fn plain_manifest(version: &semver::Version) -> Result<Vec<Value>, InstallEr
 }
 
 #[cfg(test)]
-#[path = "tests.rs"]
 mod tests;

@@ -17,7 +17,7 @@ use nmstate_localenv::{
         shared_env, start_operator_as_deployed,
     },
 };
-use nmstate_operator::install::{self, files};
+use nmstate_packaging::{self as install, files};
 use serde_json::Value;
 use std::{path::Path, time::Duration};
 
@@ -28,7 +28,7 @@ const NEW_DESCRIPTION: &str = "NodeNetworkState is the network state a node repo
 
 fn chart_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
+        .join("../..")
         .join(files::CHART_DIR)
 }
 

@@ -507,5 +507,4 @@ fn good_practices(bundle: &Bundle, findings: &mut Findings) {
 }
 
 #[cfg(test)]
-#[path = "validate_tests.rs"]
 mod tests;

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use super::*;
-use crate::install::{olm, release};
+use crate::{olm, release};
 use serde_json::json;
 
 /// The bundle this release generates, read back from its files as OLM reads them (built once).
