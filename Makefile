@@ -41,10 +41,10 @@ help:
 ## Dependencies -----------------------------------------------------------------------------
 
 deps: tools
-	@config/local/install-deps.sh
+	@config/localenv/scripts/install-deps.sh
 
 tools:
-	@config/local/install-kubectl-helm.sh
+	@config/localenv/scripts/install-kubectl-helm.sh
 
 # The Kubernetes the local environment runs (NMSTATE_KUBE_RELEASE=current, the default): the
 # release config/kube/go.mod pins, built from the Go module proxy. And v1.20.2, the oldest
@@ -53,7 +53,7 @@ kube-build: deps
 	@config/kube/build.sh
 
 kube-build-oldest: deps
-	@config/local/build-kube.sh
+	@config/localenv/scripts/build-kube.sh
 
 localenv:
 	@$(CARGO) build -q -p nmstate-localenv --bin localenv

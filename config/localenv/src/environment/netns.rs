@@ -1,7 +1,7 @@
 //! Named network namespaces (`ip netns`). Every link command in this crate targets one of
 //! these with `ip -n NAME` or `ip netns exec NAME`; none runs in the host's namespace.
 
-use crate::{error::Result, process::run};
+use crate::{daemon::run, error::Result};
 use std::{path::Path, process::Command};
 
 pub fn exists(name: &str) -> bool {

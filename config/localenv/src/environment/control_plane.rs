@@ -8,9 +8,9 @@
 //! its management gateway, `https://10.77.0.1:6443`, where nodes reach it over eth0.
 
 use crate::{
+    daemon::{Daemon, wait_until},
     error::{LocalEnvError, Result},
     pki,
-    process::{Daemon, wait_until},
     release::KubeRelease,
 };
 use std::{

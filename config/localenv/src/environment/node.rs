@@ -10,10 +10,10 @@
 
 use crate::{
     control_plane::ControlPlane,
+    daemon::{Daemon, run},
     error::{LocalEnvError, Result},
     fabric::{CABLING, DNS_DOMAIN, Fabric, MGMT_GATEWAY},
     netns,
-    process::{Daemon, run},
 };
 use std::{
     path::{Path, PathBuf},

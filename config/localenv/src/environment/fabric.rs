@@ -21,9 +21,9 @@
 
 use crate::{
     control_plane::NODE_API_PORT,
+    daemon::{Daemon, run},
     error::{LocalEnvError, Result},
     netns,
-    process::{Daemon, run},
 };
 use std::{
     path::{Path, PathBuf},

@@ -156,10 +156,10 @@ pub fn impersonating_kubeconfig(env: &LocalEnv, user: &str) -> Result<std::path:
 pub fn start_as_container(
     env: &LocalEnv,
     container: &k8s_openapi::api::core::v1::Container,
-    pod: &crate::kubelet::PodFacts<'_>,
+    pod: &crate::kubelet::container::PodFacts<'_>,
     overrides: &[(&str, &str)],
 ) -> Result<NodeProcess> {
-    let mut run = crate::kubelet::invocation(container, pod)?;
+    let mut run = crate::kubelet::container::invocation(container, pod)?;
     for (name, value) in overrides {
         run.set_env(name, value);
     }
@@ -187,7 +187,7 @@ pub fn start_operator_as_deployed(
         ("HANDLER_PREFIX", prefix),
         ("LEASE_DURATION_SECONDS", "4"),
     ];
-    let facts = crate::kubelet::PodFacts {
+    let facts = crate::kubelet::container::PodFacts {
         namespace,
         name: pod_name,
         node: "control-plane",
@@ -196,7 +196,7 @@ pub fn start_operator_as_deployed(
     let container = pod
         .containers
         .first()
-        .ok_or_else(|| crate::kubelet::KubeletError::NoCommand(pod_name.into()))?;
+        .ok_or_else(|| crate::kubelet::container::KubeletError::NoCommand(pod_name.into()))?;
     start_as_container(env, container, &facts, &overrides)
 }
 

@@ -3,7 +3,7 @@
 //! and the part of node02's NodeNetworkState the step changed.
 
 use super::{say, wait_until};
-use crate::{LocalEnv, LocalEnvError, Result, process::run, testing::kubectl};
+use crate::{LocalEnv, LocalEnvError, Result, daemon::run, testing::kubectl};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy,

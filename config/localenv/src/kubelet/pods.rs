@@ -11,9 +11,9 @@
 
 use crate::{
     LocalEnv, SandboxNode,
+    daemon::Daemon,
     error::{LocalEnvError, Result},
     kubelet::{self, PodFacts},
-    process::Daemon,
 };
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
@@ -339,7 +339,7 @@ impl Pods {
         let mut run = kubelet::invocation(&pod.container, &facts)?;
         if let Some(node) = &pod.node {
             let root = node.dir().join("root");
-            kubelet::mount_host_paths(&mut run, &pod.spec, &pod.container, &root)
+            kubelet::container::mount_host_paths(&mut run, &pod.spec, &pod.container, &root)
                 .map_err(LocalEnvError::io("create host paths in", &root))?;
         }
         for extra in self

@@ -7,7 +7,7 @@
 use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::{Api, ResourceExt};
 use nmstate_api::{NMState, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
-use nmstate_localenv::{LocalEnv, pods::Pods, process::is_running};
+use nmstate_localenv::{LocalEnv, daemon::is_running, kubelet::pods::Pods};
 use std::{path::PathBuf, process::Command};
 
 const LOCALENV: &str = env!("CARGO_BIN_EXE_localenv");

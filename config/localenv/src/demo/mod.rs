@@ -1,7 +1,7 @@
 //! `make demo`: the whole product on this machine, installed and used the way a user would.
 //!
 //! 1. the control plane, and three sandbox nodes labelled like a real cluster's;
-//! 2. the Helm chart from `manifests/`, then the kubelet's part ([`crate::pods`], a detached
+//! 2. the Helm chart from `manifests/`, then the kubelet's part ([`crate::kubelet::pods`], a detached
 //!    `localenv kubelet` process) runs what it installed: the operator's Deployment;
 //! 3. `NMState/nmstate`: the operator renders the handler DaemonSet, the webhook and the cluster
 //!    controller, and the same stand-in runs them (a handler inside each node);
@@ -14,8 +14,8 @@ mod tour;
 
 use crate::{
     LocalEnv, LocalEnvError, Result,
-    pods::{EnvOverride, Pods},
-    process::{Daemon, run},
+    daemon::{Daemon, run},
+    kubelet::pods::{EnvOverride, Pods},
     testing::{eventually, helm, helm_program, kubectl, kubectl_program},
 };
 use k8s_openapi::api::{admissionregistration::v1::ValidatingWebhookConfiguration, apps::v1::Deployment};

@@ -1,23 +1,26 @@
 //! The local environment the project is developed and tested against, with real components
-//! only: kube-apiserver and kube-controller-manager v1.20.2 (built once from Debian's source
-//! package, see `build-kube.sh`), etcd, and NetworkManager nodes, each in its own network
-//! namespace with its own dbus-daemon, cabled to a switch namespace running dnsmasq.
+//! only: a control plane (kube-apiserver, kube-controller-manager, etcd) of the current
+//! Kubernetes built from its Go modules or of v1.20.2 built from Debian's source package, and
+//! NetworkManager nodes, each in its own network namespace with its own dbus-daemon, cabled to a
+//! switch namespace running dnsmasq.
 //!
 //! One directory holds one environment (default `target/localenv`, or `NMSTATE_LOCALENV_DIR`).
-//! `make cluster-up`/`cluster-down` and the integration tests drive it through this crate.
+//! `make cluster-up`/`cluster-down`, `make demo` and the integration tests drive it through this
+//! crate; its binary is `localenv`.
 
-pub mod control_plane;
+/// `make demo`: the whole product on this machine, and a tour of example policies.
 pub mod demo;
+/// The environment: control plane, switch, nodes, and the daemons and namespaces they run in.
+mod environment;
 mod error;
-pub mod fabric;
+/// The kubelet's part, played without a kubelet: what a pod's container runs, and the pods of a
+/// namespace run as processes.
 pub mod kubelet;
-mod netns;
-pub mod node;
-mod pki;
-pub mod pods;
-pub mod process;
-pub mod release;
+/// What integration tests share: the shared environment, sandbox nodes, kubectl, waiting.
 pub mod testing;
+
+pub use environment::{control_plane, daemon, fabric, node, release};
+use environment::{netns, pki};
 
 pub use control_plane::{ControlPlane, Endpoints};
 pub use error::{LocalEnvError, Result};
@@ -123,7 +126,7 @@ impl LocalEnv {
     fn stop_everything(&self) -> Result<()> {
         // What runs inside the nodes goes before the nodes: the kubelet stand-in, then its pods.
         demo::stop_kubelet(self);
-        pods::Pods::stop_all(self);
+        kubelet::pods::Pods::stop_all(self);
         for node in self.nodes() {
             node.stop()?;
         }
@@ -260,7 +263,7 @@ fn lock_file(dir: &Path) -> Result<Flock<File>> {
     })
 }
 
-/// The workspace root (this crate lives in `config/local`).
+/// The workspace root (this crate lives in `config/localenv`).
 pub fn workspace_dir() -> PathBuf {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     crate_dir.ancestors().nth(2).unwrap_or(crate_dir).to_path_buf()

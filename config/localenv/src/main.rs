@@ -45,7 +45,7 @@ enum Command {
         /// An environment variable on top of a container's template, CONTAINER:NAME=VALUE
         /// (repeatable).
         #[arg(long = "set")]
-        overrides: Vec<nmstate_localenv::pods::EnvOverride>,
+        overrides: Vec<nmstate_localenv::kubelet::pods::EnvOverride>,
     },
 }
 
@@ -221,7 +221,7 @@ async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError
             overrides,
         } => {
             let bin_dir = bin_dir.unwrap_or_else(nmstate_localenv::demo::default_bin_dir);
-            let pods = nmstate_localenv::pods::Pods::new(env, &namespace, overrides, &bin_dir);
+            let pods = nmstate_localenv::kubelet::pods::Pods::new(env, &namespace, overrides, &bin_dir);
             pods.run_until_stopped(&env.client().await?).await;
         }
         Command::Node {

@@ -1,6 +1,6 @@
 //! Which Kubernetes a local environment runs: the current release, built from the Go module
 //! proxy by `config/kube/build.sh` (the version `config/kube/go.mod` pins), or the oldest
-//! supported one, v1.20.2 built from Debian's source package by `config/local/build-kube.sh`.
+//! supported one, v1.20.2 built from Debian's source package by `config/localenv/scripts/build-kube.sh`.
 //! Chosen by `NMSTATE_KUBE_RELEASE` (`current` or `oldest`); each has its binaries, its etcd and
 //! the flags its components take.
 

@@ -41,7 +41,7 @@ pub enum LocalEnvError {
     #[error("Kubernetes client: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
-    Kubelet(#[from] crate::kubelet::KubeletError),
+    Kubelet(#[from] crate::kubelet::container::KubeletError),
     #[error("kubeconfig {path}: {source}")]
     Kubeconfig {
         path: PathBuf,

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use nix::{sys::signal, unistd::Pid};
-use nmstate_localenv::{LocalEnv, process::is_running};
+use nmstate_localenv::{LocalEnv, daemon::is_running};
 use std::collections::BTreeMap;
 
 fn pids(env: &LocalEnv) -> Vec<(String, u32)> {
