@@ -4,56 +4,86 @@
 
 use prometheus_client::{
     collector::Collector,
-    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
-        family::Family,
+        family::{Family, MetricConstructor},
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
 };
 use std::{sync::Arc, time::Duration};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReconcileLabels {
-    controller: &'static str,
-    result: &'static str,
+/// How many times each subject (a controller, a webhook) ended with each result, and how long
+/// it took: a counter `{<label>, result}` and a histogram `{<label>}`.
+pub struct Outcomes {
+    label: &'static str,
+    counts: Family<[(&'static str, &'static str); 2], Counter>,
+    durations: Family<[(&'static str, &'static str); 1], Histogram, Buckets>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ControllerLabels {
-    controller: &'static str,
+/// Makes each subject's histogram, with the same upper bounds.
+#[derive(Clone)]
+struct Buckets(Vec<f64>);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
 }
 
-/// The registry, and handles to record reconciles.
+impl Outcomes {
+    /// Registers both series in `registry`, each as (name, help); `buckets` are the histogram's
+    /// upper bounds.
+    pub fn register(
+        registry: &mut Registry,
+        (name, help): (&str, &str),
+        (duration_name, duration_help, buckets): (&str, &str, Vec<f64>),
+        label: &'static str,
+    ) -> Self {
+        let counts = Family::default();
+        registry.register(name, help, counts.clone());
+        let durations = Family::new_with_constructor(Buckets(buckets));
+        registry.register(duration_name, duration_help, durations.clone());
+        Outcomes {
+            label,
+            counts,
+            durations,
+        }
+    }
+
+    pub fn record(&self, subject: &'static str, result: &'static str, took: Duration) {
+        self.counts
+            .get_or_create(&[(self.label, subject), ("result", result)])
+            .inc();
+        self.durations
+            .get_or_create(&[(self.label, subject)])
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// The registry, and the reconciles of each controller.
 pub struct Metrics {
     registry: Registry,
-    reconciles: Family<ReconcileLabels, Counter>,
-    durations: Family<ControllerLabels, Histogram>,
+    reconciles: Outcomes,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let reconciles = Family::<ReconcileLabels, Counter>::default();
-        registry.register(
-            "kubernetes_nmstate_reconcile",
-            "Reconciles per controller and result",
-            reconciles.clone(),
+        let reconciles = Outcomes::register(
+            &mut registry,
+            (
+                "kubernetes_nmstate_reconcile",
+                "Reconciles per controller and result",
+            ),
+            (
+                "kubernetes_nmstate_reconcile_duration_seconds",
+                "How long reconciles take, per controller",
+                exponential_buckets(0.001, 2.0, 14).collect(),
+            ),
+            "controller",
         );
-        let durations = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 14))
-        });
-        registry.register(
-            "kubernetes_nmstate_reconcile_duration_seconds",
-            "How long reconciles take, per controller",
-            durations.clone(),
-        );
-        Metrics {
-            registry,
-            reconciles,
-            durations,
-        }
+        Metrics { registry, reconciles }
     }
 }
 
@@ -66,12 +96,7 @@ impl Metrics {
 
     pub fn record_reconcile(&self, controller: &'static str, succeeded: bool, took: Duration) {
         let result = if succeeded { "success" } else { "error" };
-        self.reconciles
-            .get_or_create(&ReconcileLabels { controller, result })
-            .inc();
-        self.durations
-            .get_or_create(&ControllerLabels { controller })
-            .observe(took.as_secs_f64());
+        self.reconciles.record(controller, result, took);
     }
 
     /// The OpenMetrics text exposition.
