@@ -110,11 +110,8 @@ pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'
     conditions.iter().find(|condition| condition.type_ == type_)
 }
 
-/// Writes `update` into `conditions` as upstream does: a missing type is appended; an existing
-/// one takes the new status, reason, message and generation, keeps its `lastTransitionTime`
-/// unless the status changed, and always gets `lastHeartbeatTime = now`.
-/// `current` updated to `wanted`, or `None` when nothing but the times would change (so an
-/// object whose state stays put is not rewritten).
+/// `current` updated to `wanted` ([`set_condition`] each), or `None` when nothing but the times
+/// would change (so an object whose state stays put is not rewritten).
 pub fn updated_conditions(
     current: &[Condition],
     wanted: Vec<Condition>,
@@ -138,6 +135,9 @@ pub fn updated_conditions(
     Some(conditions)
 }
 
+/// Writes `update` into `conditions` as upstream does: a missing type is appended; an existing
+/// one takes the new status, reason, message and generation, keeps its `lastTransitionTime`
+/// unless the status changed, and always gets `lastHeartbeatTime = now`.
 pub fn set_condition(conditions: &mut Vec<Condition>, update: Condition, now: &Time) {
     match conditions
         .iter_mut()

@@ -4,14 +4,23 @@
 //! Types only, no I/O. Field names, defaults, condition types, reasons and label keys are wire
 //! compatible with upstream kubernetes-nmstate, so its manifests apply unchanged.
 
+/// Conditions as upstream writes them, and the wire strings of their types and reasons.
 pub mod condition;
+/// The CRDs, as each server version takes them (CEL rules from 1.25).
 pub mod crd;
+/// An nmstate state inside a resource (`desiredState`, `currentState`).
 pub mod document;
+/// NodeNetworkConfigurationEnactment (`nnce`): one per node and policy.
 pub mod enactment;
+/// Label and annotation keys on the wire.
 pub mod labels;
+/// The names each program writes under: field managers, Leases, reporters.
 pub mod names;
+/// NMState: the operator's singleton.
 pub mod nmstate;
+/// NodeNetworkConfigurationPolicy (`nncp`), and which nodes it selects.
 pub mod policy;
+/// NodeNetworkState (`nns`): a node's current network state.
 pub mod state;
 
 #[cfg(test)]
