@@ -266,5 +266,4 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
 }
 
 #[cfg(test)]
-#[path = "render_tests.rs"]
 mod tests;
