@@ -1,7 +1,10 @@
 //! `localenv`: start and stop the local control plane and sandbox NetworkManager nodes.
 
 use clap::{Parser, Subcommand};
-use nmstate_localenv::{LocalEnv, LocalEnvError};
+use nmstate_localenv::{
+    LocalEnv, LocalEnvError,
+    control_plane::{Part, Stop},
+};
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 #[derive(Parser)]
@@ -71,6 +74,25 @@ enum ClusterAction {
     Status,
     /// Print `export KUBECONFIG=...` for the running control plane.
     Env,
+    /// Stop one part of the control plane, keeping its data and ports.
+    Stop {
+        part: Part,
+        /// SIGKILL at once, as a crash (default: SIGTERM, then SIGKILL after 10 s)
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Start a stopped part of the control plane again, in place.
+    Start { part: Part },
+    /// Stop a part, wait, and start it again in place.
+    Restart {
+        part: Part,
+        /// SIGKILL at once, as a crash
+        #[arg(long)]
+        kill: bool,
+        /// How long it stays down
+        #[arg(long, default_value_t = 0)]
+        down_seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +145,10 @@ async fn main() -> ExitCode {
     }
 }
 
+fn stop_how(kill: bool) -> Stop {
+    if kill { Stop::Kill } else { Stop::Graceful }
+}
+
 async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError> {
     match command {
         Command::Cluster {
@@ -155,6 +181,25 @@ async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError
         } => {
             env.client().await?;
             println!("export KUBECONFIG={}", env.kubeconfig().display());
+        }
+        Command::Cluster {
+            action: ClusterAction::Stop { part, kill },
+        } => env.control_plane().stop_part(part, stop_how(kill)),
+        Command::Cluster {
+            action: ClusterAction::Start { part },
+        } => env.control_plane().start_part(part).await?,
+        Command::Cluster {
+            action:
+                ClusterAction::Restart {
+                    part,
+                    kill,
+                    down_seconds,
+                },
+        } => {
+            let control_plane = env.control_plane();
+            control_plane.stop_part(part, stop_how(kill));
+            tokio::time::sleep(std::time::Duration::from_secs(down_seconds)).await;
+            control_plane.start_part(part).await?;
         }
         Command::Cluster {
             action: ClusterAction::Status,

@@ -26,10 +26,37 @@ pub const NODE_API_PORT: u16 = 6443;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// A process of the control plane that can be stopped and started again in place: same
+/// binary, flags, ports, certificates and data, as a crash and a restart by a supervisor would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Etcd,
+    #[value(name = "kube-apiserver")]
+    ApiServer,
+    #[value(name = "kube-controller-manager")]
+    ControllerManager,
+}
+
+/// How a part is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM, then SIGKILL after a grace period.
+    Graceful,
+    /// SIGKILL at once.
+    Kill,
+}
+
 /// The control plane of one local environment directory.
 #[derive(Clone, Debug)]
 pub struct ControlPlane {
     dir: PathBuf,
+}
+
+/// The ports a control plane was started on, kept for restarts in place.
+struct Ports {
+    etcd: u16,
+    apiserver: u16,
+    etcd_peer: u16,
 }
 
 /// What a started control plane exposes.
@@ -73,6 +100,68 @@ impl ControlPlane {
         self.dir.join("api.sock")
     }
 
+    fn daemon(&self, part: Part) -> Daemon {
+        let [etcd, apiserver, controller_manager, _] = self.daemons();
+        match part {
+            Part::Etcd => etcd,
+            Part::ApiServer => apiserver,
+            Part::ControllerManager => controller_manager,
+        }
+    }
+
+    /// Stops one part and keeps its data, so [`ControlPlane::start_part`] can start it again.
+    pub fn stop_part(&self, part: Part, how: Stop) {
+        let daemon = self.daemon(part);
+        match how {
+            Stop::Graceful => daemon.stop(STOP_GRACE),
+            Stop::Kill => daemon.kill(),
+        }
+    }
+
+    /// Starts a part stopped by [`ControlPlane::stop_part`] (or dead) again, in place; for the
+    /// API server, waits until it is ready. A part that runs is left alone.
+    pub async fn start_part(&self, part: Part) -> Result<()> {
+        let daemon = self.daemon(part);
+        if daemon.running_pid().is_some() {
+            return Ok(());
+        }
+        let (Some(release), Some(ports)) = (self.release(), self.ports()) else {
+            return Err(LocalEnvError::ClusterDown {
+                dir: self.dir.clone(),
+            });
+        };
+        match part {
+            Part::Etcd => {
+                daemon.spawn(self.etcd_command(&release.etcd(), ports.etcd, ports.etcd_peer))?;
+            }
+            Part::ApiServer => {
+                daemon.spawn(self.apiserver_command(release, ports.etcd, ports.apiserver)?)?;
+                let client = crate::client_from(&self.kubeconfig()).await?;
+                wait_until(&daemon, "kube-apiserver /readyz", READY_TIMEOUT, || {
+                    let client = client.clone();
+                    async move { readyz(&client).await }
+                })
+                .await?;
+            }
+            Part::ControllerManager => {
+                daemon.spawn(self.controller_manager_command(release))?;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        daemon.check_running()?;
+        Ok(())
+    }
+
+    fn ports(&self) -> Option<Ports> {
+        let ports = std::fs::read_to_string(self.dir.join("ports")).ok()?;
+        let mut values = ports.split_whitespace().map(|value| value.parse::<u16>().ok());
+        Some(Ports {
+            etcd: values.next()??,
+            apiserver: values.next()??,
+            etcd_peer: values.next()??,
+        })
+    }
+
     fn daemons(&self) -> [Daemon; 4] {
         [
             Daemon::new("etcd", "etcd", &self.dir),
@@ -101,12 +190,10 @@ impl ControlPlane {
     }
 
     pub fn endpoints(&self) -> Option<Endpoints> {
-        let ports = std::fs::read_to_string(self.dir.join("ports")).ok()?;
-        let mut values = ports.split_whitespace().map(|value| value.parse::<u16>().ok());
-        let (etcd_port, apiserver_port) = (values.next()??, values.next()??);
+        let ports = self.ports()?;
         Some(Endpoints {
-            apiserver_port,
-            etcd_port,
+            apiserver_port: ports.apiserver,
+            etcd_port: ports.etcd,
             kubeconfig: self.kubeconfig(),
             startup: None,
         })
@@ -166,7 +253,7 @@ impl ControlPlane {
         let etcd_port = free_port()?;
         let etcd_peer_port = free_port()?;
         let apiserver_port = free_port()?;
-        let ports = format!("{etcd_port} {apiserver_port}\n");
+        let ports = format!("{etcd_port} {apiserver_port} {etcd_peer_port}\n");
         std::fs::write(self.dir.join("ports"), ports)
             .map_err(LocalEnvError::io("write", self.dir.join("ports")))?;
         std::fs::write(self.dir.join("release"), release.name())

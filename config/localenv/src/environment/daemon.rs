@@ -85,6 +85,15 @@ impl Daemon {
     /// socats); removes the pid file. Does nothing when the pid file is missing or names
     /// another program.
     pub fn stop(&self, grace: Duration) {
+        self.signal_and_wait(grace);
+    }
+
+    /// Kills the process group at once (SIGKILL), as a crash would; removes the pid file.
+    pub fn kill(&self) {
+        self.signal_and_wait(Duration::ZERO);
+    }
+
+    fn signal_and_wait(&self, grace: Duration) {
         if let Some(pid) = self.running_pid() {
             let target = Pid::from_raw(pid as i32);
             // Signalled while the leader runs, so the group id cannot belong to anyone else.
@@ -93,13 +102,17 @@ impl Daemon {
                     let _ = signal::kill(target, signal);
                 }
             };
-            signal_all(signal::Signal::SIGTERM);
+            if !grace.is_zero() {
+                signal_all(signal::Signal::SIGTERM);
+            }
             let deadline = Instant::now() + grace;
             while is_running(pid, &self.executable) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if is_running(pid, &self.executable) {
-                tracing::warn!(daemon = %self.name, pid, "did not stop on SIGTERM, sending SIGKILL");
+                if !grace.is_zero() {
+                    tracing::warn!(daemon = %self.name, pid, "did not stop on SIGTERM, sending SIGKILL");
+                }
                 signal_all(signal::Signal::SIGKILL);
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while is_running(pid, &self.executable) && Instant::now() < deadline {
