@@ -28,6 +28,7 @@ use nmstate_api::{
     state::{NodeNetworkStateFields, NodeStateConditionReason, NodeStateConditionType},
 };
 use nmstate_runtime::kube_errors::is_conflict;
+use nmstate_runtime::watch::WatchBackoff;
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, future::Future, time::Duration};
 use tokio::{
@@ -262,7 +263,7 @@ pub async fn run(
     let mut signals = network_manager::change_signals(None).await?;
     let config = watcher::Config::default().fields(&format!("metadata.name={}", reporter.node_name));
     let mut deletions = watcher(reporter.api.clone(), config)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .try_filter_map(|event| async move { Ok(matches!(event, watcher::Event::Delete(_)).then_some(())) })
         .boxed();
     let mut periodic = tokio::time::interval_at(Instant::now() + PERIODIC_REFRESH, PERIODIC_REFRESH);

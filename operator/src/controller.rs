@@ -26,6 +26,7 @@ use kube::{
 use nmstate_api::{NMState, condition::updated_conditions};
 use nmstate_runtime::events::Events;
 use nmstate_runtime::kube_errors::is_not_found;
+use nmstate_runtime::watch::WatchBackoff;
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
 use tracing::{info, warn};
@@ -90,6 +91,7 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
     // Only what the operator applied: objects carrying its label.
     let ours = || watcher::Config::default().labels(OWNER_LABEL);
     Controller::new(Api::<NMState>::all(client.clone()), watcher::Config::default())
+        .trigger_backoff(WatchBackoff::default())
         .watches(Api::<DaemonSet>::all(client.clone()), ours(), owner_of)
         .watches(Api::<Deployment>::all(client.clone()), ours(), owner_of)
         .watches(Api::<Service>::all(client.clone()), ours(), owner_of)

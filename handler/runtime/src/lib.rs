@@ -15,3 +15,5 @@ pub mod leases;
 pub mod metrics;
 /// Start-up and shutdown: logging, the API client, SIGTERM, the exit code.
 pub mod process;
+/// The backoff of every watch: back within seconds of the API server.
+pub mod watch;

@@ -31,11 +31,14 @@ use kube::{
         Controller,
         controller::{Action, Config as ControllerConfig},
         reflector::ObjectRef,
-        watcher,
+        watcher::{self, watcher},
     },
 };
 use nmstate_api::{NodeNetworkConfigurationPolicy, labels};
-use nmstate_runtime::events::Events;
+use nmstate_runtime::{
+    events::Events,
+    watch::{self, WatchBackoff},
+};
 use objects::remove_enactments_of_deleted_policies;
 use reconcile::reconcile;
 use std::{
@@ -127,16 +130,16 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
     let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(context.client.clone());
     let node_name = context.config.node_name.clone();
     let controller = Controller::new(policies.clone(), watcher::Config::default())
-        .with_config(ControllerConfig::default().concurrency(1));
+        .with_config(ControllerConfig::default().concurrency(1))
+        .trigger_backoff(WatchBackoff::default());
     let store = controller.store();
     // A change of this node's labels re-evaluates every policy; other Node updates (status
     // heartbeats) do not.
     let last_labels: Mutex<Option<BTreeMap<String, String>>> = Mutex::new(None);
     let node_changes = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-    let controller = controller.watches(
-        Api::<Node>::all(context.client.clone()),
-        node_changes,
-        move |node: Node| {
+    let node_events = watcher(Api::<Node>::all(context.client.clone()), node_changes);
+    let controller =
+        controller.watches_stream(watch::touched("this node", node_events), move |node: Node| {
             let labels = node.labels().clone();
             let changed = match last_labels.lock() {
                 Ok(mut last) => last.replace(labels.clone()).as_ref() != Some(&labels),
@@ -152,15 +155,14 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
                 Vec::new()
             };
             policies
-        },
-    );
+        });
 
     // A slot freed in a policy's rollout wakes the nodes waiting for one.
     let slots =
         watcher::Config::default().labels(&format!("{}={}", labels::LEASE, labels::LEASE_ROLLOUT_SLOT));
-    let controller = controller.watches(
-        Api::<Lease>::namespaced(context.client.clone(), context.config.lease_namespace()),
-        slots,
+    let leases = Api::<Lease>::namespaced(context.client.clone(), context.config.lease_namespace());
+    let controller = controller.watches_stream(
+        watch::touched("rollout slots", watcher(leases, slots)),
         |lease: Lease| {
             lease
                 .labels()

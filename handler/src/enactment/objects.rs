@@ -11,6 +11,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
     jiff::Timestamp,
 };
+use kube::runtime::WatchStreamExt;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -26,8 +27,9 @@ use nmstate_api::{
     labels,
 };
 use nmstate_runtime::kube_errors::{is_conflict, is_not_found};
+use nmstate_runtime::watch::WatchBackoff;
 use serde_json::json;
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::enactment::EnactmentError;
@@ -133,7 +135,9 @@ pub async fn remove_enactments_of_deleted_policies(context: Arc<Context>) {
         }
         Err(error) => warn!("cannot list this node's enactments: {error}"),
     }
-    let mut deletions = watcher(policies, watcher::Config::default()).boxed();
+    let mut deletions = watcher(policies, watcher::Config::default())
+        .backoff(WatchBackoff::default())
+        .boxed();
     while let Some(event) = deletions.next().await {
         match event {
             Ok(watcher::Event::Delete(policy)) => {
@@ -149,10 +153,7 @@ pub async fn remove_enactments_of_deleted_policies(context: Arc<Context>) {
                 }
             }
             Ok(_) => {}
-            Err(error) => {
-                warn!("watching policies for deletions: {error}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            Err(error) => warn!("watching policies for deletions: {error}"),
         }
     }
 }

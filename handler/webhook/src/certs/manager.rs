@@ -22,6 +22,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use nmstate_api::labels;
+use nmstate_runtime::watch::WatchBackoff;
 use serde::de::DeserializeOwned;
 use std::{collections::BTreeMap, fmt::Debug, time::Duration, time::SystemTime};
 use tracing::{info, warn};
@@ -317,7 +318,7 @@ pub fn changes(client: &Client, settings: &CertSettings) -> BoxStream<'static, (
     {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         watcher(api, config)
-            .default_backoff()
+            .backoff(WatchBackoff::default())
             .touched_objects()
             .map(|_| ())
             .boxed()
