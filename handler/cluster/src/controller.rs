@@ -34,13 +34,18 @@ use nmstate_api::{
 };
 use nmstate_runtime::{
     election::{self, Election},
-    heartbeat, leases,
+    heartbeat::{self, Sight},
+    leases,
+    watch::{self, WatchBackoff},
 };
 use serde_json::json;
 use std::{
     collections::BTreeMap,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 use tracing::{info, warn};
@@ -78,7 +83,42 @@ struct Context {
     nodes: Store<Node>,
     enactments: Store<NodeNetworkConfigurationEnactment>,
     heartbeats: Store<Lease>,
+    /// Whether the nodes, enactments and heartbeats have each been listed once.
+    listed: [Arc<AtomicBool>; 3],
+    sight: Arc<HeartbeatSight>,
     metrics: Arc<ClusterMetrics>,
+}
+
+/// What the heartbeat watch has seen, updated from its events.
+#[derive(Default)]
+struct HeartbeatSight {
+    sight: Mutex<Option<Timestamp>>,
+    regained: AtomicBool,
+}
+
+impl HeartbeatSight {
+    fn observe(&self, event: &Result<watcher::Event<Lease>, watcher::Error>) {
+        let Ok(mut since) = self.sight.lock() else { return };
+        match event {
+            Err(_) => *since = None,
+            Ok(_) if since.is_none() => {
+                *since = Some(Timestamp::now());
+                self.regained.store(true, Ordering::SeqCst);
+            }
+            Ok(_) => {}
+        }
+    }
+
+    fn get(&self) -> Sight {
+        match self.sight.lock().ok().and_then(|since| *since) {
+            Some(since) => Sight::Since(since),
+            None => Sight::Lost,
+        }
+    }
+
+    fn take_regained(&self) -> bool {
+        self.regained.swap(false, Ordering::SeqCst)
+    }
 }
 
 /// Runs for as long as `shutdown` does not complete: waits to lead, then writes statuses
@@ -99,8 +139,11 @@ pub async fn run(
 
 /// Watches what policy statuses depend on, and keeps them up to date.
 async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics>) {
+    let listed: [Arc<AtomicBool>; 3] = Default::default();
     let (nodes, node_stream) = cached(
+        "nodes",
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .inspect(mark_listed(&listed[0]))
             // Only labels and conditions matter: drop the rest of each Node from the cache.
             .modify(|node| {
                 node.managed_fields_mut().clear();
@@ -114,24 +157,41 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
                 }
             }),
     );
-    let (enactments, enactment_stream) = cached(watcher(
-        Api::<NodeNetworkConfigurationEnactment>::all(client.clone()),
-        watcher::Config::default(),
-    ));
-    let (heartbeats, heartbeat_stream) = cached(watcher(
-        Api::<Lease>::namespaced(client.clone(), &settings.namespace),
-        watcher::Config::default().labels(&heartbeat::selector()),
-    ));
-    let (states, state_stream) = cached(watcher(
-        Api::<NodeNetworkState>::all(client.clone()),
-        watcher::Config::default(),
-    ));
+    let (enactments, enactment_stream) = cached(
+        "enactments",
+        watcher(
+            Api::<NodeNetworkConfigurationEnactment>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .inspect(mark_listed(&listed[1])),
+    );
+    // What this replica has seen of the heartbeats: while the watch is down, or for one lease
+    // after it is back, a heartbeat it has not seen renewed does not make a node drop out.
+    let sight = Arc::new(HeartbeatSight::default());
+    let seen = sight.clone();
+    let (heartbeats, heartbeat_stream) = cached(
+        "heartbeats",
+        watcher(
+            Api::<Lease>::namespaced(client.clone(), &settings.namespace),
+            watcher::Config::default().labels(&heartbeat::selector()),
+        )
+        .inspect(mark_listed(&listed[2]))
+        .inspect(move |event| seen.observe(event)),
+    );
+    let (states, state_stream) = cached(
+        "node states",
+        watcher(
+            Api::<NodeNetworkState>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    );
     let state_stream = state_stream.for_each(|_| futures::future::ready(()));
 
     let controller = Controller::new(
         Api::<NodeNetworkConfigurationPolicy>::all(client.clone()),
         watcher::Config::default(),
-    );
+    )
+    .trigger_backoff(WatchBackoff::default());
     let policies = controller.store();
     metrics.set_sources(Some(Sources {
         policies: policies.clone(),
@@ -154,6 +214,7 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
     let holders: Mutex<BTreeMap<String, Option<String>>> = Mutex::default();
     let all_for_heartbeat = every_policy(policies.clone());
     let heartbeat_store = heartbeats.clone();
+    let regained = sight.clone();
     let controller = controller
         .watches_stream(
             enactment_stream,
@@ -181,13 +242,20 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
             let changed = holders.lock().map_or(true, |mut all| {
                 all.insert(lease.name_any(), holder.clone()) != Some(holder)
             });
-            if changed { all_for_heartbeat() } else { Vec::new() }
+            // Seeing again: every status is evaluated at once, and again one lease later.
+            if changed || regained.take_regained() {
+                all_for_heartbeat()
+            } else {
+                Vec::new()
+            }
         });
     let context = Arc::new(Context {
         client: client.clone(),
         nodes,
         enactments,
         heartbeats,
+        listed,
+        sight,
         metrics: metrics.clone(),
     });
     let statuses = controller
@@ -200,9 +268,20 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
     futures::future::join(statuses, state_stream).await;
 }
 
+/// Marks `listed` once the watch has listed everything.
+fn mark_listed<K>(listed: &Arc<AtomicBool>) -> impl Fn(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
+    let listed = listed.clone();
+    move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            listed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// A cache of what `events` watches, and the stream of the objects it touches, which keeps the
 /// cache filled while it is polled.
 fn cached<K>(
+    what: &'static str,
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 ) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
 where
@@ -210,10 +289,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    let touched = reflector::reflector(writer, events)
-        .default_backoff()
-        .touched_objects();
-    (store, touched)
+    (store, watch::touched(what, reflector::reflector(writer, events)))
 }
 
 /// What a policy status needs of a node: its labels and whether it is Ready.
@@ -245,11 +321,18 @@ async fn write_status(
     policy: &NodeNetworkConfigurationPolicy,
     context: &Context,
 ) -> Result<Action, ClusterError> {
+    // Nothing is evaluated from a cache that has not listed yet (a new leader's first events
+    // would otherwise count no node at all). Not `Store::wait_until_ready`: its one-shot wakes
+    // one waiter, and reconciles of several policies wait at once.
+    if !context.listed.iter().all(|listed| listed.load(Ordering::SeqCst)) {
+        return Ok(Action::requeue(Duration::from_millis(250)));
+    }
     let name = policy.name_any();
     let generation = policy.metadata.generation.unwrap_or_default();
     let now = Timestamp::now();
     let heartbeats = context.heartbeats.state();
-    let live = heartbeat::live_nodes(heartbeats.iter().map(|lease| &**lease), now);
+    let sight = context.sight.get();
+    let live = heartbeat::live_nodes_seen(heartbeats.iter().map(|lease| &**lease), now, sight);
     let selector = policy.spec.node_selector.as_ref();
     let nodes: Vec<NodeView> = context
         .nodes
@@ -290,14 +373,16 @@ async fn write_status(
             )
             .await?;
     }
-    // A handler that stops renewing its heartbeat drops out of the count when it expires.
+    // A handler that stops renewing its heartbeat drops out of the count when it expires (or,
+    // after this replica could not see, one lease after it sees again).
     let next_expiry = heartbeats
         .iter()
         .filter(|lease| {
-            leases::live_holder(lease, now)
-                .is_some_and(|node| nodes.iter().any(|view| view.name == node && view.selected))
+            leases::holder(lease).is_some_and(|node| {
+                live.contains(node) && nodes.iter().any(|view| view.name == node && view.selected)
+            })
         })
-        .filter_map(|lease| leases::expiry(lease))
+        .filter_map(|lease| heartbeat::live_until(lease, sight))
         .min();
     Ok(match next_expiry {
         Some(expiry) => {

@@ -5,7 +5,10 @@
 //! renewing, and its node drops out once the lease expires.
 
 use crate::leases;
-use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
+use k8s_openapi::{
+    api::coordination::v1::Lease,
+    jiff::{SignedDuration, Timestamp},
+};
 use kube::{Api, api::ListParams};
 use nmstate_api::{labels, names};
 use std::collections::BTreeSet;
@@ -25,6 +28,49 @@ pub fn live_nodes<'a>(heartbeats: impl IntoIterator<Item = &'a Lease>, now: Time
     heartbeats
         .into_iter()
         .filter_map(|lease| leases::live_holder(lease, now))
+        .map(str::to_string)
+        .collect()
+}
+
+/// How much a watcher of the heartbeats has seen: an outage of the API server (or of the
+/// watcher's connection) is an outage of the observer, not of the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sight {
+    /// The watch is down, or has not listed yet: the cache may miss any renewal.
+    Lost,
+    /// Watching without an error since this instant.
+    Since(Timestamp),
+}
+
+/// When `lease`'s holder stops counting as live for an observer with `sight`: its expiry, but
+/// not before one lease duration after the observer saw again, so a handler that could not
+/// renew while the API server was away gets a full lease to show up. `None`: it counts as long
+/// as the observer is blind.
+pub fn live_until(lease: &Lease, sight: Sight) -> Option<Timestamp> {
+    let expiry = leases::expiry(lease)?;
+    match sight {
+        Sight::Lost => None,
+        Sight::Since(since) => {
+            let duration = lease.spec.as_ref()?.lease_duration_seconds.unwrap_or(0);
+            let grace = since
+                .checked_add(SignedDuration::from_secs(i64::from(duration)))
+                .unwrap_or(since);
+            Some(expiry.max(grace))
+        }
+    }
+}
+
+/// The nodes whose handler counts as live at `now` for an observer with `sight`.
+pub fn live_nodes_seen<'a>(
+    heartbeats: impl IntoIterator<Item = &'a Lease>,
+    now: Timestamp,
+    sight: Sight,
+) -> BTreeSet<String> {
+    heartbeats
+        .into_iter()
+        .filter(|lease| leases::expiry(lease).is_some())
+        .filter(|lease| live_until(lease, sight).is_none_or(|until| until > now))
+        .filter_map(leases::holder)
         .map(str::to_string)
         .collect()
 }
@@ -58,5 +104,44 @@ mod tests {
             live_nodes(&heartbeats, now),
             BTreeSet::from(["node01".to_string(), "node03".to_string()])
         );
+    }
+
+    #[test]
+    fn an_observer_that_could_not_see_gives_every_holder_a_lease_to_show_up() {
+        let at = |second| Timestamp::from_second(second).unwrap();
+        let beat = |node: &str, renewed: i64| {
+            leases::held_by(
+                &lease_name(node),
+                BTreeMap::new(),
+                node,
+                Duration::from_secs(30),
+                at(renewed),
+            )
+        };
+        // node01 renewed after the observer saw again; node02's lease expired at 990 (before
+        // the API server came back, say); node03's at 1_050.
+        let heartbeats = [beat("node01", 1_005), beat("node02", 960), beat("node03", 1_020)];
+        let nodes = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<BTreeSet<_>>();
+        // (now, sight, live)
+        let cases = [
+            (1_010, Sight::Lost, nodes(&["node01", "node02", "node03"])),
+            (
+                1_010,
+                Sight::Since(at(1_000)),
+                nodes(&["node01", "node02", "node03"]),
+            ),
+            (1_031, Sight::Since(at(1_000)), nodes(&["node01", "node03"])),
+            (1_010, Sight::Since(at(900)), nodes(&["node01", "node03"])),
+            (1_040, Sight::Since(at(1_000)), nodes(&["node03"])),
+            (1_051, Sight::Since(at(1_000)), nodes(&[])),
+        ];
+        for (index, (now, sight, live)) in cases.into_iter().enumerate() {
+            assert_eq!(live_nodes_seen(&heartbeats, at(now), sight), live, "case {index}");
+        }
+        assert_eq!(
+            live_until(&heartbeats[1], Sight::Since(at(1_000))),
+            Some(at(1_030))
+        );
+        assert_eq!(live_until(&heartbeats[1], Sight::Lost), None);
     }
 }

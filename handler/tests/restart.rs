@@ -1,0 +1,140 @@
+//! The API server killed mid-rollout and started again in place, on the same etcd: the nodes
+//! carry on, and the policy's status follows their enactments within seconds of the restart,
+//! never saying in between what the enactments contradict (issue: "Ignored: Policy does not
+//! match any node" for three minutes while every node was Available).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+#[path = "rollout/fixture.rs"]
+mod fixture;
+
+use fixture::{Fixture, Recorder, SERIAL, bridge};
+use kube::api::ListParams;
+use nmstate_api::{condition::find_condition, labels};
+use nmstate_localenv::{
+    control_plane::{Part, Stop},
+    testing::{eventually, free_port},
+};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Longer than the heartbeat Leases (4 s here): when the API server comes back, every
+/// heartbeat it holds has expired, as after any outage longer than the lease duration.
+const DOWN: Duration = Duration::from_secs(10);
+/// From the last enactment Available to the policy saying so, after the restart. The writer's
+/// watches come back within 4 s of the API server (their longest backoff) and then evaluate at
+/// once; the rest is margin for a loaded 2-core machine.
+const BOUND: Duration = Duration::from_secs(5);
+
+/// The statuses the writer wrote for `policy`, in order, from its log (one line per write).
+fn written_statuses(log: &str, policy: &str) -> Vec<String> {
+    let marker = format!(" policy={policy} ");
+    log.lines()
+        .filter(|line| line.contains(&marker) && line.contains("nmstate_cluster::controller: "))
+        .filter_map(|line| line.split("nmstate_cluster::controller: ").nth(1))
+        .filter_map(|rest| rest.split([' ', '(']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// When, polling every 200 ms, every enactment of `policy` was Available, and when the policy
+/// said so.
+async fn times_to_available(fixture: &Fixture, policy: &str, nodes: usize) -> (Instant, Instant) {
+    let selector = ListParams::default().labels(&format!("{}={policy}", labels::POLICY));
+    let (mut enactments_at, started) = (None, Instant::now());
+    loop {
+        let enactments = fixture.enactments().list(&selector).await.map(|list| list.items);
+        let all_available = enactments.is_ok_and(|items| {
+            items.len() == nodes
+                && items.iter().all(|enactment| {
+                    let conditions = enactment
+                        .status
+                        .as_ref()
+                        .map(|s| s.conditions.clone())
+                        .unwrap_or_default();
+                    find_condition(&conditions, "Available").is_some_and(|c| c.is_true())
+                })
+        });
+        if all_available {
+            enactments_at.get_or_insert_with(Instant::now);
+        }
+        let policy_available = fixture
+            .policies()
+            .get_opt(policy)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|p| {
+                let conditions = p.status.map(|s| s.conditions).unwrap_or_default();
+                find_condition(&conditions, "Available")
+                    .is_some_and(|c| c.is_true() && c.message.starts_with(&format!("{nodes}/{nodes} ")))
+            });
+        if policy_available && let Some(enactments_at) = enactments_at {
+            return (enactments_at, Instant::now());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not Available 120 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_api_server_restart_the_policy_status_follows_the_nodes_within_seconds() {
+    let _serial = SERIAL.lock().await;
+    let mut fixture = Fixture::start(3, true).await;
+    let _cluster = fixture.start_cluster("writer", free_port());
+    let name = format!("{}-restart", fixture.namespace);
+    let _recorder = Recorder::start(&fixture.client, &name).await;
+    fixture.create_policy("restart", bridge("br-rst"), json!(1)).await;
+    let selector = ListParams::default().labels(&format!("{}={name}", labels::POLICY));
+    let enactments = fixture.enactments();
+    eventually("a node applying", Duration::from_secs(60), || async {
+        let listed = enactments.list(&selector).await.ok()?;
+        listed
+            .items
+            .iter()
+            .any(|enactment| {
+                let conditions = enactment
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                find_condition(&conditions, "Progressing").is_some_and(|c| c.is_true())
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    let control_plane = fixture.env.control_plane();
+    control_plane.stop_part(Part::ApiServer, Stop::Kill);
+    tokio::time::sleep(DOWN).await;
+    control_plane.start_part(Part::ApiServer).await.unwrap();
+    let restarted = Instant::now();
+    let (enactments_at, policy_at) = times_to_available(&fixture, &name, 3).await;
+
+    let log = std::fs::read_to_string(fixture.log("writer")).unwrap();
+    let written = written_statuses(&log, &name);
+    let seconds = |at: Instant| at.saturating_duration_since(restarted).as_secs_f64();
+    println!(
+        "restart -> every enactment Available: {:.1} s; -> the policy Available: {:.1} s; statuses written: {written:?}",
+        seconds(enactments_at),
+        seconds(policy_at)
+    );
+    // Every node runs a handler and is selected all along: no status may say otherwise.
+    assert!(
+        !written.is_empty() && !written.iter().any(|status| status == "Ignored"),
+        "{written:?}"
+    );
+    let lag = policy_at.saturating_duration_since(enactments_at);
+    assert!(
+        lag <= BOUND,
+        "the policy said Available {:.1} s after its last node (bound {} s); statuses written: {written:?}",
+        lag.as_secs_f64(),
+        BOUND.as_secs()
+    );
+    fixture.clean_up().await;
+}
