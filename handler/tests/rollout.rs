@@ -210,7 +210,7 @@ async fn stall_one_handler(fixture: &mut Fixture, suffix: &str, signal: Signal) 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_killed_or_paused_handler_frees_its_place_and_resumes() {
+async fn a_killed_or_paused_handler_frees_its_slot_and_resumes() {
     let _serial = SERIAL.lock().await;
     let mut fixture = Fixture::start(3, true).await;
     let _cluster = fixture.start_cluster("writer", free_port());
@@ -348,7 +348,7 @@ async fn a_new_status_writer_takes_over_mid_rollout_and_gets_it_right() {
 /// must still work: once a lost failure mark let the slot expire, and a second node applied a
 /// broken policy under `maxUnavailable: 1`.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_place_is_marked_failed_and_released_after_a_renewal_moved_it_on() {
+async fn a_slot_is_marked_failed_and_released_after_a_renewal_moved_it_on() {
     let mut fixture = Fixture::start(0, true).await;
     let name = fixture.create_policy("slot", bridge("br-slot"), json!(1)).await;
     let policy = fixture.policies().get(&name).await.unwrap();
