@@ -10,12 +10,14 @@ mod common;
 mod fixture;
 
 use fixture::{Fixture, Recorder, SERIAL, bridge};
-use kube::api::ListParams;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, api::ListParams};
 use nmstate_api::{condition::find_condition, labels};
 use nmstate_localenv::{
     control_plane::{Part, Stop},
     testing::{eventually, free_port},
 };
+use nmstate_runtime::heartbeat;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -88,6 +90,15 @@ async fn after_an_api_server_restart_the_policy_status_follows_the_nodes_within_
     let _cluster = fixture.start_cluster("writer", free_port());
     let name = format!("{}-restart", fixture.namespace);
     let _recorder = Recorder::start(&fixture.client, &name).await;
+    // Every node runs a handler before the policy comes: from then on, no status may say that
+    // the policy matches no node.
+    let heartbeats: Api<Lease> = Api::namespaced(fixture.client.clone(), &fixture.namespace);
+    let with_heartbeats = ListParams::default().labels(&heartbeat::selector());
+    eventually("three heartbeats", Duration::from_secs(30), || async {
+        (heartbeats.list(&with_heartbeats).await.ok()?.items.len() == 3).then_some(())
+    })
+    .await
+    .unwrap();
     fixture.create_policy("restart", bridge("br-rst"), json!(1)).await;
     let selector = ListParams::default().labels(&format!("{}={name}", labels::POLICY));
     let enactments = fixture.enactments();
