@@ -9,7 +9,7 @@ mod common;
 #[path = "rollout/fixture.rs"]
 mod fixture;
 
-use fixture::{Fixture, Recorder, SERIAL, bridge};
+use fixture::{Fixture, SERIAL, bridge};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, api::ListParams};
 use nmstate_api::{condition::find_condition, labels};
@@ -89,7 +89,6 @@ async fn after_an_api_server_restart_the_policy_status_follows_the_nodes_within_
     let mut fixture = Fixture::start(3, true).await;
     let _cluster = fixture.start_cluster("writer", free_port());
     let name = format!("{}-restart", fixture.namespace);
-    let _recorder = Recorder::start(&fixture.client, &name).await;
     // Every node runs a handler before the policy comes: from then on, no status may say that
     // the policy matches no node.
     let heartbeats: Api<Lease> = Api::namespaced(fixture.client.clone(), &fixture.namespace);

@@ -9,7 +9,7 @@ use crate::{
     metrics::{ClusterMetrics, Sources},
     status::{NodeView, evaluate},
 };
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Node},
     apimachinery::pkg::apis::meta::v1::Time,
@@ -83,8 +83,6 @@ struct Context {
     nodes: Store<Node>,
     enactments: Store<NodeNetworkConfigurationEnactment>,
     heartbeats: Store<Lease>,
-    /// Whether the nodes, enactments and heartbeats have each been listed once.
-    listed: [Arc<AtomicBool>; 3],
     sight: Arc<HeartbeatSight>,
     metrics: Arc<ClusterMetrics>,
 }
@@ -139,11 +137,9 @@ pub async fn run(
 
 /// Watches what policy statuses depend on, and keeps them up to date.
 async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics>) {
-    let listed: [Arc<AtomicBool>; 3] = Default::default();
     let (nodes, node_stream) = cached(
         "nodes",
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-            .inspect(mark_listed(&listed[0]))
             // Only labels and conditions matter: drop the rest of each Node from the cache.
             .modify(|node| {
                 node.managed_fields_mut().clear();
@@ -162,8 +158,7 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
         watcher(
             Api::<NodeNetworkConfigurationEnactment>::all(client.clone()),
             watcher::Config::default(),
-        )
-        .inspect(mark_listed(&listed[1])),
+        ),
     );
     // What this replica has seen of the heartbeats: while the watch is down, or for one lease
     // after it is back, a heartbeat it has not seen renewed does not make a node drop out.
@@ -175,7 +170,6 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
             Api::<Lease>::namespaced(client.clone(), &settings.namespace),
             watcher::Config::default().labels(&heartbeat::selector()),
         )
-        .inspect(mark_listed(&listed[2]))
         .inspect(move |event| seen.observe(event)),
     );
     let (states, state_stream) = cached(
@@ -254,7 +248,6 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
         nodes,
         enactments,
         heartbeats,
-        listed,
         sight,
         metrics: metrics.clone(),
     });
@@ -266,16 +259,6 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
             }
         });
     futures::future::join(statuses, state_stream).await;
-}
-
-/// Marks `listed` once the watch has listed everything.
-fn mark_listed<K>(listed: &Arc<AtomicBool>) -> impl Fn(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
-    let listed = listed.clone();
-    move |event| {
-        if let Ok(watcher::Event::InitDone) = event {
-            listed.store(true, Ordering::SeqCst);
-        }
-    }
 }
 
 /// A cache of what `events` watches, and the stream of the objects it touches, which keeps the
@@ -322,9 +305,14 @@ async fn write_status(
     context: &Context,
 ) -> Result<Action, ClusterError> {
     // Nothing is evaluated from a cache that has not listed yet (a new leader's first events
-    // would otherwise count no node at all). Not `Store::wait_until_ready`: its one-shot wakes
-    // one waiter, and reconciles of several policies wait at once.
-    if !context.listed.iter().all(|listed| listed.load(Ordering::SeqCst)) {
+    // would otherwise count no node at all). Asked, not awaited: `Store::wait_until_ready` is a
+    // one-shot that wakes one waiter, and reconciles of several policies would wait at once.
+    let listed = [
+        context.nodes.wait_until_ready().now_or_never(),
+        context.enactments.wait_until_ready().now_or_never(),
+        context.heartbeats.wait_until_ready().now_or_never(),
+    ];
+    if !listed.iter().all(|ready| matches!(ready, Some(Ok(())))) {
         return Ok(Action::requeue(Duration::from_millis(250)));
     }
     let name = policy.name_any();
