@@ -4,7 +4,8 @@
 //! A refresh reads the state with nmstate, filters it ([`crate::network::filter`]) and writes it
 //! only when it differs from what was last reported, so an idle node causes no API writes.
 //! Refreshes follow NetworkManager's D-Bus signals (a burst is coalesced into one refresh), a
-//! deleted NodeNetworkState is recreated at once, and a periodic refresh is the safety net.
+//! deleted NodeNetworkState is recreated at once, one left by an earlier Node object of the same
+//! name is adopted, and a periodic refresh is the safety net.
 //! After an apply, the enactment asks for a report and waits for it ([`ReportNow`]) before it
 //! says Available, so whoever waited for the policy reads the new state in the
 //! NodeNetworkState.
@@ -141,6 +142,7 @@ impl NodeStateReporter {
             return Ok(false);
         }
         let existing = match self.api.get_opt(&self.node_name).await? {
+            Some(existing) if force => self.adopt(existing).await?,
             Some(existing) => existing,
             None => self.create().await?,
         };
@@ -176,17 +178,40 @@ impl NodeStateReporter {
         Ok(!unchanged)
     }
 
+    /// The Node's UID, which the NodeNetworkState's owner reference must carry.
+    async fn node_uid(&self) -> Result<String, ReportError> {
+        Ok(self
+            .nodes
+            .get(&self.node_name)
+            .await?
+            .metadata
+            .uid
+            .unwrap_or_default())
+    }
+
+    /// Takes over a NodeNetworkState that an earlier Node object of the same name owned (the
+    /// node was deleted and registered again). Left as it is, the garbage collector deletes it
+    /// seconds later, after this handler may have reported into it and an enactment said
+    /// Available: whoever then reads the node state finds none until it is recreated.
+    async fn adopt(&self, existing: NodeNetworkState) -> Result<NodeNetworkState, ReportError> {
+        let uid = self.node_uid().await?;
+        if owned_by(&existing, &uid) {
+            return Ok(existing);
+        }
+        let patch = json!({"metadata": {"ownerReferences": [node_owner(&self.node_name, &uid)]}});
+        let adopted = self
+            .api
+            .patch(&self.node_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        info!(node = %self.node_name, "adopted the NodeNetworkState an earlier Node object of this name owned");
+        Ok(adopted)
+    }
+
     async fn create(&self) -> Result<NodeNetworkState, ReportError> {
-        let node = self.nodes.get(&self.node_name).await?;
+        let uid = self.node_uid().await?;
         let mut object = NodeNetworkState::new(&self.node_name, NodeNetworkStateFields {});
         object.metadata.labels = Some(self.labels.clone()).filter(|labels| !labels.is_empty());
-        object.metadata.owner_references = Some(vec![OwnerReference {
-            api_version: "v1".into(),
-            kind: "Node".into(),
-            name: self.node_name.clone(),
-            uid: node.metadata.uid.unwrap_or_default(),
-            ..OwnerReference::default()
-        }]);
+        object.metadata.owner_references = Some(vec![node_owner(&self.node_name, &uid)]);
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
@@ -197,10 +222,31 @@ impl NodeStateReporter {
                 Ok(created)
             }
             // Created meanwhile (e.g. by a previous handler that is still stopping).
-            Err(error) if is_conflict(&error) => Ok(self.api.get(&self.node_name).await?),
+            Err(error) if is_conflict(&error) => self.adopt(self.api.get(&self.node_name).await?).await,
             Err(error) => Err(error.into()),
         }
     }
+}
+
+/// The owner reference that ties a NodeNetworkState to its Node, so that it goes with it.
+fn node_owner(node_name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node_name.into(),
+        uid: uid.into(),
+        ..OwnerReference::default()
+    }
+}
+
+/// Whether `state` is owned by the Node with `uid` (not by an earlier one of the same name).
+fn owned_by(state: &NodeNetworkState, uid: &str) -> bool {
+    state
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| owner.kind == "Node" && owner.uid == uid)
 }
 
 /// The node state's conditions when no policy is applied on it (`reason` says why): `None`
@@ -327,6 +373,19 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_state_is_owned_only_by_the_node_object_of_its_uid() {
+        let mut state = NodeNetworkState::new("node01", NodeNetworkStateFields {});
+        assert!(!owned_by(&state, "uid-2"), "no owner at all");
+        state.metadata.owner_references = Some(vec![node_owner("node01", "uid-1")]);
+        assert!(owned_by(&state, "uid-1"));
+        assert!(!owned_by(&state, "uid-2"), "an earlier Node of the same name");
+        let mut other_kind = node_owner("node01", "uid-2");
+        other_kind.kind = "Pod".into();
+        state.metadata.owner_references = Some(vec![other_kind]);
+        assert!(!owned_by(&state, "uid-2"), "a UID alone is not a Node");
+    }
 
     #[test]
     fn an_unsupported_network_manager_is_reported_once_as_conditions() {

@@ -152,7 +152,58 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
         .terminate(Duration::from_secs(10))
         .expect("the handler exits within 10 s of SIGTERM");
     assert!(exited.success(), "the handler exited with {exited}");
-    for file in [log, second_log] {
+
+    // The Node deleted and registered again while no handler runs: the NodeNetworkState it
+    // left is adopted by the new Node object, not left to be collected after the handler
+    // reported into it. Its owner reference is dropped first, as a deletion with propagation
+    // Orphan does, so that the garbage collector cannot race the handler (on a fresh control
+    // plane it only learns of the CRD at its next discovery, up to 30 s later).
+    let nodes: Api<Node> = Api::all(client.clone());
+    let unowned = serde_json::json!({"metadata": {"ownerReferences": null}});
+    let kept = states
+        .patch(&name, &Default::default(), &kube::api::Patch::Merge(&unowned))
+        .await
+        .unwrap()
+        .uid();
+    nodes.delete(&name, &Default::default()).await.unwrap();
+    eventually("the Node is gone", Duration::from_secs(30), || async {
+        nodes.get_opt(&name).await.unwrap().is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    let mut registered = node_object.clone();
+    registered.metadata = kube::api::ObjectMeta {
+        name: Some(name.clone()),
+        labels: node_object.metadata.labels.clone(),
+        ..Default::default()
+    };
+    let new_uid = nodes
+        .create(&Default::default(), &registered)
+        .await
+        .unwrap()
+        .uid();
+    let third_log = std::env::temp_dir().join(format!("{name}-third.log"));
+    let mut third =
+        NodeProcess::start(&node, HANDLER.as_ref(), &["run"], &handler_env, third_log.clone()).unwrap();
+    let adopted = eventually(
+        "the new Node owns the NodeNetworkState",
+        Duration::from_secs(30),
+        || async {
+            let state = states.get(&name).await.unwrap();
+            state
+                .owner_references()
+                .iter()
+                .any(|owner| Some(&owner.uid) == new_uid.as_ref())
+                .then_some(state)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(adopted.uid(), kept, "adopted, not deleted and created again");
+    third
+        .terminate(Duration::from_secs(10))
+        .expect("the third handler stops");
+    for file in [log, second_log, third_log] {
         let _ = std::fs::remove_file(file);
     }
 }
