@@ -2,7 +2,10 @@
 # Builds the current Kubernetes the local environment runs, from the Go module proxy, once:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy as one
 # multi-call binary `kube` (main.go; each name a hard link to it, so each process shows its own
-# executable in /proc/PID/exe), and etcd (etcd/). The version is
+# executable in /proc/PID/exe), etcd (etcd/), and what a sandbox node runs pods with: containerd,
+# its runc shim and ctr (containerd/, pinned by hand: `go get
+# github.com/containerd/containerd/v2@vX && go mod tidy` there) and the pod sandbox's pause
+# (pause/). The version is
 # the one config/kube/go.mod pins (update.sh moves it). Cached in
 # ~/.cache/kubernetes-nmstate/kube-<version>-<hash>/bin, the hash taken over both modules and
 # this script, so a changed recipe rebuilds and a warm run does not touch Go. The link
@@ -14,13 +17,14 @@ log() { printf 'build-kube-current: %s\n' "$*" >&2; }
 
 VERSION=$(sed -n 's/^require k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p; s/^[[:space:]]*k8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' go.mod | head -1)
 [ -n "$VERSION" ] || { log "no k8s.io/kubernetes version in config/kube/go.mod"; exit 1; }
-HASH=$(cat go.mod go.sum main.go etcd/go.mod etcd/go.sum etcd/main.go build.sh | sha256sum | cut -c1-12)
+HASH=$(cat go.mod go.sum main.go etcd/go.mod etcd/go.sum etcd/main.go containerd/go.mod containerd/go.sum \
+    containerd/tools.go pause/main.go build.sh | sha256sum | cut -c1-12)
 ROOT=${KUBE_CACHE_ROOT:-$HOME/.cache/kubernetes-nmstate}
 BIN=$ROOT/kube-$VERSION-$HASH/bin
 COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 point_current() { ln -sfn "kube-$VERSION-$HASH/bin" "$ROOT/kube-current"; }
-if [ -x "$BIN/kube" ] && [ -x "$BIN/etcd" ]; then
+if [ -x "$BIN/kube" ] && [ -x "$BIN/etcd" ] && [ -x "$BIN/containerd" ]; then
     point_current
     exit 0
 fi
@@ -46,10 +50,15 @@ step "downloading the modules (go mod download)" go mod download
 step "downloading etcd's modules" sh -c 'cd etcd && go mod download'
 step "building kube ($(IFS=,; echo "${COMPONENTS[*]}"))" go build -trimpath -ldflags "-s -w $stamp" -o "$BIN.new/kube" .
 step "building etcd" sh -c "cd etcd && go build -trimpath -ldflags '-s -w' -o '$BIN.new/etcd' ."
+step "downloading containerd's modules" sh -c 'cd containerd && go mod download'
+containerd=github.com/containerd/containerd/v2/cmd
+step "building containerd, containerd-shim-runc-v2 and ctr" sh -c "cd containerd && go build -trimpath \
+    -ldflags '-s -w' -o '$BIN.new/' $containerd/containerd $containerd/containerd-shim-runc-v2 $containerd/ctr"
+step "building pause" go build -trimpath -ldflags "-s -w" -o "$BIN.new/pause" ./pause
 for component in "${COMPONENTS[@]}"; do
     ln -f "$BIN.new/kube" "$BIN.new/$component"
 done
 rm -rf "$BIN"
 mv "$BIN.new" "$BIN"
 point_current
-log "built Kubernetes $VERSION and etcd in $BIN"
+log "built Kubernetes $VERSION, etcd and containerd in $BIN"
