@@ -139,22 +139,19 @@ pub fn write_archive(containerfile: &Path, context: &Path, reference: &str, arch
 pub fn build_all(workspace: &Path, bin_dir: &Path, kube_bin_dir: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(LocalEnvError::io("create", dir))?;
     let rootfs = workspace.join("config/images/rootfs.sh");
-    let images: [(&str, &Path, &str, Vec<PathBuf>); 3] = [
+    let images: [(&str, &str, Vec<PathBuf>); 3] = [
         (
             "pause",
-            kube_bin_dir,
             "config/images/pause.Containerfile",
             vec![kube_bin_dir.join("pause")],
         ),
         (
             "operator",
-            bin_dir,
             "operator/Containerfile",
             vec![bin_dir.join("nmstate-operator")],
         ),
         (
             "handler",
-            bin_dir,
             "handler/Containerfile",
             ["nmstate-handler", "nmstate-cluster", "nmstate-webhook"]
                 .map(|name| bin_dir.join(name))
