@@ -51,6 +51,8 @@ pub enum LocalEnvError {
     ClusterDown { dir: PathBuf },
     #[error("node {name}: {reason}")]
     Node { name: String, reason: String },
+    #[error("image: {0}")]
+    Image(String),
     #[error("make demo: {0}")]
     Demo(String),
     #[error("{0}")]

@@ -13,16 +13,18 @@ pub mod demo;
 /// The environment: control plane, switch, nodes, and the daemons and namespaces they run in.
 mod environment;
 mod error;
+/// The images the nodes run, written as OCI archives without a container engine.
+pub mod images;
 /// The kubelet's part, played without a kubelet: what a pod's container runs, and the pods of a
 /// namespace run as processes.
 pub mod kubelet;
 /// What integration tests share: the shared environment, sandbox nodes, kubectl, waiting.
 pub mod testing;
 
-pub use environment::{control_plane, daemon, fabric, node, release};
+pub use environment::{control_plane, daemon, egress, fabric, kube_node, node, release};
 use environment::{netns, pki};
 
-pub use control_plane::{ControlPlane, Endpoints};
+pub use control_plane::{ControlPlane, Endpoints, Workloads};
 pub use error::{LocalEnvError, Result};
 pub use fabric::Fabric;
 pub use node::SandboxNode;
@@ -40,6 +42,14 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
 };
+
+/// The `localenv` program: this one, or the workspace's build when a test links this crate.
+pub fn localenv_program() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .filter(|exe| exe.file_name().is_some_and(|name| name == "localenv"))
+        .unwrap_or_else(|| workspace_dir().join("target/debug/localenv"))
+}
 
 /// The field managers of what localenv writes to the API. Kubernetes before 1.22 does not
 /// track `/status` separately in managedFields: an apply to status by the manager that owns the
@@ -87,8 +97,15 @@ impl LocalEnv {
         self.control_plane().kubeconfig()
     }
 
-    /// Starts the control plane, or reuses it when it is already running and ready.
+    /// Starts the control plane for the kubelet stand-in, or reuses it when it is already
+    /// running and ready.
     pub async fn up(&self) -> Result<Endpoints> {
+        self.up_for(Workloads::StandIn).await
+    }
+
+    /// Starts the control plane for `workloads`, or reuses it when it is already running,
+    /// ready and started for them.
+    pub async fn up_for(&self, workloads: Workloads) -> Result<Endpoints> {
         std::fs::create_dir_all(&self.dir).map_err(LocalEnvError::io("create", &self.dir))?;
         let _lock = self.lock().await?;
         let control_plane = self.control_plane();
@@ -96,6 +113,7 @@ impl LocalEnv {
         if let Some(endpoints) = control_plane.endpoints()
             && control_plane.is_running()
             && control_plane.release() == Some(release)
+            && control_plane.workloads() == workloads
             && self.answers().await
         {
             return Ok(endpoints);
@@ -103,7 +121,7 @@ impl LocalEnv {
         // Whatever is left from an earlier run (crashed, half started, or of another release)
         // goes first.
         self.stop_everything()?;
-        control_plane.start(release).await
+        control_plane.start(release, workloads).await
     }
 
     /// True when the API server answers with the credentials in the kubeconfig.
@@ -171,7 +189,7 @@ impl LocalEnv {
                 Some(existing) => existing,
                 None => SandboxNode::new(&dir, &prefix, &name_owned, env.free_index(), &control_plane),
             };
-            fabric.ensure(&control_plane.api_socket())?;
+            fabric.ensure(&control_plane)?;
             node.start(&fabric)?;
             Ok::<_, LocalEnvError>(node)
         })
@@ -180,8 +198,87 @@ impl LocalEnv {
             name: name.to_string(),
             reason: error.to_string(),
         })??;
-        register_node(&client, &node, labels).await?;
+        let kubelets = self.control_plane().workloads() == Workloads::Kubelets;
+        register_node(&client, &node, labels, !kubelets).await?;
         Ok(node)
+    }
+
+    /// Where [`LocalEnv::build_images`] writes the nodes' images.
+    pub fn images_dir(&self) -> PathBuf {
+        self.dir.join("images")
+    }
+
+    /// The image archives built for this environment's nodes.
+    pub fn image_archives(&self) -> Vec<PathBuf> {
+        let mut archives: Vec<PathBuf> = std::fs::read_dir(self.images_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .filter(|path| path.to_string_lossy().ends_with(".oci.tar"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        archives.sort();
+        archives
+    }
+
+    /// Builds the pause, operator and handler images from the binaries in `bin_dir` and the
+    /// control plane's release (its pause), for [`LocalEnv::kubelet_up`].
+    pub fn build_images(&self, bin_dir: &Path) -> Result<Vec<PathBuf>> {
+        let release = KubeRelease::from_env()?;
+        images::build_all(&workspace_dir(), bin_dir, &release.bin_dir(), &self.images_dir())
+    }
+
+    /// Makes the running sandbox node `name` a real Kubernetes node: containerd with `images`
+    /// imported, a kubelet and kube-proxy of the control plane's release, a pod network on the
+    /// pod CIDR the controller manager gives it, routed through the fabric. Returns once the
+    /// kubelet reports the Node Ready. Needs a control plane started for
+    /// [`Workloads::Kubelets`].
+    pub async fn kubelet_up(&self, name: &str, images: &[PathBuf]) -> Result<()> {
+        let node = self.node(name).ok_or_else(|| LocalEnvError::Node {
+            name: name.to_string(),
+            reason: "no such sandbox node; start it with `localenv node up`".into(),
+        })?;
+        let control_plane = self.control_plane();
+        if control_plane.workloads() != Workloads::Kubelets {
+            return Err(LocalEnvError::Node {
+                name: name.to_string(),
+                reason: "the control plane was started for the kubelet stand-in, not for kubelets".into(),
+            });
+        }
+        let release = control_plane
+            .release()
+            .ok_or_else(|| LocalEnvError::ClusterDown {
+                dir: self.dir.clone(),
+            })?;
+        let images = images.to_vec();
+        let started = node.clone();
+        tokio::task::spawn_blocking(move || {
+            kube_node::KubeNode::new(&started, &release.bin_dir()).start(&control_plane, &images)
+        })
+        .await
+        .map_err(|error| LocalEnvError::Node {
+            name: name.to_string(),
+            reason: error.to_string(),
+        })??;
+        let kube_node = kube_node::KubeNode::of(&node);
+        let nodes: Api<Node> = Api::all(self.client().await?);
+        let log = node.dir().join("kube/kubelet.log");
+        let pod_cidr = wait_for_node(&nodes, name, "a pod CIDR", &log, |node| {
+            node.spec.as_ref()?.pod_cidr.clone()
+        })
+        .await?;
+        kube_node.configure_pod_network(&pod_cidr)?;
+        self.fabric().route_pods(&pod_cidr, &node.address())?;
+        wait_for_node(&nodes, name, "Ready", &log, |node| {
+            let conditions = node.status.as_ref()?.conditions.as_ref()?;
+            conditions
+                .iter()
+                .any(|condition| condition.type_ == "Ready" && condition.status == "True")
+                .then_some(())
+        })
+        .await
     }
 
     /// Deletes the `Node` object and tears the sandbox node down.
@@ -317,7 +414,40 @@ pub fn write_impersonating_kubeconfig(source: &Path, path: &Path, user: &str) ->
     std::fs::write(path, text).map_err(LocalEnvError::io("write", path))
 }
 
-async fn register_node(client: &Client, node: &SandboxNode, labels: &BTreeMap<String, String>) -> Result<()> {
+/// Polls the Node `name` until `found` finds what it waits for, for up to a minute.
+async fn wait_for_node<T>(
+    nodes: &Api<Node>,
+    name: &str,
+    what: &str,
+    log: &Path,
+    found: impl Fn(&Node) -> Option<T>,
+) -> Result<T> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(node) = nodes.get_opt(name).await?
+            && let Some(value) = found(&node)
+        {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(LocalEnvError::NotReady {
+                what: format!("node {name}: {what}"),
+                seconds: 60,
+                log: log.to_path_buf(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Creates or updates the Node object with its labels; with `report_ready` (no kubelet runs on
+/// the node) also its status, Ready.
+async fn register_node(
+    client: &Client,
+    node: &SandboxNode,
+    labels: &BTreeMap<String, String>,
+    report_ready: bool,
+) -> Result<()> {
     let mut all_labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), node.name.clone()),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
@@ -335,6 +465,9 @@ async fn register_node(client: &Client, node: &SandboxNode, labels: &BTreeMap<St
         "metadata": { "name": node.name, "labels": all_labels },
     });
     nodes.patch(&node.name, &params, &Patch::Apply(&object)).await?;
+    if !report_ready {
+        return Ok(());
+    }
     // No kubelet runs here, so localenv reports the node Ready itself.
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let status = serde_json::json!({

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use nmstate_localenv::{
-    LocalEnv, LocalEnvError,
+    LocalEnv, LocalEnvError, Workloads,
     control_plane::{Part, Stop},
 };
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
@@ -50,6 +50,20 @@ enum Command {
         #[arg(long = "set")]
         overrides: Vec<nmstate_localenv::kubelet::pods::EnvOverride>,
     },
+    /// Build the pause, operator and handler images for the nodes' containerd (OCI archives in
+    /// the environment's `images` directory).
+    Images {
+        /// Where the operator's and handler's binaries are [default: this program's directory]
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// The API server's HTTP CONNECT proxy into the sandbox, on a unix socket (the fabric runs
+    /// it in its namespace).
+    #[command(hide = true)]
+    EgressProxy {
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,7 +81,11 @@ enum DemoAction {
 #[derive(Subcommand)]
 enum ClusterAction {
     /// Start the control plane (or reuse a running one); prints `export KUBECONFIG=...`.
-    Up,
+    Up {
+        /// For real kubelets on the nodes (`node up --kubelet`) instead of the stand-in
+        #[arg(long)]
+        kubelets: bool,
+    },
     /// Stop every node and the control plane, and delete their data.
     Down,
     /// Show what runs.
@@ -103,6 +121,10 @@ enum NodeAction {
         /// Extra node labels, KEY=VALUE (repeatable), e.g. node-role.kubernetes.io/worker=
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Also run containerd, a kubelet and kube-proxy in it, with the images of
+        /// `localenv images` (needs `cluster up --kubelets`)
+        #[arg(long)]
+        kubelet: bool,
     },
     /// Delete the Node object and tear the node down.
     Down { name: String },
@@ -152,10 +174,15 @@ fn stop_how(kill: bool) -> Stop {
 async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError> {
     match command {
         Command::Cluster {
-            action: ClusterAction::Up,
+            action: ClusterAction::Up { kubelets },
         } => {
             let started = std::time::Instant::now();
-            let endpoints = env.up().await?;
+            let workloads = if kubelets {
+                Workloads::Kubelets
+            } else {
+                Workloads::StandIn
+            };
+            let endpoints = env.up_for(workloads).await?;
             match endpoints.startup {
                 Some(startup) => eprintln!(
                     "localenv: API server ready on https://127.0.0.1:{} ({:.1} s from start to ready, {:.1} s in all)",
@@ -232,15 +259,31 @@ async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError
             });
         }
         Command::Node {
-            action: NodeAction::Up { name, labels },
+            action:
+                NodeAction::Up {
+                    name,
+                    labels,
+                    kubelet,
+                },
         } => {
             let labels: BTreeMap<String, String> = labels.into_iter().collect();
+            let started = std::time::Instant::now();
             let node = env.node_up(&name, &labels).await?;
+            if kubelet {
+                env.kubelet_up(&name, &env.image_archives()).await?;
+            }
             eprintln!(
-                "localenv: node {name} is up (netns {}, eth0 {})",
+                "localenv: node {name} is up (netns {}, eth0 {}) in {:.1} s",
                 node.netns,
-                node.address()
+                node.address(),
+                started.elapsed().as_secs_f64()
             );
+        }
+        Command::Images { bin_dir } => {
+            let bin_dir = bin_dir.unwrap_or_else(nmstate_localenv::demo::default_bin_dir);
+            for archive in env.build_images(&bin_dir)? {
+                eprintln!("localenv: {}", archive.display());
+            }
         }
         Command::Node {
             action: NodeAction::Down { name },
@@ -268,6 +311,15 @@ async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError
             let bin_dir = bin_dir.unwrap_or_else(nmstate_localenv::demo::default_bin_dir);
             let pods = nmstate_localenv::kubelet::pods::Pods::new(env, &namespace, overrides, &bin_dir);
             pods.run_until_stopped(&env.client().await?).await;
+        }
+        Command::EgressProxy { socket } => {
+            nmstate_localenv::egress::serve(&socket)
+                .await
+                .map_err(|source| LocalEnvError::Io {
+                    action: "serve",
+                    path: socket.clone(),
+                    source,
+                })?;
         }
         Command::Node {
             action: NodeAction::List,

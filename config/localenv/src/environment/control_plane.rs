@@ -46,6 +46,27 @@ pub enum Stop {
     Kill,
 }
 
+/// Who runs the workloads' pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workloads {
+    /// Nobody: the controller manager runs only the controllers tests rely on, and the kubelet
+    /// stand-in (`localenv kubelet`) plays the pods as processes.
+    StandIn,
+    /// Real kubelets on the nodes ([`crate::kube_node`]): the scheduler and every controller
+    /// run, pod CIDRs are allocated, and the API server reaches pods and kubelets through the
+    /// fabric ([`crate::fabric`]'s egress proxy), so webhooks are called through their Service.
+    Kubelets,
+}
+
+impl Workloads {
+    fn name(self) -> &'static str {
+        match self {
+            Workloads::StandIn => "stand-in",
+            Workloads::Kubelets => "kubelets",
+        }
+    }
+}
+
 /// The control plane of one local environment directory.
 #[derive(Clone, Debug)]
 pub struct ControlPlane {
@@ -171,9 +192,28 @@ impl ControlPlane {
         ]
     }
 
+    fn scheduler(&self) -> Daemon {
+        Daemon::new("kube-scheduler", "kube-scheduler", &self.dir)
+    }
+
     /// True when every process of the control plane runs.
     pub fn is_running(&self) -> bool {
         self.daemons().iter().all(|daemon| daemon.running_pid().is_some())
+            && (self.workloads() != Workloads::Kubelets || self.scheduler().running_pid().is_some())
+    }
+
+    /// Who runs pods in the running (or last started) control plane.
+    pub fn workloads(&self) -> Workloads {
+        match std::fs::read_to_string(self.dir.join("workloads")).as_deref() {
+            Ok("kubelets") => Workloads::Kubelets,
+            _ => Workloads::StandIn,
+        }
+    }
+
+    /// The unix socket the API server sends its traffic to pods and nodes to (an HTTP CONNECT
+    /// proxy in the fabric serves it), with [`Workloads::Kubelets`].
+    pub fn egress_socket(&self) -> PathBuf {
+        self.dir.join("egress.sock")
     }
 
     /// Each process and its pid, or `None` when it is not running.
@@ -202,6 +242,7 @@ impl ControlPlane {
     /// Stops every process this directory started (by pid) and deletes its data.
     pub fn stop(&self) -> Result<()> {
         // Reverse start order: clients before the API server, the API server before etcd.
+        self.scheduler().stop(STOP_GRACE);
         for daemon in self.daemons().iter().rev() {
             daemon.stop(STOP_GRACE);
         }
@@ -213,7 +254,7 @@ impl ControlPlane {
 
     /// Starts a fresh control plane (after stopping whatever a previous run left) and waits
     /// until the API server is ready.
-    pub async fn start(&self, release: KubeRelease) -> Result<Endpoints> {
+    pub async fn start(&self, release: KubeRelease, workloads: Workloads) -> Result<Endpoints> {
         let bin = release.bin_dir();
         for tool in ["kube-apiserver", "kube-controller-manager"] {
             if !bin.join(tool).is_file() {
@@ -258,6 +299,8 @@ impl ControlPlane {
             .map_err(LocalEnvError::io("write", self.dir.join("ports")))?;
         std::fs::write(self.dir.join("release"), release.name())
             .map_err(LocalEnvError::io("write", self.dir.join("release")))?;
+        std::fs::write(self.dir.join("workloads"), workloads.name())
+            .map_err(LocalEnvError::io("write", self.dir.join("workloads")))?;
         self.write_kubeconfig(&self.kubeconfig(), "127.0.0.1", apiserver_port, &token)?;
         let gateway = crate::fabric::MGMT_GATEWAY;
         self.write_kubeconfig(&self.node_kubeconfig(), gateway, NODE_API_PORT, &token)?;
@@ -282,9 +325,15 @@ impl ControlPlane {
 
         controller_manager.spawn(self.controller_manager_command(release))?;
         api_socket.spawn(self.api_socket_command(apiserver_port))?;
+        if workloads == Workloads::Kubelets {
+            self.scheduler().spawn(self.scheduler_command(release))?;
+        }
         // The controller manager fails fast on bad flags or credentials; give it that moment.
         tokio::time::sleep(Duration::from_millis(300)).await;
         controller_manager.check_running()?;
+        if workloads == Workloads::Kubelets {
+            self.scheduler().check_running()?;
+        }
         api_socket.check_running()?;
         Ok(Endpoints {
             apiserver_port,
@@ -318,7 +367,6 @@ impl ControlPlane {
             .args(release.apiserver_flags())
             .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
             .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
             .arg(format!("--secure-port={port}"))
             .arg(format!(
                 "--cert-dir={}",
@@ -353,6 +401,22 @@ impl ControlPlane {
             ))
             .arg(format!("--audit-policy-file={}", audit_policy.display()))
             .arg("--v=1");
+        if self.workloads() == Workloads::Kubelets {
+            // Pods reach the API server at the fabric's gateway (the `kubernetes` Service's
+            // endpoint; the fabric forwards that port too), and the API server reaches pods
+            // and kubelets through the fabric's egress proxy, webhooks at their endpoints.
+            let egress = self.write_egress_config()?;
+            command
+                .arg(format!("--advertise-address={}", crate::fabric::MGMT_GATEWAY))
+                // (the last of a repeated flag wins over the release's `none`)
+                .arg("--endpoint-reconciler-type=lease")
+                // Node names resolve nowhere; their addresses are routed through the proxy.
+                .arg("--kubelet-preferred-address-types=InternalIP")
+                .arg(format!("--egress-selector-config-file={}", egress.display()))
+                .arg("--enable-aggregator-routing=true");
+        } else {
+            command.arg("--advertise-address=127.0.0.1");
+        }
         Ok(command)
     }
 
@@ -366,17 +430,51 @@ impl ControlPlane {
         Ok(path)
     }
 
+    /// Where the API server's traffic to the cluster (webhooks, kubelets) goes.
+    fn write_egress_config(&self) -> Result<PathBuf> {
+        let path = self.dir.join("egress.yaml");
+        let config = format!(
+            "apiVersion: apiserver.k8s.io/v1beta1\nkind: EgressSelectorConfiguration\negressSelections:\n\
+             - name: cluster\n  connection:\n    proxyProtocol: HTTPConnect\n    transport:\n      uds:\n        \
+             udsName: {}\n",
+            self.egress_socket().display()
+        );
+        std::fs::write(&path, config).map_err(LocalEnvError::io("write", &path))?;
+        Ok(path)
+    }
+
+    fn scheduler_command(&self, release: KubeRelease) -> Command {
+        let mut command = Command::new(release.bin_dir().join("kube-scheduler"));
+        command
+            .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0")
+            .arg("--v=1");
+        command
+    }
+
     fn controller_manager_command(&self, release: KubeRelease) -> Command {
         let pki = self.pki_dir();
         let mut command = Command::new(release.bin_dir().join("kube-controller-manager"));
         command
             .args(release.controller_manager_flags())
-            .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
+            .arg(format!("--kubeconfig={}", self.kubeconfig().display()));
+        match self.workloads() {
+            // Every controller; nodes get pod CIDRs.
+            Workloads::Kubelets => command
+                .arg("--allocate-node-cidrs=true")
+                .arg(format!("--cluster-cidr={}", crate::kube_node::CLUSTER_CIDR))
+                .arg("--node-cidr-mask-size=24")
+                .arg("--service-cluster-ip-range=10.96.0.0/16"),
             // Only what tests rely on: ownerReference garbage collection and namespace
             // deletion. No pods run here, so workload controllers would only fight the tests
             // over DaemonSet/Deployment status, and the node lifecycle controller would mark
             // the sandbox nodes NotReady for lack of a kubelet.
-            .arg("--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token")
+            Workloads::StandIn => {
+                command.arg("--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token")
+            }
+        };
+        command
             .arg(format!(
                 "--service-account-private-key-file={}",
                 pki.join(pki::SERVICE_ACCOUNT_KEY).display()

@@ -18,9 +18,14 @@
 //! The API server is served on the management gateway, `https://10.77.0.1:6443` (a socat
 //! forwarding to the control plane's unix socket), so nodes reach it over eth0 like a kubelet
 //! does: a change that cuts a node's network also cuts it off the API server.
+//!
+//! For real kubelets ([`Workloads::Kubelets`]) the switch is also the pods' router (a route to
+//! each node's pod CIDR via its eth0) and the API server's way in: its advertised port is
+//! served on the gateway too (the `kubernetes` Service's endpoint), and an HTTP CONNECT proxy
+//! ([`crate::egress`]) carries its calls to webhooks and kubelets.
 
 use crate::{
-    control_plane::NODE_API_PORT,
+    control_plane::{ControlPlane, NODE_API_PORT, Workloads},
     daemon::{Daemon, run},
     error::{LocalEnvError, Result},
     netns,
@@ -80,19 +85,40 @@ impl Fabric {
         Daemon::new("api-forwarder", "socat", &self.dir)
     }
 
+    /// The API server's own port on the gateway, for pods (the `kubernetes` Service).
+    fn advertised_api_forwarder(&self) -> Daemon {
+        Daemon::new("api-forwarder-advertised", "socat", &self.dir)
+    }
+
+    fn egress_proxy(&self) -> Daemon {
+        Daemon::new("egress-proxy", "localenv", &self.dir)
+    }
+
+    fn kubelet_daemons(&self) -> [Daemon; 2] {
+        [self.advertised_api_forwarder(), self.egress_proxy()]
+    }
+
     pub fn is_running(&self) -> bool {
         netns::exists(&self.netns)
             && self.dnsmasq().running_pid().is_some()
             && self.api_forwarder().running_pid().is_some()
     }
 
-    /// Creates the switch (idempotent: a running one is left alone, a broken one rebuilt);
-    /// `api_socket` is the control plane's unix socket to serve on the gateway.
-    pub fn ensure(&self, api_socket: &Path) -> Result<()> {
-        if self.is_running() {
+    /// Creates the switch (idempotent: a running one is left alone, a broken one rebuilt) with
+    /// what `control_plane`'s workloads need.
+    pub fn ensure(&self, control_plane: &ControlPlane) -> Result<()> {
+        let kubelets = control_plane.workloads() == Workloads::Kubelets;
+        let running = self.is_running()
+            && (!kubelets
+                || self
+                    .kubelet_daemons()
+                    .iter()
+                    .all(|daemon| daemon.running_pid().is_some()));
+        if running {
             return Ok(());
         }
         self.stop()?;
+        let api_socket = control_plane.api_socket();
         let reservations = self.reservations_dir();
         std::fs::create_dir_all(&reservations).map_err(LocalEnvError::io("create", &reservations))?;
         netns::add(&self.netns)?;
@@ -122,9 +148,59 @@ impl Fabric {
         ));
         forward.arg(format!("UNIX-CONNECT:{}", api_socket.display()));
         api_forwarder.spawn(forward)?;
+        if kubelets {
+            self.start_kubelet_parts(control_plane)?;
+        }
         std::thread::sleep(Duration::from_millis(200));
         dnsmasq.check_running()?;
         api_forwarder.check_running()?;
+        if kubelets {
+            for daemon in self.kubelet_daemons() {
+                daemon.check_running()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forwarding on (in this namespace only), the API server's own port on the gateway and
+    /// the egress proxy.
+    fn start_kubelet_parts(&self, control_plane: &ControlPlane) -> Result<()> {
+        let ns = self.netns.as_str();
+        run(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+        let port = control_plane
+            .endpoints()
+            .ok_or_else(|| LocalEnvError::ClusterDown {
+                dir: control_plane.dir().to_path_buf(),
+            })?
+            .apiserver_port;
+        let mut forward = Command::new("ip");
+        forward
+            .args(["netns", "exec", ns, "socat"])
+            .arg(format!("TCP-LISTEN:{port},bind={MGMT_GATEWAY},fork,reuseaddr"))
+            .arg(format!("UNIX-CONNECT:{}", control_plane.api_socket().display()));
+        self.advertised_api_forwarder().spawn(forward)?;
+        let mut proxy = Command::new("ip");
+        proxy
+            .args(["netns", "exec", ns])
+            .arg(crate::localenv_program())
+            .arg("egress-proxy")
+            .arg("--socket")
+            .arg(control_plane.egress_socket());
+        self.egress_proxy().spawn(proxy)?;
+        Ok(())
+    }
+
+    /// Routes `pod_cidr` to the node at `node_address` (its eth0).
+    pub fn route_pods(&self, pod_cidr: &str, node_address: &str) -> Result<()> {
+        run(Command::new("ip").args([
+            "-n",
+            &self.netns,
+            "route",
+            "replace",
+            pod_cidr,
+            "via",
+            node_address,
+        ]))?;
         Ok(())
     }
 
@@ -190,6 +266,9 @@ impl Fabric {
     /// Stops dnsmasq and the API forwarder (by pid) and deletes the switch namespace with
     /// everything in it.
     pub fn stop(&self) -> Result<()> {
+        for daemon in self.kubelet_daemons() {
+            daemon.stop(Duration::from_secs(5));
+        }
         self.api_forwarder().stop(Duration::from_secs(5));
         self.dnsmasq().stop(Duration::from_secs(5));
         netns::delete(&self.netns)?;

@@ -4,8 +4,12 @@
 pub mod control_plane;
 /// Daemons spawned detached, stopped by pid only.
 pub mod daemon;
+/// The API server's HTTP CONNECT proxy into the sandbox (webhooks, kubelets).
+pub mod egress;
 /// The switch namespace: bridges, dnsmasq, the API server's port for the nodes.
 pub mod fabric;
+/// A sandbox node as a real Kubernetes node: containerd, kubelet and kube-proxy inside it.
+pub mod kube_node;
 /// Network namespaces and what runs inside them.
 pub(crate) mod netns;
 /// A sandbox node: a namespace with its own NetworkManager and dbus-daemon.

@@ -74,7 +74,7 @@ impl SandboxNode {
         format!("unix:path={}", self.bus_socket().display())
     }
 
-    fn bus_socket(&self) -> PathBuf {
+    pub(crate) fn bus_socket(&self) -> PathBuf {
         self.dir.join("dbus/system_bus_socket")
     }
 
@@ -196,6 +196,8 @@ impl SandboxNode {
 
     /// Stops the node's processes (by pid), deletes its namespace and its directory.
     pub(crate) fn stop(&self) -> Result<()> {
+        // Containers and their shims first: they hold the node's namespaces.
+        crate::kube_node::KubeNode::of(self).stop();
         for daemon in self.daemons().iter().rev() {
             daemon.stop(Duration::from_secs(10));
         }
