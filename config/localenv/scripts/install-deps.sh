@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local environment and the integration tests use: etcd,
-# NetworkManager, dnsmasq, a dbus-daemon, socat, iproute2, ping and sysctl. Installing must never change
+# NetworkManager, dnsmasq, a dbus-daemon, socat, iproute2, ping and sysctl; for nodes with real
+# kubelets runc, the CNI plugins, iptables and conntrack (kube-proxy). Installing must never change
 # the host's networking, so apt may not start any of their services (policy-rc.d), and the
 # services a package enables for the next boot are disabled again. Idempotent.
 set -euo pipefail
@@ -12,6 +13,7 @@ declare -A package_of=(
     [nmcli]=network-manager [dnsmasq]=dnsmasq-base [dbus-daemon]=dbus-daemon [ip]=iproute2
     [nsenter]=util-linux [unshare]=util-linux [socat]=socat [ping]=iputils-ping
     [getent]=libc-bin [python3]=python3 [sysctl]=procps
+    [runc]=runc [iptables]=iptables [conntrack]=conntrack
     # `go tool pprof` reads the handler's CPU profiles in the profiler test.
     [go]=golang-go
 )
@@ -19,6 +21,7 @@ missing=()
 for command in "${!package_of[@]}"; do
     command -v "$command" >/dev/null 2>&1 || missing+=("${package_of[$command]}")
 done
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 [ ${#missing[@]} -eq 0 ] && exit 0
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 log "installing ${missing[*]}"

@@ -15,8 +15,7 @@ mod environment;
 mod error;
 /// The images the nodes run, written as OCI archives without a container engine.
 pub mod images;
-/// The kubelet's part, played without a kubelet: what a pod's container runs, and the pods of a
-/// namespace run as processes.
+/// What a pod's container runs, from its template (tests run the operator that way).
 pub mod kubelet;
 /// What integration tests share: the shared environment, sandbox nodes, kubectl, waiting.
 pub mod testing;
@@ -142,9 +141,6 @@ impl LocalEnv {
     }
 
     fn stop_everything(&self) -> Result<()> {
-        // What runs inside the nodes goes before the nodes: the kubelet stand-in, then its pods.
-        demo::stop_kubelet(self);
-        kubelet::pods::Pods::stop_all(self);
         for node in self.nodes() {
             node.stop()?;
         }

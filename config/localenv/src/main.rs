@@ -37,19 +37,6 @@ enum Command {
         #[command(subcommand)]
         action: DemoAction,
     },
-    /// Play the kubelet for one namespace until stopped: run its DaemonSets' pods in the
-    /// sandbox nodes and its Deployments' on the host, as processes (`make demo` starts it).
-    Kubelet {
-        #[arg(long)]
-        namespace: String,
-        /// Where the containers' programs are [default: this program's directory]
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        /// An environment variable on top of a container's template, CONTAINER:NAME=VALUE
-        /// (repeatable).
-        #[arg(long = "set")]
-        overrides: Vec<nmstate_localenv::kubelet::pods::EnvOverride>,
-    },
     /// Build the pause, operator and handler images for the nodes' containerd (OCI archives in
     /// the environment's `images` directory).
     Images {
@@ -302,15 +289,6 @@ async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError
                 "localenv: the demo is stopped (processes, nodes, control plane in {})",
                 env.dir().display()
             );
-        }
-        Command::Kubelet {
-            namespace,
-            bin_dir,
-            overrides,
-        } => {
-            let bin_dir = bin_dir.unwrap_or_else(nmstate_localenv::demo::default_bin_dir);
-            let pods = nmstate_localenv::kubelet::pods::Pods::new(env, &namespace, overrides, &bin_dir);
-            pods.run_until_stopped(&env.client().await?).await;
         }
         Command::EgressProxy { socket } => {
             nmstate_localenv::egress::serve(&socket)

@@ -1,13 +1,17 @@
 //! `make demo`'s entry point, `localenv demo up`, run in an environment of its own: the tour's
-//! outcomes as printed, checked again in the API and on the nodes; a second run that starts
-//! over; `localenv demo down` that leaves no process behind.
+//! outcomes as printed, checked again in the API and on the nodes; the pods real and where they
+//! belong (a handler per node reporting that node, the webhook called through its Service,
+//! logs through the API server); a second run that starts over; `localenv demo down` that
+//! leaves no process behind, containers included.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Pod};
 use kube::{Api, ResourceExt};
-use nmstate_api::{NMState, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
-use nmstate_localenv::{LocalEnv, daemon::is_running, kubelet::pods::Pods};
+use nmstate_api::{
+    NMState, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
+};
+use nmstate_localenv::{LocalEnv, kube_node::KubeNode, testing::kubectl};
 use std::{path::PathBuf, process::Command};
 
 const LOCALENV: &str = env!("CARGO_BIN_EXE_localenv");
@@ -61,20 +65,26 @@ fn applying(lines: &str) -> Vec<usize> {
         .collect()
 }
 
-/// Every process the demo's kubelet stand-in runs, by pod, with its pid and program; each
-/// must be running.
-fn pod_pids(env: &LocalEnv) -> Vec<(String, u32, String)> {
-    let mut pods: Vec<_> = Pods::started_pods(env, "nmstate")
-        .into_iter()
-        .map(|(pod, daemon)| {
-            let pid = daemon
-                .running_pid()
-                .unwrap_or_else(|| panic!("{pod} ({}) is not running", daemon.executable));
-            (pod, pid, daemon.executable)
-        })
+/// Every process in the nodes' cgroup roots (containerd, kubelet, kube-proxy, shims, the
+/// containers): what `demo down` must stop.
+fn node_processes(env: &LocalEnv) -> Vec<(u32, String)> {
+    let roots: Vec<String> = env
+        .nodes()
+        .iter()
+        .map(|node| format!(":{}/", KubeNode::of(node).cgroup_root()))
         .collect();
-    pods.sort();
-    pods
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if roots.iter().any(|root| cgroups.contains(root.as_str())) {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|exe| exe.display().to_string());
+            found.push((pid, exe.unwrap_or_default()));
+        }
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,31 +179,91 @@ async fn make_demo_tours_the_examples_starts_over_and_stops_everything() {
     let policies = Api::<NodeNetworkConfigurationPolicy>::all(client.clone());
     assert_eq!(policies.get("dns").await.unwrap().metadata.generation, Some(2));
 
-    // And on the nodes: the handler of each runs inside it, and node02 shows every step.
-    let pods = pod_pids(&env);
-    let programs: Vec<&str> = pods.iter().map(|(_, _, program)| program.as_str()).collect();
+    // Real pods: every one Running and ready on a node; a handler on each node, in its
+    // network namespace, reporting that node's own interfaces.
+    let pods = Api::<Pod>::namespaced(client.clone(), "nmstate")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let mut handlers = Vec::new();
+    for pod in &pods.items {
+        let status = pod.status.clone().unwrap();
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        assert!(
+            ready && status.phase.as_deref() == Some("Running"),
+            "{} is not ready: {status:?}",
+            pod.name_any()
+        );
+        if pod.name_any().starts_with("nmstate-handler-") {
+            handlers.push((
+                pod.spec.clone().unwrap().node_name.unwrap(),
+                status.pod_ip.unwrap(),
+            ));
+        }
+    }
+    handlers.sort();
+    let expected: Vec<(String, String)> = env
+        .nodes()
+        .iter()
+        .map(|node| (node.name.clone(), node.address()))
+        .collect();
     assert_eq!(
-        pods.iter().map(|(pod, _, _)| pod.as_str()).collect::<Vec<_>>(),
-        [
-            "nmstate-handler-node01",
-            "nmstate-handler-node02",
-            "nmstate-handler-node03",
-            "nmstate-metrics-0",
-            "nmstate-operator-0",
-            "nmstate-webhook-0"
-        ],
-        "{programs:?}"
+        handlers, expected,
+        "one handler pod per node, on the node's network"
     );
+    let states = Api::<NodeNetworkState>::all(client.clone());
     for node in env.nodes() {
-        let handler = pods.iter().find(|(pod, _, _)| pod.ends_with(&node.name)).unwrap();
-        let network_manager = node.network_manager_pid().unwrap();
+        let state = states.get(&node.name).await.unwrap();
+        let current = &state.status.unwrap().current_state.unwrap().0;
+        let eth0 = current["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == "eth0")
+            .unwrap();
         assert_eq!(
-            std::fs::read_link(format!("/proc/{}/ns/net", handler.1)).unwrap(),
-            std::fs::read_link(format!("/proc/{network_manager}/ns/net")).unwrap(),
-            "the handler of {} runs in its network namespace",
+            eth0["ipv4"]["address"][0]["ip"],
+            node.address(),
+            "{}'s node state is its own (its handler talks to its NetworkManager)",
             node.name
         );
     }
+    // The webhook, reached through its Service, refuses what nmstate cannot parse; its pod's
+    // logs come through the API server.
+    let refused = kubectl(&env)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(
+                b"apiVersion: nmstate.io/v1\nkind: NodeNetworkConfigurationPolicy\nmetadata: {name: refused}\nspec:\n  desiredState: {interfaces: [{name: br9, type: linux-bridge, mtu: not-a-number}]}\n",
+            )?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && message.contains("admission webhook")
+            && message.contains("nmstate.io\" denied"),
+        "{message}"
+    );
+    let logs = kubectl(&env)
+        .args(["logs", "-n", "nmstate", "deployment/nmstate-webhook"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("nmstate_webhook"),
+        "{logs:?}"
+    );
+
     let node02 = env.node("node02").unwrap();
     let shell = |script: &str| {
         let output = node02
@@ -225,15 +295,21 @@ async fn make_demo_tours_the_examples_starts_over_and_stops_everything() {
         "{again}"
     );
 
-    // Down: every process the demo started is gone.
-    let pods = pod_pids(&env);
+    // Down: every process the nodes ran is gone, containers and shims included.
+    let processes = node_processes(&env);
+    assert!(
+        processes
+            .iter()
+            .any(|(_, exe)| exe.ends_with("/containerd-shim-runc-v2")),
+        "{processes:?}"
+    );
     demo(&dir, "down");
-    for (pod, pid, program) in pods {
-        assert!(
-            !is_running(pid, &program),
-            "{pod} (pid {pid}) still runs after demo down"
-        );
-    }
+    let left: Vec<_> = processes
+        .iter()
+        // (a zombie has no executable: it is gone, only not yet reaped)
+        .filter(|(pid, _)| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok())
+        .collect();
+    assert!(left.is_empty(), "still running after demo down: {left:?}");
     assert!(!env.control_plane().is_running());
     assert!(env.nodes().is_empty());
 }

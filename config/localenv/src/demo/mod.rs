@@ -1,24 +1,28 @@
 //! `make demo`: the whole product on this machine, installed and used the way a user would.
 //!
-//! 1. the control plane, and three sandbox nodes labelled like a real cluster's;
-//! 2. the Helm chart from `manifests/`, then the kubelet's part ([`crate::kubelet::pods`], a detached
-//!    `localenv kubelet` process) runs what it installed: the operator's Deployment;
-//! 3. `NMState/nmstate`: the operator renders the handler DaemonSet, the webhook and the cluster
-//!    controller, and the same stand-in runs them (a handler inside each node);
-//! 4. a tour of `examples/` policies ([`tour`]);
-//! 5. everything is left running; `make demo-down` (`localenv cluster down`) stops it.
+//! 1. the control plane, with a scheduler and every controller;
+//! 2. the images, built here from the project's Containerfiles, and three sandbox nodes
+//!    labelled like a real cluster's, each a real Kubernetes node ([`crate::kube_node`]:
+//!    containerd, kubelet, kube-proxy) with the images imported;
+//! 3. the Helm chart from `manifests/`: the operator's Deployment runs as a pod;
+//! 4. `NMState/nmstate`: the operator installs the handler DaemonSet (a pod on each node, on
+//!    that node's NetworkManager), the webhook (called through its Service) and the cluster
+//!    controller;
+//! 5. a tour of `examples/` policies ([`tour`]);
+//!
+//! then everything is left running; `make demo-down` (`localenv cluster down`) stops it.
 //!
 //! A second run reuses the control plane and starts the demo over on fresh nodes.
 
 mod tour;
 
 use crate::{
-    LocalEnv, LocalEnvError, Result,
-    daemon::{Daemon, run},
-    kubelet::pods::{EnvOverride, Pods},
+    LocalEnv, LocalEnvError, Result, Workloads,
+    daemon::run,
+    images,
     testing::{eventually, helm, helm_program, kubectl, kubectl_program},
 };
-use k8s_openapi::api::{admissionregistration::v1::ValidatingWebhookConfiguration, apps::v1::Deployment};
+use k8s_openapi::api::{admissionregistration::v1::ValidatingWebhookConfiguration, core::v1::Pod};
 use kube::{Api, Client};
 use nmstate_api::NMState;
 use std::{
@@ -44,15 +48,8 @@ const NODES: [(&str, &[&str]); 3] = [
     ("node02", &["node-role.kubernetes.io/worker"]),
     ("node03", &["node-role.kubernetes.io/worker"]),
 ];
-/// There is no Service network here: the API server calls the webhook on the host.
-const WEBHOOK_URL: &str = "https://127.0.0.1:9443";
 /// What the demo sets on the operator's container beyond the chart's Deployment, and why.
-const OPERATOR_SETTINGS: [(&str, &str, &str); 3] = [
-    (
-        "WEBHOOK_URL",
-        WEBHOOK_URL,
-        "no Service network: the API server calls the webhook on the host",
-    ),
+const OPERATOR_SETTINGS: [(&str, &str, &str); 2] = [
     (
         "PROBE_TIMEOUT_SECONDS",
         "10",
@@ -64,7 +61,6 @@ const OPERATOR_SETTINGS: [(&str, &str, &str); 3] = [
         "one attempt: the probes' verdict would not change on a retry",
     ),
 ];
-const OPERATOR_CONTAINER: &str = "nmstate-operator";
 /// A name this network's DNS answers, for the handler's DNS probe (upstream's default,
 /// root-servers.net, does not resolve in the sandbox, so the probe would be skipped).
 const DNS_PROBE_HOST: &str = crate::fabric::GATEWAY_NAME;
@@ -85,9 +81,9 @@ pub async fn up(env: &LocalEnv, bin_dir: &Path) -> Result<()> {
     preflight(bin_dir, &workspace)?;
     let mut steps = Steps::new(5);
 
-    steps.begin("control plane: kube-apiserver, etcd, kube-controller-manager");
+    steps.begin("control plane: kube-apiserver, etcd, kube-controller-manager, kube-scheduler");
     let reused = env.control_plane().is_running();
-    let endpoints = env.up().await?;
+    let endpoints = env.up_for(Workloads::Kubelets).await?;
     let client = env.client().await?;
     steps.done(&format!(
         "{} on https://127.0.0.1:{}",
@@ -100,38 +96,83 @@ pub async fn up(env: &LocalEnv, bin_dir: &Path) -> Result<()> {
     ));
 
     steps.begin(
-        "nodes: node01 (control plane), node02 and node03 (workers), each with its own NetworkManager",
+        "nodes: node01 (control plane), node02 and node03 (workers), each with its own NetworkManager, containerd, kubelet and kube-proxy",
     );
     reset_previous_run(env).await?;
+    let archives = env.build_images(bin_dir)?;
+    say(&format!(
+        "    images {} built from the Containerfiles ({} MB), imported into each node",
+        ["pause", "operator", "handler"].map(images::reference).join(", "),
+        archives
+            .iter()
+            .filter_map(|archive| archive.metadata().ok())
+            .map(|metadata| metadata.len())
+            .sum::<u64>()
+            / 1_000_000
+    ));
     for (name, roles) in NODES {
         let labels: BTreeMap<String, String> = roles
             .iter()
             .map(|role| (role.to_string(), String::new()))
             .collect();
+        let started = Instant::now();
         let node = env.node_up(name, &labels).await?;
+        env.kubelet_up(name, &archives).await?;
         say(&format!(
-            "    {name}  eth0 {}  roles {}",
+            "    {name}  eth0 {}  roles {}  Ready in {:.1} s",
             node.address(),
-            roles.join(",")
+            roles.join(","),
+            started.elapsed().as_secs_f64()
         ));
     }
     steps.done("3 Ready nodes");
 
-    steps.begin(&format!(
-        "operator: helm install {RELEASE} {CHART}, run as its Deployment says"
-    ));
+    steps.begin(&format!("operator: helm install {RELEASE} {CHART}"));
     let chart = workspace.join(CHART);
+    let repository = |name: &str| format!("{}/{name}", images::REPOSITORY);
     run(helm(env)
         .args(["upgrade", "--install", RELEASE])
         .arg(&chart)
-        .args(["--namespace", NAMESPACE, "--create-namespace"]))?;
-    expect_free_ports()?;
-    start_kubelet(env, bin_dir)?;
+        .args(["--namespace", NAMESPACE, "--create-namespace"])
+        .args([
+            "--set",
+            &format!("operator.image.repository={}", repository("operator")),
+        ])
+        .args(["--set", &format!("operator.image.tag={}", images::TAG)])
+        .args([
+            "--set",
+            &format!("handler.image.repository={}", repository("handler")),
+        ])
+        .args(["--set", &format!("handler.image.tag={}", images::TAG)]))?;
+    let mut set_env = kubectl(env);
+    set_env.args(["set", "env", "-n", NAMESPACE, "deployment/nmstate-operator"]);
     for (name, value, why) in OPERATOR_SETTINGS {
-        say(&format!("    {OPERATOR_CONTAINER} {name}={value}  ({why})"));
+        say(&format!(
+            "    kubectl set env deployment/nmstate-operator {name}={value}  ({why})"
+        ));
+        set_env.arg(format!("{name}={value}"));
     }
-    wait_for_deployment(&client, "nmstate-operator", env).await?;
-    steps.done("the chart's Deployment runs and is ready");
+    run(&mut set_env)?;
+    wait_for_rollout(env, "deployment/nmstate-operator")?;
+    // The first pod, without the settings, must be gone before NMState is created: else it
+    // installs the handlers and its successor rolls them again.
+    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
+    wait_until(env, "one operator pod left", || async {
+        let list = pods.list(&Default::default()).await.ok()?;
+        let operators = list
+            .items
+            .iter()
+            .filter(|pod| {
+                pod.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|name| name.starts_with("nmstate-operator-"))
+            })
+            .count();
+        (operators == 1).then_some(())
+    })
+    .await?;
+    steps.done("the operator's pod is Ready");
 
     steps.begin("NMState/nmstate: the operator installs the handler, webhook and cluster controller");
     apply_nmstate(env, &workspace)?;
@@ -140,11 +181,7 @@ pub async fn up(env: &LocalEnv, bin_dir: &Path) -> Result<()> {
         webhook_trusted(&client)
     })
     .await?;
-    say(&format!(
-        "    pods (processes) in {}:",
-        Pods::root(env).join(NAMESPACE).display()
-    ));
-    for line in run(kubectl(env).args(["get", "daemonsets,deployments", "-n", NAMESPACE]))?.lines() {
+    for line in run(kubectl(env).args(["get", "pods", "-n", NAMESPACE, "-o", "wide"]))?.lines() {
         say(&format!("    {line}"));
     }
     steps.done("Available");
@@ -154,30 +191,11 @@ pub async fn up(env: &LocalEnv, bin_dir: &Path) -> Result<()> {
     steps.done("done");
 
     say(&format!(
-        "\nThe demo is up ({:.0} s). Keep going with kubectl:\n\n  export KUBECONFIG={}\n  kubectl get nncp,nnce\n  kubectl get nns node02 -o yaml\n\nLogs: {} (one per process). `make demo-down` stops everything.",
+        "\nThe demo is up ({:.0} s). Keep going with kubectl:\n\n  export KUBECONFIG={}\n  kubectl get nncp,nnce\n  kubectl get nns node02 -o yaml\n  kubectl get pods -n {NAMESPACE} -o wide; kubectl logs -n {NAMESPACE} ds/nmstate-handler\n\n`make demo-down` stops everything.",
         started.elapsed().as_secs_f64(),
         env.kubeconfig().display(),
-        Pods::root(env).join(NAMESPACE).display(),
     ));
     Ok(())
-}
-
-/// The host ports the operator's, webhook's and cluster controller's pods listen on (they run on
-/// the host here, not in pods of their own): taken ones fail now, clearly, not as a pod that
-/// exits later.
-fn expect_free_ports() -> Result<()> {
-    let taken: Vec<String> = [8081, 8089, 9443]
-        .into_iter()
-        .filter(|port| std::net::TcpListener::bind(("0.0.0.0", *port)).is_err())
-        .map(|port| port.to_string())
-        .collect();
-    if taken.is_empty() {
-        return Ok(());
-    }
-    Err(LocalEnvError::Demo(format!(
-        "port(s) {} are in use; the operator (8081), cluster controller (8089) and webhook (9443) listen there. Is another demo running (`make demo-down`, or `localenv --dir <dir> demo down`)?",
-        taken.join(", ")
-    )))
 }
 
 /// Everything the demo needs, all missing ones at once, each with what to do.
@@ -224,11 +242,9 @@ fn preflight(bin_dir: &Path, workspace: &Path) -> Result<()> {
     }
 }
 
-/// A second run starts the demo over: its processes stopped, its policies deleted and its
-/// nodes rebuilt with fresh NetworkManager state; the control plane is kept.
+/// A second run starts the demo over: its policies deleted and its nodes rebuilt with fresh
+/// NetworkManager and kubelet state (their pods go with them); the control plane is kept.
 async fn reset_previous_run(env: &LocalEnv) -> Result<()> {
-    stop_kubelet(env);
-    Pods::stop_all(env);
     let previous: Vec<String> = env.nodes().into_iter().map(|node| node.name).collect();
     if previous.is_empty() {
         return Ok(());
@@ -242,43 +258,6 @@ async fn reset_previous_run(env: &LocalEnv) -> Result<()> {
     for name in previous {
         env.node_down(&name).await?;
     }
-    Ok(())
-}
-
-/// The detached `localenv kubelet` process that runs the namespace's pods.
-fn kubelet_daemon(env: &LocalEnv) -> Daemon {
-    let executable = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.file_name().map(|name| name.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "localenv".into());
-    Daemon::new("kubelet", &executable, &Pods::root(env))
-}
-
-/// Stops the `localenv kubelet` process of `env`, if it runs.
-pub fn stop_kubelet(env: &LocalEnv) {
-    kubelet_daemon(env).stop(Duration::from_secs(10));
-}
-
-fn start_kubelet(env: &LocalEnv, bin_dir: &Path) -> Result<()> {
-    let daemon = kubelet_daemon(env);
-    daemon.stop(Duration::from_secs(10));
-    std::fs::create_dir_all(Pods::root(env)).map_err(LocalEnvError::io("create", Pods::root(env)))?;
-    let exe = std::env::current_exe().map_err(LocalEnvError::io("find", "the localenv program"))?;
-    let mut command = std::process::Command::new(exe);
-    command
-        .arg("--dir")
-        .arg(env.dir())
-        .args(["kubelet", "--namespace", NAMESPACE, "--bin-dir"])
-        .arg(bin_dir);
-    for (name, value, _) in OPERATOR_SETTINGS {
-        let setting = EnvOverride {
-            container: OPERATOR_CONTAINER.into(),
-            name: name.into(),
-            value: value.into(),
-        };
-        command.arg("--set").arg(setting.to_string());
-    }
-    daemon.spawn(command)?;
     Ok(())
 }
 
@@ -301,14 +280,36 @@ fn apply_nmstate(env: &LocalEnv, workspace: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_deployment(client: &Client, name: &str, env: &LocalEnv) -> Result<()> {
-    let deployments = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
-    wait_until(env, &format!("Deployment {name} ready"), || async {
-        let deployment = deployments.get_opt(name).await.ok()??;
-        let ready = deployment.status?.ready_replicas.unwrap_or(0);
-        (ready > 0).then_some(())
-    })
-    .await
+/// Waits for a workload's rollout (`kubectl rollout status`), its pods ready as the kubelet
+/// probes them; when it does not come, the error says what its pods say.
+fn wait_for_rollout(env: &LocalEnv, workload: &str) -> Result<()> {
+    let timeout = format!("--timeout={}s", STEP_TIMEOUT.as_secs());
+    run(kubectl(env).args(["rollout", "status", "-n", NAMESPACE, workload, &timeout]))
+        .map(|_| ())
+        .map_err(|error| LocalEnvError::Demo(format!("{error}\n{}", pods_report(env))))
+}
+
+/// The namespace's pods, and for each one not ready its containers' last log lines: what a
+/// user would look at first.
+pub fn pods_report(env: &LocalEnv) -> String {
+    let mut report =
+        run(kubectl(env).args(["get", "pods", "-n", NAMESPACE, "-o", "wide"])).unwrap_or_default();
+    let not_ready = run(kubectl(env).args([
+        "get",
+        "pods",
+        "-n",
+        NAMESPACE,
+        "-o",
+        r#"jsonpath={range .items[?(@.status.containerStatuses[0].ready==false)]}{.metadata.name}{"\n"}{end}"#,
+    ]))
+    .unwrap_or_default();
+    for pod in not_ready.lines().filter(|pod| !pod.is_empty()) {
+        let logs = run(kubectl(env).args(["logs", "-n", NAMESPACE, pod, "--all-containers", "--tail=5"]))
+            .or_else(|_| run(kubectl(env).args(["logs", "-n", NAMESPACE, pod, "--previous", "--tail=5"])))
+            .unwrap_or_else(|error| error.to_string());
+        report.push_str(&format!("\n{pod}, last lines:\n{logs}"));
+    }
+    report
 }
 
 async fn nmstate_available(client: &Client) -> Option<()> {
@@ -343,12 +344,9 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    eventually(what, STEP_TIMEOUT, probe).await.map_err(|timed_out| {
-        LocalEnvError::Demo(format!(
-            "{timed_out}; the processes' logs are in {} (kubelet.log: what ran)",
-            Pods::root(env).display()
-        ))
-    })
+    eventually(what, STEP_TIMEOUT, probe)
+        .await
+        .map_err(|timed_out| LocalEnvError::Demo(format!("{timed_out}\n{}", pods_report(env))))
 }
 
 /// Numbered steps with the time each took.

@@ -1,9 +1,8 @@
-//! The kubelet's part, where no kubelet runs: [`container`] reads what a pod's container runs
-//! from its template, [`pods`] runs a namespace's pods as processes.
+//! What a pod's container runs, read from its template, for tests that run the operator as a
+//! host process the way its Deployment says ([`crate::testing::start_operator_as_deployed`]).
+//! Pods themselves run on real kubelets ([`crate::kube_node`]).
 
 /// What a container of a pod runs (program, arguments, environment), from its template.
 pub mod container;
-/// A namespace's DaemonSet and Deployment pods, run as processes until stopped.
-pub mod pods;
 
 pub use container::{KubeletError, PodFacts, invocation};
