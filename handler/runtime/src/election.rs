@@ -1,8 +1,15 @@
 //! Leader election for the cluster-level writers (policy statuses, webhook certificates):
 //! every replica runs, only the holder of a Lease (kube-lease-manager) writes.
 
+use crate::watch::WatchBackoff;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{
+    Api,
+    runtime::{WatchStreamExt, watcher},
+};
 use std::{future::Future, time::Duration};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The command-line settings of a leader-elected binary's replicas.
 #[derive(clap::Args, Clone, Debug)]
@@ -63,6 +70,11 @@ pub fn default_identity(fallback: &str) -> String {
 /// Runs `lead()` whenever this replica leads, until `shutdown` completes; starts it again when
 /// it returns while still leading. On shutdown the Lease is released, so another replica takes
 /// over at once rather than after the lease expires. `on_lost` runs each time leading stops.
+///
+/// A replica standing by watches the Lease: kube-lease-manager only looks again when the
+/// holder's lease would expire, so a released Lease (the leader's pod replaced in a rollout or
+/// an upgrade) would otherwise stay free for up to its whole duration, with nobody installing
+/// or writing status. Seeing it released, the replica starts its manager again, which takes it.
 pub async fn run_while_leading<Lead, LeadFuture>(
     client: kube::Client,
     election: &Election,
@@ -74,39 +86,117 @@ where
     Lead: FnMut() -> LeadFuture,
     LeadFuture: Future<Output = ()>,
 {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut released = released(client.clone(), election);
+    'manager: loop {
+        let (mut leading, task) = manager(client.clone(), election).await?.watch().await;
+        loop {
+            // Biased: a replica that leads already is not told the Lease is free by a stale event.
+            let standing_by = tokio::select! {
+                biased;
+                () = &mut shutdown => StandingBy::Stop,
+                changed = leading.wait_for(|leader| *leader) => match changed {
+                    Ok(_) => StandingBy::Lead,
+                    Err(_) => StandingBy::Stop,
+                },
+                Some(()) = released.next() => StandingBy::Released,
+            };
+            match standing_by {
+                StandingBy::Lead => {}
+                StandingBy::Stop => break 'manager stop(leading, task, election).await,
+                StandingBy::Released => {
+                    debug!(lease = %election.lease, "the lease was released; taking it");
+                    stop(leading, task, election).await;
+                    continue 'manager;
+                }
+            }
+            info!(identity = %election.identity, lease = %election.lease, "leading: {}", election.role);
+            let stop_now = tokio::select! {
+                () = &mut shutdown => true,
+                () = lead() => {
+                    warn!(lease = %election.lease, "{} stopped; starting again", election.role);
+                    false
+                }
+                _ = leading.wait_for(|leader| !*leader) => {
+                    warn!(lease = %election.lease, "lost the lead: another replica does {} now", election.role);
+                    false
+                }
+            };
+            on_lost();
+            if stop_now {
+                break 'manager stop(leading, task, election).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How standing by ended.
+enum StandingBy {
+    Lead,
+    Stop,
+    /// The Lease is free: a new manager takes it now rather than at its expiry.
+    Released,
+}
+
+async fn manager(
+    client: kube::Client,
+    election: &Election,
+) -> Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError> {
     let seconds = election.duration.as_secs().max(2);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &election.lease)
+    kube_lease_manager::LeaseManagerBuilder::new(client, &election.lease)
         .with_namespace(&election.namespace)
         .with_identity(&election.identity)
         .with_duration(seconds)
         .with_grace((seconds / 3).max(1))
         .with_field_manager(&election.field_manager)
         .build()
-        .await?;
-    let (mut leading, task) = manager.watch().await;
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            changed = leading.wait_for(|leader| *leader) => if changed.is_err() { break },
-        }
-        info!(identity = %election.identity, lease = %election.lease, "leading: {}", election.role);
-        let stop = tokio::select! {
-            () = &mut shutdown => true,
-            () = lead() => {
-                warn!(lease = %election.lease, "{} stopped; starting again", election.role);
-                false
+        .await
+}
+
+/// Yields each time the election's Lease is seen free (no holder) or deleted, after the first
+/// listing. Watch errors are logged and retried.
+fn released(client: kube::Client, election: &Election) -> futures::stream::BoxStream<'static, ()> {
+    let leases: Api<Lease> = Api::namespaced(client, &election.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", election.lease));
+    let lease = election.lease.clone();
+    watcher(leases, config)
+        .backoff(WatchBackoff::default())
+        .try_filter_map(|event| async move {
+            Ok(match event {
+                watcher::Event::Apply(lease) => is_free(&lease).then_some(()),
+                watcher::Event::Delete(_) => Some(()),
+                _ => None,
+            })
+        })
+        .filter_map(move |event| {
+            let lease = lease.clone();
+            async move {
+                event
+                    .inspect_err(|error| debug!(%lease, "watching the election lease: {error}"))
+                    .ok()
             }
-            _ = leading.wait_for(|leader| !*leader) => {
-                warn!(lease = %election.lease, "lost the lead: another replica does {} now", election.role);
-                false
-            }
-        };
-        on_lost();
-        if stop {
-            break;
-        }
-    }
+        })
+        .boxed()
+}
+
+/// A Lease nobody holds.
+fn is_free(lease: &Lease) -> bool {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.holder_identity.as_deref())
+        .is_none_or(str::is_empty)
+}
+
+/// Stops the manager; if this replica holds the Lease, it is released.
+async fn stop(
+    leading: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
+    election: &Election,
+) {
     drop(leading);
     match tokio::time::timeout(Duration::from_secs(5), task).await {
         Ok(Ok(Err(error))) => warn!(
@@ -119,5 +209,25 @@ where
         ),
         _ => {}
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+
+    #[test]
+    fn a_lease_without_a_holder_is_free() {
+        let lease = |holder: Option<&str>| Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_string),
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        };
+        assert!(is_free(&lease(None)));
+        assert!(is_free(&lease(Some(""))));
+        assert!(!is_free(&lease(Some("operator-1"))));
+        assert!(is_free(&Lease::default()), "no spec at all");
+    }
 }
