@@ -11,7 +11,11 @@ use kube::{Api, ResourceExt};
 use nmstate_api::{
     NMState, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
 };
-use nmstate_localenv::{LocalEnv, kube_node::KubeNode, testing::kubectl};
+use nmstate_localenv::{
+    KubeRelease, LocalEnv, images,
+    kube_node::KubeNode,
+    testing::{eventually, helm, kubectl},
+};
 use std::{path::PathBuf, process::Command};
 
 const LOCALENV: &str = env!("CARGO_BIN_EXE_localenv");
@@ -281,6 +285,91 @@ async fn make_demo_tours_the_examples_starts_over_and_stops_everything() {
     assert!(
         resolv.contains("nameserver 10.77.0.1") && resolv.contains("example.com"),
         "{resolv}"
+    );
+
+    // An upgrade to a new handler image rolls the handlers for real: the operator's pod is
+    // replaced, it renders the new image, the DaemonSet replaces every handler pod, and no
+    // policy is applied again (no enactment changes its conditions).
+    let enactments = Api::<NodeNetworkConfigurationEnactment>::all(client.clone());
+    let conditions = |list: kube::core::ObjectList<NodeNetworkConfigurationEnactment>| {
+        let mut all: Vec<_> = list
+            .items
+            .into_iter()
+            .map(|e| {
+                (
+                    e.name_any(),
+                    serde_json::to_string(&e.status.unwrap().conditions).unwrap(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = conditions(enactments.list(&Default::default()).await.unwrap());
+    let pods_api = Api::<Pod>::namespaced(client.clone(), "nmstate");
+    let old_handlers: Vec<String> = pods_api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|pod| pod.name_any().starts_with("nmstate-handler-"))
+        .filter_map(|pod| pod.uid())
+        .collect();
+    assert_eq!(old_handlers.len(), 3);
+    let next = format!("{}/handler:next", images::REPOSITORY);
+    for node in env.nodes() {
+        KubeNode::new(&node, &KubeRelease::Current.bin_dir())
+            .tag_image(&images::reference("handler"), &next)
+            .unwrap();
+    }
+    let upgraded = helm(&env)
+        .args(["upgrade", "nmstate", "--namespace", "nmstate", "--reuse-values"])
+        .arg(nmstate_localenv::workspace_dir().join("manifests/helm/kubernetes-nmstate"))
+        .args(["--set", "handler.image.tag=next"])
+        .output()
+        .unwrap();
+    assert!(upgraded.status.success(), "{upgraded:?}");
+    // (A container's status names the image by whichever of its tags the runtime lists first,
+    // here the older one: the pods' specs and UIDs say what was replaced.)
+    eventually(
+        "every handler pod replaced by one with the new image, ready",
+        std::time::Duration::from_secs(180),
+        || async {
+            let pods = pods_api.list(&Default::default()).await.ok()?;
+            let handlers: Vec<_> = pods
+                .items
+                .iter()
+                .filter(|pod| pod.name_any().starts_with("nmstate-handler-"))
+                .collect();
+            let upgraded = handlers.iter().all(|pod| {
+                let ready = pod
+                    .status
+                    .clone()
+                    .unwrap_or_default()
+                    .container_statuses
+                    .iter()
+                    .flatten()
+                    .all(|c| c.ready);
+                let image = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|spec| spec.containers[0].image.clone())
+                    .unwrap_or_default();
+                ready
+                    && image.ends_with("handler:next")
+                    && !old_handlers.contains(&pod.uid().unwrap_or_default())
+                    && pod.metadata.deletion_timestamp.is_none()
+            });
+            (handlers.len() == 3 && upgraded).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        conditions(enactments.list(&Default::default()).await.unwrap()),
+        before,
+        "no policy is applied again by the upgrade"
     );
 
     // A second run starts over on fresh nodes and tours the same way.

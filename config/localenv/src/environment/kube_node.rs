@@ -192,6 +192,15 @@ impl<'a> KubeNode<'a> {
         Ok(())
     }
 
+    /// Gives the imported image `from` a second name `to` in the node's containerd, as pushing
+    /// a new tag of the same image to a registry would.
+    pub fn tag_image(&self, from: &str, to: &str) -> Result<()> {
+        let mut tag = self.ctr()?;
+        tag.args(["images", "tag", "--force", from, to]);
+        run(&mut tag)?;
+        Ok(())
+    }
+
     fn ctr(&self) -> Result<std::process::Command> {
         let mut command = self.node.command(self.bin_dir.join("ctr"))?;
         command.args(["--address", CONTAINERD_SOCKET, "--namespace", "k8s.io"]);
