@@ -142,7 +142,7 @@ impl NodeStateReporter {
             return Ok(false);
         }
         let existing = match self.api.get_opt(&self.node_name).await? {
-            Some(existing) if force => self.adopt(existing).await?,
+            Some(existing) if force => self.adopt(existing, &self.node_uid().await?).await?,
             Some(existing) => existing,
             None => self.create().await?,
         };
@@ -193,12 +193,11 @@ impl NodeStateReporter {
     /// node was deleted and registered again). Left as it is, the garbage collector deletes it
     /// seconds later, after this handler may have reported into it and an enactment said
     /// Available: whoever then reads the node state finds none until it is recreated.
-    async fn adopt(&self, existing: NodeNetworkState) -> Result<NodeNetworkState, ReportError> {
-        let uid = self.node_uid().await?;
-        if owned_by(&existing, &uid) {
+    async fn adopt(&self, existing: NodeNetworkState, uid: &str) -> Result<NodeNetworkState, ReportError> {
+        if owned_by(&existing, uid) {
             return Ok(existing);
         }
-        let patch = json!({"metadata": {"ownerReferences": [node_owner(&self.node_name, &uid)]}});
+        let patch = json!({"metadata": {"ownerReferences": [node_owner(&self.node_name, uid)]}});
         let adopted = self
             .api
             .patch(&self.node_name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -222,7 +221,7 @@ impl NodeStateReporter {
                 Ok(created)
             }
             // Created meanwhile (e.g. by a previous handler that is still stopping).
-            Err(error) if is_conflict(&error) => self.adopt(self.api.get(&self.node_name).await?).await,
+            Err(error) if is_conflict(&error) => self.adopt(self.api.get(&self.node_name).await?, &uid).await,
             Err(error) => Err(error.into()),
         }
     }
