@@ -14,11 +14,6 @@ use std::path::{Path, PathBuf};
 pub const REPOSITORY: &str = "localhost/kubernetes-nmstate";
 pub const TAG: &str = "local";
 
-/// The pod sandbox image every node pins (containerd's `pinned_images.sandbox`).
-pub fn pause_reference() -> String {
-    format!("{REPOSITORY}/pause:{TAG}")
-}
-
 /// The instructions of a FROM-scratch Containerfile, as far as this project uses them.
 #[derive(Debug, Default, PartialEq)]
 pub struct Containerfile {

@@ -96,10 +96,10 @@ impl LocalEnv {
         self.control_plane().kubeconfig()
     }
 
-    /// Starts the control plane for the kubelet stand-in, or reuses it when it is already
+    /// Starts the control plane for nodes without kubelets, or reuses it when it is already
     /// running and ready.
     pub async fn up(&self) -> Result<Endpoints> {
-        self.up_for(Workloads::StandIn).await
+        self.up_for(Workloads::Processes).await
     }
 
     /// Starts the control plane for `workloads`, or reuses it when it is already running,
@@ -240,7 +240,7 @@ impl LocalEnv {
         if control_plane.workloads() != Workloads::Kubelets {
             return Err(LocalEnvError::Node {
                 name: name.to_string(),
-                reason: "the control plane was started for the kubelet stand-in, not for kubelets".into(),
+                reason: "the control plane was started for nodes without kubelets; start it with `cluster up --kubelets`".into(),
             });
         }
         let release = control_plane
@@ -251,14 +251,14 @@ impl LocalEnv {
         let images = images.to_vec();
         let started = node.clone();
         tokio::task::spawn_blocking(move || {
-            kube_node::KubeNode::new(&started, &release.bin_dir()).start(&control_plane, &images)
+            kube_node::KubeNode::new(&started).start(&release.bin_dir(), &control_plane, &images)
         })
         .await
         .map_err(|error| LocalEnvError::Node {
             name: name.to_string(),
             reason: error.to_string(),
         })??;
-        let kube_node = kube_node::KubeNode::of(&node);
+        let kube_node = kube_node::KubeNode::new(&node);
         let nodes: Api<Node> = Api::all(self.client().await?);
         let log = node.dir().join("kube/kubelet.log");
         let pod_cidr = wait_for_node(&nodes, name, "a pod CIDR", &log, |node| {
@@ -410,7 +410,8 @@ pub fn write_impersonating_kubeconfig(source: &Path, path: &Path, user: &str) ->
     std::fs::write(path, text).map_err(LocalEnvError::io("write", path))
 }
 
-/// Polls the Node `name` until `found` finds what it waits for, for up to a minute.
+/// Polls the Node `name` until `found` finds what it waits for, for up to a minute; failing,
+/// names the kubelet's log.
 async fn wait_for_node<T>(
     nodes: &Api<Node>,
     name: &str,
@@ -418,22 +419,16 @@ async fn wait_for_node<T>(
     log: &Path,
     found: impl Fn(&Node) -> Option<T>,
 ) -> Result<T> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if let Some(node) = nodes.get_opt(name).await?
-            && let Some(value) = found(&node)
-        {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(LocalEnvError::NotReady {
-                what: format!("node {name}: {what}"),
-                seconds: 60,
-                log: log.to_path_buf(),
-            });
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    let timeout = std::time::Duration::from_secs(60);
+    testing::eventually(&format!("node {name}: {what}"), timeout, || async {
+        found(&nodes.get_opt(name).await.ok()??)
+    })
+    .await
+    .map_err(|timed_out| LocalEnvError::NotReady {
+        what: timed_out.what,
+        seconds: timeout.as_secs(),
+        log: log.to_path_buf(),
+    })
 }
 
 /// Creates or updates the Node object with its labels; with `report_ready` (no kubelet runs on

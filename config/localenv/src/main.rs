@@ -69,7 +69,7 @@ enum DemoAction {
 enum ClusterAction {
     /// Start the control plane (or reuse a running one); prints `export KUBECONFIG=...`.
     Up {
-        /// For real kubelets on the nodes (`node up --kubelet`) instead of the stand-in
+        /// For real kubelets on the nodes (`node up --kubelet`)
         #[arg(long)]
         kubelets: bool,
     },
@@ -167,7 +167,7 @@ async fn run(env: &LocalEnv, command: Command) -> Result<ExitCode, LocalEnvError
             let workloads = if kubelets {
                 Workloads::Kubelets
             } else {
-                Workloads::StandIn
+                Workloads::Processes
             };
             let endpoints = env.up_for(workloads).await?;
             match endpoints.startup {

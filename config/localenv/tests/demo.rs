@@ -75,7 +75,7 @@ fn node_processes(env: &LocalEnv) -> Vec<(u32, String)> {
     let roots: Vec<String> = env
         .nodes()
         .iter()
-        .map(|node| format!(":{}/", KubeNode::of(node).cgroup_root()))
+        .map(|node| format!(":{}/", KubeNode::new(node).cgroup_root()))
         .collect();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -319,8 +319,12 @@ async fn make_demo_tours_the_examples_starts_over_and_stops_everything() {
     assert_eq!(old_handlers.len(), 3);
     let next = format!("{}/handler:next", images::REPOSITORY);
     for node in env.nodes() {
-        KubeNode::new(&node, &KubeRelease::Current.bin_dir())
-            .tag_image(&images::reference("handler"), &next)
+        KubeNode::new(&node)
+            .tag_image(
+                &KubeRelease::Current.bin_dir(),
+                &images::reference("handler"),
+                &next,
+            )
             .unwrap();
     }
     let upgraded = helm(&env)

@@ -300,8 +300,9 @@ fn a_prefix_renames_every_operand_but_the_namespace() {
     );
 }
 
-/// Every workload the operator renders can be run by the local environment's kubelet stand-in
-/// (what `make demo` relies on): a command it knows, and no environment it cannot provide.
+/// Every workload the operator renders can be run as a process from its template (what the
+/// tests that run the operator that way rely on): a command it knows, and no environment it
+/// cannot provide.
 #[test]
 fn every_rendered_workload_is_runnable_without_a_kubelet() {
     use nmstate_localenv::kubelet::{PodFacts, invocation};

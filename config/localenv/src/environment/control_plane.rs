@@ -49,9 +49,9 @@ pub enum Stop {
 /// Who runs the workloads' pods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workloads {
-    /// Nobody: the controller manager runs only the controllers tests rely on, and the kubelet
-    /// stand-in (`localenv kubelet`) plays the pods as processes.
-    StandIn,
+    /// Nobody: the controller manager runs only the controllers tests rely on, and tests run
+    /// the programs as processes (in the nodes, or on the host as their pod templates say).
+    Processes,
     /// Real kubelets on the nodes ([`crate::kube_node`]): the scheduler and every controller
     /// run, pod CIDRs are allocated, and the API server reaches pods and kubelets through the
     /// fabric ([`crate::fabric`]'s egress proxy), so webhooks are called through their Service.
@@ -61,7 +61,7 @@ pub enum Workloads {
 impl Workloads {
     fn name(self) -> &'static str {
         match self {
-            Workloads::StandIn => "stand-in",
+            Workloads::Processes => "processes",
             Workloads::Kubelets => "kubelets",
         }
     }
@@ -206,7 +206,7 @@ impl ControlPlane {
     pub fn workloads(&self) -> Workloads {
         match std::fs::read_to_string(self.dir.join("workloads")).as_deref() {
             Ok("kubelets") => Workloads::Kubelets,
-            _ => Workloads::StandIn,
+            _ => Workloads::Processes,
         }
     }
 
@@ -470,7 +470,7 @@ impl ControlPlane {
             // deletion. No pods run here, so workload controllers would only fight the tests
             // over DaemonSet/Deployment status, and the node lifecycle controller would mark
             // the sandbox nodes NotReady for lack of a kubelet.
-            Workloads::StandIn => {
+            Workloads::Processes => {
                 command.arg("--controllers=garbagecollector,namespace,serviceaccount,serviceaccount-token")
             }
         };

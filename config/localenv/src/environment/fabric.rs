@@ -141,13 +141,7 @@ impl Fabric {
         let dnsmasq = self.dnsmasq();
         dnsmasq.spawn(self.dnsmasq_command())?;
         let api_forwarder = self.api_forwarder();
-        let mut forward = Command::new("ip");
-        forward.args(["netns", "exec", ns, "socat"]);
-        forward.arg(format!(
-            "TCP-LISTEN:{NODE_API_PORT},bind={MGMT_GATEWAY},fork,reuseaddr"
-        ));
-        forward.arg(format!("UNIX-CONNECT:{}", api_socket.display()));
-        api_forwarder.spawn(forward)?;
+        api_forwarder.spawn(self.api_forward(NODE_API_PORT, &api_socket))?;
         if kubelets {
             self.start_kubelet_parts(control_plane)?;
         }
@@ -173,12 +167,8 @@ impl Fabric {
                 dir: control_plane.dir().to_path_buf(),
             })?
             .apiserver_port;
-        let mut forward = Command::new("ip");
-        forward
-            .args(["netns", "exec", ns, "socat"])
-            .arg(format!("TCP-LISTEN:{port},bind={MGMT_GATEWAY},fork,reuseaddr"))
-            .arg(format!("UNIX-CONNECT:{}", control_plane.api_socket().display()));
-        self.advertised_api_forwarder().spawn(forward)?;
+        self.advertised_api_forwarder()
+            .spawn(self.api_forward(port, &control_plane.api_socket()))?;
         let mut proxy = Command::new("ip");
         proxy
             .args(["netns", "exec", ns])
@@ -188,6 +178,16 @@ impl Fabric {
             .arg(control_plane.egress_socket());
         self.egress_proxy().spawn(proxy)?;
         Ok(())
+    }
+
+    /// socat serving the control plane's unix socket `api_socket` on the gateway's `port`.
+    fn api_forward(&self, port: u16, api_socket: &Path) -> Command {
+        let mut forward = Command::new("ip");
+        forward
+            .args(["netns", "exec", &self.netns, "socat"])
+            .arg(format!("TCP-LISTEN:{port},bind={MGMT_GATEWAY},fork,reuseaddr"))
+            .arg(format!("UNIX-CONNECT:{}", api_socket.display()));
+        forward
     }
 
     /// Routes `pod_cidr` to the node at `node_address` (its eth0).

@@ -38,25 +38,15 @@ const KUBELET_SYSCTLS: [(&str, &str); 6] = [
 ];
 const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
-/// The Kubernetes part of one sandbox node.
+/// The Kubernetes part of one sandbox node. `bin_dir`, where a method takes it, holds the
+/// release's kubelet, kube-proxy, containerd, its shim and ctr.
 pub struct KubeNode<'a> {
     node: &'a SandboxNode,
-    /// The release's binaries: kubelet, kube-proxy, containerd, its shim, ctr.
-    bin_dir: PathBuf,
 }
 
 impl<'a> KubeNode<'a> {
-    /// The part of `node` that runs the binaries of `bin_dir`.
-    pub fn new(node: &'a SandboxNode, bin_dir: &Path) -> Self {
-        KubeNode {
-            node,
-            bin_dir: bin_dir.to_path_buf(),
-        }
-    }
-
-    /// What to stop of `node` (no binary is run).
-    pub fn of(node: &'a SandboxNode) -> Self {
-        KubeNode::new(node, Path::new("/nonexistent"))
+    pub fn new(node: &'a SandboxNode) -> Self {
+        KubeNode { node }
     }
 
     fn dir(&self) -> PathBuf {
@@ -85,7 +75,7 @@ impl<'a> KubeNode<'a> {
     /// Starts containerd (with `images` imported), the kubelet and kube-proxy; the kubelet
     /// registers the node (or takes over its Node object). Returns once all three run; the Node
     /// turns Ready once its pod network is configured ([`KubeNode::configure_pod_network`]).
-    pub fn start(&self, control_plane: &ControlPlane, images: &[PathBuf]) -> Result<()> {
+    pub fn start(&self, bin_dir: &Path, control_plane: &ControlPlane, images: &[PathBuf]) -> Result<()> {
         if self.is_running() {
             return Ok(());
         }
@@ -103,23 +93,23 @@ impl<'a> KubeNode<'a> {
 
         let config = dir.join("containerd.toml");
         write(&config, &containerd_config())?;
-        let mut command = self.node.command(self.bin_dir.join("containerd"))?;
+        let mut command = self.node.command(bin_dir.join("containerd"))?;
         command.arg("--config").arg(&config);
         command.env(
             "PATH",
-            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.bin_dir.display()),
+            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin_dir.display()),
         );
         self.join_cgroup(containerd.spawn(command)?)?;
-        self.wait_for_containerd(&containerd)?;
+        self.wait_for_containerd(bin_dir, &containerd)?;
         for image in images {
-            let mut import = self.ctr()?;
+            let mut import = self.ctr(bin_dir)?;
             import.args(["images", "import"]).arg(image);
             run(&mut import)?;
         }
 
         let config = dir.join("kubelet.yaml");
         write(&config, &self.kubelet_config())?;
-        let mut command = self.node.command(self.bin_dir.join("kubelet"))?;
+        let mut command = self.node.command(bin_dir.join("kubelet"))?;
         command
             .arg(format!("--config={}", config.display()))
             .arg(format!(
@@ -133,7 +123,7 @@ impl<'a> KubeNode<'a> {
 
         let config = dir.join("kube-proxy.yaml");
         write(&config, &self.proxy_config(&control_plane.node_kubeconfig()))?;
-        let mut command = self.node.command(self.bin_dir.join("kube-proxy"))?;
+        let mut command = self.node.command(bin_dir.join("kube-proxy"))?;
         command.arg(format!("--config={}", config.display())).arg("--v=1");
         self.join_cgroup(proxy.spawn(command)?)?;
         std::thread::sleep(Duration::from_millis(300));
@@ -194,25 +184,25 @@ impl<'a> KubeNode<'a> {
 
     /// Gives the imported image `from` a second name `to` in the node's containerd, as pushing
     /// a new tag of the same image to a registry would.
-    pub fn tag_image(&self, from: &str, to: &str) -> Result<()> {
-        let mut tag = self.ctr()?;
+    pub fn tag_image(&self, bin_dir: &Path, from: &str, to: &str) -> Result<()> {
+        let mut tag = self.ctr(bin_dir)?;
         tag.args(["images", "tag", "--force", from, to]);
         run(&mut tag)?;
         Ok(())
     }
 
-    fn ctr(&self) -> Result<std::process::Command> {
-        let mut command = self.node.command(self.bin_dir.join("ctr"))?;
+    fn ctr(&self, bin_dir: &Path) -> Result<std::process::Command> {
+        let mut command = self.node.command(bin_dir.join("ctr"))?;
         command.args(["--address", CONTAINERD_SOCKET, "--namespace", "k8s.io"]);
         Ok(command)
     }
 
-    fn wait_for_containerd(&self, containerd: &Daemon) -> Result<()> {
+    fn wait_for_containerd(&self, bin_dir: &Path, containerd: &Daemon) -> Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::time::Instant::now() < deadline {
             // Before nsenter has executed containerd, the pid runs nsenter: ask first.
             std::thread::sleep(Duration::from_millis(100));
-            let mut version = self.ctr()?;
+            let mut version = self.ctr(bin_dir)?;
             if run(version.arg("version")).is_ok() {
                 return Ok(());
             }
@@ -340,7 +330,8 @@ fn containerd_config() -> String {
          [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  \
          SystemdCgroup = false\n  BinaryName = \"/usr/sbin/runc\"\n\
          [plugins.'io.containerd.cri.v1.runtime'.cni]\n  bin_dirs = [\"/usr/lib/cni\"]\n  conf_dir = \"/etc/cni/net.d\"\n",
-        pause = images::pause_reference()
+        // The pod sandbox image every node pins.
+        pause = images::reference("pause")
     )
 }
 

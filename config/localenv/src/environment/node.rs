@@ -197,7 +197,7 @@ impl SandboxNode {
     /// Stops the node's processes (by pid), deletes its namespace and its directory.
     pub(crate) fn stop(&self) -> Result<()> {
         // Containers and their shims first: they hold the node's namespaces.
-        crate::kube_node::KubeNode::of(self).stop();
+        crate::kube_node::KubeNode::new(self).stop();
         for daemon in self.daemons().iter().rev() {
             daemon.stop(Duration::from_secs(10));
         }
