@@ -55,6 +55,9 @@ pub enum LocalEnvError {
     Image(String),
     #[error("make demo: {0}")]
     Demo(String),
+    /// Pods that did not come up, with what they say.
+    #[error("pods: {0}")]
+    Pods(String),
     #[error("{0}")]
     Usage(String),
     #[error("must run as root to create network namespaces")]

@@ -17,6 +17,8 @@ mod error;
 pub mod images;
 /// What a pod's container runs, from its template (tests run the operator that way).
 pub mod kubelet;
+/// The product's pods as a user looks at them: rollout status, what the unready ones say.
+pub mod pods;
 /// What integration tests share: the shared environment, sandbox nodes, kubectl, waiting.
 pub mod testing;
 
@@ -275,6 +277,34 @@ impl LocalEnv {
                 .then_some(())
         })
         .await
+    }
+
+    /// Gives the image `from` the second name `to` on every real node, as pushing a tag to a
+    /// registry would: for example the release name a manifest says
+    /// (`quay.io/nmstate/kubernetes-nmstate-rs-handler:v0.2.0`) for an image built here.
+    pub fn tag_image(&self, from: &str, to: &str) -> Result<()> {
+        self.on_real_nodes(|node, bin_dir| node.tag_image(bin_dir, from, to))
+    }
+
+    /// Takes the name `reference` away again on every real node.
+    pub fn untag_image(&self, reference: &str) -> Result<()> {
+        self.on_real_nodes(|node, bin_dir| node.untag_image(bin_dir, reference))
+    }
+
+    fn on_real_nodes(&self, action: impl Fn(&kube_node::KubeNode<'_>, &Path) -> Result<()>) -> Result<()> {
+        let release = self
+            .control_plane()
+            .release()
+            .ok_or_else(|| LocalEnvError::ClusterDown {
+                dir: self.dir.clone(),
+            })?;
+        for node in self.nodes() {
+            let kube_node = kube_node::KubeNode::new(&node);
+            if kube_node.is_running() {
+                action(&kube_node, &release.bin_dir())?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the `Node` object and tears the sandbox node down.

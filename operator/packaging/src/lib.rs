@@ -53,6 +53,15 @@ pub fn image(name: &str, version: &semver::Version) -> String {
     format!("{IMAGE_REGISTRY}/{name}:v{version}")
 }
 
+/// The images of release `version`, each with the directory of its Containerfile (`operator`,
+/// `handler`): what `make images` builds, and the local environment's nodes import.
+pub fn images(version: &semver::Version) -> [(&'static str, String); 2] {
+    [
+        ("operator", image(OPERATOR_IMAGE, version)),
+        ("handler", image(HANDLER_IMAGE, version)),
+    ]
+}
+
 /// The values a channel sets in the operator's objects.
 #[derive(Clone, Debug)]
 pub struct Slots {

@@ -19,12 +19,11 @@ mod tour;
 use crate::{
     LocalEnv, LocalEnvError, Result, Workloads,
     daemon::run,
-    images,
+    images, pods,
     testing::{eventually, helm, helm_program, kubectl, kubectl_program},
 };
 use k8s_openapi::api::{admissionregistration::v1::ValidatingWebhookConfiguration, core::v1::Pod};
 use kube::{Api, Client};
-use nmstate_api::NMState;
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -153,7 +152,8 @@ pub async fn up(env: &LocalEnv, bin_dir: &Path) -> Result<()> {
         set_env.arg(format!("{name}={value}"));
     }
     run(&mut set_env)?;
-    wait_for_rollout(env, "deployment/nmstate-operator")?;
+    pods::rollout_status(env, NAMESPACE, "deployment/nmstate-operator", STEP_TIMEOUT)
+        .map_err(|error| LocalEnvError::Demo(error.to_string()))?;
     // The first pod, without the settings, must be gone before NMState is created: else it
     // installs the handlers and its successor rolls them again.
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
@@ -176,7 +176,10 @@ pub async fn up(env: &LocalEnv, bin_dir: &Path) -> Result<()> {
 
     steps.begin("NMState/nmstate: the operator installs the handler, webhook and cluster controller");
     apply_nmstate(env, &workspace)?;
-    wait_until(env, "NMState nmstate Available", || nmstate_available(&client)).await?;
+    wait_until(env, "NMState nmstate Available", || {
+        pods::nmstate_available(&client)
+    })
+    .await?;
     wait_until(env, "the webhook's CA bundle published", || {
         webhook_trusted(&client)
     })
@@ -280,49 +283,6 @@ fn apply_nmstate(env: &LocalEnv, workspace: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Waits for a workload's rollout (`kubectl rollout status`), its pods ready as the kubelet
-/// probes them; when it does not come, the error says what its pods say.
-fn wait_for_rollout(env: &LocalEnv, workload: &str) -> Result<()> {
-    let timeout = format!("--timeout={}s", STEP_TIMEOUT.as_secs());
-    run(kubectl(env).args(["rollout", "status", "-n", NAMESPACE, workload, &timeout]))
-        .map(|_| ())
-        .map_err(|error| LocalEnvError::Demo(format!("{error}\n{}", pods_report(env))))
-}
-
-/// The namespace's pods, and for each one not ready its containers' last log lines: what a
-/// user would look at first.
-pub fn pods_report(env: &LocalEnv) -> String {
-    let mut report =
-        run(kubectl(env).args(["get", "pods", "-n", NAMESPACE, "-o", "wide"])).unwrap_or_default();
-    let not_ready = run(kubectl(env).args([
-        "get",
-        "pods",
-        "-n",
-        NAMESPACE,
-        "-o",
-        r#"jsonpath={range .items[?(@.status.containerStatuses[0].ready==false)]}{.metadata.name}{"\n"}{end}"#,
-    ]))
-    .unwrap_or_default();
-    for pod in not_ready.lines().filter(|pod| !pod.is_empty()) {
-        let logs = run(kubectl(env).args(["logs", "-n", NAMESPACE, pod, "--all-containers", "--tail=5"]))
-            .or_else(|_| run(kubectl(env).args(["logs", "-n", NAMESPACE, pod, "--previous", "--tail=5"])))
-            .unwrap_or_else(|error| error.to_string());
-        report.push_str(&format!("\n{pod}, last lines:\n{logs}"));
-    }
-    report
-}
-
-async fn nmstate_available(client: &Client) -> Option<()> {
-    let nmstate = Api::<NMState>::all(client.clone())
-        .get_opt("nmstate")
-        .await
-        .ok()??;
-    let conditions = nmstate.status?.conditions;
-    nmstate_api::condition::find_condition(&conditions, "Available")
-        .is_some_and(nmstate_api::Condition::is_true)
-        .then_some(())
-}
-
 /// The API server can call the webhook once its CA is in every webhook's `caBundle`.
 async fn webhook_trusted(client: &Client) -> Option<()> {
     let configurations = Api::<ValidatingWebhookConfiguration>::all(client.clone());
@@ -346,7 +306,7 @@ where
 {
     eventually(what, STEP_TIMEOUT, probe)
         .await
-        .map_err(|timed_out| LocalEnvError::Demo(format!("{timed_out}\n{}", pods_report(env))))
+        .map_err(|timed_out| LocalEnvError::Demo(format!("{timed_out}\n{}", pods::report(env, NAMESPACE))))
 }
 
 /// Numbered steps with the time each took.

@@ -75,9 +75,10 @@ impl<'a> KubeNode<'a> {
     /// Starts containerd (with `images` imported), the kubelet and kube-proxy; the kubelet
     /// registers the node (or takes over its Node object). Returns once all three run; the Node
     /// turns Ready once its pod network is configured ([`KubeNode::configure_pod_network`]).
+    /// A node already running only imports `images` again (rebuilt binaries reach it).
     pub fn start(&self, bin_dir: &Path, control_plane: &ControlPlane, images: &[PathBuf]) -> Result<()> {
         if self.is_running() {
-            return Ok(());
+            return self.import(bin_dir, images);
         }
         self.stop();
         let dir = self.dir();
@@ -101,11 +102,7 @@ impl<'a> KubeNode<'a> {
         );
         self.join_cgroup(containerd.spawn(command)?)?;
         self.wait_for_containerd(bin_dir, &containerd)?;
-        for image in images {
-            let mut import = self.ctr(bin_dir)?;
-            import.args(["images", "import"]).arg(image);
-            run(&mut import)?;
-        }
+        self.import(bin_dir, images)?;
 
         let config = dir.join("kubelet.yaml");
         write(&config, &self.kubelet_config())?;
@@ -182,12 +179,31 @@ impl<'a> KubeNode<'a> {
         Ok(())
     }
 
+    /// Imports image archives into the node's containerd (an image already there with the same
+    /// content is left as it is).
+    fn import(&self, bin_dir: &Path, images: &[PathBuf]) -> Result<()> {
+        for image in images {
+            let mut import = self.ctr(bin_dir)?;
+            import.args(["images", "import"]).arg(image);
+            run(&mut import)?;
+        }
+        Ok(())
+    }
+
     /// Gives the imported image `from` a second name `to` in the node's containerd, as pushing
     /// a new tag of the same image to a registry would.
     pub fn tag_image(&self, bin_dir: &Path, from: &str, to: &str) -> Result<()> {
         let mut tag = self.ctr(bin_dir)?;
         tag.args(["images", "tag", "--force", from, to]);
         run(&mut tag)?;
+        Ok(())
+    }
+
+    /// Removes the name `reference` (the image stays while another name holds it).
+    pub fn untag_image(&self, bin_dir: &Path, reference: &str) -> Result<()> {
+        let mut remove = self.ctr(bin_dir)?;
+        remove.args(["images", "rm", reference]);
+        run(&mut remove)?;
         Ok(())
     }
 

@@ -8,6 +8,9 @@ use std::{
 };
 use tokio::sync::OnceCell;
 
+mod pods;
+pub use pods::{DeployedOperator, POD_NODES, ROLLOUT_TIMEOUT, ReleaseImages, operand_name, pods_env};
+
 static SHARED: OnceCell<LocalEnv> = OnceCell::const_new();
 
 /// The environment of `NMSTATE_LOCALENV_DIR` (or `target/localenv`), started if it is not
@@ -237,7 +240,7 @@ pub fn remove_nmstates(env: &LocalEnv, prefix: &str) {
     let _ = kubectl(env)
         .args(["delete", "nmstates", "--all", "--wait=false"])
         .output();
-    let name = format!("{prefix}-nmstate");
+    let name = operand_name(prefix, "nmstate");
     for kind in ["mutatingwebhookconfiguration", "validatingwebhookconfiguration"] {
         let _ = kubectl(env)
             .args(["delete", kind, &name, "--ignore-not-found", "--wait=false"])

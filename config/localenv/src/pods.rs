@@ -1,0 +1,61 @@
+//! Looking at the product's pods as a user would, for `make demo` and the tests that install
+//! it on real nodes: `kubectl rollout status`, the pods that are not ready with their last log
+//! lines, and `NMState` Available.
+
+use crate::{LocalEnv, LocalEnvError, Result, daemon::run, testing::kubectl};
+use kube::{Api, Client};
+use nmstate_api::NMState;
+use std::time::Duration;
+
+/// Waits for `workload` (`deployment/NAME`, `daemonset/NAME`) in `namespace` to roll out, its
+/// pods ready as the kubelet probes them; when it does not, the error says what its pods say.
+pub fn rollout_status(env: &LocalEnv, namespace: &str, workload: &str, timeout: Duration) -> Result<()> {
+    let timeout = format!("--timeout={}s", timeout.as_secs());
+    run(kubectl(env).args(["rollout", "status", "-n", namespace, workload, &timeout]))
+        .map(|_| ())
+        .map_err(|error| LocalEnvError::Pods(format!("{error}\n{}", report(env, namespace))))
+}
+
+/// The pods of `namespace`, and for each one not ready why its container waits (an image it
+/// cannot pull, a crash loop) and its last log lines: what a user would look at first.
+pub fn report(env: &LocalEnv, namespace: &str) -> String {
+    let mut report =
+        run(kubectl(env).args(["get", "pods", "-n", namespace, "-o", "wide"])).unwrap_or_default();
+    // One line per pod not ready: its name, then why its first container waits, if it does.
+    let not_ready = run(kubectl(env).args([
+        "get",
+        "pods",
+        "-n",
+        namespace,
+        "-o",
+        r#"jsonpath={range .items[?(@.status.containerStatuses[0].ready==false)]}{.metadata.name}{"\t"}{.status.containerStatuses[0].state.waiting.reason}{" "}{.status.containerStatuses[0].state.waiting.message}{"\n"}{end}"#,
+    ]))
+    .unwrap_or_default();
+    for line in not_ready.lines().filter(|line| !line.is_empty()) {
+        let (pod, waiting) = line.split_once('\t').unwrap_or((line, ""));
+        report.push_str(&format!("\n{pod}:"));
+        if !waiting.trim().is_empty() {
+            report.push_str(&format!(" waiting: {}", waiting.trim()));
+        }
+        let logs = run(kubectl(env).args(["logs", "-n", namespace, pod, "--all-containers", "--tail=5"]))
+            .or_else(|_| run(kubectl(env).args(["logs", "-n", namespace, pod, "--previous", "--tail=5"])));
+        if let Ok(logs) = logs
+            && !logs.trim().is_empty()
+        {
+            report.push_str(&format!("\nlast lines:\n{logs}"));
+        }
+    }
+    report
+}
+
+/// `Some` once `NMState/nmstate` is Available: the operator's verdict on its operands' pods.
+pub async fn nmstate_available(client: &Client) -> Option<()> {
+    let nmstate = Api::<NMState>::all(client.clone())
+        .get_opt("nmstate")
+        .await
+        .ok()??;
+    let conditions = nmstate.status?.conditions;
+    nmstate_api::condition::find_condition(&conditions, "Available")
+        .is_some_and(nmstate_api::Condition::is_true)
+        .then_some(())
+}
