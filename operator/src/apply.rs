@@ -10,8 +10,12 @@ use kube::{
 };
 use nmstate_api::NMState;
 use nmstate_runtime::kube_errors::is_not_found;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
+use takeover::take_over_spec;
+
+/// Moving a workload's spec to this operator from whoever wrote it before.
+mod takeover;
 use tracing::info;
 
 /// The field manager of everything the operator renders.
@@ -109,14 +113,36 @@ impl Applier {
             }
             let name = object.name_any();
             let namespace = object.namespace();
-            self.api(&resource, &capabilities.scope, namespace.as_deref())
+            let api = self.api(&resource, &capabilities.scope, namespace.as_deref());
+            let failed = |source| ApplyError::Kube {
+                kind: types.kind.clone(),
+                name: name.clone(),
+                source,
+            };
+            let live = api
                 .patch(&name, &params, &Patch::Apply(&object))
                 .await
-                .map_err(|source| ApplyError::Kube {
-                    kind: types.kind.clone(),
-                    name: name.clone(),
-                    source,
-                })?;
+                .map_err(failed)?;
+            if takeover::SPEC_OWNED.contains(&types.kind.as_str())
+                && let Some(takeover) = take_over_spec(live.managed_fields(), FIELD_MANAGER)
+            {
+                // (The resource version makes the write conditional: a concurrent writer's
+                // fields are never moved unseen.)
+                let ownership = json!({"metadata": {
+                    "resourceVersion": live.resource_version(),
+                    "managedFields": takeover.managed_fields,
+                }});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&ownership))
+                    .await
+                    .map_err(failed)?;
+                api.patch(&name, &params, &Patch::Apply(&object))
+                    .await
+                    .map_err(failed)?;
+                info!(
+                    kind = %types.kind, %name, from = ?takeover.from,
+                    "took over the spec: what earlier writers set and this operator does not render is removed"
+                );
+            }
             applied.insert(ObjectKey {
                 kind: types.kind,
                 namespace,
