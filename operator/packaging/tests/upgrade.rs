@@ -1,34 +1,36 @@
-//! Upgrades, on a real node: from upstream kubernetes-nmstate (Go) to this operator, then to
-//! the next version through the OLM bundle's upgrade edge. Each time the CRDs are upgraded in
-//! slot, the operator takes over what its predecessor wrote, the handler DaemonSet rolls (the
-//! test restarts the handler as the kubelet would), and no policy is applied again: the node's
-//! NetworkManager is not touched and the enactments are not even rewritten.
+//! Upgrades, on a real node with real pods: from upstream kubernetes-nmstate (Go) to this
+//! operator, then to the next version through the OLM bundle's upgrade edge. Each time the CRDs
+//! are upgraded in place, the operator takes over what its predecessor wrote, the handler
+//! DaemonSet rolls (its pod is replaced by the kubelet), and no policy is applied again: the
+//! node's NetworkManager is not touched and the enactments are not even rewritten.
 //!
-//! OLM itself cannot run here (no OLM binaries, and it needs a newer API server); the test does
-//! what OLM does with a bundle: apply its CRDs, create the RBAC its CSV asks for, and run the
-//! CSV's Deployment (as a process with that Deployment's environment and ServiceAccount).
+//! OLM itself cannot run here (no OLM binaries); the test does what OLM does with a bundle:
+//! apply its CRDs, create the RBAC its CSV asks for, and create (then replace) the CSV's
+//! Deployment, whose pod runs the image the CSV names (built here and tagged so). Upstream's
+//! images are not built here: upstream's objects are written from its API (`data/upstream/`),
+//! and its handler DaemonSet's pod cannot pull its image until this operator takes it over.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-mod common;
-
-use common::{start_handler, stop_handler};
-use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Node};
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::{Node, Pod},
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{DynamicObject, Patch, PatchParams},
 };
 use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy};
 use nmstate_localenv::{
-    LocalEnv,
+    LocalEnv, SandboxNode, pods,
     testing::{
-        NodeProcess, TestNode, create_namespace, eventually, expect_no_nmstate, install_crds, kubectl,
-        remove_nmstates, shared_env, start_operator_as_deployed, unique_name,
+        DeployedOperator, POD_NODES, ROLLOUT_TIMEOUT, ReleaseImages, create_namespace, eventually,
+        expect_no_nmstate, install_crds, kubectl, pods_env, remove_nmstates,
     },
 };
 use nmstate_packaging::{olm, release};
 use serde_json::{Value, json};
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// On the cluster-wide RBAC the test creates as OLM would: value, the test's prefix.
@@ -36,7 +38,7 @@ const TEST_LABEL: &str = "nmstate-test/upgrade";
 
 fn fixture(name: &str, substitutions: &[(&str, &str)]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/upstream")
+        .join("tests/data/upstream")
         .join(name);
     let mut text = std::fs::read_to_string(path).unwrap();
     for (from, to) in substitutions {
@@ -109,7 +111,7 @@ fn upstream_policy_status() -> Value {
 }
 
 /// The NetworkManager active connection of each bridge: a re-apply replaces it.
-fn active_connections(node: &TestNode) -> String {
+fn active_connections(node: &SandboxNode) -> String {
     let output = node
         .command("nmcli")
         .unwrap()
@@ -129,9 +131,9 @@ fn active_connections(node: &TestNode) -> String {
     bridges.join("\n")
 }
 
-/// Runs the operator of `csv` as OLM would install it: the RBAC its CSV asks for, bound to its
-/// ServiceAccount, and its Deployment's container.
-fn start_csv_operator(env: &LocalEnv, csv: &Value, namespace: &str, prefix: &str, pod: &str) -> NodeProcess {
+/// Installs the operator of `csv` as OLM would: the RBAC its CSV asks for, bound to its
+/// ServiceAccount, and its Deployment (replacing the previous CSV's), whose pods it waits for.
+async fn install_csv(env: &LocalEnv, csv: &Value, namespace: &str, label: &str) -> DeployedOperator {
     let install = &csv["spec"]["install"]["spec"];
     let account = install["clusterPermissions"][0]["serviceAccountName"]
         .as_str()
@@ -139,7 +141,7 @@ fn start_csv_operator(env: &LocalEnv, csv: &Value, namespace: &str, prefix: &str
     let name = csv["metadata"]["name"].as_str().unwrap();
     let subjects = json!([{"kind": "ServiceAccount", "name": account, "namespace": namespace}]);
     // Labelled for the cleanup: cluster-wide objects outlive the test's namespace.
-    let test_metadata = || json!({"name": format!("{name}-{prefix}"), "labels": {TEST_LABEL: prefix}});
+    let test_metadata = || json!({"name": format!("{name}-{label}"), "labels": {TEST_LABEL: label}});
     let role = |kind: &str, namespaced: bool, rules: &Value| {
         let mut metadata = test_metadata();
         if namespaced {
@@ -153,14 +155,22 @@ fn start_csv_operator(env: &LocalEnv, csv: &Value, namespace: &str, prefix: &str
             metadata["namespace"] = json!(namespace);
         }
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": metadata, "subjects": subjects,
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": format!("{name}-{prefix}")}})
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": format!("{name}-{label}")}})
     };
+    let deployment = &install["deployments"][0];
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        json!(account)
+    );
     let objects = [
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": namespace}}),
         role("ClusterRole", false, &install["clusterPermissions"][0]["rules"]),
         binding("ClusterRoleBinding", "ClusterRole", false),
         role("Role", true, &install["permissions"][0]["rules"]),
         binding("RoleBinding", "Role", true),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": deployment["name"], "namespace": namespace},
+               "spec": deployment["spec"]}),
     ];
     let text: String = objects
         .iter()
@@ -177,10 +187,9 @@ fn start_csv_operator(env: &LocalEnv, csv: &Value, namespace: &str, prefix: &str
         ],
         &text,
     );
-    let pod_spec: k8s_openapi::api::core::v1::PodSpec =
-        serde_json::from_value(install["deployments"][0]["spec"]["template"]["spec"].clone()).unwrap();
-    assert_eq!(pod_spec.service_account_name.as_deref(), Some(account));
-    start_operator_as_deployed(env, &pod_spec, (namespace, pod), prefix).unwrap()
+    DeployedOperator::start(env, namespace, deployment["name"].as_str().unwrap(), "")
+        .await
+        .unwrap()
 }
 
 /// The bundle's CRDs, applied as OLM updates them in place.
@@ -215,7 +224,7 @@ async fn wait_for_handler_image(
     namespace: &str,
     name: &str,
     image: &str,
-    operator: &NodeProcess,
+    operator: &DeployedOperator,
 ) -> DaemonSet {
     eventually(
         &format!("the handler DaemonSet rolls to {image}"),
@@ -235,54 +244,98 @@ async fn wait_for_handler_image(
     .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()))
 }
 
-/// Restarts the handler on `node` as a DaemonSet roll would, and checks it leaves every policy
-/// alone: no apply, NetworkManager untouched, enactments not rewritten.
-async fn roll_handler_and_check_no_churn(
-    handler: &mut Option<NodeProcess>,
-    node: &TestNode,
-    log: &Path,
-    enactments: &Api<NodeNetworkConfigurationEnactment>,
-    names: &[String],
-) {
-    if let Some(mut running) = handler.take() {
-        stop_handler(&mut running);
+/// What a roll of the handler must leave alone, read before it: NetworkManager's active
+/// connections and the enactments' resource versions.
+struct Untouched {
+    connections: String,
+    versions: Vec<String>,
+}
+
+impl Untouched {
+    async fn read(
+        node: &SandboxNode,
+        enactments: &Api<NodeNetworkConfigurationEnactment>,
+        names: &[String],
+    ) -> Self {
+        Untouched {
+            connections: active_connections(node),
+            versions: resource_versions(enactments, names).await,
+        }
     }
-    let connections = active_connections(node);
-    let versions: Vec<String> = resource_versions(enactments, names).await;
-    let started = handler.insert(start_handler(node, log));
-    eventually(
-        "the handler finds the node in every policy's desired state",
-        WAIT,
-        || async {
-            let found = started
-                .log()
-                .matches("the node is still in the desired state")
-                .count();
-            (found >= names.len()).then_some(())
-        },
-    )
-    .await
-    .unwrap_or_else(|error| panic!("{error}\n{}", started.log()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let log_text = started.log();
-    assert!(
-        !log_text.contains("reconcile: applying"),
-        "a policy was applied again:\n{log_text}"
-    );
-    assert!(
-        !log_text.contains("re-applying"),
-        "a policy was applied again:\n{log_text}"
-    );
-    assert_eq!(
-        active_connections(node),
-        connections,
-        "NetworkManager's connections changed"
-    );
-    assert_eq!(
-        resource_versions(enactments, names).await,
-        versions,
-        "an enactment was rewritten"
-    );
+
+    /// Once the handler DaemonSet `name` has rolled out with `image`, checks that its new pod
+    /// left every policy alone: it found the node in each one's desired state, applied
+    /// nothing, NetworkManager untouched, enactments not rewritten.
+    async fn check_after_roll(
+        &self,
+        env: &LocalEnv,
+        (namespace, name, image): (&str, &str, &str),
+        node: &SandboxNode,
+        enactments: &Api<NodeNetworkConfigurationEnactment>,
+        names: &[String],
+    ) {
+        pods::rollout_status(env, namespace, &format!("daemonset/{name}"), ROLLOUT_TIMEOUT)
+            .unwrap_or_else(|error| panic!("{error}"));
+        let pods = Api::<Pod>::namespaced(env.client().await.unwrap(), namespace);
+        let pod = eventually(&format!("a ready {name} pod with {image}"), WAIT, || async {
+            let list = pods.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|pod| {
+                let spec = pod.spec.as_ref();
+                let ready = pod
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.conditions.as_ref())
+                    .is_some_and(|conditions| {
+                        conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    });
+                pod.name_any().starts_with(&format!("{name}-"))
+                    && pod.metadata.deletion_timestamp.is_none()
+                    && spec.is_some_and(|spec| spec.containers[0].image.as_deref() == Some(image))
+                    && ready
+            })
+        })
+        .await
+        .unwrap_or_else(|error| panic!("{error}\n{}", pods::report(env, namespace)));
+        let log = || {
+            let output = kubectl(env)
+                .args(["logs", "-n", namespace, &pod.name_any()])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        };
+        eventually(
+            "the handler finds the node in every policy's desired state",
+            WAIT,
+            || async {
+                let found = log().matches("the node is still in the desired state").count();
+                (found >= names.len()).then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{error}\n{}", log()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let log_text = log();
+        assert!(
+            !log_text.contains("reconcile: applying"),
+            "a policy was applied again:\n{log_text}"
+        );
+        assert!(
+            !log_text.contains("re-applying"),
+            "a policy was applied again:\n{log_text}"
+        );
+        assert_eq!(
+            active_connections(node),
+            self.connections,
+            "NetworkManager's connections changed"
+        );
+        assert_eq!(
+            resource_versions(enactments, names).await,
+            self.versions,
+            "an enactment was rewritten"
+        );
+    }
 }
 
 async fn resource_versions(
@@ -309,12 +362,18 @@ async fn expect_available(policies: &Api<NodeNetworkConfigurationPolicy>, names:
 struct Cleanup {
     env: LocalEnv,
     policies: Vec<String>,
-    prefix: String,
+    /// The test's namespace, also the label of its cluster-wide RBAC.
+    namespace: String,
+    node: SandboxNode,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        remove_nmstates(&self.env, &self.prefix);
+        remove_nmstates(&self.env, "");
+        // The node is shared with the other tests on real pods.
+        if let Ok(mut nmcli) = self.node.command("nmcli") {
+            let _ = nmcli.args(["connection", "delete", "brup0", "brup1"]).output();
+        }
         for policy in &self.policies {
             let _ = kubectl(&self.env)
                 .args(["delete", "nncp", policy, "--ignore-not-found", "--wait=false"])
@@ -322,9 +381,9 @@ impl Drop for Cleanup {
         }
         // The namespace holds what upstream left (its handler DaemonSet) and the Leases.
         let _ = kubectl(&self.env)
-            .args(["delete", "namespace", &self.prefix, "--wait=false"])
+            .args(["delete", "namespace", &self.namespace, "--wait=false"])
             .output();
-        let selector = format!("{TEST_LABEL}={}", self.prefix);
+        let selector = format!("{TEST_LABEL}={}", self.namespace);
         let _ = kubectl(&self.env)
             .args([
                 "delete",
@@ -339,24 +398,27 @@ impl Drop for Cleanup {
 
 #[tokio::test]
 async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
-    let env = shared_env().await.unwrap();
+    let env = pods_env().await.unwrap();
     let client = env.client().await.unwrap();
     expect_no_nmstate(&client).await;
     let namespace = create_namespace(&client, "upgrade").await.unwrap();
-    let prefix = namespace.clone();
-    let node_name = unique_name("upgrade");
-    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
-    let node_object = Api::<Node>::all(client.clone()).get(&node_name).await.unwrap();
-    let policies = [format!("{prefix}-beta"), format!("{prefix}-v1")];
+    let node_name = POD_NODES[0];
+    let node = env.node(node_name).unwrap();
+    let node_object = Api::<Node>::all(client.clone()).get(node_name).await.unwrap();
+    let policies = [format!("{namespace}-beta"), format!("{namespace}-v1")];
     let _cleanup = Cleanup {
-        env: LocalEnv::new(env.dir()),
+        env: env.clone(),
         policies: policies.to_vec(),
-        prefix: prefix.clone(),
+        namespace: namespace.clone(),
+        node: node.clone(),
     };
+    // Upstream's handler DaemonSet has the name this operator's takes over.
+    let handler_name = "nmstate-handler";
     let substitutions = [
-        ("NODE", node_name.as_str()),
+        ("NODE", node_name),
         ("NAMESPACE", namespace.as_str()),
-        ("PREFIX", prefix.as_str()),
+        ("PREFIX-nmstate-handler", handler_name),
+        ("PREFIX", namespace.as_str()),
     ];
 
     // Upstream's cluster: its CRDs (replacing whatever an earlier test installed), its objects
@@ -463,7 +525,8 @@ async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
     // This operator's bundle: CRDs upgraded in place; every object still served, in both
     // versions, with the deprecation warnings.
     let current =
-        nmstate_packaging::files::current_release(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).unwrap();
+        nmstate_packaging::files::current_release(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+            .unwrap();
     apply_bundle_crds(&client, &current).await;
     install_crds(&client).await.unwrap(); // waits until they are established
     let beta = kubectl_stderr(
@@ -486,21 +549,28 @@ async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
     let typed_policies = Api::<NodeNetworkConfigurationPolicy>::all(client.clone());
     expect_available(&typed_policies, &policies).await;
     let csv = olm::csv(&current).unwrap();
-    let operator = start_csv_operator(&env, &csv, &namespace, &prefix, "operator-current");
-    let handler_name = format!("{prefix}-nmstate-handler");
+    let enactments = Api::<NodeNetworkConfigurationEnactment>::all(client.clone());
+    let untouched = Untouched::read(&node, &enactments, &enactment_names).await;
+    let _current_images = ReleaseImages::tag(&env, &nmstate_packaging::images(&current.version)).unwrap();
+    let operator = install_csv(&env, &csv, &namespace, &namespace).await;
     let handler_image = nmstate_packaging::image(nmstate_packaging::HANDLER_IMAGE, &current.version);
     let daemonset =
-        wait_for_handler_image(&client, &namespace, &handler_name, &handler_image, &operator).await;
+        wait_for_handler_image(&client, &namespace, handler_name, &handler_image, &operator).await;
     let managers: Vec<String> = daemonset
         .managed_fields()
         .iter()
         .filter_map(|f| f.manager.clone())
         .collect();
     assert!(managers.contains(&"nmstate-operator".to_string()), "{managers:?}");
-    let enactments = Api::<NodeNetworkConfigurationEnactment>::all(client.clone());
-    let log = env.dir().join(format!("{node_name}-handler.log"));
-    let mut handler = None;
-    roll_handler_and_check_no_churn(&mut handler, &node, &log, &enactments, &enactment_names).await;
+    untouched
+        .check_after_roll(
+            &env,
+            (&namespace, handler_name, &handler_image),
+            &node,
+            &enactments,
+            &enactment_names,
+        )
+        .await;
 
     // The next version, through the bundle's upgrade edge.
     let mut next = current.version.clone();
@@ -522,15 +592,22 @@ async fn from_upstream_then_to_the_next_version_no_policy_is_applied_again() {
             .unwrap()
             .matches(&current.version)
     );
+    let untouched = Untouched::read(&node, &enactments, &enactment_names).await;
+    let _next_images = ReleaseImages::tag(&env, &nmstate_packaging::images(&next)).unwrap();
     apply_bundle_crds(&client, &next_release).await;
     drop(operator);
-    let operator = start_csv_operator(&env, &next_csv, &namespace, &prefix, "operator-next");
+    let operator = install_csv(&env, &next_csv, &namespace, &namespace).await;
     let next_image = nmstate_packaging::image(nmstate_packaging::HANDLER_IMAGE, &next);
-    wait_for_handler_image(&client, &namespace, &handler_name, &next_image, &operator).await;
-    roll_handler_and_check_no_churn(&mut handler, &node, &log, &enactments, &enactment_names).await;
+    wait_for_handler_image(&client, &namespace, handler_name, &next_image, &operator).await;
+    untouched
+        .check_after_roll(
+            &env,
+            (&namespace, handler_name, &next_image),
+            &node,
+            &enactments,
+            &enactment_names,
+        )
+        .await;
     expect_available(&typed_policies, &policies).await;
     assert!(!operator.log().contains("forbidden"), "{}", operator.log());
-    if let Some(mut running) = handler.take() {
-        stop_handler(&mut running);
-    }
 }
