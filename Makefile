@@ -115,19 +115,24 @@ unit:
 	$(CARGO) test --workspace --lib --bins --no-fail-fast
 
 # $(call in_cluster,DIR,RELEASE,COMMANDS): COMMANDS (no commas) in an environment of their own at
-# DIR, on Kubernetes RELEASE (current or oldest), stopped afterwards whatever the outcome.
+# DIR, on Kubernetes RELEASE (current or oldest), stopped afterwards whatever the outcome, with
+# DIR-pods for the tests that install the product on real pods (started by the first of them).
 in_cluster = set -euo pipefail; \
-	export NMSTATE_LOCALENV_DIR=$(1) NMSTATE_KUBE_RELEASE=$(2); \
-	trap '$(LOCALENV) --dir $(1) cluster down' EXIT; \
+	export NMSTATE_LOCALENV_DIR=$(1) NMSTATE_KUBE_RELEASE=$(2) NMSTATE_PODS_LOCALENV_DIR=$(1)-pods; \
+	trap '$(LOCALENV) --dir $(1) cluster down; $(LOCALENV) --dir $(1)-pods cluster down' EXIT; \
 	$(LOCALENV) --dir $(1) cluster up >/dev/null; \
 	$(3)
 
 # Against the real API server and real NetworkManager nodes. Tests start the programs of other
 # packages (the cluster controller, the webhook, the operator's operands), so every binary is
-# built first.
+# built first. The install tests (nmstate-packaging: Helm chart, plain manifest, OLM bundle,
+# upgrades) run last, on real pods: their kubelet node then runs beside no other test.
 integration: kube-build localenv
 	@$(CARGO) build -q --workspace --bins
-	@$(call in_cluster,$(TEST_LOCALENV_DIR),current,$(CARGO) test --workspace --test '*' --no-fail-fast)
+	@$(call in_cluster,$(TEST_LOCALENV_DIR),current,failed=0; \
+	$(CARGO) test --workspace --exclude nmstate-packaging --test '*' --no-fail-fast || failed=1; \
+	$(CARGO) test -p nmstate-packaging --test '*' --no-fail-fast || failed=1; \
+	exit $$failed)
 
 # Every part runs even when an earlier one fails (and every test binary within a part), so one
 # failure never hides another; the exit status is non-zero if any part failed, and the last line
@@ -143,14 +148,16 @@ test: deps kube-build
 
 # What must keep working on the oldest supported server, v1.20.2: the CRDs install in their
 # old-server form (no CEL) and are served, the operator reconciles and its render follows the
-# server, the Helm chart installs, the webhook admits and refuses with its own messages, a policy
-# is enacted on a node, and an unusable maxUnavailable (which current servers refuse) is reported.
+# server, the Helm chart installs (with the operator as a process: no kubelet of v1.20.2 is built
+# here), the webhook admits and refuses with its own messages, a policy is enacted on a node, and
+# an unusable maxUnavailable (which current servers refuse) is reported.
 OLDEST_TESTS := -p nmstate-api --test cluster -p nmstate-operator --test reconcile \
-	-p nmstate-packaging --test helm -p nmstate-handler --test enactment -p nmstate-webhook --test webhook
+	-p nmstate-handler --test enactment -p nmstate-webhook --test webhook
 test-oldest: kube-build-oldest localenv
 	@$(CARGO) build -q --workspace --bins
 	@$(call in_cluster,$(TEST_OLDEST_LOCALENV_DIR),oldest,failed=0; \
 	$(CARGO) test $(OLDEST_TESTS) --no-fail-fast || failed=1; \
+	$(CARGO) test -p nmstate-packaging --test helm with_the_operator_as_a_process || failed=1; \
 	$(CARGO) test -p nmstate-handler --test rollout an_unusable_max_unavailable || failed=1; \
 	exit $$failed)
 

@@ -1,20 +1,25 @@
 //! The Helm chart with the real `helm` (v4) against the real API server: lint, template,
 //! values refused by the schema, install, upgrade to a changed value and to a new chart
-//! version, and uninstall, with the operator process running as the chart's ServiceAccount
-//! (its requests impersonate it, so the chart's RBAC is what is tested). No pods run here: the
-//! test starts the operator with the environment of the Deployment the chart installed.
+//! version, and uninstall. On real pods (`pods_env`): the chart's defaults install the images
+//! built here under their release names; the operator, the handler on each node, the webhook
+//! and the cluster controller run as containers, roll on each upgrade, and go on uninstall.
+//! Where no kubelet runs (the oldest release), the operator runs as a host process from the
+//! chart's Deployment, as its ServiceAccount.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment},
+    core::v1::Pod,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{Api, Client, ResourceExt};
 use nmstate_api::NMState;
 use nmstate_localenv::{
-    LocalEnv,
+    LocalEnv, Workloads, pods,
     testing::{
-        NodeProcess, create_namespace, eventually, expect_no_nmstate, helm, kubectl, remove_nmstates,
-        shared_env, start_operator_as_deployed,
+        DeployedOperator, POD_NODES, ROLLOUT_TIMEOUT, ReleaseImages, create_namespace, eventually,
+        expect_no_nmstate, helm, kubectl, pods_env, remove_nmstates, shared_env,
     },
 };
 use nmstate_packaging::{self as install, files};
@@ -70,6 +75,8 @@ struct Cleanup {
     env: LocalEnv,
     release: String,
     namespace: String,
+    /// The operator's HANDLER_PREFIX.
+    prefix: String,
 }
 
 impl Drop for Cleanup {
@@ -77,21 +84,13 @@ impl Drop for Cleanup {
         let _ = helm(&self.env)
             .args(["uninstall", &self.release, "-n", &self.namespace])
             .output();
-        remove_nmstates(&self.env, &self.namespace);
+        remove_nmstates(&self.env, &self.prefix);
     }
 }
 
-/// The operator as the Deployment `nmstate-operator` in `namespace` describes it, run as its
-/// ServiceAccount. The handler prefix keeps its cluster-wide operands apart from other tests'.
-fn start_operator(env: &LocalEnv, deployment: &Deployment, namespace: &str, log_name: &str) -> NodeProcess {
-    let pod = deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    let pod_name = format!("nmstate-operator-{log_name}");
-    start_operator_as_deployed(env, pod, (namespace, &pod_name), namespace).unwrap()
-}
-
-async fn handler_daemonset(client: &Client, namespace: &str) -> Option<DaemonSet> {
+async fn handler_daemonset(client: &Client, namespace: &str, name: &str) -> Option<DaemonSet> {
     Api::<DaemonSet>::namespaced(client.clone(), namespace)
-        .get_opt(&format!("{namespace}-nmstate-handler"))
+        .get_opt(name)
         .await
         .unwrap()
 }
@@ -248,23 +247,60 @@ fn the_chart_lints_and_renders_its_values() {
 }
 
 #[tokio::test]
-async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() {
-    let env = shared_env().await.unwrap();
+async fn the_chart_installs_upgrades_and_uninstalls_on_real_pods() {
+    install_upgrade_uninstall(&pods_env().await.unwrap()).await;
+}
+
+/// The same where no kubelet runs (`make test-oldest`: none of v1.20.2 is built here): the
+/// operator runs as a host process from the Deployment the chart installed, as its
+/// ServiceAccount (its requests impersonate it), with its operands named after the namespace.
+#[tokio::test]
+async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_as_a_process() {
+    install_upgrade_uninstall(&shared_env().await.unwrap()).await;
+}
+
+/// The images built here under the names the chart of `version` gives them, on real nodes.
+fn tag_release_images(env: &LocalEnv, version: &semver::Version) -> Option<ReleaseImages> {
+    (env.control_plane().workloads() == Workloads::Kubelets)
+        .then(|| ReleaseImages::tag(env, &install::images(version)).unwrap())
+}
+
+/// Waits until `workload` has rolled out on the real nodes and NMState is Available.
+async fn rolled_out(
+    env: &LocalEnv,
+    client: &Client,
+    namespace: &str,
+    workload: &str,
+    operator: &DeployedOperator,
+) {
+    pods::rollout_status(env, namespace, workload, ROLLOUT_TIMEOUT)
+        .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
+    eventually("NMState nmstate Available", WAIT, || {
+        pods::nmstate_available(client)
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
+}
+
+async fn install_upgrade_uninstall(env: &LocalEnv) {
     let client = env.client().await.unwrap();
     expect_no_nmstate(&client).await;
     let nmstates = Api::<NMState>::all(client.clone());
     let namespace = create_namespace(&client, "helm").await.unwrap();
     let release = namespace.clone();
+    let on_pods = env.control_plane().workloads() == Workloads::Kubelets;
+    let prefix = if on_pods { "" } else { namespace.as_str() };
     let _cleanup = Cleanup {
-        env: LocalEnv::new(env.dir()),
+        env: env.clone(),
         release: release.clone(),
         namespace: namespace.clone(),
+        prefix: prefix.to_string(),
     };
     let chart = chart_dir().display().to_string();
 
     // Values the schema refuses never reach the cluster.
     let (ok, text) = run_helm(
-        &env,
+        env,
         &[
             "install",
             &release,
@@ -281,9 +317,11 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
 
     // CRDs other tests created are adopted as the README says for existing CRDs: marked as the
     // release's, and installed with --force-conflicts so the release owns all their fields.
-    adopt_existing_crds(&env, &release, &namespace);
+    adopt_existing_crds(env, &release, &namespace);
+    let version = files::workspace_version();
+    let _images = tag_release_images(env, &version);
     helm_ok(
-        &env,
+        env,
         &[
             "install",
             &release,
@@ -295,11 +333,13 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
             "--force-conflicts",
         ],
     );
-    let deployment = deployments.get("nmstate-operator").await.unwrap();
-    let mut operator = start_operator(&env, &deployment, &namespace, "operator-1");
+    let mut operator = DeployedOperator::start(env, &namespace, "nmstate-operator", prefix)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let handler = operator.operand("nmstate-handler");
     let nmstate = nmstates.get("nmstate").await.unwrap();
     let daemonset = eventually("the operator installs the handler", WAIT, || async {
-        handler_daemonset(&client, &namespace).await
+        handler_daemonset(&client, &namespace, &handler).await
     })
     .await
     .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
@@ -309,10 +349,15 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
         "{:?}",
         daemonset.spec
     );
+    let handler_workload = format!("daemonset/{handler}");
+    if on_pods {
+        rolled_out(env, &client, &namespace, &handler_workload, &operator).await;
+    }
+    let first_handlers = pod_uids(&client, &namespace, &handler).await;
 
-    // A changed value: the NMState changes in place.
+    // A changed value: the NMState changes in place, and the handler pods are replaced.
     helm_ok(
-        &env,
+        env,
         &[
             "upgrade",
             &release,
@@ -326,23 +371,33 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
         ],
     );
     eventually("the handler logs at debug level", WAIT, || async {
-        let daemonset = handler_daemonset(&client, &namespace).await?;
+        let daemonset = handler_daemonset(&client, &namespace, &handler).await?;
         (handler_env(&daemonset, "RUST_LOG").as_deref() == Some("debug")).then_some(())
     })
     .await
     .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
     assert_eq!(nmstates.get("nmstate").await.unwrap().uid(), nmstate.uid());
+    if on_pods {
+        rolled_out(env, &client, &namespace, &handler_workload, &operator).await;
+        let handlers = pod_uids(&client, &namespace, &handler).await;
+        assert_eq!(handlers.len(), POD_NODES.len(), "one handler pod per node");
+        assert!(
+            handlers.iter().all(|uid| !first_handlers.contains(uid)),
+            "every handler pod replaced: {first_handlers:?} then {handlers:?}"
+        );
+    }
 
     // A new chart version whose CRDs changed: Helm upgrades them in place (the operator, which
     // the chart tells to leave CRDs to it, does not hold their fields, so server-side apply
     // sees no conflict); the operator Deployment moves to the new image, and the operator it
     // runs moves the handler to the new handler image; the NMState stays.
     let next = {
-        let mut next = files::workspace_version();
+        let mut next = version.clone();
         next.minor += 1;
         next.patch = 0;
         next
     };
+    let _next_images = tag_release_images(env, &next);
     let next_chart = env.dir().join(format!("{namespace}-chart-{next}"));
     for (path, mut content) in install::helm::chart(&next).unwrap() {
         content = content.replace(OLD_DESCRIPTION, NEW_DESCRIPTION);
@@ -351,7 +406,7 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
         std::fs::write(path, content).unwrap();
     }
     helm_ok(
-        &env,
+        env,
         &[
             "upgrade",
             &release,
@@ -379,16 +434,21 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
         .image
         .clone();
     assert_eq!(image, Some(install::image(install::OPERATOR_IMAGE, &next)));
-    operator.terminate(Duration::from_secs(10));
-    let operator = start_operator(&env, &deployment, &namespace, "operator-2");
+    operator
+        .follow_upgrade()
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
     let handler_image = install::image(install::HANDLER_IMAGE, &next);
     eventually("the handler DaemonSet rolls to the new image", WAIT, || async {
-        let daemonset = handler_daemonset(&client, &namespace).await?;
+        let daemonset = handler_daemonset(&client, &namespace, &handler).await?;
         let containers = &daemonset.spec?.template.spec?.containers;
         (containers[0].image.as_deref() == Some(handler_image.as_str())).then_some(())
     })
     .await
     .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
+    if on_pods {
+        rolled_out(env, &client, &namespace, &handler_workload, &operator).await;
+    }
     assert_eq!(nmstates.get("nmstate").await.unwrap().uid(), nmstate.uid());
     assert!(!operator.log().contains("forbidden"), "{}", operator.log());
 
@@ -409,17 +469,30 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
 
     // Uninstall: the operator and NMState go, the operands follow by garbage collection, the
     // CRDs stay.
-    helm_ok(&env, &["uninstall", &release, "-n", &namespace]);
+    helm_ok(env, &["uninstall", &release, "-n", &namespace]);
     drop(operator);
     assert!(deployments.get_opt("nmstate-operator").await.unwrap().is_none());
     eventually("the handler DaemonSet is garbage-collected", WAIT, || async {
-        handler_daemonset(&client, &namespace)
+        handler_daemonset(&client, &namespace, &handler)
             .await
             .is_none()
             .then_some(())
     })
     .await
     .unwrap();
+    if on_pods {
+        let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+        eventually("no pod left in the namespace", WAIT, || async {
+            pods.list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        })
+        .await
+        .unwrap_or_else(|error| panic!("{error}\n{}", pods::report(env, &namespace)));
+    }
     assert!(nmstates.get_opt("nmstate").await.unwrap().is_none());
     for crd in nmstate_api::crd::all() {
         assert!(
@@ -428,6 +501,20 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_running() 
             crd.name_any()
         );
     }
+}
+
+/// The UIDs of the pods whose names start with `workload`'s.
+async fn pod_uids(client: &Client, namespace: &str, workload: &str) -> Vec<String> {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let prefix = format!("{workload}-");
+    pods.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|pod| pod.name_any().starts_with(&prefix))
+        .filter_map(|pod| pod.uid())
+        .collect()
 }
 
 /// What the README tells users with nmstate.io CRDs already installed (by upstream, or by hand)

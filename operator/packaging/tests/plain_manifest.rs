@@ -1,21 +1,21 @@
 //! The plain manifest (`manifests/kubernetes-nmstate-operator.yaml`, for Kubernetes 1.25 and
 //! later: its CRDs carry CEL rules) installed as the README says, `kubectl apply --server-side`,
-//! on the current API server, and the operator running from its Deployment as its
-//! ServiceAccount: the NMState example gets the handler and the webhook installed. No pods run
-//! here, so the test starts the operator with the environment of that Deployment.
+//! on the current API server with real nodes: the operator's pod runs the image the manifest
+//! names (built here and tagged so), and the NMState example gets the handler on each node,
+//! the webhook and the cluster controller running, NMState Available.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use nmstate_localenv::{
-    LocalEnv,
+    LocalEnv, pods,
     testing::{
-        eventually, expect_no_nmstate, kubectl, remove_nmstates, shared_env, start_operator_as_deployed,
+        DeployedOperator, ROLLOUT_TIMEOUT, ReleaseImages, eventually, expect_no_nmstate, kubectl, pods_env,
+        remove_nmstates,
     },
 };
-use nmstate_packaging::files;
+use nmstate_packaging::{self as install, files};
 use std::{path::PathBuf, time::Duration};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -43,7 +43,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        remove_nmstates(&self.env, "plain");
+        remove_nmstates(&self.env, "");
         let _ = kubectl(&self.env)
             .args([
                 "delete",
@@ -62,7 +62,7 @@ impl Drop for Cleanup {
 
 #[tokio::test]
 async fn the_plain_manifest_installs_as_written_and_the_operator_runs_from_it() {
-    let env = shared_env().await.unwrap();
+    let env = pods_env().await.unwrap();
     let client = env.client().await.unwrap();
     let version = client.apiserver_version().await.unwrap();
     assert!(
@@ -75,6 +75,8 @@ async fn the_plain_manifest_installs_as_written_and_the_operator_runs_from_it() 
         env: LocalEnv::new(env.dir()),
     };
 
+    let version = files::workspace_version();
+    let _images = ReleaseImages::tag(&env, &install::images(&version)).unwrap();
     let manifest = workspace_file(files::PLAIN_MANIFEST);
     let manifest = manifest.display().to_string();
     // As the README says; --force-conflicts only because other tests' CRDs are already there.
@@ -100,13 +102,9 @@ async fn the_plain_manifest_installs_as_written_and_the_operator_runs_from_it() 
         "the manifest's CRDs carry the CEL rules"
     );
 
-    let deployment = Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
-        .get("nmstate-operator")
+    let operator = DeployedOperator::start(&env, NAMESPACE, "nmstate-operator", "")
         .await
-        .unwrap();
-    let pod = deployment.spec.unwrap().template.spec.unwrap();
-    let mut operator =
-        start_operator_as_deployed(&env, &pod, (NAMESPACE, "nmstate-operator-plain"), "plain").unwrap();
+        .unwrap_or_else(|error| panic!("{error}"));
     kubectl_ok(
         &env,
         &[
@@ -115,17 +113,17 @@ async fn the_plain_manifest_installs_as_written_and_the_operator_runs_from_it() 
             &workspace_file("examples/nmstate.yaml").display().to_string(),
         ],
     );
-    let handlers = Api::<DaemonSet>::namespaced(client.clone(), NAMESPACE);
-    eventually("the operator installs the handler", WAIT, || async {
-        handlers.get_opt("plain-nmstate-handler").await.unwrap()
+    eventually("NMState nmstate Available", WAIT, || {
+        pods::nmstate_available(&client)
     })
     .await
     .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
-    let webhook = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
-    eventually("the operator installs the webhook", WAIT, || async {
-        webhook.get_opt("plain-nmstate-webhook").await.unwrap()
-    })
-    .await
-    .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
-    operator.kill();
+    for workload in [
+        "daemonset/nmstate-handler",
+        "deployment/nmstate-webhook",
+        "deployment/nmstate-metrics",
+    ] {
+        pods::rollout_status(&env, NAMESPACE, workload, ROLLOUT_TIMEOUT)
+            .unwrap_or_else(|error| panic!("{error}\n{}", operator.log()));
+    }
 }
