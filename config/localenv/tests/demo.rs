@@ -12,7 +12,7 @@ use nmstate_api::{
     NMState, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
 };
 use nmstate_localenv::{
-    KubeRelease, LocalEnv, images,
+    LocalEnv, images,
     kube_node::KubeNode,
     testing::{eventually, helm, kubectl},
 };
@@ -318,15 +318,7 @@ async fn make_demo_tours_the_examples_starts_over_and_stops_everything() {
         .collect();
     assert_eq!(old_handlers.len(), 3);
     let next = format!("{}/handler:next", images::REPOSITORY);
-    for node in env.nodes() {
-        KubeNode::new(&node)
-            .tag_image(
-                &KubeRelease::Current.bin_dir(),
-                &images::reference("handler"),
-                &next,
-            )
-            .unwrap();
-    }
+    env.tag_image(&images::reference("handler"), &next).unwrap();
     let upgraded = helm(&env)
         .args(["upgrade", "nmstate", "--namespace", "nmstate", "--reuse-values"])
         .arg(nmstate_localenv::workspace_dir().join("manifests/helm/kubernetes-nmstate"))
