@@ -104,6 +104,7 @@ impl Series {
 
 #[tokio::main]
 async fn main() {
+    let load = nmstate_localenv::testing::MachineLoad::start();
     let nmstatectl =
         std::env::var("NMSTATECTL").expect("NMSTATECTL: the path of nmstatectl 2.2 (make bench sets it)");
     let env = shared_env().await.unwrap();
@@ -241,4 +242,5 @@ async fn main() {
     );
     drop(handler);
     let _ = std::fs::remove_file(&log);
+    println!("\nmachine during this bench: {}", load.report());
 }

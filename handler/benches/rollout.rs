@@ -109,6 +109,7 @@ fn ms(duration: Duration) -> String {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    let load = nmstate_localenv::testing::MachineLoad::start();
     println!("rollout of one policy over N nodes (a new bridge on each), leases {LEASE_SECONDS} s");
     println!(
         "{:>2} {:>11} {:>9} {:>9} {:>15} {:>6} {:>13} {:>11} {:>13}",
@@ -162,4 +163,5 @@ async fn main() {
     for line in details {
         println!("  {line}");
     }
+    println!("\nmachine during this bench: {}", load.report());
 }

@@ -32,6 +32,7 @@ fn median(mut values: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() {
+    let load = nmstate_localenv::testing::MachineLoad::start();
     let env = shared_env().await.unwrap();
     let client = env.client().await.unwrap();
     install_crds(&client).await.unwrap();
@@ -164,4 +165,5 @@ async fn main() {
     let _ = kubectl(&env)
         .args(["delete", "namespace", "--wait=false", &namespace])
         .output();
+    println!("\nmachine during this bench: {}", load.report());
 }

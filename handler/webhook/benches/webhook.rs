@@ -154,6 +154,7 @@ async fn through_api_server(fixture: &Arc<Fixture>, policy: Value) -> Vec<Durati
 
 #[tokio::main]
 async fn main() {
+    let load = nmstate_localenv::testing::MachineLoad::start();
     let fixture = Arc::new(Fixture::start(&[]).await);
     let pid = fixture.webhook.as_ref().unwrap().pid();
     let idle = proc_status_kib(pid, "VmRSS:");
@@ -216,4 +217,5 @@ async fn main() {
         proc_status_kib(pid, "VmRSS:") as f64 / 1024.0,
         proc_status_kib(pid, "VmHWM:") as f64 / 1024.0
     );
+    println!("\nmachine during this bench: {}", load.report());
 }

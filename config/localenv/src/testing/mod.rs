@@ -8,7 +8,9 @@ use std::{
 };
 use tokio::sync::OnceCell;
 
+mod load;
 mod pods;
+pub use load::MachineLoad;
 pub use pods::{DeployedOperator, POD_NODES, ROLLOUT_TIMEOUT, ReleaseImages, operand_name, pods_env};
 
 static SHARED: OnceCell<LocalEnv> = OnceCell::const_new();

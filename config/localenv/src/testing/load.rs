@@ -1,0 +1,140 @@
+//! What else the machine is doing while a benchmark measures: printed beside its figures, so a
+//! noisy run shows as noisy instead of passing for a regression.
+
+use std::{collections::BTreeMap, time::Instant};
+
+/// A process's CPU time so far, in clock ticks, and its name.
+fn cpu_ticks() -> BTreeMap<u32, (u64, String)> {
+    let mut ticks = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return ticks;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(parsed) = parse_stat(&stat) {
+            ticks.insert(pid, parsed);
+        }
+    }
+    ticks
+}
+
+/// `(utime + stime, comm)` from a `/proc/PID/stat` line. The name is in parentheses and may
+/// itself hold spaces and parentheses, so the fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(u64, String)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // After the name: state is field 3 of the line, utime 14 and stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime, name))
+}
+
+/// The machine's load from its start to a report: the load averages at both ends, and the
+/// processes that used more than 5 % of a CPU meanwhile, busiest first, the benchmark's own
+/// process left out (the programs it measures are listed: they show what the run cost).
+pub struct MachineLoad {
+    started: Instant,
+    loadavg: String,
+    ticks: BTreeMap<u32, (u64, String)>,
+}
+
+impl MachineLoad {
+    pub fn start() -> Self {
+        MachineLoad {
+            started: Instant::now(),
+            loadavg: loadavg(),
+            ticks: cpu_ticks(),
+        }
+    }
+
+    /// For example `load average 0.41 0.38 0.52 at the start, 1.90 0.80 0.61 at the end; busy
+    /// over 42 s: kube-apiserver 31%, cc1plus 12%`.
+    pub fn report(&self) -> String {
+        let window = self.started.elapsed().as_secs_f64().max(0.001);
+        // A clock tick is 1/100 s on Linux unless the kernel says otherwise.
+        let hertz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|hertz| *hertz > 0)
+            .unwrap_or(100) as f64;
+        let own = std::process::id();
+        let mut busy: Vec<(f64, String)> = cpu_ticks()
+            .iter()
+            .filter(|(pid, _)| **pid != own)
+            .filter_map(|(pid, (ticks, name))| {
+                let (earlier, _) = self.ticks.get(pid).map_or((&0, ""), |(t, n)| (t, n.as_str()));
+                let share = ticks.saturating_sub(*earlier) as f64 / hertz / window;
+                (share > 0.05).then(|| (share, name.clone()))
+            })
+            .collect();
+        busy.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let busy: Vec<String> = busy
+            .iter()
+            .map(|(share, name)| format!("{name} {:.0}%", share * 100.0))
+            .collect();
+        format!(
+            "load average {} at the start, {} at the end; busy over {window:.0} s: {}",
+            self.loadavg,
+            loadavg(),
+            if busy.is_empty() {
+                "nothing".to_string()
+            } else {
+                busy.join(", ")
+            }
+        )
+    }
+}
+
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_its_cpu_time_and_name_even_with_parentheses_in_the_name() {
+        let cases = [
+            (
+                "1234 (kube-apiserver) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 12 0 100 0 0",
+                300,
+                "kube-apiserver",
+            ),
+            (
+                "77 (a) b (c)) R 1 77 77 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 5 0 0",
+                10,
+                "a) b (c)",
+            ),
+        ];
+        for (line, ticks, name) in cases {
+            assert_eq!(parse_stat(line), Some((ticks, name.to_string())), "{line}");
+        }
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn the_report_names_a_busy_process_started_meanwhile() {
+        let spinner = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let load = MachineLoad::start();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let report = load.report();
+        let mut spinner = spinner;
+        let _ = spinner.kill();
+        let _ = spinner.wait();
+        assert!(report.starts_with("load average "), "{report}");
+        assert!(report.contains("sh "), "{report}");
+    }
+}
