@@ -58,12 +58,7 @@ impl MachineLoad {
     /// over 42 s: kube-apiserver 31%, cc1plus 12%`.
     pub fn report(&self) -> String {
         let window = self.started.elapsed().as_secs_f64().max(0.001);
-        // A clock tick is 1/100 s on Linux unless the kernel says otherwise.
-        let hertz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .filter(|hertz| *hertz > 0)
-            .unwrap_or(100) as f64;
+        let hertz = clock_ticks_per_second();
         let own = std::process::id();
         let mut busy: Vec<(f64, String)> = cpu_ticks()
             .iter()
@@ -90,6 +85,62 @@ impl MachineLoad {
             }
         )
     }
+}
+
+/// What a process has used so far: CPU time (all its threads, living or not), and how often
+/// each living thread went to sleep and woke again (voluntary context switches): an idle
+/// process's cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessUsage {
+    pub cpu_seconds: f64,
+    /// Voluntary context switches per thread id.
+    switches: BTreeMap<u32, u64>,
+}
+
+impl ProcessUsage {
+    /// `None` when the process is gone.
+    pub fn of(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (ticks, _) = parse_stat(&stat)?;
+        let mut switches = BTreeMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            switches.insert(tid, voluntary_switches(&status));
+        }
+        Some(ProcessUsage {
+            cpu_seconds: ticks as f64 / clock_ticks_per_second(),
+            switches,
+        })
+    }
+
+    /// The wake-ups since `earlier`, of the threads living now (a thread that ended meanwhile
+    /// takes its last ones with it: the count is a floor).
+    pub fn wakeups_since(&self, earlier: &ProcessUsage) -> u64 {
+        self.switches
+            .iter()
+            .map(|(tid, now)| now.saturating_sub(earlier.switches.get(tid).copied().unwrap_or(0)))
+            .sum()
+    }
+}
+
+fn voluntary_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A clock tick is 1/100 s on Linux unless the kernel says otherwise.
+fn clock_ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|hertz| *hertz > 0)
+        .unwrap_or(100) as f64
 }
 
 fn loadavg() -> String {
@@ -120,6 +171,27 @@ mod tests {
             assert_eq!(parse_stat(line), Some((ticks, name.to_string())), "{line}");
         }
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_process_usage_counts_its_threads_wakeups() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t42\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(voluntary_switches(status), 42);
+        assert_eq!(voluntary_switches("Name:\tx\n"), 0);
+        let sleeper = std::process::Command::new("sh")
+            .args(["-c", "for i in 1 2 3 4 5; do sleep 0.05; done; sleep 5"])
+            .spawn()
+            .unwrap();
+        let start = ProcessUsage::of(sleeper.id()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let usage = ProcessUsage::of(sleeper.id()).unwrap();
+        let mut sleeper = sleeper;
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        // sh waited for each of its five children.
+        assert!(usage.wakeups_since(&start) >= 5, "{start:?} {usage:?}");
+        assert_eq!(usage.wakeups_since(&usage), 0);
+        assert!(ProcessUsage::of(u32::MAX).is_none());
     }
 
     #[test]
