@@ -119,7 +119,7 @@ unit:
 # DIR-pods for the tests that install the product on real pods (started by the first of them).
 in_cluster = set -euo pipefail; \
 	export NMSTATE_LOCALENV_DIR=$(1) NMSTATE_KUBE_RELEASE=$(2) NMSTATE_PODS_LOCALENV_DIR=$(1)-pods; \
-	trap '$(LOCALENV) --dir $(1) cluster down; $(LOCALENV) --dir $(1)-pods cluster down' EXIT; \
+	trap '$(LOCALENV) --dir $(1) cluster down; [ ! -d $(1)-pods ] || $(LOCALENV) --dir $(1)-pods cluster down' EXIT; \
 	$(LOCALENV) --dir $(1) cluster up >/dev/null; \
 	$(3)
 

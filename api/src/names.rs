@@ -30,6 +30,16 @@ pub const CLUSTER_METRICS_CONTROLLER: &str = "policy-status";
 /// caBundles.
 pub const WEBHOOK_CERTS: &str = "nmstate-webhook-certs";
 
+/// What the names of the operator's operands start with when its `HANDLER_PREFIX` is
+/// `handler_prefix`: `<handler_prefix>-`, or nothing (`nmstate-handler`, `blue-nmstate-handler`).
+pub fn operand_prefix(handler_prefix: &str) -> String {
+    if handler_prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{handler_prefix}-")
+    }
+}
+
 /// The operator: its Lease, its event reporter, and the field manager of what it renders.
 pub const OPERATOR: &str = "nmstate-operator";
 /// The operator: the NMState CR's status.

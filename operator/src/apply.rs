@@ -1,6 +1,8 @@
 //! Applying what was rendered: server-side apply with one field manager, forced, controller
 //! ownerReferences on everything but the CRDs and the Namespace (uninstall must not remove
-//! those), and pruning by label of what the current render no longer contains.
+//! those), and pruning by label of what the current render no longer contains. The spec of a
+//! workload is the operator's alone: what earlier writers left there is taken over and dropped
+//! (`apply/takeover.rs`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
@@ -12,11 +14,10 @@ use nmstate_api::NMState;
 use nmstate_runtime::kube_errors::is_not_found;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
-use takeover::take_over_spec;
+use tracing::info;
 
 /// Moving a workload's spec to this operator from whoever wrote it before.
 mod takeover;
-use tracing::info;
 
 /// The field manager of everything the operator renders.
 pub const FIELD_MANAGER: &str = nmstate_api::names::OPERATOR;
@@ -124,7 +125,7 @@ impl Applier {
                 .await
                 .map_err(failed)?;
             if takeover::SPEC_OWNED.contains(&types.kind.as_str())
-                && let Some(takeover) = take_over_spec(live.managed_fields(), FIELD_MANAGER)
+                && let Some(takeover) = takeover::take_over_spec(live.managed_fields(), FIELD_MANAGER)
             {
                 // (The resource version makes the write conditional: a concurrent writer's
                 // fields are never moved unseen.)

@@ -95,11 +95,7 @@ pub const FORWARDED_TO_HANDLER: [&str; 4] = [
 impl OperatorConfig {
     /// What rendered names start with: `<HANDLER_PREFIX>-`, or nothing.
     pub fn name_prefix(&self) -> String {
-        if self.handler_prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}-", self.handler_prefix)
-        }
+        nmstate_api::names::operand_prefix(&self.handler_prefix)
     }
 
     /// The settings of an operator whose environment sets none of them.

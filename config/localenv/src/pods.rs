@@ -3,6 +3,7 @@
 //! lines, and `NMState` Available.
 
 use crate::{LocalEnv, LocalEnvError, Result, daemon::run, testing::kubectl};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use nmstate_api::NMState;
 use std::time::Duration;
@@ -46,6 +47,18 @@ pub fn report(env: &LocalEnv, namespace: &str) -> String {
         }
     }
     report
+}
+
+/// True when the kubelet reports `pod` Ready (its readiness probes pass).
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|condition| condition.type_ == "Ready" && condition.status == "True")
+        })
 }
 
 /// `Some` once `NMState/nmstate` is Available: the operator's verdict on its operands' pods.

@@ -192,13 +192,8 @@ async fn make_demo_tours_the_examples_starts_over_and_stops_everything() {
     let mut handlers = Vec::new();
     for pod in &pods.items {
         let status = pod.status.clone().unwrap();
-        let ready = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
         assert!(
-            ready && status.phase.as_deref() == Some("Running"),
+            nmstate_localenv::pods::is_ready(pod) && status.phase.as_deref() == Some("Running"),
             "{} is not ready: {status:?}",
             pod.name_any()
         );

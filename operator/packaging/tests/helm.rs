@@ -259,12 +259,6 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_the_operator_as_a_proce
     install_upgrade_uninstall(&shared_env().await.unwrap()).await;
 }
 
-/// The images built here under the names the chart of `version` gives them, on real nodes.
-fn tag_release_images(env: &LocalEnv, version: &semver::Version) -> Option<ReleaseImages> {
-    (env.control_plane().workloads() == Workloads::Kubelets)
-        .then(|| ReleaseImages::tag(env, &install::images(version)).unwrap())
-}
-
 /// Waits until `workload` has rolled out on the real nodes and NMState is Available.
 async fn rolled_out(
     env: &LocalEnv,
@@ -319,7 +313,8 @@ async fn install_upgrade_uninstall(env: &LocalEnv) {
     // release's, and installed with --force-conflicts so the release owns all their fields.
     adopt_existing_crds(env, &release, &namespace);
     let version = files::workspace_version();
-    let _images = tag_release_images(env, &version);
+    // On real nodes, the images built here under the names the chart of `version` gives them.
+    let _images = on_pods.then(|| ReleaseImages::tag(env, &install::images(&version)).unwrap());
     helm_ok(
         env,
         &[
@@ -397,7 +392,7 @@ async fn install_upgrade_uninstall(env: &LocalEnv) {
         next.patch = 0;
         next
     };
-    let _next_images = tag_release_images(env, &next);
+    let _next_images = on_pods.then(|| ReleaseImages::tag(env, &install::images(&next)).unwrap());
     let next_chart = env.dir().join(format!("{namespace}-chart-{next}"));
     for (path, mut content) in install::helm::chart(&next).unwrap() {
         content = content.replace(OLD_DESCRIPTION, NEW_DESCRIPTION);

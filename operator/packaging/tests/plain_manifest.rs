@@ -75,8 +75,7 @@ async fn the_plain_manifest_installs_as_written_and_the_operator_runs_from_it() 
         env: LocalEnv::new(env.dir()),
     };
 
-    let version = files::workspace_version();
-    let _images = ReleaseImages::tag(&env, &install::images(&version)).unwrap();
+    let _images = ReleaseImages::tag(&env, &install::images(&files::workspace_version())).unwrap();
     let manifest = workspace_file(files::PLAIN_MANIFEST);
     let manifest = manifest.display().to_string();
     // As the README says; --force-conflicts only because other tests' CRDs are already there.

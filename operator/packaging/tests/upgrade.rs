@@ -281,19 +281,10 @@ impl Untouched {
             let list = pods.list(&Default::default()).await.ok()?;
             list.items.into_iter().find(|pod| {
                 let spec = pod.spec.as_ref();
-                let ready = pod
-                    .status
-                    .as_ref()
-                    .and_then(|status| status.conditions.as_ref())
-                    .is_some_and(|conditions| {
-                        conditions
-                            .iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                    });
                 pod.name_any().starts_with(&format!("{name}-"))
                     && pod.metadata.deletion_timestamp.is_none()
                     && spec.is_some_and(|spec| spec.containers[0].image.as_deref() == Some(image))
-                    && ready
+                    && pods::is_ready(pod)
             })
         })
         .await

@@ -64,8 +64,9 @@ impl MachineLoad {
             .iter()
             .filter(|(pid, _)| **pid != own)
             .filter_map(|(pid, (ticks, name))| {
-                let (earlier, _) = self.ticks.get(pid).map_or((&0, ""), |(t, n)| (t, n.as_str()));
-                let share = ticks.saturating_sub(*earlier) as f64 / hertz / window;
+                // A process started meanwhile used all its time within the window.
+                let earlier = self.ticks.get(pid).map_or(0, |(earlier, _)| *earlier);
+                let share = ticks.saturating_sub(earlier) as f64 / hertz / window;
                 (share > 0.05).then(|| (share, name.clone()))
             })
             .collect();
@@ -108,7 +109,7 @@ impl ProcessUsage {
                 continue;
             };
             let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            switches.insert(tid, voluntary_switches(&status));
+            switches.insert(tid, status_number(&status, "voluntary_ctxt_switches:"));
         }
         Some(ProcessUsage {
             cpu_seconds: ticks as f64 / clock_ticks_per_second(),
@@ -126,11 +127,13 @@ impl ProcessUsage {
     }
 }
 
-fn voluntary_switches(status: &str) -> u64 {
+/// The number of `field` (such as `"VmRSS:"`, in KiB, or `"voluntary_ctxt_switches:"`) in the
+/// text of a `/proc/.../status` file; 0 when it is not there.
+pub(super) fn status_number(status: &str, field: &str) -> u64 {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
-        .and_then(|value| value.trim().parse().ok())
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -176,8 +179,9 @@ mod tests {
     #[test]
     fn a_process_usage_counts_its_threads_wakeups() {
         let status = "Name:\tx\nvoluntary_ctxt_switches:\t42\nnonvoluntary_ctxt_switches:\t7\n";
-        assert_eq!(voluntary_switches(status), 42);
-        assert_eq!(voluntary_switches("Name:\tx\n"), 0);
+        assert_eq!(status_number(status, "voluntary_ctxt_switches:"), 42);
+        assert_eq!(status_number("Name:\tx\n", "voluntary_ctxt_switches:"), 0);
+        assert_eq!(status_number("VmRSS:\t   15872 kB\n", "VmRSS:"), 15872);
         let sleeper = std::process::Command::new("sh")
             .args(["-c", "for i in 1 2 3 4 5; do sleep 0.05; done; sleep 5"])
             .spawn()

@@ -490,10 +490,8 @@ pub async fn create_namespace(client: &kube::Client, prefix: &str) -> Result<Str
 /// A memory figure of process `pid` in KiB, from `/proc/<pid>/status` (`field` such as
 /// `"VmRSS:"` or `"VmHWM:"`); 0 when it cannot be read.
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    load::status_number(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(),
+        field,
+    )
 }

@@ -7,7 +7,7 @@
 //! [`DeployedOperator`] is the operator such a test installed, as its Deployment runs it.
 
 use super::{NodeProcess, kubectl, start_operator_as_deployed, workspace_binary};
-use crate::{KubeRelease, LocalEnv, LocalEnvError, Result, Workloads, images, pods};
+use crate::{KubeRelease, LocalEnv, LocalEnvError, Result, Workloads, daemon::run, images, pods};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use std::{collections::BTreeMap, time::Duration};
@@ -86,11 +86,7 @@ impl Drop for ReleaseImages {
 
 /// The name the operator gives its operand `name` when its `HANDLER_PREFIX` is `prefix`.
 pub fn operand_name(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}-{name}")
-    }
+    format!("{}{name}", nmstate_api::names::operand_prefix(prefix))
 }
 
 /// The operator a test installed (from the chart, the plain manifest or a CSV), run as its
@@ -123,11 +119,6 @@ impl DeployedOperator {
         Ok(operator)
     }
 
-    /// True when it runs as pods.
-    pub fn on_pods(&self) -> bool {
-        self.process.is_none()
-    }
-
     /// The name of its operand `name` (`nmstate-handler`, `nmstate-webhook`, `nmstate`…).
     pub fn operand(&self, name: &str) -> String {
         operand_name(self.process.as_ref().map_or("", |(_, prefix)| prefix), name)
@@ -152,23 +143,10 @@ impl DeployedOperator {
         match &self.process {
             Some((process, _)) => process.log(),
             None => {
-                let logs = kubectl(&self.env)
-                    .args([
-                        "logs",
-                        "-n",
-                        &self.namespace,
-                        &format!("deployment/{}", self.deployment),
-                    ])
-                    .arg("--tail=400")
-                    .output()
-                    .map(|output| {
-                        format!(
-                            "{}{}",
-                            String::from_utf8_lossy(&output.stdout),
-                            String::from_utf8_lossy(&output.stderr)
-                        )
-                    })
-                    .unwrap_or_else(|error| error.to_string());
+                let deployment = format!("deployment/{}", self.deployment);
+                let logs =
+                    run(kubectl(&self.env).args(["logs", "-n", &self.namespace, &deployment, "--tail=400"]))
+                        .unwrap_or_else(|error| error.to_string());
                 format!("{logs}\n{}", pods::report(&self.env, &self.namespace))
             }
         }
