@@ -4,6 +4,7 @@
 
 use crate::condition::{Condition, wire_strings};
 use crate::document::NetworkStateDocument;
+use crate::probes::ProbeReport;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -57,6 +58,9 @@ pub struct NodeNetworkConfigurationEnactmentStatus {
     /// Failed applies per policy generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_count: Option<BTreeMap<String, i64>>,
+    /// Each probe of the last apply: whether it ran, its result and how long it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Vec<ProbeReport>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -20,6 +20,8 @@ pub mod names;
 pub mod nmstate;
 /// NodeNetworkConfigurationPolicy (`nncp`), and which nodes it selects.
 pub mod policy;
+/// The checks a change must pass before it is committed: a policy's, and their reports.
+pub mod probes;
 /// NodeNetworkState (`nns`): a node's current network state.
 pub mod state;
 

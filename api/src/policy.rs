@@ -4,6 +4,7 @@
 
 use crate::condition::{Condition, wire_strings};
 use crate::document::NetworkStateDocument;
+use crate::probes::PolicyProbes;
 use k8s_openapi::apimachinery::pkg::{apis::meta::v1::Time, util::intstr::IntOrString};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -71,6 +72,10 @@ pub struct NodeNetworkConfigurationPolicySpec {
         "string(self).matches('^([0-9]+|(100|[1-9]?[0-9])%)$')"
     ).message("maxUnavailable must be a non-negative integer or a percentage from 0% to 100%"))]
     pub max_unavailable: Option<IntOrString>,
+    /// The checks the change must pass on each node before it is committed; what is left out
+    /// keeps upstream's behaviour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<PolicyProbes>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -1,6 +1,7 @@
 //! The handler's settings, from its environment (as upstream's DaemonSet sets them).
 
-use nmstate_api::labels;
+use crate::apply::probes;
+use nmstate_api::{labels, nmstate::DEFAULT_DNS_PROBE_HOST};
 use std::{collections::BTreeMap, time::Duration};
 
 /// Where the DaemonSet mounts the per-node lock that keeps a second handler (e.g. from another
@@ -29,16 +30,15 @@ pub struct HandlerConfig {
     pub node_name: String,
     /// `NMSTATE_INSTANCE_NODE_LOCK_FILE`.
     pub lock_file: String,
-    /// `PROBE_DNS_HOST`: the name the DNS probe resolves.
-    pub probe_dns_host: String,
+    /// `PROBE_DNS_HOST` (the name the DNS probe resolves) and `PROBE_TIMEOUT_SECONDS` (how long
+    /// each probe may take to pass after a change): the probes of a policy that does not set them.
+    pub probe_defaults: probes::Defaults,
     /// `NNCP_MAX_RETRIES`: applies of one policy generation before it is marked failed.
     pub max_retries: u32,
     /// `NNCP_INITIAL_BACKOFF_SECONDS`.
     pub initial_backoff: Duration,
     /// `NNCP_MAX_BACKOFF_SECONDS`.
     pub max_backoff: Duration,
-    /// `PROBE_TIMEOUT_SECONDS`: how long each probe may take to pass after a change.
-    pub probe_timeout: Duration,
     /// `POD_NAMESPACE` (fallback `HANDLER_NAMESPACE`): where handler pods run.
     pub pod_namespace: Option<String>,
     /// `app.kubernetes.io/*` labels for the objects the handler creates, from `COMPONENT`,
@@ -76,11 +76,13 @@ impl HandlerConfig {
             node_name,
             lock_file: get("NMSTATE_INSTANCE_NODE_LOCK_FILE")
                 .unwrap_or_else(|| DEFAULT_LOCK_FILE.to_string()),
-            probe_dns_host: get("PROBE_DNS_HOST").unwrap_or_else(|| "root-servers.net".to_string()),
+            probe_defaults: probes::Defaults {
+                timeout: seconds("PROBE_TIMEOUT_SECONDS", probes::DEFAULT_TIMEOUT.as_secs())?,
+                dns_host: get("PROBE_DNS_HOST").unwrap_or_else(|| DEFAULT_DNS_PROBE_HOST.to_string()),
+            },
             max_retries: number("NNCP_MAX_RETRIES", get("NNCP_MAX_RETRIES"), 5)?,
             initial_backoff: seconds("NNCP_INITIAL_BACKOFF_SECONDS", 1)?,
             max_backoff: seconds("NNCP_MAX_BACKOFF_SECONDS", 30)?,
-            probe_timeout: seconds("PROBE_TIMEOUT_SECONDS", 120)?,
             pod_namespace: get("POD_NAMESPACE").or_else(|| get("HANDLER_NAMESPACE")),
             relationship_labels: [
                 ("COMPONENT", labels::APP_COMPONENT),
@@ -172,11 +174,11 @@ mod tests {
     fn defaults_are_upstreams() {
         let config = config(&[("NODE_NAME", "node01")]).unwrap();
         assert_eq!(config.lock_file, DEFAULT_LOCK_FILE);
-        assert_eq!(config.probe_dns_host, "root-servers.net");
+        assert_eq!(config.probe_defaults.dns_host, "root-servers.net");
+        assert_eq!(config.probe_defaults.timeout, Duration::from_secs(120));
         assert_eq!(config.max_retries, 5);
         assert_eq!(config.initial_backoff, Duration::from_secs(1));
         assert_eq!(config.max_backoff, Duration::from_secs(30));
-        assert_eq!(config.probe_timeout, Duration::from_secs(120));
         assert_eq!(config.pod_namespace, None);
         assert!(config.relationship_labels.is_empty());
         assert_eq!(config.profiler_port, None);

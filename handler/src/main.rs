@@ -62,9 +62,9 @@ enum Command {
     /// (like `nmstatectl show`); exits non-zero when NetworkManager cannot be read.
     Show { interfaces: Vec<String> },
     /// Apply a desired state (YAML or JSON file) to this node the way a policy is applied: under
-    /// a NetworkManager checkpoint, checked by the probes (ping and dns if they pass before the
-    /// change, api-server and node-readiness always), then committed, or rolled back when a
-    /// probe fails.
+    /// a NetworkManager checkpoint, checked by the probes (ping, ping6 and dns if they pass
+    /// before the change, api-server and node-readiness always), then committed, or rolled back
+    /// when a probe fails.
     Apply {
         file: PathBuf,
         /// How long each probe may take to pass
@@ -290,12 +290,22 @@ async fn apply_file(cli: &Cli, file: &std::path::Path, probe_timeout: Duration) 
     })?;
     let desired: serde_json::Value = serde_yaml::from_str(&text)?;
     let client = process::kube_client(cli.kubeconfig.clone()).await?;
-    let probes = probes::select(&client, &config.node_name, &config.probe_dns_host, probe_timeout).await;
+    let defaults = probes::Defaults {
+        timeout: probe_timeout,
+        ..config.probe_defaults
+    };
+    let prober = probes::Prober {
+        client,
+        node: config.node_name.clone(),
+    };
+    let probes = probes::Probes::select(prober, probes::plan(None, &defaults)).await;
+    let mut reports = Vec::new();
     apply::apply(
         &desired,
         &probes,
         apply::checkpoint_timeout(probe_timeout),
         std::future::ready(true),
+        &mut reports,
     )
     .await?;
     Ok(())

@@ -175,48 +175,34 @@ async fn policies_are_applied_under_a_checkpoint_and_rolled_back_when_a_probe_fa
 
 #[tokio::test]
 async fn the_api_server_and_node_readiness_probes_pass_and_fail_for_real() {
-    use nmstate_handler::apply::probes::Probe;
+    use nmstate_handler::apply::probes::{Check, Prober};
     let env = shared_env().await.unwrap();
     let client = env.client().await.unwrap();
     let node = TestNode::start(&env, &unique_name("probes"), &BTreeMap::new())
         .await
         .unwrap();
     let timeout = Duration::from_secs(2);
+    let prober = Prober {
+        client: client.clone(),
+        node: node.name.clone(),
+    };
 
-    assert!(
-        Probe::ApiServer {
-            client: client.clone(),
-            timeout
-        }
-        .run()
-        .await
-        .is_ok()
-    );
-    assert!(
-        Probe::NodeReadiness {
-            client: client.clone(),
-            node: node.name.clone(),
-            timeout
-        }
-        .run()
-        .await
-        .is_ok()
-    );
+    assert!(prober.run(&Check::ApiServer, timeout).await.is_ok());
+    assert!(prober.run(&Check::NodeReadiness, timeout).await.is_ok());
 
-    let unknown = Probe::NodeReadiness {
+    let unknown = Prober {
         client: client.clone(),
         node: "no-such-node".into(),
-        timeout,
     };
-    assert!(unknown.run().await.is_err());
+    assert!(unknown.run(&Check::NodeReadiness, timeout).await.is_err());
     let mut closed = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
     closed.accept_invalid_certs = true;
-    let unreachable = Probe::ApiServer {
+    let unreachable = Prober {
         client: kube::Client::try_from(closed).unwrap(),
-        timeout,
+        node: node.name.clone(),
     };
     let started = std::time::Instant::now();
-    assert!(unreachable.run().await.is_err());
+    assert!(unreachable.run(&Check::ApiServer, timeout).await.is_err());
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "a failing probe gives up after its timeout"

@@ -73,6 +73,15 @@ async fn the_examples_this_kernel_supports_are_enacted_for_real() {
         shows(&["ip", "route", "show", "default"], &["via 10.77.0.1 dev brext"]),
         shows(&["ip", "-4", "-br", "addr", "show", "brext"], &["10.77.0."]),
     ];
+    // The example's DNS name and TCP service are placeholders: here they are the sandbox's.
+    fn sandbox_probe_targets(policy: &mut Value) {
+        policy["spec"]["probes"]["dns"]["host"] = json!("gw.sandbox.test");
+        policy["spec"]["probes"]["tcp"] = json!([{"host": "10.77.0.1", "port": 53}]);
+    }
+    let probes = [shows(
+        &["ip", "-4", "-br", "addr", "show", "eth2"],
+        &["192.0.2.10/24"],
+    )];
     let enacted = futures::join!(
         enact(&client, "linux-bridge", as_written, AVAILABLE, &bridge),
         enact(&client, "static-ip", as_written, AVAILABLE, &static_ip),
@@ -110,6 +119,7 @@ async fn the_examples_this_kernel_supports_are_enacted_for_real() {
             AVAILABLE,
             &default_bridge
         ),
+        enact(&client, "probes", sandbox_probe_targets, AVAILABLE, &probes),
     );
     let bridge_enactment = enacted.0;
     let desired = &bridge_enactment.status.unwrap().desired_state.unwrap().0;
@@ -121,6 +131,22 @@ async fn the_examples_this_kernel_supports_are_enacted_for_real() {
         .unwrap_or_default()
         .to_lowercase();
     assert!(mac.starts_with("02:77:0a:"), "eth0's MAC captured: {captured}");
+    let reports = enacted.11.status.unwrap().probes.unwrap();
+    let ran: Vec<(&str, bool, Option<&str>)> = reports
+        .iter()
+        .map(|report| (report.name.as_str(), report.selected, report.result.as_deref()))
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            ("ping", false, None),
+            ("ping6", false, None),
+            ("dns", true, Some("Passed")),
+            ("tcp 10.77.0.1:53", true, Some("Passed")),
+            ("api-server", true, Some("Passed")),
+            ("node-readiness", true, Some("Passed")),
+        ]
+    );
 }
 
 #[tokio::test]

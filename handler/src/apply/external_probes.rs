@@ -1,7 +1,8 @@
-//! The probes that look beyond the node: its default gateway answers a ping, and one of its DNS
-//! servers answers a query. Both look up their target at every attempt, so after a change they
-//! test the gateway and servers the change left in place: the gateway from the kernel's routes,
-//! the servers from NetworkManager's running DNS configuration (both cheap to repeat).
+//! The probes that look beyond the node: its default gateways answer a ping, one of its DNS
+//! servers answers a query, a TCP port opens. The ping and DNS probes look up their target at
+//! every attempt, so after a change they test the gateway and servers the change left in place:
+//! the gateway from the kernel's routes, the servers from NetworkManager's running DNS
+//! configuration (both cheap to repeat).
 
 use crate::network::{network_manager, state as node_state};
 use serde_json::Value;
@@ -10,22 +11,45 @@ use std::{
     time::Duration,
 };
 
-/// The default route's gateway and interface (main table), IPv4 first.
-pub fn default_gateway(state: &Value) -> Option<(IpAddr, String)> {
+/// An address family: each has its own default gateway, probed apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    fn default_destination(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "0.0.0.0/0",
+            Family::Ipv6 => "::/0",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        }
+    }
+}
+
+/// The `family` default route's gateway and interface, in the main table.
+pub fn default_gateway(state: &Value, family: Family) -> Option<(IpAddr, String)> {
     let routes = state.pointer("/routes/running")?.as_array()?;
-    ["0.0.0.0/0", "::/0"].iter().find_map(|destination| {
-        routes.iter().find_map(|route| {
-            let in_main_table = route
-                .get("table-id")
-                .and_then(Value::as_u64)
-                .is_none_or(|table| table == 254);
-            if route.get("destination").and_then(Value::as_str) != Some(destination) || !in_main_table {
-                return None;
-            }
-            let gateway = route.get("next-hop-address")?.as_str()?.parse().ok()?;
-            let interface = route.get("next-hop-interface")?.as_str()?.to_string();
-            Some((gateway, interface))
-        })
+    routes.iter().find_map(|route| {
+        let in_main_table = route
+            .get("table-id")
+            .and_then(Value::as_u64)
+            .is_none_or(|table| table == 254);
+        if route.get("destination").and_then(Value::as_str) != Some(family.default_destination())
+            || !in_main_table
+        {
+            return None;
+        }
+        let gateway = route.get("next-hop-address")?.as_str()?.parse().ok()?;
+        let interface = route.get("next-hop-interface")?.as_str()?.to_string();
+        Some((gateway, interface))
     })
 }
 
@@ -37,14 +61,14 @@ async fn kernel_state() -> Result<Value, String> {
     }
 }
 
-/// Pings the node's default gateway through its interface once.
-pub async fn ping_default_gateway(timeout: Duration) -> Result<(), String> {
+/// Pings the node's `family` default gateway through its interface once.
+pub async fn ping_default_gateway(family: Family, timeout: Duration) -> Result<(), String> {
     let state = kernel_state().await?;
-    let (gateway, interface) = default_gateway(&state).ok_or("the node has no default route")?;
-    let kind = if gateway.is_ipv4() {
-        surge_ping::ICMP::V4
-    } else {
-        surge_ping::ICMP::V6
+    let (gateway, interface) = default_gateway(&state, family)
+        .ok_or_else(|| format!("the node has no {} default route", family.name()))?;
+    let kind = match family {
+        Family::Ipv4 => surge_ping::ICMP::V4,
+        Family::Ipv6 => surge_ping::ICMP::V6,
     };
     // Raw ICMP: the handler is privileged, and unprivileged ping sockets are often disabled.
     let config = surge_ping::Config::builder()
@@ -90,6 +114,15 @@ pub async fn resolve_through_node_servers(host: &str, timeout: Duration) -> Resu
         }
     }
     Err(format!("no DNS server resolved {host} ({})", failures.join("; ")))
+}
+
+/// Opens a TCP connection to `host`:`port` (a name is resolved by the node's resolver) and
+/// closes it.
+pub async fn connect(host: &str, port: u16) -> Result<(), String> {
+    tokio::net::TcpStream::connect((host, port))
+        .await
+        .map(drop)
+        .map_err(|error| format!("cannot connect to {host}:{port}: {error}"))
 }
 
 const RECORD_A: u16 = 1;
@@ -168,7 +201,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn the_default_gateway_is_the_main_tables_default_route() {
+    fn each_familys_default_gateway_is_its_default_route_in_the_main_table() {
         let state = json!({"routes": {"running": [
             {"destination": "0.0.0.0/0", "next-hop-address": "10.0.0.254", "next-hop-interface": "eth3", "table-id": 200},
             {"destination": "10.77.0.0/24", "next-hop-address": "0.0.0.0", "next-hop-interface": "eth0", "table-id": 254},
@@ -176,10 +209,16 @@ mod tests {
             {"destination": "0.0.0.0/0", "next-hop-address": "10.77.0.1", "next-hop-interface": "eth0", "table-id": 254},
         ]}});
         assert_eq!(
-            default_gateway(&state),
+            default_gateway(&state, Family::Ipv4),
             Some(("10.77.0.1".parse().unwrap(), "eth0".to_string()))
         );
-        assert_eq!(default_gateway(&json!({"routes": {"running": []}})), None);
+        assert_eq!(
+            default_gateway(&state, Family::Ipv6),
+            Some(("fd00::1".parse().unwrap(), "eth1".to_string()))
+        );
+        let none = json!({"routes": {"running": []}});
+        assert_eq!(default_gateway(&none, Family::Ipv4), None);
+        assert_eq!(default_gateway(&none, Family::Ipv6), None);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::network::{
     state::{self as node_state, NodeStateError},
 };
 use nmstate::{ErrorKind, NetworkState, NmstateError};
-use probes::{Probe, ProbeFailure};
+use nmstate_api::probes::ProbeReport;
+use probes::{ProbeFailure, Probes};
 use serde_json::Value;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -42,7 +43,7 @@ pub enum ApplyError {
          changes: {reason} -> currentState: {state_after}"
     )]
     ProbeFailed {
-        probe: &'static str,
+        probe: String,
         reason: String,
         state_after: String,
     },
@@ -96,12 +97,14 @@ impl ApplyError {
 }
 
 /// Applies `desired` under a checkpoint that expires after `checkpoint`, runs `probes`, then
-/// commits, if `may_commit` still says so, or rolls back.
+/// commits, if `may_commit` still says so, or rolls back. `reports` receives a report of each
+/// probe, whatever the outcome (none when the change itself failed).
 pub async fn apply(
     desired: &Value,
-    probes: &[Probe],
+    probes: &Probes,
     checkpoint: Duration,
     may_commit: impl std::future::Future<Output = bool>,
+    reports: &mut Vec<ProbeReport>,
 ) -> Result<(), ApplyError> {
     let json = desired.to_string();
     let state = blocking(move || NetworkState::new_from_json(&json))
@@ -135,25 +138,22 @@ pub async fn apply(
     }
 
     debug!("applied without commit; running the probes");
-    for probe in probes {
-        debug!(probe = probe.name(), "probe");
-        if let Err(ProbeFailure { reason }) = probe.run().await {
-            warn!(probe = probe.name(), %reason, "probe failed after the change; rolling back");
-            blocking(|| NetworkState::checkpoint_rollback(""))
-                .await?
-                .map_err(ApplyError::Rollback)?;
-            restore_global_dns(dns_before).await;
-            // As upstream: let the node settle before reporting the state it is left in.
-            for probe in probes {
-                let _ = probe.run().await;
-            }
-            let state_after = blocking(node_state::retrieve).await??;
-            return Err(ApplyError::ProbeFailed {
-                probe: probe.name(),
-                reason,
-                state_after: serde_json::to_string(&state_after).unwrap_or_default(),
-            });
-        }
+    let (run, failure) = probes.run().await;
+    *reports = run;
+    if let Some(ProbeFailure { probe, reason }) = failure {
+        warn!(%probe, %reason, "probe failed after the change; rolling back");
+        blocking(|| NetworkState::checkpoint_rollback(""))
+            .await?
+            .map_err(ApplyError::Rollback)?;
+        restore_global_dns(dns_before).await;
+        // As upstream: let the node settle before reporting the state it is left in.
+        probes.settle().await;
+        let state_after = blocking(node_state::retrieve).await??;
+        return Err(ApplyError::ProbeFailed {
+            probe,
+            reason,
+            state_after: serde_json::to_string(&state_after).unwrap_or_default(),
+        });
     }
     if !may_commit.await {
         warn!("may no longer commit; rolling back");

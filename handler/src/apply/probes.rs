@@ -1,90 +1,137 @@
-//! Checks that a node still works after a network change. Each probe is retried every second
-//! until it passes or its timeout (default 120 s, as upstream) runs out.
+//! Checks that a node still works after a network change.
+//!
+//! [`plan`] decides, purely, which probes a policy gets from its `spec.probes` and the handler's
+//! defaults; [`Probes::select`] keeps, of the probes that look outside the node (the gateways'
+//! pings and DNS), those that pass before the change, all pre-checked at once; [`Probes::run`]
+//! runs the selected probes in turn after the change, each retried every second until it passes
+//! or its timeout runs out, and reports each.
 
-use crate::apply::external_probes;
+use crate::apply::external_probes::{self, Family};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::{Api, Client};
+use nmstate_api::probes::{PolicyProbes, ProbeName, ProbeReport, ProbeResult, tcp_probe_name};
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Upstream's timeout for each probe.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 const INTERVAL: Duration = Duration::from_secs(1);
-/// One attempt may not take longer than this: a connection over a broken path hangs.
+/// One attempt may not take longer than this: a connection over a broken path hangs. It also
+/// bounds the pre-check before the change.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeFailure {
-    pub reason: String,
-}
-
-/// What is checked after a change.
-#[derive(Clone)]
-pub enum Probe {
-    /// The default gateway answers a ping through its interface.
-    Gateway { timeout: Duration },
+/// What one probe checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The default gateway of this family answers a ping through its interface.
+    Gateway(Family),
     /// One of the node's DNS servers resolves `host`.
-    Dns { host: String, timeout: Duration },
+    Dns { host: String },
+    /// A TCP connection to `host`:`port` opens.
+    Tcp { host: String, port: u16 },
     /// The API server answers (`GET /api/v1/namespaces/default`, as upstream).
-    ApiServer { client: Client, timeout: Duration },
+    ApiServer,
     /// This node's `Ready` condition is `True`.
-    NodeReadiness {
-        client: Client,
-        node: String,
-        timeout: Duration,
-    },
+    NodeReadiness,
 }
 
-impl Probe {
-    /// The name upstream's messages use.
-    pub fn name(&self) -> &'static str {
+impl Check {
+    /// The name messages and reports give it.
+    pub fn name(&self) -> String {
         match self {
-            Probe::Gateway { .. } => "ping",
-            Probe::Dns { .. } => "dns",
-            Probe::ApiServer { .. } => "api-server",
-            Probe::NodeReadiness { .. } => "node-readiness",
+            Check::Gateway(Family::Ipv4) => ProbeName::Ping.to_string(),
+            Check::Gateway(Family::Ipv6) => ProbeName::Ping6.to_string(),
+            Check::Dns { .. } => ProbeName::Dns.to_string(),
+            Check::Tcp { host, port } => tcp_probe_name(host, *port),
+            Check::ApiServer => ProbeName::ApiServer.to_string(),
+            Check::NodeReadiness => ProbeName::NodeReadiness.to_string(),
         }
     }
+}
 
-    fn timeout(&self) -> Duration {
-        match self {
-            Probe::Gateway { timeout }
-            | Probe::Dns { timeout, .. }
-            | Probe::ApiServer { timeout, .. }
-            | Probe::NodeReadiness { timeout, .. } => *timeout,
-        }
+/// The handler's defaults, for what a policy leaves out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    pub timeout: Duration,
+    pub dns_host: String,
+}
+
+/// Which probes a policy gets, before anything is checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub timeout: Duration,
+    /// Each probe in the order they run, and whether it is used.
+    pub probes: Vec<(Check, Use)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// Used if one attempt passes before the change: a probe that never worked on this node
+    /// would only cost its timeout and roll back a good change.
+    IfPassingBefore,
+    Always,
+    /// Turned off by the policy.
+    Off,
+}
+
+/// The probes `policy` asks for: by default upstream's (the gateway and DNS if they pass before
+/// the change, then the API server and node readiness), with each gateway family apart; the
+/// policy may turn the gateway and DNS off, name the DNS host, add TCP probes and set the timeout.
+pub fn plan(policy: Option<&PolicyProbes>, defaults: &Defaults) -> Plan {
+    let none = PolicyProbes::default();
+    let policy = policy.unwrap_or(&none);
+    let external = |enabled: bool| if enabled { Use::IfPassingBefore } else { Use::Off };
+    let mut probes = vec![
+        (Check::Gateway(Family::Ipv4), external(policy.gateway_enabled())),
+        (Check::Gateway(Family::Ipv6), external(policy.gateway_enabled())),
+        (
+            Check::Dns {
+                host: policy.dns_host().unwrap_or(&defaults.dns_host).to_string(),
+            },
+            external(policy.dns_enabled()),
+        ),
+    ];
+    for tcp in policy.tcp.iter().flatten() {
+        let check = Check::Tcp {
+            host: tcp.host.clone(),
+            port: tcp.port,
+        };
+        probes.push((check, Use::Always));
     }
+    probes.push((Check::ApiServer, Use::Always));
+    probes.push((Check::NodeReadiness, Use::Always));
+    let timeout = policy
+        .timeout_seconds
+        .map_or(defaults.timeout, |seconds| Duration::from_secs(seconds.into()));
+    Plan { timeout, probes }
+}
 
-    /// Retries the check until it passes or the probe's timeout runs out.
-    pub async fn run(&self) -> Result<(), ProbeFailure> {
-        let deadline = Instant::now() + self.timeout();
-        loop {
-            let reason = match tokio::time::timeout(ATTEMPT_TIMEOUT, self.check()).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(reason)) => reason,
-                Err(_) => format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()),
-            };
-            if Instant::now() + INTERVAL >= deadline {
-                return Err(ProbeFailure { reason });
+/// Runs checks against the cluster and the node.
+#[derive(Clone)]
+pub struct Prober {
+    pub client: Client,
+    pub node: String,
+}
+
+impl Prober {
+    /// One attempt of `check`.
+    pub async fn check(&self, check: &Check) -> Result<(), String> {
+        match check {
+            Check::Gateway(family) => {
+                external_probes::ping_default_gateway(*family, ATTEMPT_TIMEOUT / 2).await
             }
-            tokio::time::sleep(INTERVAL).await;
-        }
-    }
-
-    async fn check(&self) -> Result<(), String> {
-        match self {
-            Probe::Gateway { .. } => external_probes::ping_default_gateway(ATTEMPT_TIMEOUT / 2).await,
-            Probe::Dns { host, .. } => {
+            Check::Dns { host } => {
                 external_probes::resolve_through_node_servers(host, ATTEMPT_TIMEOUT / 2).await
             }
-            Probe::ApiServer { client, .. } => Api::<Namespace>::all(client.clone())
+            Check::Tcp { host, port } => external_probes::connect(host, *port).await,
+            Check::ApiServer => Api::<Namespace>::all(self.client.clone())
                 .get("default")
                 .await
                 .map(|_| ())
                 .map_err(|error| error.to_string()),
-            Probe::NodeReadiness { client, node, .. } => {
-                let node = Api::<Node>::all(client.clone())
-                    .get(node)
+            Check::NodeReadiness => {
+                let node = Api::<Node>::all(self.client.clone())
+                    .get(&self.node)
                     .await
                     .map_err(|error| error.to_string())?;
                 let ready = node
@@ -101,36 +148,277 @@ impl Probe {
             }
         }
     }
-}
 
-/// The probes to run after a change: the ping and DNS probes only if they pass now, decided by
-/// one attempt each (a probe that never worked on this node costs seconds, not its timeout);
-/// the API server and node readiness probes always.
-pub async fn select(client: &Client, node: &str, dns_host: &str, timeout: Duration) -> Vec<Probe> {
-    let mut probes = Vec::new();
-    for external in [
-        Probe::Gateway { timeout },
-        Probe::Dns {
-            host: dns_host.to_string(),
-            timeout,
-        },
-    ] {
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, external.check()).await {
-            Ok(Ok(())) => probes.push(external),
-            Ok(Err(reason)) => {
-                tracing::info!(probe = external.name(), %reason, "not used: it fails before the change")
-            }
-            Err(_) => tracing::info!(probe = external.name(), "not used: no answer before the change"),
+    /// One attempt, cut off after [`ATTEMPT_TIMEOUT`].
+    async fn attempt(&self, check: &Check) -> Result<(), String> {
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, self.check(check)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())),
         }
     }
-    probes.push(Probe::ApiServer {
-        client: client.clone(),
-        timeout,
-    });
-    probes.push(Probe::NodeReadiness {
-        client: client.clone(),
-        node: node.to_string(),
-        timeout,
-    });
-    probes
+
+    /// Retries `check` every second until it passes or `timeout` runs out; the last reason it
+    /// failed.
+    pub async fn run(&self, check: &Check, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reason = match self.attempt(check).await {
+                Ok(()) => return Ok(()),
+                Err(reason) => reason,
+            };
+            if Instant::now() + INTERVAL >= deadline {
+                return Err(reason);
+            }
+            tokio::time::sleep(INTERVAL).await;
+        }
+    }
+}
+
+/// A probe that failed after the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeFailure {
+    pub probe: String,
+    pub reason: String,
+}
+
+/// The probes of one apply, selected.
+pub struct Probes {
+    prober: Prober,
+    timeout: Duration,
+    /// Each probe of the plan; `Err` holds why it was left out.
+    probes: Vec<(Check, Result<(), String>)>,
+}
+
+impl Probes {
+    /// Pre-checks, all at once, the probes `plan` uses only if they pass before the change.
+    pub async fn select(prober: Prober, plan: Plan) -> Self {
+        let decided = plan.probes.into_iter().map(|(check, usage)| {
+            let prober = &prober;
+            async move {
+                let decision = match usage {
+                    Use::Always => Ok(()),
+                    Use::Off => Err("turned off by the policy".to_string()),
+                    Use::IfPassingBefore => prober
+                        .attempt(&check)
+                        .await
+                        .map_err(|reason| format!("not used: it fails before the change: {reason}")),
+                };
+                if let Err(reason) = &decision {
+                    tracing::info!(probe = %check.name(), "{reason}");
+                }
+                (check, decision)
+            }
+        });
+        let probes = futures::future::join_all(decided).await;
+        Probes {
+            prober,
+            timeout: plan.timeout,
+            probes,
+        }
+    }
+
+    /// How long each probe may take to pass after the change.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn selected(&self) -> impl Iterator<Item = &Check> {
+        self.probes
+            .iter()
+            .filter(|(_, decision)| decision.is_ok())
+            .map(|(check, _)| check)
+    }
+
+    /// Runs the selected probes in turn until one fails: a report of each probe, and the
+    /// failure, if any.
+    pub async fn run(&self) -> (Vec<ProbeReport>, Option<ProbeFailure>) {
+        let mut reports = Vec::with_capacity(self.probes.len());
+        let mut failure: Option<ProbeFailure> = None;
+        for (check, decision) in &self.probes {
+            let name = check.name();
+            let report = match decision {
+                Err(reason) => ProbeReport {
+                    name,
+                    selected: false,
+                    message: Some(reason.clone()),
+                    ..ProbeReport::default()
+                },
+                Ok(()) if failure.is_some() => ProbeReport {
+                    name,
+                    selected: true,
+                    result: Some(ProbeResult::NotRun.to_string()),
+                    ..ProbeReport::default()
+                },
+                Ok(()) => {
+                    tracing::debug!(probe = %name, "probe");
+                    let started = Instant::now();
+                    let result = self.prober.run(check, self.timeout).await;
+                    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    let (result, message) = match result {
+                        Ok(()) => (ProbeResult::Passed, None),
+                        Err(reason) => {
+                            failure = Some(ProbeFailure {
+                                probe: name.clone(),
+                                reason: reason.clone(),
+                            });
+                            (ProbeResult::Failed, Some(reason))
+                        }
+                    };
+                    ProbeReport {
+                        name,
+                        selected: true,
+                        result: Some(result.to_string()),
+                        duration_milliseconds: Some(took),
+                        message,
+                    }
+                }
+            };
+            reports.push(report);
+        }
+        (reports, failure)
+    }
+
+    /// Waits, up to each probe's timeout, for the selected probes to pass again: after a
+    /// rollback, so the state then reported is the settled one (as upstream).
+    pub async fn settle(&self) {
+        for check in self.selected() {
+            let _ = self.prober.run(check, self.timeout).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nmstate_api::probes::{DnsProbe, GatewayProbe, TcpProbe};
+
+    fn defaults() -> Defaults {
+        Defaults {
+            timeout: DEFAULT_TIMEOUT,
+            dns_host: "root-servers.net".into(),
+        }
+    }
+
+    fn dns(host: &str) -> Check {
+        Check::Dns { host: host.into() }
+    }
+
+    #[test]
+    fn a_policy_without_probes_gets_upstreams_with_each_gateway_family_apart() {
+        let plan = plan(None, &defaults());
+        assert_eq!(plan.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(
+            plan.probes,
+            vec![
+                (Check::Gateway(Family::Ipv4), Use::IfPassingBefore),
+                (Check::Gateway(Family::Ipv6), Use::IfPassingBefore),
+                (dns("root-servers.net"), Use::IfPassingBefore),
+                (Check::ApiServer, Use::Always),
+                (Check::NodeReadiness, Use::Always),
+            ]
+        );
+        let names: Vec<String> = plan.probes.iter().map(|(check, _)| check.name()).collect();
+        assert_eq!(names, ["ping", "ping6", "dns", "api-server", "node-readiness"]);
+        assert_eq!(self::plan(Some(&PolicyProbes::default()), &defaults()), plan);
+    }
+
+    #[test]
+    fn a_policy_sets_the_timeout_turns_probes_off_names_the_dns_host_and_adds_tcp() {
+        let table: [(PolicyProbes, Plan); 3] = [
+            (
+                PolicyProbes {
+                    timeout_seconds: Some(30),
+                    gateway: Some(GatewayProbe { enabled: Some(false) }),
+                    ..PolicyProbes::default()
+                },
+                Plan {
+                    timeout: Duration::from_secs(30),
+                    probes: vec![
+                        (Check::Gateway(Family::Ipv4), Use::Off),
+                        (Check::Gateway(Family::Ipv6), Use::Off),
+                        (dns("root-servers.net"), Use::IfPassingBefore),
+                        (Check::ApiServer, Use::Always),
+                        (Check::NodeReadiness, Use::Always),
+                    ],
+                },
+            ),
+            (
+                PolicyProbes {
+                    dns: Some(DnsProbe {
+                        enabled: None,
+                        host: Some("example.test".into()),
+                    }),
+                    tcp: Some(vec![
+                        TcpProbe {
+                            host: "10.0.0.1".into(),
+                            port: 53,
+                        },
+                        TcpProbe {
+                            host: "fd00::1".into(),
+                            port: 443,
+                        },
+                    ]),
+                    ..PolicyProbes::default()
+                },
+                Plan {
+                    timeout: DEFAULT_TIMEOUT,
+                    probes: vec![
+                        (Check::Gateway(Family::Ipv4), Use::IfPassingBefore),
+                        (Check::Gateway(Family::Ipv6), Use::IfPassingBefore),
+                        (dns("example.test"), Use::IfPassingBefore),
+                        (
+                            Check::Tcp {
+                                host: "10.0.0.1".into(),
+                                port: 53,
+                            },
+                            Use::Always,
+                        ),
+                        (
+                            Check::Tcp {
+                                host: "fd00::1".into(),
+                                port: 443,
+                            },
+                            Use::Always,
+                        ),
+                        (Check::ApiServer, Use::Always),
+                        (Check::NodeReadiness, Use::Always),
+                    ],
+                },
+            ),
+            (
+                PolicyProbes {
+                    gateway: Some(GatewayProbe { enabled: Some(true) }),
+                    dns: Some(DnsProbe {
+                        enabled: Some(false),
+                        host: Some("ignored.test".into()),
+                    }),
+                    ..PolicyProbes::default()
+                },
+                Plan {
+                    timeout: DEFAULT_TIMEOUT,
+                    probes: vec![
+                        (Check::Gateway(Family::Ipv4), Use::IfPassingBefore),
+                        (Check::Gateway(Family::Ipv6), Use::IfPassingBefore),
+                        (dns("ignored.test"), Use::Off),
+                        (Check::ApiServer, Use::Always),
+                        (Check::NodeReadiness, Use::Always),
+                    ],
+                },
+            ),
+        ];
+        for (policy, expected) in table {
+            assert_eq!(plan(Some(&policy), &defaults()), expected, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn tcp_probes_are_named_by_their_address() {
+        let tcp = |host: &str, port| Check::Tcp {
+            host: host.into(),
+            port,
+        };
+        assert_eq!(tcp("10.77.0.1", 53).name(), "tcp 10.77.0.1:53");
+        assert_eq!(tcp("fd00:77::1", 443).name(), "tcp [fd00:77::1]:443");
+        assert_eq!(tcp("gw.sandbox.test", 53).name(), "tcp gw.sandbox.test:53");
+    }
 }

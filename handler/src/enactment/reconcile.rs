@@ -154,19 +154,20 @@ pub(super) async fn reconcile(
 
     // the checkpointed apply (NetworkManager)
     EnactmentSituation::Progressing.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
+    status.probes = None; // the last apply's, until this one's are known
     write_status(&enactments, &name, &status).await?;
-    let probes = probes::select(
-        &context.client,
-        &config.node_name,
-        &config.probe_dns_host,
-        config.probe_timeout,
-    )
-    .await;
-    debug!(policy = %policy_name, probes = probes.len(), "selected the probes");
+    let plan = probes::plan(policy.spec.probes.as_ref(), &config.probe_defaults);
+    let prober = probes::Prober {
+        client: context.client.clone(),
+        node: config.node_name.clone(),
+    };
+    let probes = probes::Probes::select(prober, plan).await;
     info!(policy = %policy_name, generation, "applying");
-    let checkpoint = apply::checkpoint_timeout(config.probe_timeout);
+    let checkpoint = apply::checkpoint_timeout(probes.timeout());
     let may_commit = context.rollout.still_held(&policy_name);
-    let applied = apply::apply(&desired, &probes, checkpoint, may_commit).await;
+    let mut reports = Vec::new();
+    let applied = apply::apply(&desired, &probes, checkpoint, may_commit, &mut reports).await;
+    status.probes = (!reports.is_empty()).then_some(reports);
     let outcome = match &applied {
         Ok(()) => Outcome::Applied,
         Err(ApplyError::LostSlot) => Outcome::LostSlot,

@@ -48,7 +48,7 @@ fn is_dns1123_label(value: &str) -> bool {
 }
 
 /// apimachinery's `IsDNS1123Subdomain`.
-fn dns1123_subdomain_errors(value: &str) -> Vec<String> {
+pub fn dns1123_subdomain_errors(value: &str) -> Vec<String> {
     let mut errors = Vec::new();
     if value.len() > 253 {
         errors.push("must be no more than 253 characters".to_string());

@@ -3,10 +3,11 @@
 //!
 //! Messages are upstream's where upstream has one, so scripts that match them keep working.
 
-use super::label_format::{label_value_errors, qualified_name_errors};
+use super::label_format::{dns1123_subdomain_errors, label_value_errors, qualified_name_errors};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nmstate::{NetworkCaptureRules, NetworkState, NetworkStateTemplate};
 use nmstate_api::policy::{NodeNetworkConfigurationPolicy, PolicyConditionReason, PolicyConditionType};
+use nmstate_api::probes::{MAX_TCP_PROBES, MAX_TIMEOUT_SECONDS, PolicyProbes};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
@@ -52,6 +53,9 @@ pub fn validate(
     }
     errors.extend(node_selector_errors(policy.spec.node_selector.as_ref()));
     errors.extend(max_unavailable_error(policy.spec.max_unavailable.as_ref()));
+    if let Some(probes) = &policy.spec.probes {
+        errors.extend(probes_errors(probes));
+    }
     let capture = policy.spec.capture.clone().unwrap_or_default();
     errors.extend(capture_errors(&capture));
     if let Some(desired) = &policy.spec.desired_state {
@@ -120,6 +124,60 @@ fn max_unavailable_error(value: Option<&IntOrString>) -> Option<String> {
             }
         }
     }
+}
+
+/// The probes' settings (the schema bounds them too, on every server version).
+fn probes_errors(probes: &PolicyProbes) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Some(seconds) = probes.timeout_seconds
+        && !(1..=MAX_TIMEOUT_SECONDS).contains(&seconds)
+    {
+        errors.push(format!(
+            "invalid spec.probes.timeoutSeconds: {seconds}: must be from 1 to {MAX_TIMEOUT_SECONDS} seconds"
+        ));
+    }
+    if let Some(host) = probes.dns_host() {
+        errors.extend(host_error("spec.probes.dns.host", host, false));
+    }
+    let tcp = probes.tcp.as_deref().unwrap_or_default();
+    if tcp.len() > MAX_TCP_PROBES {
+        errors.push(format!(
+            "invalid spec.probes.tcp: {} probes: at most {MAX_TCP_PROBES} are allowed",
+            tcp.len()
+        ));
+    }
+    for (index, probe) in tcp.iter().enumerate() {
+        errors.extend(host_error(
+            &format!("spec.probes.tcp[{index}].host"),
+            &probe.host,
+            true,
+        ));
+        if probe.port == 0 {
+            errors.push(format!(
+                "invalid spec.probes.tcp[{index}].port: 0: must be from 1 to 65535"
+            ));
+        }
+    }
+    errors
+}
+
+/// A DNS name (any case), or, where `address_allowed`, an IP address.
+fn host_error(field: &str, host: &str, address_allowed: bool) -> Option<String> {
+    if address_allowed && host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let name_errors = dns1123_subdomain_errors(&host.trim_end_matches('.').to_ascii_lowercase());
+    let expected = if address_allowed {
+        "must be an IP address or a DNS name"
+    } else {
+        "must be a DNS name"
+    };
+    (!name_errors.is_empty()).then(|| {
+        format!(
+            "invalid {field}: {host:?}: {expected} ({})",
+            name_errors.join("; ")
+        )
+    })
 }
 
 fn capture_errors(capture: &BTreeMap<String, String>) -> Vec<String> {

@@ -189,6 +189,35 @@ async fn each_rule_accepts_and_refuses_through_kubectl() {
         "invalid spec.desiredState: it refers to capture \"nic\", which spec.capture does not define",
     );
 
+    // A policy's probes: a DNS name and TCP addresses are the webhook's to check; the timeout's
+    // bounds are the schema's, on every version.
+    let mut probed = bridge("br1");
+    probed["probes"] = json!({"timeoutSeconds": 30, "dns": {"host": "gw.sandbox.test"},
+                              "tcp": [{"host": "10.77.0.1", "port": 53}]});
+    fixture
+        .kubectl_apply(&fixture.policy("probed", probed.clone()))
+        .unwrap();
+    probed["probes"]["dns"]["host"] = json!("not a name");
+    let error = fixture
+        .kubectl_apply(&fixture.policy("badprobe", probed.clone()))
+        .unwrap_err();
+    assert!(
+        error.contains(
+            "denied the request: invalid spec.probes.dns.host: \"not a name\": must be a DNS name ("
+        ),
+        "{error}"
+    );
+    probed["probes"] = json!({"timeoutSeconds": 0});
+    let error = fixture
+        .kubectl_apply(&fixture.policy("zerotimeout", probed))
+        .unwrap_err();
+    assert!(
+        error.contains("spec.probes.timeoutSeconds")
+            && error.contains("should be greater than or equal to 1")
+            && !error.contains("denied the request"),
+        "refused by the schema: {error}"
+    );
+
     // The webhook counted each refusal.
     let bundle = fixture.published_bundle().await.unwrap();
     let port = fixture.port;
@@ -211,15 +240,16 @@ async fn each_rule_accepts_and_refuses_through_kubectl() {
             .unwrap_or(0)
     };
     // At least once per refusal: the API server may review an update again when it retries it.
-    // Five of the ten refusals are the CRD's on a server that runs CEL: the webhook never sees them.
-    let webhook_refusals = if runs_cel { 5 } else { 10 };
+    // Five of the eleven refusals are the CRD's on a server that runs CEL: the webhook never sees
+    // them. The schema's bound on timeoutSeconds refuses before the webhook everywhere.
+    let webhook_refusals = if runs_cel { 6 } else { 11 };
     assert!(
         count(r#"webhook="validate",result="denied""#) >= webhook_refusals,
         "{metrics}"
     );
-    assert!(count(r#"webhook="validate",result="allowed""#) >= 7, "{metrics}");
+    assert!(count(r#"webhook="validate",result="allowed""#) >= 8, "{metrics}");
     assert!(
-        count(r#"webhook="timestamp-mutate",result="allowed""#) >= 17,
+        count(r#"webhook="timestamp-mutate",result="allowed""#) >= 20,
         "{metrics}"
     );
 }

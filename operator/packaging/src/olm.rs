@@ -295,6 +295,48 @@ fn owned_crds() -> Vec<Value> {
             "nmpolicy expressions desiredState refers to as {{ capture.<name> }}",
             &["urn:alm:descriptor:com.tectonic.ui:advanced"]
         ),
+        descriptor(
+            "probes.timeoutSeconds",
+            "Probe timeout",
+            "How long each probe may fail after the change before it is rolled back (seconds; default 120)",
+            &[
+                "urn:alm:descriptor:com.tectonic.ui:number",
+                "urn:alm:descriptor:com.tectonic.ui:advanced"
+            ]
+        ),
+        descriptor(
+            "probes.gateway.enabled",
+            "Gateway probe",
+            "Ping the default gateways (IPv4 and IPv6) after the change",
+            &[
+                "urn:alm:descriptor:com.tectonic.ui:booleanSwitch",
+                "urn:alm:descriptor:com.tectonic.ui:advanced"
+            ]
+        ),
+        descriptor(
+            "probes.dns.enabled",
+            "DNS probe",
+            "Resolve a name through the node's DNS servers after the change",
+            &[
+                "urn:alm:descriptor:com.tectonic.ui:booleanSwitch",
+                "urn:alm:descriptor:com.tectonic.ui:advanced"
+            ]
+        ),
+        descriptor(
+            "probes.dns.host",
+            "DNS probe host",
+            "The name the DNS probe resolves (default: the NMState's)",
+            &[
+                "urn:alm:descriptor:com.tectonic.ui:text",
+                "urn:alm:descriptor:com.tectonic.ui:advanced"
+            ]
+        ),
+        descriptor(
+            "probes.tcp",
+            "TCP probes",
+            "Host and port pairs that must accept a TCP connection after the change",
+            &["urn:alm:descriptor:com.tectonic.ui:advanced"]
+        ),
     ]);
     let crd = |kind: &str,
                plural: &str,

@@ -155,6 +155,44 @@ fn max_unavailable_is_a_count_or_a_percentage() {
 }
 
 #[test]
+fn probes_have_a_bounded_timeout_dns_names_and_tcp_addresses() {
+    let accepted = json!({"probes": {
+        "timeoutSeconds": 30,
+        "gateway": {"enabled": false},
+        "dns": {"host": "Gw.Sandbox.test."},
+        "tcp": [{"host": "10.77.0.1", "port": 53}, {"host": "fd00:77::1", "port": 443},
+                {"host": "api.example.test", "port": 6443}],
+    }});
+    assert_eq!(validate(&policy("p", accepted), None), Ok(()));
+    assert_eq!(validate(&policy("p", json!({"probes": {}})), None), Ok(()));
+
+    let refused = json!({"probes": {
+        "timeoutSeconds": 901,
+        "dns": {"host": "not a name"},
+        "tcp": [{"host": "", "port": 53}, {"host": "10.0.0.1", "port": 0}],
+    }});
+    let message = refusal(validate(&policy("p", refused), None));
+    for expected in [
+        "invalid spec.probes.timeoutSeconds: 901: must be from 1 to 900 seconds",
+        "invalid spec.probes.dns.host: \"not a name\": must be a DNS name (",
+        "invalid spec.probes.tcp[0].host: \"\": must be an IP address or a DNS name (",
+        "invalid spec.probes.tcp[1].port: 0: must be from 1 to 65535",
+    ] {
+        assert!(message.contains(expected), "{expected:?} in {message:?}");
+    }
+    assert!(!message.contains("tcp[1].host"), "{message}");
+    let zero = json!({"probes": {"timeoutSeconds": 0}});
+    assert!(refusal(validate(&policy("p", zero), None)).contains("timeoutSeconds: 0"));
+    let many: Vec<Value> = (1..=17)
+        .map(|port| json!({"host": "10.0.0.1", "port": port}))
+        .collect();
+    assert_eq!(
+        refusal(validate(&policy("p", json!({"probes": {"tcp": many}})), None)),
+        "invalid spec.probes.tcp: 17 probes: at most 16 are allowed"
+    );
+}
+
+#[test]
 fn the_desired_state_must_be_an_nmstate_state() {
     let spec =
         json!({"desiredState": {"interfaces": [{"name": "br1", "type": "linux-bridge", "mtu": "big"}]}});
