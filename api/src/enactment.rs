@@ -61,6 +61,23 @@ pub struct NodeNetworkConfigurationEnactmentStatus {
     /// Each probe of the last apply: whether it ran, its result and how long it took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<Vec<ProbeReport>>,
+    /// What the policy would do on this node, when it is a preview (`spec.preview`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<EnactmentPreview>,
+}
+
+/// What applying the policy would do on the node, worked out without applying it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnactmentPreview {
+    /// What the apply would change: the parts of the desired state the node does not have yet
+    /// (nmstate's difference from the node's current state). Absent: nothing would change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<NetworkStateDocument>,
+    /// The state that would undo the change on this node: what an interface, route or DNS
+    /// setting the policy changes is now (nmstate's revert, against the node's current state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<NetworkStateDocument>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -88,6 +105,8 @@ wire_strings! {
         Progressing = "Progressing",
         Pending = "Pending",
         Aborted = "Aborted",
+        /// The policy is a preview: what it would do is worked out, nothing is applied.
+        Previewed = "Previewed",
     }
 }
 
@@ -100,5 +119,11 @@ wire_strings! {
         MaxUnavailableLimitReached = "MaxUnavailableLimitReached",
         ConfigurationProgressing = "ConfigurationProgressing",
         ConfigurationAborted = "ConfigurationAborted",
+        /// Previewed: applying would change the node.
+        WouldChange = "WouldChange",
+        /// Previewed: the node already is in the desired state.
+        NoChange = "NoChange",
+        /// Previewed: this node would refuse the policy (its kernel or NetworkManager).
+        WouldFail = "WouldFail",
     }
 }

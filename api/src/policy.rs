@@ -76,6 +76,17 @@ pub struct NodeNetworkConfigurationPolicySpec {
     /// keeps upstream's behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<PolicyProbes>,
+    /// `true`: each selected node works out what the policy would change (its enactment's
+    /// `status.preview` and `Previewed` condition) and applies nothing. Set it to `false`, or
+    /// remove it, to apply the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<bool>,
+}
+
+impl NodeNetworkConfigurationPolicySpec {
+    pub fn is_preview(&self) -> bool {
+        self.preview == Some(true)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -112,7 +123,19 @@ wire_strings! {
         Degraded = "Degraded",
         Progressing = "Progressing",
         Ignored = "Ignored",
+        /// The policy is a preview (`spec.preview`), and every node worked out what it would do.
+        Previewed = "Previewed",
     }
+}
+
+impl PolicyConditionType {
+    /// The four types upstream writes on every policy; `Previewed` is only written on previews.
+    pub const UPSTREAM: [PolicyConditionType; 4] = [
+        PolicyConditionType::Available,
+        PolicyConditionType::Degraded,
+        PolicyConditionType::Progressing,
+        PolicyConditionType::Ignored,
+    ];
 }
 
 wire_strings! {
@@ -122,6 +145,7 @@ wire_strings! {
         SuccessfullyConfigured = "SuccessfullyConfigured",
         ConfigurationProgressing = "ConfigurationProgressing",
         NoMatchingNode = "NoMatchingNode",
+        Previewed = "Previewed",
     }
 }
 

@@ -82,6 +82,19 @@ async fn the_examples_this_kernel_supports_are_enacted_for_real() {
         &["ip", "-4", "-br", "addr", "show", "eth2"],
         &["192.0.2.10/24"],
     )];
+    // A preview changes nothing: no br1, in the kernel or in NetworkManager.
+    let unchanged = [
+        Shows {
+            command: &["nmcli", "-t", "-f", "NAME,DEVICE", "connection"],
+            contains: &["eth0"],
+            lacks: &["br1"],
+        },
+        Shows {
+            command: &["ip", "-br", "link"],
+            contains: &["eth1"],
+            lacks: &["br1"],
+        },
+    ];
     let enacted = futures::join!(
         enact(&client, "linux-bridge", as_written, AVAILABLE, &bridge),
         enact(&client, "static-ip", as_written, AVAILABLE, &static_ip),
@@ -120,6 +133,13 @@ async fn the_examples_this_kernel_supports_are_enacted_for_real() {
             &default_bridge
         ),
         enact(&client, "probes", sandbox_probe_targets, AVAILABLE, &probes),
+        enact(
+            &client,
+            "preview",
+            as_written,
+            ("Previewed", "WouldChange"),
+            &unchanged
+        ),
     );
     let bridge_enactment = enacted.0;
     let desired = &bridge_enactment.status.unwrap().desired_state.unwrap().0;
@@ -147,6 +167,8 @@ async fn the_examples_this_kernel_supports_are_enacted_for_real() {
             ("node-readiness", true, Some("Passed")),
         ]
     );
+    let preview = enacted.12.status.unwrap().preview.unwrap();
+    assert_eq!(preview.diff.unwrap().0["interfaces"][0]["name"], "br1");
 }
 
 #[tokio::test]

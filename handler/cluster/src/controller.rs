@@ -346,7 +346,9 @@ async fn write_status(
         .as_ref()
         .map(|status| status.conditions.as_slice())
         .unwrap_or_default();
-    if let Some(conditions) = updated_conditions(current, outcome.conditions(generation), &Time(now)) {
+    if let Some(conditions) =
+        updated_conditions(current, outcome.conditions_over(current, generation), &Time(now))
+    {
         info!(policy = %name, generation, status = outcome.status(), "{outcome:?}");
         let patch = json!({
             "apiVersion": NodeNetworkConfigurationPolicy::api_version(&()),

@@ -19,8 +19,16 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-/// Enactment condition types, in upstream's order for `kubernetes_nmstate_enactments_status`.
-const ENACTMENT_STATUSES: [&str; 5] = ["Available", "Failing", "Progressing", "Pending", "Aborted"];
+/// Enactment condition types, in upstream's order for `kubernetes_nmstate_enactments_status`,
+/// then `Previewed`.
+const ENACTMENT_STATUSES: [&str; 6] = [
+    "Available",
+    "Failing",
+    "Progressing",
+    "Pending",
+    "Aborted",
+    "Previewed",
+];
 
 /// What the gauges are computed from: the leader's watch caches.
 #[derive(Clone)]
@@ -99,13 +107,13 @@ impl Collector for Gauges {
         gauge(
             &mut encoder,
             "kubernetes_nmstate_policies_status",
-            "Count of policies by status (Available, Degraded, Progressing, Ignored)",
+            "Count of policies by status (Available, Degraded, Progressing, Ignored, Previewed)",
             policies_status(policies.iter().map(|p| &**p)),
         )?;
         gauge(
             &mut encoder,
             "kubernetes_nmstate_enactments_status",
-            "Count of enactments per node by status (Available, Failing, Progressing, Pending, Aborted)",
+            "Count of enactments per node by status (Available, Failing, Progressing, Pending, Aborted, Previewed)",
             enactments_status(enactments.iter().map(|e| &**e)),
         )
     }

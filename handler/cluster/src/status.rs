@@ -5,7 +5,7 @@
 use nmstate_api::{
     Condition, ConditionStatus, NodeNetworkConfigurationEnactment,
     condition::find_condition,
-    enactment::EnactmentConditionType as EnactmentType,
+    enactment::{EnactmentConditionReason as EnactmentReason, EnactmentConditionType as EnactmentType},
     labels,
     policy::{PolicyConditionReason as Reason, PolicyConditionType as Type},
 };
@@ -30,6 +30,8 @@ pub enum PolicyOutcome {
     Progressing(String),
     Available(String),
     Degraded(String),
+    /// A preview (`spec.preview`): every node worked out what it would do.
+    Previewed(String),
 }
 
 /// Upstream's precedence: no matching node → Ignored; any failed or aborted node → Degraded;
@@ -56,6 +58,7 @@ pub fn evaluate(
         .collect();
     let not_ready = matching.len() - ready.len();
     let (mut available, mut failed, mut aborted, mut pending) = (0, 0, 0, 0);
+    let (mut previewed, mut would_change, mut would_fail) = (0, 0, 0);
     for enactment in enactments {
         let Some(status) = enactment.status.as_ref() else {
             continue;
@@ -74,7 +77,18 @@ pub fn evaluate(
             find_condition(&status.conditions, type_.as_str()).is_some_and(Condition::is_true)
         };
         let on_ready_node = node.is_some_and(|n| ready.contains(n.as_str()));
-        if is_true(EnactmentType::Failing) && !is_true(EnactmentType::Progressing) {
+        let preview =
+            find_condition(&status.conditions, EnactmentType::Previewed.as_str()).filter(|c| c.is_true());
+        if let Some(preview) = preview {
+            if on_ready_node {
+                previewed += 1;
+                match EnactmentReason::from_wire(&preview.reason) {
+                    Some(EnactmentReason::WouldChange) => would_change += 1,
+                    Some(EnactmentReason::WouldFail) => would_fail += 1,
+                    _ => {}
+                }
+            }
+        } else if is_true(EnactmentType::Failing) && !is_true(EnactmentType::Progressing) {
             failed += 1;
         } else if is_true(EnactmentType::Aborted) {
             aborted += 1;
@@ -96,12 +110,20 @@ pub fn evaluate(
         }
         return PolicyOutcome::Degraded(message);
     }
-    if available < ready.len() || pending > 0 {
-        let mut message = format!("Policy is progressing {available}/{} nodes finished", ready.len());
+    let finished = available + previewed;
+    if finished < ready.len() || pending > 0 {
+        let mut message = format!("Policy is progressing {finished}/{} nodes finished", ready.len());
         if pending > 0 {
             message += &format!(", {pending} pending");
         }
         return PolicyOutcome::Progressing(message + &not_ready_note);
+    }
+    if previewed > 0 {
+        let mut message = format!("{would_change}/{} nodes would change", ready.len());
+        if would_fail > 0 {
+            message += &format!(", {would_fail} nodes would refuse the policy");
+        }
+        return PolicyOutcome::Previewed(message + &not_ready_note);
     }
     PolicyOutcome::Available(format!(
         "{available}/{} nodes successfully configured{not_ready_note}",
@@ -110,7 +132,7 @@ pub fn evaluate(
 }
 
 impl PolicyOutcome {
-    /// The four conditions, as upstream sets them in each situation.
+    /// The four conditions, as upstream sets them in each situation; a preview adds `Previewed`.
     pub fn conditions(&self, generation: i64) -> Vec<Condition> {
         use ConditionStatus::{False, True, Unknown};
         let rows: [(Type, ConditionStatus, Reason, &str); 4] = match self {
@@ -150,8 +172,24 @@ impl PolicyOutcome {
                     (Type::Ignored, False, reason, ""),
                 ]
             }
+            PolicyOutcome::Previewed(_) => {
+                let reason = Reason::Previewed;
+                [
+                    (Type::Degraded, False, reason, ""),
+                    (Type::Available, False, reason, ""),
+                    (Type::Progressing, False, reason, ""),
+                    (Type::Ignored, False, reason, ""),
+                ]
+            }
+        };
+        let previewed = match self {
+            PolicyOutcome::Previewed(message) => {
+                Some((Type::Previewed, True, Reason::Previewed, message.as_str()))
+            }
+            _ => None,
         };
         rows.into_iter()
+            .chain(previewed)
             .map(|(type_, status, reason, message)| Condition {
                 observed_generation: Some(generation),
                 ..Condition::new(type_.as_str(), status, reason.as_str(), message)
@@ -166,7 +204,23 @@ impl PolicyOutcome {
             PolicyOutcome::Progressing(_) => Type::Progressing.as_str(),
             PolicyOutcome::Available(_) => Type::Available.as_str(),
             PolicyOutcome::Degraded(_) => Type::Degraded.as_str(),
+            PolicyOutcome::Previewed(_) => Type::Previewed.as_str(),
         }
+    }
+
+    /// The conditions to write over `current`: [`Self::conditions`], and a `Previewed` condition
+    /// turned False when the policy is no longer a preview.
+    pub fn conditions_over(&self, current: &[Condition], generation: i64) -> Vec<Condition> {
+        let mut conditions = self.conditions(generation);
+        let was_previewed = find_condition(current, Type::Previewed.as_str()).is_some();
+        if was_previewed && find_condition(&conditions, Type::Previewed.as_str()).is_none() {
+            let reason = conditions.first().map(|c| c.reason.clone()).unwrap_or_default();
+            conditions.push(Condition {
+                observed_generation: Some(generation),
+                ..Condition::new(Type::Previewed.as_str(), ConditionStatus::False, &reason, "")
+            });
+        }
+        conditions
     }
 }
 

@@ -1,6 +1,6 @@
 //! The conditions of an enactment in each of its situations, with upstream's types, reasons
 //! and messages (tools and `kubectl wait` scripts match on them). Every situation writes all
-//! five condition types.
+//! five of upstream's condition types; a preview adds a sixth, `Previewed`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use nmstate_api::{
@@ -32,6 +32,9 @@ pub enum EnactmentSituation {
     Pending,
     /// Not applied because too many nodes already failed the policy.
     Aborted { enactment: String },
+    /// A preview: what an apply would do (`WouldChange`, `NoChange` or `WouldFail`), nothing
+    /// applied.
+    Previewed { reason: Reason, message: String },
 }
 
 impl EnactmentSituation {
@@ -109,6 +112,13 @@ impl EnactmentSituation {
                     (Type::Aborted, False, reason, none()),
                 ]
             }
+            EnactmentSituation::Previewed { reason, .. } => [
+                (Type::Available, False, *reason, none()),
+                (Type::Failing, False, *reason, none()),
+                (Type::Progressing, False, *reason, none()),
+                (Type::Pending, False, *reason, none()),
+                (Type::Aborted, False, *reason, none()),
+            ],
             EnactmentSituation::Aborted { enactment } => {
                 let reason = Reason::ConfigurationAborted;
                 [
@@ -130,10 +140,21 @@ impl EnactmentSituation {
     /// Writes this situation into `conditions` (heartbeat always, transition time only where a
     /// status changed), for policy generation `generation`.
     pub fn apply_to(&self, conditions: &mut Vec<Condition>, generation: i64, now: &Time) {
-        for (type_, status, reason, message) in self.conditions() {
+        let previewed = match self {
+            EnactmentSituation::Previewed { reason, message } => {
+                Some((Type::Previewed, ConditionStatus::True, *reason, message.clone()))
+            }
+            _ => None,
+        };
+        for (type_, status, reason, message) in self.conditions().into_iter().chain(previewed) {
             let mut condition = Condition::new(type_.as_str(), status, reason.as_str(), message);
             condition.observed_generation = Some(generation);
             nmstate_api::condition::set_condition(conditions, condition, now);
+        }
+        if !matches!(self, EnactmentSituation::Previewed { .. }) {
+            // A generation that is no preview (the enactment's conditions start over with each
+            // generation, so this only guards against a status written by hand).
+            conditions.retain(|condition| condition.type_ != Type::Previewed.as_str());
         }
     }
 }
@@ -228,6 +249,37 @@ mod tests {
         });
         assert_eq!(rows[4], "Aborted True ConfigurationAborted");
         assert_eq!(message, "reconciliation of enactment \"node01.br1\" has aborted");
+
+        let (rows, message) = summary(&EnactmentSituation::Previewed {
+            reason: Reason::WouldChange,
+            message: "would change br1".into(),
+        });
+        assert_eq!(
+            rows,
+            [
+                "Available False WouldChange",
+                "Failing False WouldChange",
+                "Progressing False WouldChange",
+                "Pending False WouldChange",
+                "Aborted False WouldChange",
+                "Previewed True WouldChange",
+            ]
+        );
+        assert_eq!(message, "would change br1");
+    }
+
+    #[test]
+    fn leaving_a_preview_drops_its_condition() {
+        let mut conditions = Vec::new();
+        let previewed = EnactmentSituation::Previewed {
+            reason: Reason::NoChange,
+            message: String::new(),
+        };
+        previewed.apply_to(&mut conditions, 1, &now(10));
+        assert_eq!(conditions.len(), 6);
+        EnactmentSituation::Progressing.apply_to(&mut conditions, 2, &now(20));
+        assert_eq!(conditions.len(), 5);
+        assert!(find_condition(&conditions, "Previewed").is_none());
     }
 
     #[test]

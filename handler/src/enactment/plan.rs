@@ -7,11 +7,13 @@
 //! 3. [`on_admission`]: what the policy's rollout answered when asked for a slot;
 //! 4. [`after_apply`]: what the checkpointed apply did.
 
-use crate::{enactment::events, rollout::Admission};
+use crate::{enactment::events, network::drift::is_empty_section, rollout::Admission};
 use nmstate_api::{
-    NodeNetworkConfigurationEnactmentStatus, condition::find_condition,
-    enactment::EnactmentConditionType as Type,
+    NodeNetworkConfigurationEnactmentStatus,
+    condition::find_condition,
+    enactment::{EnactmentConditionReason, EnactmentConditionType as Type},
 };
+use serde_json::Value;
 use std::time::Duration;
 
 /// Step 1: where the reconcile of a policy starts.
@@ -19,8 +21,8 @@ use std::time::Duration;
 pub enum Entry {
     /// The policy does not select this node (anymore): give back its slot, remove the enactment.
     Remove,
-    /// This generation is finished here: Failing for good, Aborted, or Available and known to
-    /// this process as applied. Nothing is written, so nothing churns.
+    /// This generation is finished here: Failing for good, Aborted, Previewed, or Available and
+    /// known to this process as applied. Nothing is written, so nothing churns.
     Done,
     /// Work on this generation. `fresh`: the enactment has not seen it yet, so its conditions
     /// start over (upstream #1442). `enacted`: it was Available (a restarted agent then checks
@@ -47,7 +49,7 @@ pub fn entry(
         |type_: Type| find_condition(&status.conditions, type_.as_str()).is_some_and(|c| c.is_true());
     let enacted = is_true(Type::Available);
     let failed = is_true(Type::Failing) && !is_true(Type::Progressing);
-    if failed || is_true(Type::Aborted) || (enacted && known_applied) {
+    if failed || is_true(Type::Aborted) || is_true(Type::Previewed) || (enacted && known_applied) {
         Entry::Done
     } else {
         Entry::Enact {
@@ -62,7 +64,7 @@ pub fn entry(
 pub enum Drift {
     InDesiredState,
     /// What still differs, as nmstate reports it.
-    Pending(String),
+    Pending(Value),
     /// nmstate could not compare; its apply reports the same error better.
     Unknown,
 }
@@ -79,6 +81,8 @@ pub struct Findings {
     pub enacted: bool,
     /// What qualifies a success (defaults the node could not take).
     pub note: Option<&'static str>,
+    /// The policy is a preview: work out what it would do, apply nothing.
+    pub preview: bool,
 }
 
 /// Step 2: apply, or not.
@@ -96,9 +100,29 @@ pub enum BeforeApply {
     /// Take a slot in the rollout, then apply. `drifted`: it had been applied, and the node
     /// moved away from it since.
     Apply { drifted: bool },
+    /// A preview: report what an apply would do, take no slot, apply nothing.
+    Preview(Preview),
+}
+
+/// What an apply would do on the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Preview {
+    /// Change what the diff says (`None`: nmstate could not compare, so it may change anything
+    /// the desired state names).
+    WouldChange {
+        diff: Option<Value>,
+    },
+    NoChange,
+    /// The node would refuse it, for `reason`.
+    WouldFail {
+        reason: String,
+    },
 }
 
 pub fn before_apply(findings: &Findings) -> BeforeApply {
+    if findings.preview {
+        return BeforeApply::Preview(preview(findings));
+    }
     if let Some(reason) = &findings.refusal {
         return BeforeApply::Refuse {
             reason: reason.clone(),
@@ -113,6 +137,69 @@ pub fn before_apply(findings: &Findings) -> BeforeApply {
         (Drift::Pending(_), enacted) => BeforeApply::Apply { drifted: enacted },
         (Drift::Unknown, _) => BeforeApply::Apply { drifted: false },
     }
+}
+
+fn preview(findings: &Findings) -> Preview {
+    if let Some(reason) = &findings.refusal {
+        return Preview::WouldFail {
+            reason: reason.clone(),
+        };
+    }
+    if findings.empty {
+        return Preview::NoChange;
+    }
+    match &findings.drift {
+        Drift::InDesiredState => Preview::NoChange,
+        Drift::Pending(diff) => Preview::WouldChange {
+            diff: Some(diff.clone()),
+        },
+        Drift::Unknown => Preview::WouldChange { diff: None },
+    }
+}
+
+impl Preview {
+    /// The reason and message of the enactment's `Previewed` condition.
+    pub fn condition(&self) -> (EnactmentConditionReason, String) {
+        match self {
+            Preview::WouldChange { diff: Some(diff) } => (
+                EnactmentConditionReason::WouldChange,
+                format!("would change {}", changed_parts(diff).join(", ")),
+            ),
+            Preview::WouldChange { diff: None } => (
+                EnactmentConditionReason::WouldChange,
+                "would apply the desired state (nmstate cannot compare it with the node's)".into(),
+            ),
+            Preview::NoChange => (
+                EnactmentConditionReason::NoChange,
+                "would change nothing: the node already is in the desired state".into(),
+            ),
+            Preview::WouldFail { reason } => (
+                EnactmentConditionReason::WouldFail,
+                format!("would not be applied: {reason}"),
+            ),
+        }
+    }
+}
+
+/// What a diff changes: each interface by name, and every other section by its key.
+fn changed_parts(diff: &Value) -> Vec<String> {
+    let Some(sections) = diff.as_object() else {
+        return Vec::new();
+    };
+    let mut parts = Vec::new();
+    for (key, section) in sections {
+        match section.as_array() {
+            Some(interfaces) if key == "interfaces" => parts.extend(
+                interfaces
+                    .iter()
+                    .filter_map(|interface| interface.get("name")?.as_str())
+                    .map(|name| format!("interface {name}")),
+            ),
+            _ if is_empty_section(section) => {}
+            _ => parts.push(key.clone()),
+        }
+    }
+    parts
 }
 
 /// Step 3: what to do with the rollout's answer.

@@ -10,11 +10,11 @@ use super::{
     conditions::EnactmentSituation,
     events,
     objects::{create_enactment, delete_enactment, finish, write_status},
-    plan::{self, AfterApply, BeforeApply, Drift, Entry, Findings, OnAdmission, Outcome, Retries},
+    plan::{self, AfterApply, BeforeApply, Drift, Entry, Findings, OnAdmission, Outcome, Preview, Retries},
 };
 use crate::{
     apply::{self, ApplyError, probes},
-    network::{bridge_vlan, capture, drift, node_support, state as node_state},
+    network::{bridge_vlan, capture, drift, node_support, revert, state as node_state},
 };
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, runtime::controller::Action};
@@ -23,7 +23,7 @@ use nmstate_api::{
     NetworkStateDocument, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
     NodeNetworkConfigurationPolicy,
     condition::find_condition,
-    enactment::{CapturedState, EnactmentConditionType, StateMetaInfo, enactment_name},
+    enactment::{CapturedState, EnactmentConditionType, EnactmentPreview, StateMetaInfo, enactment_name},
     policy::selects,
 };
 use serde_json::Value;
@@ -68,6 +68,7 @@ pub(super) async fn reconcile(
             if fresh {
                 status.conditions.clear();
                 status.policy_generation = Some(generation);
+                status.preview = None;
             }
             enacted
         }
@@ -107,6 +108,7 @@ pub(super) async fn reconcile(
         drift: drift_from(&desired, &current),
         enacted,
         note: (!vlan_filtering && ports_without_vlan > 0).then_some(bridge_vlan::SKIPPED_NOTE),
+        preview: policy.spec.is_preview(),
     };
 
     // before the apply (pure)
@@ -138,6 +140,26 @@ pub(super) async fn reconcile(
             // A slot taken before a restart, when the apply had finished but was not reported.
             context.rollout.release_any(&policy, generation).await;
             let situation = EnactmentSituation::Succeeded { note };
+            return finish(&enactments, &name, &mut status, situation).await;
+        }
+        BeforeApply::Preview(preview) => {
+            // Nothing is applied, so no slot in the rollout is used.
+            let (reason, message) = preview.condition();
+            info!(policy = %policy_name, generation, "preview: {message}");
+            status.preview = Some(EnactmentPreview {
+                diff: match preview {
+                    Preview::WouldChange { diff } => diff.map(NetworkStateDocument),
+                    Preview::NoChange | Preview::WouldFail { .. } => None,
+                },
+                revert: match revert::revert(&desired, &current) {
+                    Ok(revert) => Some(NetworkStateDocument(revert)),
+                    Err(error) => {
+                        warn!(policy = %policy_name, "preview: no revert: {error}");
+                        None
+                    }
+                },
+            });
+            let situation = EnactmentSituation::Previewed { reason, message };
             return finish(&enactments, &name, &mut status, situation).await;
         }
         BeforeApply::Apply { drifted } => {
@@ -240,7 +262,7 @@ pub(super) async fn reconcile(
 fn drift_from(desired: &Value, current: &NetworkState) -> Drift {
     match drift::pending_changes(desired, current) {
         Ok(None) => Drift::InDesiredState,
-        Ok(Some(pending)) => Drift::Pending(pending.to_string()),
+        Ok(Some(pending)) => Drift::Pending(pending),
         // nmstate's apply reports anything it cannot read, with the same message.
         Err(_) => Drift::Unknown,
     }

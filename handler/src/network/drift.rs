@@ -106,7 +106,7 @@ pub fn is_contained(desired: &Value, current: &Value) -> bool {
 
 /// Whether `value` holds nothing: `gen_diff` leaves unchanged sections present but empty
 /// (`routes: {}`, `interfaces: []`).
-fn is_empty_section(value: &Value) -> bool {
+pub fn is_empty_section(value: &Value) -> bool {
     match value {
         Value::Null => true,
         Value::Array(items) => items.is_empty(),

@@ -15,5 +15,7 @@ pub mod link_kinds;
 pub mod network_manager;
 /// What this node can do, and the policies it must refuse before applying anything.
 pub mod node_support;
+/// The state that undoes a desired state on a node.
+pub mod revert;
 /// Reading the node's state with nmstate.
 pub mod state;

@@ -87,7 +87,7 @@ pub async fn enact_after(
         let ended = eventually(&format!("{name} ended"), Duration::from_secs(300), || async {
             let enactment = enactments.get_opt(&name).await.unwrap()?;
             let ended = true_condition(&enactment).is_some_and(|condition| {
-                ["Available", "Failing", "Aborted"].contains(&condition.type_.as_str())
+                ["Available", "Failing", "Aborted", "Previewed"].contains(&condition.type_.as_str())
             });
             ended.then_some(enactment)
         })

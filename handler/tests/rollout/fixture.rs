@@ -135,9 +135,19 @@ impl Fixture {
 
     /// Creates a policy for this test's nodes: a new bridge `bridge`, `max_unavailable` at once.
     pub async fn create_policy(&mut self, suffix: &str, desired: Value, max_unavailable: Value) -> String {
+        self.create_policy_with(suffix, desired, json!({"maxUnavailable": max_unavailable}))
+            .await
+    }
+
+    /// Creates a policy for this test's nodes with `desired`, and `spec`'s other fields.
+    pub async fn create_policy_with(&mut self, suffix: &str, desired: Value, spec: Value) -> String {
         let name = format!("{}-{suffix}", self.namespace);
-        let mut object = policy(&name, json!({GROUP: self.namespace}), desired);
-        object.spec.max_unavailable = serde_json::from_value(max_unavailable).unwrap();
+        let mut object =
+            serde_json::to_value(policy(&name, json!({GROUP: self.namespace}), desired)).unwrap();
+        for (field, value) in spec.as_object().unwrap() {
+            object["spec"][field] = value.clone();
+        }
+        let object: NodeNetworkConfigurationPolicy = serde_json::from_value(object).unwrap();
         self.policies()
             .create(&PostParams::default(), &object)
             .await

@@ -47,7 +47,7 @@ pub fn initial_conditions(object: &Value) -> Option<Patch> {
     if !empty {
         return None;
     }
-    let unknown: Vec<Value> = PolicyConditionType::ALL
+    let unknown: Vec<Value> = PolicyConditionType::UPSTREAM
         .iter()
         .map(|kind| json!({"type": kind.as_str(), "status": ConditionStatus::Unknown}))
         .collect();

@@ -296,6 +296,12 @@ fn owned_crds() -> Vec<Value> {
             &["urn:alm:descriptor:com.tectonic.ui:advanced"]
         ),
         descriptor(
+            "preview",
+            "Preview",
+            "Work out what the policy would change on each node, and apply nothing",
+            &["urn:alm:descriptor:com.tectonic.ui:booleanSwitch"]
+        ),
+        descriptor(
             "probes.timeoutSeconds",
             "Probe timeout",
             "How long each probe may fail after the change before it is rolled back (seconds; default 120)",

@@ -78,13 +78,15 @@ fn policies_and_enactments_count_by_their_first_true_condition() {
             })
             .collect();
     let series = policies_status(policies.iter());
-    assert_eq!(series.len(), 4, "every status, zero included: {series:?}");
+    assert_eq!(series.len(), 5, "every status, zero included: {series:?}");
+    assert!(series.contains(&(vec![("status", "Previewed".into())], 0)));
     assert!(series.contains(&(vec![("status", "Available".into())], 2)));
     assert!(series.contains(&(vec![("status", "Ignored".into())], 0)));
 
     let enactments: Vec<NodeNetworkConfigurationEnactment> = [
         ("node01.a", "node01", "Available"),
         ("node01.b", "node01", "Pending"),
+        ("node01.c", "node01", "Previewed"),
     ]
     .iter()
     .map(|(name, node, status)| {
@@ -92,7 +94,8 @@ fn policies_and_enactments_count_by_their_first_true_condition() {
     })
     .collect();
     let series = enactments_status(enactments.iter());
-    assert_eq!(series.len(), 5);
+    assert_eq!(series.len(), 6);
+    assert!(series.contains(&(vec![("node", "node01".into()), ("status", "Previewed".into())], 1)));
     assert!(series.contains(&(vec![("node", "node01".into()), ("status", "Pending".into())], 1)));
     assert!(series.contains(&(vec![("node", "node01".into()), ("status", "Failing".into())], 0)));
     assert_eq!(

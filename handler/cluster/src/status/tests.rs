@@ -189,3 +189,61 @@ fn unchanged_conditions_are_not_rewritten() {
     assert_eq!(available.status, ConditionStatus::Unknown);
     assert_eq!(available.last_transition_time, Some(at(30)));
 }
+
+fn previewed(node: &str, generation: i64, reason: &str) -> NodeNetworkConfigurationEnactment {
+    let mut enactment = enactment(node, generation, &[]);
+    let status = enactment.status.as_mut().unwrap();
+    status
+        .conditions
+        .push(Condition::new("Previewed", ConditionStatus::True, reason, ""));
+    enactment
+}
+
+#[test]
+fn a_preview_counts_the_nodes_that_would_change_once_every_node_previewed() {
+    let nodes = [node("node01"), node("node02"), node("node03")];
+    let partial = [
+        previewed("node01", 2, "WouldChange"),
+        previewed("node02", 2, "NoChange"),
+    ];
+    assert_eq!(
+        outcome(&nodes, &partial),
+        PolicyOutcome::Progressing("Policy is progressing 2/3 nodes finished".into())
+    );
+    let all = [
+        previewed("node01", 2, "WouldChange"),
+        previewed("node02", 2, "NoChange"),
+        previewed("node03", 2, "WouldFail"),
+    ];
+    let previewed_outcome = outcome(&nodes, &all);
+    assert_eq!(
+        previewed_outcome,
+        PolicyOutcome::Previewed("1/3 nodes would change, 1 nodes would refuse the policy".into())
+    );
+    assert_eq!(previewed_outcome.status(), "Previewed");
+    let conditions = previewed_outcome.conditions(2);
+    let rows: Vec<(&str, ConditionStatus, &str)> = conditions
+        .iter()
+        .map(|c| (c.type_.as_str(), c.status, c.reason.as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("Degraded", ConditionStatus::False, "Previewed"),
+            ("Available", ConditionStatus::False, "Previewed"),
+            ("Progressing", ConditionStatus::False, "Previewed"),
+            ("Ignored", ConditionStatus::False, "Previewed"),
+            ("Previewed", ConditionStatus::True, "Previewed"),
+        ]
+    );
+
+    // Leaving the preview: the policy's Previewed condition turns False, and stays so.
+    let applied = PolicyOutcome::Available("3/3 nodes successfully configured".into());
+    let after = applied.conditions_over(&conditions, 3);
+    let condition = find_condition(&after, "Previewed").unwrap();
+    assert_eq!(
+        (condition.status, condition.reason.as_str()),
+        (ConditionStatus::False, "SuccessfullyConfigured")
+    );
+    assert!(find_condition(&applied.conditions_over(&[], 3), "Previewed").is_none());
+}

@@ -32,6 +32,12 @@ fn retrying() -> EnactmentSituation {
 fn entry_decides_from_the_selector_the_generation_and_the_conditions() {
     let enact = |fresh, enacted| Entry::Enact { fresh, enacted };
     let available = || Some(EnactmentSituation::Succeeded { note: None });
+    let previewed = || {
+        Some(EnactmentSituation::Previewed {
+            reason: nmstate_api::enactment::EnactmentConditionReason::NoChange,
+            message: "the node already is in the desired state".into(),
+        })
+    };
     let aborted = || {
         Some(EnactmentSituation::Aborted {
             enactment: "node01.p".into(),
@@ -54,6 +60,8 @@ fn entry_decides_from_the_selector_the_generation_and_the_conditions() {
         (true, status(2, Some(failed())), false, Entry::Done),
         (true, status(2, Some(retrying())), false, enact(false, false)),
         (true, status(2, aborted()), false, Entry::Done),
+        (true, status(2, previewed()), false, Entry::Done),
+        (true, status(1, previewed()), false, enact(true, false)),
         (
             true,
             status(2, Some(EnactmentSituation::Pending)),
@@ -80,8 +88,9 @@ fn before_apply_refuses_first_then_ignores_empty_then_follows_the_drift() {
         drift,
         enacted,
         note: Some("note"),
+        preview: false,
     };
-    let pending = || Drift::Pending("interfaces: br1".into());
+    let pending = || Drift::Pending(serde_json::json!({"interfaces": [{"name": "br1"}]}));
     let cases = [
         (
             findings(Some("no bond"), true, Drift::InDesiredState, true),
@@ -114,6 +123,81 @@ fn before_apply_refuses_first_then_ignores_empty_then_follows_the_drift() {
     for (index, (findings, expected)) in cases.into_iter().enumerate() {
         assert_eq!(before_apply(&findings), expected, "case {index}");
     }
+}
+
+#[test]
+fn a_preview_reports_the_refusal_or_the_drift_and_never_applies() {
+    let diff = serde_json::json!({"interfaces": [{"name": "br1"}]});
+    let preview = |refusal: Option<&str>, empty, drift, enacted| Findings {
+        refusal: refusal.map(str::to_string),
+        empty,
+        drift,
+        enacted,
+        note: None,
+        preview: true,
+    };
+    let cases = [
+        (
+            preview(Some("no bond"), false, Drift::Pending(diff.clone()), false),
+            Preview::WouldFail {
+                reason: "no bond".into(),
+            },
+        ),
+        (
+            preview(None, true, Drift::Pending(diff.clone()), false),
+            Preview::NoChange,
+        ),
+        (
+            preview(None, false, Drift::InDesiredState, true),
+            Preview::NoChange,
+        ),
+        (
+            preview(None, false, Drift::InDesiredState, false),
+            Preview::NoChange,
+        ),
+        (
+            preview(None, false, Drift::Pending(diff.clone()), true),
+            Preview::WouldChange { diff: Some(diff) },
+        ),
+        (
+            preview(None, false, Drift::Unknown, false),
+            Preview::WouldChange { diff: None },
+        ),
+    ];
+    for (index, (findings, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            before_apply(&findings),
+            BeforeApply::Preview(expected),
+            "case {index}"
+        );
+    }
+}
+
+#[test]
+fn a_preview_says_what_it_would_change_by_interface_and_section() {
+    use nmstate_api::enactment::EnactmentConditionReason as Reason;
+    let diff = serde_json::json!({
+        "interfaces": [{"name": "br1"}, {"name": "eth1"}],
+        "routes": {"config": [{"destination": "0.0.0.0/0"}]},
+        "dns-resolver": {},
+        "route-rules": {"config": []},
+    });
+    assert_eq!(
+        Preview::WouldChange { diff: Some(diff) }.condition(),
+        (
+            Reason::WouldChange,
+            "would change interface br1, interface eth1, routes".into()
+        )
+    );
+    assert_eq!(Preview::NoChange.condition().0, Reason::NoChange);
+    let (reason, message) = Preview::WouldFail {
+        reason: "no bond".into(),
+    }
+    .condition();
+    assert_eq!(
+        (reason, message.as_str()),
+        (Reason::WouldFail, "would not be applied: no bond")
+    );
 }
 
 #[test]

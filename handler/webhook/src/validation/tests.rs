@@ -73,7 +73,13 @@ fn the_spec_is_frozen_while_the_policy_is_in_progress() {
     }
     let never_reported = policy("p", bridge());
     assert!(validate(&changed, Some(&never_reported)).is_err());
-    for reason in ["SuccessfullyConfigured", "FailedToConfigure", "NoMatchingNode"] {
+    // A previewed policy is settled: its mark can be removed to apply it.
+    for reason in [
+        "SuccessfullyConfigured",
+        "FailedToConfigure",
+        "NoMatchingNode",
+        "Previewed",
+    ] {
         let old = settled(policy("p", bridge()), reason);
         assert_eq!(validate(&changed, Some(&old)), Ok(()), "reason {reason:?}");
     }
