@@ -64,6 +64,11 @@ pub struct NodeNetworkConfigurationEnactmentStatus {
     /// What the policy would do on this node, when it is a preview (`spec.preview`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<EnactmentPreview>,
+    /// The state that undoes the policy on this node, back to before its first apply: worked
+    /// out before each apply, the earliest value of each interface, route and DNS setting
+    /// kept. Applied when the policy, with `deletionPolicy: Revert`, is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_state: Option<NetworkStateDocument>,
 }
 
 /// What applying the policy would do on the node, worked out without applying it.
@@ -125,5 +130,9 @@ wire_strings! {
         NoChange = "NoChange",
         /// Previewed: this node would refuse the policy (its kernel or NetworkManager).
         WouldFail = "WouldFail",
+        /// The policy is being deleted and undone on this node.
+        Reverting = "Reverting",
+        /// Undoing the deleted policy failed (rolled back); it is tried again.
+        FailedToRevert = "FailedToRevert",
     }
 }

@@ -12,6 +12,9 @@ pub const WEBHOOK_MUTATING_TIMESTAMP: &str = "nmstate.io/webhook-mutating-timest
 /// Annotation on webhook and metrics pod templates: a hash of the TLS profile.
 pub const TLS_PROFILE_HASH: &str = "nmstate.io/tls-profile-hash";
 
+/// Finalizer on a policy with `deletionPolicy: Revert`: held until every node undid it.
+pub const REVERT_FINALIZER: &str = "nmstate.io/revert";
+
 /// On a Lease the handler writes: what it is for ([`LEASE_HANDLER`] or [`LEASE_ROLLOUT_SLOT`]).
 pub const LEASE: &str = "nmstate.io/lease";
 /// [`LEASE`] value of a node's handler heartbeat: the node runs a live handler.

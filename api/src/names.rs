@@ -25,6 +25,8 @@ pub const CLUSTER_LEASE: &str = "nmstate-cluster";
 pub const CLUSTER_STATUS_FIELD_MANAGER: &str = "nmstate-policy-status";
 /// The cluster controller's `controller` label in the reconcile metrics.
 pub const CLUSTER_METRICS_CONTROLLER: &str = "policy-status";
+/// The reporting component of the cluster controller's events on policies.
+pub const CLUSTER_EVENTS_COMPONENT: &str = "nmstate-cluster";
 
 /// The webhook's certificate writer: its Lease and the field manager of its Secrets and
 /// caBundles.

@@ -81,11 +81,28 @@ pub struct NodeNetworkConfigurationPolicySpec {
     /// remove it, to apply the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<bool>,
+    /// What deleting the policy does to the nodes: `Orphan` (default, as upstream) leaves their
+    /// network as it is; `Revert` undoes the policy on each node first, back to before its
+    /// first apply, leaving alone what other policies on the node still declare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// [`NodeNetworkConfigurationPolicySpec::deletion_policy`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Orphan,
+    Revert,
 }
 
 impl NodeNetworkConfigurationPolicySpec {
     pub fn is_preview(&self) -> bool {
         self.preview == Some(true)
+    }
+
+    pub fn reverts_on_deletion(&self) -> bool {
+        self.deletion_policy == Some(DeletionPolicy::Revert)
     }
 }
 

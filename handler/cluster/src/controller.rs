@@ -6,6 +6,7 @@
 //! every change of those, so a new leader, or a restarted one, converges on the right status.
 
 use crate::{
+    finalizer::{self, Remaining, Step},
     metrics::{ClusterMetrics, Sources},
     status::{NodeView, evaluate},
 };
@@ -29,11 +30,12 @@ use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
     condition::updated_conditions,
     labels,
-    names::{CLUSTER_METRICS_CONTROLLER, CLUSTER_STATUS_FIELD_MANAGER},
+    names::{self, CLUSTER_METRICS_CONTROLLER, CLUSTER_STATUS_FIELD_MANAGER},
     policy::selects,
 };
 use nmstate_runtime::{
     election::{self, Election},
+    events::Events,
     heartbeat::{self, Sight},
     leases,
     watch::{self, WatchBackoff},
@@ -76,6 +78,8 @@ pub struct Settings {
     pub namespace: String,
     /// The election for [`nmstate_api::names::CLUSTER_LEASE`].
     pub election: Election,
+    /// How long a node that cannot revert a deleted policy holds its deletion.
+    pub revert_timeout: Duration,
 }
 
 struct Context {
@@ -85,6 +89,9 @@ struct Context {
     heartbeats: Store<Lease>,
     sight: Arc<HeartbeatSight>,
     metrics: Arc<ClusterMetrics>,
+    /// Warning events on policies (a node skipped by a revert).
+    events: Events,
+    revert_timeout: Duration,
 }
 
 /// What the heartbeat watch has seen, updated from its events.
@@ -243,6 +250,10 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
                 Vec::new()
             }
         });
+    let server_minor = match client.apiserver_version().await {
+        Ok(version) => nmstate_api::crd::server_minor(&version),
+        Err(_) => u32::MAX, // a current server: the events API
+    };
     let context = Arc::new(Context {
         client: client.clone(),
         nodes,
@@ -250,6 +261,13 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
         heartbeats,
         sight,
         metrics: metrics.clone(),
+        events: Events::new(
+            client.clone(),
+            names::CLUSTER_EVENTS_COMPONENT,
+            &settings.election.identity,
+            server_minor,
+        ),
+        revert_timeout: settings.revert_timeout,
     });
     let statuses = controller
         .run(reconcile, error_policy, context)
@@ -363,6 +381,7 @@ async fn write_status(
             )
             .await?;
     }
+    let recheck = revert_finalizer(policy, context, &nodes, &enactments, now).await?;
     // A handler that stops renewing its heartbeat drops out of the count when it expires (or,
     // after this replica could not see, one lease after it sees again).
     let next_expiry = heartbeats
@@ -374,14 +393,62 @@ async fn write_status(
         })
         .filter_map(|lease| heartbeat::live_until(lease, sight))
         .min();
-    Ok(match next_expiry {
-        Some(expiry) => {
-            let left = Duration::try_from(expiry.duration_since(now)).unwrap_or_default();
-            Action::requeue(left + Duration::from_millis(200))
-        }
+    let expiry = next_expiry.map(|expiry| {
+        Duration::try_from(expiry.duration_since(now)).unwrap_or_default() + Duration::from_millis(200)
+    });
+    Ok(match expiry.into_iter().chain(recheck).min() {
+        Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
 }
+
+/// Adds or removes the policy's revert finalizer ([`finalizer::decide`]); when to look again.
+async fn revert_finalizer(
+    policy: &NodeNetworkConfigurationPolicy,
+    context: &Context,
+    nodes: &[NodeView],
+    enactments: &[&NodeNetworkConfigurationEnactment],
+    now: Timestamp,
+) -> Result<Option<Duration>, ClusterError> {
+    let remaining: Vec<Remaining> = enactments
+        .iter()
+        .filter_map(|enactment| enactment.labels().get(labels::NODE))
+        .map(|node| Remaining {
+            node: node.clone(),
+            able: nodes
+                .iter()
+                .any(|view| &view.name == node && view.ready && view.runs_handler),
+        })
+        .collect();
+    match finalizer::decide(policy, &remaining, now, context.revert_timeout) {
+        Step::Nothing | Step::Wait { recheck: None } => Ok(None),
+        Step::Wait { recheck } => Ok(recheck),
+        Step::Add => {
+            finalizer::patch(&context.client, policy, true).await?;
+            info!(policy = %policy.name_any(), "added the revert finalizer");
+            Ok(None)
+        }
+        Step::Remove { skipped } => {
+            if !skipped.is_empty() {
+                let message = format!(
+                    "not reverted on {}: NotReady or without a live handler for {} s since the policy was deleted",
+                    skipped.join(", "),
+                    context.revert_timeout.as_secs()
+                );
+                warn!(policy = %policy.name_any(), "{message}");
+                (context.events)
+                    .warn(policy, REVERT_SKIPPED, "Revert", message)
+                    .await;
+            }
+            finalizer::patch(&context.client, policy, false).await?;
+            info!(policy = %policy.name_any(), "removed the revert finalizer");
+            Ok(None)
+        }
+    }
+}
+
+/// The reason of the Warning event on a deleted policy whose revert skipped nodes.
+pub const REVERT_SKIPPED: &str = "RevertSkipped";
 
 fn error_policy(
     policy: Arc<NodeNetworkConfigurationPolicy>,

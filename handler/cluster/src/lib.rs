@@ -5,6 +5,8 @@
 
 /// The driver: leader election, the watches, and one status write per policy change.
 pub mod controller;
+/// The revert finalizer of policies with `deletionPolicy: Revert`.
+pub mod finalizer;
 /// Upstream's gauges, computed from the leader's watch caches at every scrape.
 pub mod metrics;
 /// A policy's conditions from its enactments and the nodes it selects (pure).

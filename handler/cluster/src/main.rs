@@ -25,6 +25,10 @@ struct Cli {
     /// The handlers' heartbeats are in the namespace too.
     #[command(flatten)]
     replica: ReplicaArgs,
+    /// How long a node that cannot revert a deleted policy (NotReady, or no live handler)
+    /// holds the deletion of a policy with `deletionPolicy: Revert`
+    #[arg(long, env = "REVERT_TIMEOUT_SECONDS", default_value_t = nmstate_cluster::finalizer::DEFAULT_REVERT_TIMEOUT.as_secs())]
+    revert_timeout_seconds: u64,
     /// Where /metrics, /healthz and /readyz are served
     #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8089", value_parser = bind_address)]
     metrics_bind_address: SocketAddr,
@@ -73,6 +77,7 @@ async fn run(cli: Cli) -> Result<(), MainError> {
         election: cli
             .replica
             .election(names::CLUSTER_LEASE, "writing policy statuses"),
+        revert_timeout: std::time::Duration::from_secs(cli.revert_timeout_seconds),
     };
     let result = controller::run(client, settings, metrics, process::shutdown_signal()).await;
     server.abort();

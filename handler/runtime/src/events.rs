@@ -58,10 +58,34 @@ impl Events {
         action: &str,
         note: String,
     ) {
+        self.record(object, EventType::Warning, reason, action, note)
+            .await;
+    }
+
+    /// Records a Normal `reason` about `object` (something a user waits for, such as a revert
+    /// done), as [`Events::warn`] does.
+    pub async fn normal<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        self.record(object, EventType::Normal, reason, action, note).await;
+    }
+
+    async fn record<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let result = match &self.recorder {
             Some(recorder) => {
                 let event = Event {
-                    type_: EventType::Warning,
+                    type_,
                     reason: reason.into(),
                     note: Some(note),
                     action: action.into(),
@@ -70,7 +94,7 @@ impl Events {
                 recorder.publish(&event, &object.object_ref(&())).await
             }
             None => {
-                let event = core_warning(object, &self.reporter, reason, action, note);
+                let event = core_event(object, &self.reporter, type_, reason, action, note);
                 Api::<CoreEvent>::namespaced(self.client.clone(), EVENTS_NAMESPACE)
                     .create(&PostParams::default(), &event)
                     .await
@@ -94,11 +118,12 @@ pub fn uses_events_api(server_minor: u32) -> bool {
     server_minor >= EVENTS_API_SINCE_MINOR
 }
 
-/// A core/v1 Warning event about a cluster-scoped `object`, for servers before
+/// A core/v1 event about a cluster-scoped `object`, for servers before
 /// [`EVENTS_API_SINCE_MINOR`]: upstream's shape, with the source component set.
-fn core_warning<K: Resource<DynamicType = ()>>(
+fn core_event<K: Resource<DynamicType = ()>>(
     object: &K,
     reporter: &Reporter,
+    type_: EventType,
     reason: &str,
     action: &str,
     note: String,
@@ -115,7 +140,13 @@ fn core_warning<K: Resource<DynamicType = ()>>(
             namespace: None,
             ..object.object_ref(&())
         },
-        type_: Some("Warning".into()),
+        type_: Some(
+            match type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .into(),
+        ),
         reason: Some(reason.into()),
         action: Some(action.into()),
         message: Some(note),
@@ -152,7 +183,14 @@ mod tests {
             controller: "node01.nmstate-handler".into(),
             instance: Some("node01".into()),
         };
-        let event = core_warning(&policy, &reporter, "ReconcileFailed", "Apply", "failed".into());
+        let event = core_event(
+            &policy,
+            &reporter,
+            EventType::Warning,
+            "ReconcileFailed",
+            "Apply",
+            "failed".into(),
+        );
         assert_eq!(event.metadata.namespace.as_deref(), Some("default"));
         assert!(event.metadata.name.unwrap().starts_with("br1-eth1."));
         let object = &event.involved_object;

@@ -32,6 +32,10 @@ pub enum EnactmentSituation {
     Pending,
     /// Not applied because too many nodes already failed the policy.
     Aborted { enactment: String },
+    /// The deleted policy is being undone on this node.
+    Reverting,
+    /// Undoing the deleted policy failed (rolled back); another attempt follows.
+    RevertFailed { message: String },
     /// A preview: what an apply would do (`WouldChange`, `NoChange` or `WouldFail`), nothing
     /// applied.
     Previewed { reason: Reason, message: String },
@@ -109,6 +113,31 @@ impl EnactmentSituation {
                     (Type::Failing, False, reason, none()),
                     (Type::Progressing, False, reason, message.clone()),
                     (Type::Pending, True, reason, message),
+                    (Type::Aborted, False, reason, none()),
+                ]
+            }
+            EnactmentSituation::Reverting => {
+                let reason = Reason::Reverting;
+                [
+                    (Type::Available, False, reason, none()),
+                    (Type::Failing, False, reason, none()),
+                    (
+                        Type::Progressing,
+                        True,
+                        reason,
+                        "Reverting the deleted policy".into(),
+                    ),
+                    (Type::Pending, False, reason, none()),
+                    (Type::Aborted, False, reason, none()),
+                ]
+            }
+            EnactmentSituation::RevertFailed { message } => {
+                let reason = Reason::FailedToRevert;
+                [
+                    (Type::Available, False, reason, none()),
+                    (Type::Failing, True, reason, message.clone()),
+                    (Type::Progressing, True, reason, message.clone()),
+                    (Type::Pending, False, reason, none()),
                     (Type::Aborted, False, reason, none()),
                 ]
             }
@@ -266,6 +295,25 @@ mod tests {
             ]
         );
         assert_eq!(message, "would change br1");
+    }
+
+    #[test]
+    fn a_revert_progresses_and_a_failed_one_keeps_progressing() {
+        let (rows, message) = summary(&EnactmentSituation::Reverting);
+        assert_eq!(rows[2], "Progressing True Reverting");
+        assert_eq!(message, "Reverting the deleted policy");
+        let (rows, message) = summary(&EnactmentSituation::RevertFailed {
+            message: "failed to revert".into(),
+        });
+        assert_eq!(
+            &rows[..3],
+            [
+                "Available False FailedToRevert",
+                "Failing True FailedToRevert",
+                "Progressing True FailedToRevert"
+            ]
+        );
+        assert_eq!(message, "failed to revert");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 
 /// Upstream's enactment conditions for each situation.
 pub mod conditions;
+/// A deleted policy: reverted on this node when it asks for it.
+pub mod deletion;
 /// What the Warning events on a policy say.
 pub mod events;
 /// Creating, writing and removing enactments.

@@ -8,7 +8,7 @@
 use super::{
     Context, EnactmentError, REPORT_BEFORE_AVAILABLE,
     conditions::EnactmentSituation,
-    events,
+    deletion, events,
     objects::{create_enactment, delete_enactment, finish, write_status},
     plan::{self, AfterApply, BeforeApply, Drift, Entry, Findings, OnAdmission, Outcome, Preview, Retries},
 };
@@ -24,10 +24,15 @@ use nmstate_api::{
     NodeNetworkConfigurationPolicy,
     condition::find_condition,
     enactment::{CapturedState, EnactmentConditionType, EnactmentPreview, StateMetaInfo, enactment_name},
+    labels,
     policy::selects,
 };
 use serde_json::Value;
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+/// How soon a policy that reverts on deletion looks again for its finalizer (the finalizer's
+/// arrival, a policy update, wakes it sooner).
+const FINALIZER_WAIT: Duration = Duration::from_secs(5);
 use tracing::{debug, info, warn};
 
 pub(super) async fn reconcile(
@@ -39,6 +44,9 @@ pub(super) async fn reconcile(
     let generation = policy.metadata.generation.unwrap_or_default();
     let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(context.client.clone());
     let name = enactment_name(&config.node_name, &policy_name);
+    if policy.metadata.deletion_timestamp.is_some() {
+        return deletion::on_deletion(&policy, &context).await;
+    }
 
     // dereference (client)
     let node = Api::<Node>::all(context.client.clone())
@@ -169,6 +177,14 @@ pub(super) async fn reconcile(
         }
     }
 
+    // A policy that reverts on deletion is applied only once it holds the finalizer that keeps
+    // it until the revert: the cluster controller adds it as soon as it sees the policy.
+    if policy.spec.reverts_on_deletion() && !policy.finalizers().iter().any(|f| f == labels::REVERT_FINALIZER)
+    {
+        info!(policy = %policy_name, "waiting for the revert finalizer before applying");
+        return Ok(Action::requeue(FINALIZER_WAIT));
+    }
+
     // a slot in the rollout (client)
     if let Some(waiting) = take_slot(&policy, generation, &name, &mut status, &context, &enactments).await? {
         return Ok(waiting);
@@ -177,6 +193,14 @@ pub(super) async fn reconcile(
     // the checkpointed apply (NetworkManager)
     EnactmentSituation::Progressing.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
     status.probes = None; // the last apply's, until this one's are known
+    // What undoes this apply, kept before it starts: a revert goes back to before the first.
+    match revert::revert(&desired, &current) {
+        Ok(undo) => {
+            let kept = status.revert_state.take().map(|document| document.0);
+            status.revert_state = Some(NetworkStateDocument(revert::merge_earliest(kept.as_ref(), &undo)));
+        }
+        Err(error) => warn!(policy = %policy_name, "cannot work out what would undo this apply: {error}"),
+    }
     write_status(&enactments, &name, &status).await?;
     let plan = probes::plan(policy.spec.probes.as_ref(), &config.probe_defaults);
     let prober = probes::Prober {
@@ -198,7 +222,7 @@ pub(super) async fn reconcile(
         },
     };
     let attempt = match outcome {
-        Outcome::Failed { .. } => count_attempt(&mut status, generation),
+        Outcome::Failed { .. } => count_attempt(&mut status.retry_count, generation),
         _ => 0,
     };
 
@@ -287,9 +311,10 @@ fn captured_states(captured: BTreeMap<String, Value>) -> Option<BTreeMap<String,
     })
 }
 
-/// Counts a failed apply of `generation` in the status; returns how many there were.
-fn count_attempt(status: &mut NodeNetworkConfigurationEnactmentStatus, generation: i64) -> u32 {
-    let retries = status.retry_count.get_or_insert_with(BTreeMap::new);
+/// Counts a failed apply of `generation` in `retries` (the status's `retryCount`); returns how
+/// many there were.
+pub(super) fn count_attempt(retries: &mut Option<BTreeMap<String, i64>>, generation: i64) -> u32 {
+    let retries = retries.get_or_insert_with(BTreeMap::new);
     let attempt = retries.get(&generation.to_string()).copied().unwrap_or(0) + 1;
     retries.insert(generation.to_string(), attempt);
     u32::try_from(attempt).unwrap_or(u32::MAX)
@@ -309,7 +334,7 @@ fn category(applied: &Result<(), ApplyError>) -> &'static str {
 
 /// Takes a slot in the policy's rollout; when there is none, the enactment is marked Pending
 /// (or Aborted, when failures used up every slot) and the action to take instead is returned.
-async fn take_slot(
+pub(super) async fn take_slot(
     policy: &NodeNetworkConfigurationPolicy,
     generation: i64,
     name: &str,

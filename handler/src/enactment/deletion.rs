@@ -1,0 +1,165 @@
+//! A deleted policy on this node. With `deletionPolicy: Revert` (and its finalizer held), the
+//! node applies the enactment's `revertState`, with what the other live policies on the node
+//! still declare set as they declare it, through the same slot, checkpoint, probes and commit as an apply; then its
+//! enactment goes, and the cluster controller lets the policy go once none is left. A revert
+//! that fails is rolled back and tried again, visible in the enactment. Without a revert, a
+//! deleted policy is left alone: its enactment goes with it.
+
+use super::{
+    Context, EnactmentError, REPORT_BEFORE_AVAILABLE,
+    conditions::EnactmentSituation,
+    objects::{delete_enactment, finish, write_status},
+    plan,
+    reconcile::{count_attempt, take_slot},
+};
+use crate::{
+    apply::{self, ApplyError, probes},
+    network::{drift::is_empty_section, revert::with_declared},
+};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
+use nmstate_api::{
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, enactment::enactment_name, labels,
+};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use tracing::{info, warn};
+
+/// The event reasons of a revert, on the policy.
+pub const REVERTED: &str = "Reverted";
+pub const REVERT_FAILED: &str = "RevertFailed";
+const REVERT: &str = "Revert";
+
+pub(super) async fn on_deletion(
+    policy: &NodeNetworkConfigurationPolicy,
+    context: &Context,
+) -> Result<Action, EnactmentError> {
+    let held = policy.finalizers().iter().any(|f| f == labels::REVERT_FINALIZER);
+    if !(policy.spec.reverts_on_deletion() && held) {
+        return Ok(Action::await_change());
+    }
+    let policy_name = policy.name_any();
+    let node = &context.config.node_name;
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(context.client.clone());
+    let name = enactment_name(node, &policy_name);
+    let Some(enactment) = enactments.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let mut status = enactment.status.unwrap_or_default();
+    let undo = status
+        .revert_state
+        .as_ref()
+        .map(|document| document.0.clone())
+        .unwrap_or(Value::Null);
+    let declared = declared_by_other_policies(context, &policy_name).await?;
+    let remaining = with_declared(&undo, &declared.iter().collect::<Vec<_>>());
+    if is_empty_section(&remaining) {
+        info!(policy = %policy_name, "deleted: nothing of it to revert on this node");
+        return reverted(policy, context, &enactments, &name).await;
+    }
+
+    // The deletion is a generation of its own: its conditions start over.
+    let generation = policy.metadata.generation.unwrap_or_default();
+    if status.policy_generation != Some(generation) {
+        status.conditions.clear();
+        status.policy_generation = Some(generation);
+        status.retry_count = None;
+    }
+    if let Some(waiting) = take_slot(policy, generation, &name, &mut status, context, &enactments).await? {
+        return Ok(waiting);
+    }
+    EnactmentSituation::Reverting.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
+    status.probes = None;
+    write_status(&enactments, &name, &status).await?;
+    let plan = probes::plan(policy.spec.probes.as_ref(), &context.config.probe_defaults);
+    let prober = probes::Prober {
+        client: context.client.clone(),
+        node: node.clone(),
+    };
+    let probes = probes::Probes::select(prober, plan).await;
+    info!(policy = %policy_name, revert = %remaining, "deleted: reverting");
+    let checkpoint = apply::checkpoint_timeout(probes.timeout());
+    let may_commit = context.rollout.still_held(&policy_name);
+    let mut reports = Vec::new();
+    let applied = apply::apply(&remaining, &probes, checkpoint, may_commit, &mut reports).await;
+    status.probes = (!reports.is_empty()).then_some(reports);
+    match applied {
+        Ok(()) => {
+            if !context.report_now.report(REPORT_BEFORE_AVAILABLE).await {
+                warn!(policy = %policy_name, "the node state was not reported after the revert; it follows shortly");
+            }
+            reverted(policy, context, &enactments, &name).await
+        }
+        Err(error) => {
+            let attempt = count_attempt(&mut status.retry_count, generation);
+            let retry_after = plan::backoff(
+                attempt,
+                context.config.initial_backoff,
+                context.config.max_backoff,
+            );
+            let message = format!(
+                "failed to revert deleted NodeNetworkConfigurationPolicy {policy_name} on node {node} \
+                 (attempt {attempt}, next in {} s): {error}",
+                retry_after.as_secs()
+            );
+            warn!(policy = %policy_name, attempt, category = error.category(), "{message}");
+            (context.events)
+                .warn(policy, REVERT_FAILED, REVERT, message.clone())
+                .await;
+            if matches!(error, ApplyError::LostSlot) {
+                finish(&enactments, &name, &mut status, EnactmentSituation::Pending).await?;
+            } else {
+                let situation = EnactmentSituation::RevertFailed { message };
+                finish(&enactments, &name, &mut status, situation).await?;
+            }
+            Ok(Action::requeue(retry_after))
+        }
+    }
+}
+
+/// Done on this node: the enactment goes, the slot is given back, and an event says so.
+async fn reverted(
+    policy: &NodeNetworkConfigurationPolicy,
+    context: &Context,
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    name: &str,
+) -> Result<Action, EnactmentError> {
+    let policy_name = policy.name_any();
+    delete_enactment(enactments, name).await?;
+    context.rollout.release(&policy_name).await;
+    context.forget(&policy_name);
+    let node = &context.config.node_name;
+    info!(policy = %policy_name, "deleted: reverted on this node");
+    (context.events)
+        .normal(policy, REVERTED, REVERT, format!("reverted on node {node}"))
+        .await;
+    Ok(Action::await_change())
+}
+
+/// The desired states of the other policies on this node that are not being deleted (and are
+/// no previews): what a revert sets as they declare it.
+async fn declared_by_other_policies(context: &Context, policy: &str) -> Result<Vec<Value>, EnactmentError> {
+    let live: BTreeMap<String, bool> = Api::<NodeNetworkConfigurationPolicy>::all(context.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .map(|other| {
+            let declares = other.metadata.deletion_timestamp.is_none() && !other.spec.is_preview();
+            (other.name_any(), declares)
+        })
+        .collect();
+    let mine = ListParams::default().labels(&format!("{}={}", labels::NODE, context.config.node_name));
+    let enactments = Api::<NodeNetworkConfigurationEnactment>::all(context.client.clone())
+        .list(&mine)
+        .await?;
+    Ok(enactments
+        .into_iter()
+        .filter(|enactment| {
+            enactment
+                .labels()
+                .get(labels::POLICY)
+                .is_some_and(|other| other != policy && live.get(other) == Some(&true))
+        })
+        .filter_map(|enactment| Some(enactment.status?.desired_state?.0))
+        .collect())
+}
