@@ -81,7 +81,7 @@ async fn deleting_a_policy_that_reverts_undoes_it_on_the_node() {
     let example = format!("{}/../examples/revert-on-delete.yaml", env!("CARGO_MANIFEST_DIR"));
     let example: Value = serde_yaml::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
     let mut spec = example["spec"].clone();
-    let desired = spec["desiredState"].take();
+    let desired = spec.as_object_mut().unwrap().remove("desiredState").unwrap();
     let bridge = fixture.create_policy_with("bridge", desired, spec).await;
     fixture.wait_for_rollout(&bridge, SETTLE).await;
     let finalizers = fixture.policies().get(&bridge).await.unwrap().metadata.finalizers;
