@@ -134,5 +134,7 @@ wire_strings! {
         Reverting = "Reverting",
         /// Undoing the deleted policy failed (rolled back); it is tried again.
         FailedToRevert = "FailedToRevert",
+        /// A policy in `dependsOn` is not Available on this node yet.
+        WaitingForDependency = "WaitingForDependency",
     }
 }

@@ -8,6 +8,8 @@
 pub mod condition;
 /// The CRDs, as each server version takes them (CEL rules from 1.25).
 pub mod crd;
+/// Ordering between policies: whether `dependsOn` leads a policy back to itself.
+pub mod dependencies;
 /// An nmstate state inside a resource (`desiredState`, `currentState`).
 pub mod document;
 /// NodeNetworkConfigurationEnactment (`nnce`): one per node and policy.

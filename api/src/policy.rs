@@ -86,7 +86,16 @@ pub struct NodeNetworkConfigurationPolicySpec {
     /// first apply, leaving alone what other policies on the node still declare.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+    /// Policies this one is applied after: on each node, it waits (Pending,
+    /// `WaitingForDependency`) until every one of them that selects the node is Available there
+    /// for its current generation. On delete with `Revert`, it is reverted before them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_DEPENDENCIES))]
+    pub depends_on: Option<Vec<String>>,
 }
+
+/// At most this many entries in `dependsOn`.
+pub const MAX_DEPENDENCIES: usize = 32;
 
 /// [`NodeNetworkConfigurationPolicySpec::deletion_policy`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -103,6 +112,11 @@ impl NodeNetworkConfigurationPolicySpec {
 
     pub fn reverts_on_deletion(&self) -> bool {
         self.deletion_policy == Some(DeletionPolicy::Revert)
+    }
+
+    /// The policies this one depends on.
+    pub fn dependencies(&self) -> &[String] {
+        self.depends_on.as_deref().unwrap_or_default()
     }
 }
 
@@ -163,6 +177,8 @@ wire_strings! {
         ConfigurationProgressing = "ConfigurationProgressing",
         NoMatchingNode = "NoMatchingNode",
         Previewed = "Previewed",
+        /// The policy depends, through `dependsOn`, on itself.
+        DependencyCycle = "DependencyCycle",
     }
 }
 

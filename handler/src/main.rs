@@ -251,6 +251,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         in_desired_state: Default::default(),
         rollout,
         reported_invalid_max_unavailable: Default::default(),
+        settled: tokio::sync::broadcast::Sender::new(64),
     });
     let mut enacting = match unsupported {
         None => tokio::spawn(enactment::run(context, stopped(stopping))),

@@ -8,7 +8,7 @@
 use crate::{
     finalizer::{self, Remaining, Step},
     metrics::{ClusterMetrics, Sources},
-    status::{NodeView, evaluate},
+    status::{NodeView, PolicyOutcome, evaluate},
 };
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::{
@@ -29,6 +29,7 @@ use kube::{
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
     condition::updated_conditions,
+    dependencies::cycle_through,
     labels,
     names::{self, CLUSTER_METRICS_CONTROLLER, CLUSTER_STATUS_FIELD_MANAGER},
     policy::selects,
@@ -84,6 +85,8 @@ pub struct Settings {
 
 struct Context {
     client: Client,
+    /// Every policy: their `dependsOn`, for cycles.
+    policies: Store<NodeNetworkConfigurationPolicy>,
     nodes: Store<Node>,
     enactments: Store<NodeNetworkConfigurationEnactment>,
     heartbeats: Store<Lease>,
@@ -216,6 +219,19 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
     let all_for_heartbeat = every_policy(policies.clone());
     let heartbeat_store = heartbeats.clone();
     let regained = sight.clone();
+    // A policy's change re-evaluates the policies it names in dependsOn (a cycle it closes).
+    let controller = controller.watches(
+        Api::<NodeNetworkConfigurationPolicy>::all(client.clone()),
+        watcher::Config::default(),
+        |policy: NodeNetworkConfigurationPolicy| {
+            policy
+                .spec
+                .dependencies()
+                .iter()
+                .map(|name| ObjectRef::<NodeNetworkConfigurationPolicy>::new(name))
+                .collect::<Vec<_>>()
+        },
+    );
     let controller = controller
         .watches_stream(
             enactment_stream,
@@ -256,6 +272,7 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
     };
     let context = Arc::new(Context {
         client: client.clone(),
+        policies: policies.clone(),
         nodes,
         enactments,
         heartbeats,
@@ -358,7 +375,16 @@ async fn write_status(
         .filter(|enactment| enactment.labels().get(labels::POLICY) == Some(&name))
         .collect();
     let enactments: Vec<&NodeNetworkConfigurationEnactment> = enactments.iter().map(|e| &**e).collect();
-    let outcome = evaluate(generation, &nodes, &enactments);
+    let graph: BTreeMap<String, Vec<String>> = context
+        .policies
+        .state()
+        .iter()
+        .map(|other| (other.name_any(), other.spec.dependencies().to_vec()))
+        .collect();
+    let outcome = match cycle_through(&name, &graph) {
+        Some(cycle) => PolicyOutcome::cycle(&cycle),
+        None => evaluate(generation, &nodes, &enactments),
+    };
     let current = policy
         .status
         .as_ref()

@@ -32,6 +32,18 @@ pub enum PolicyOutcome {
     Degraded(String),
     /// A preview (`spec.preview`): every node worked out what it would do.
     Previewed(String),
+    /// Its `dependsOn` leads back to it: no node will ever apply it.
+    DependencyCycle(String),
+}
+
+impl PolicyOutcome {
+    /// The outcome of a policy on the dependency cycle `cycle` (`[a, b, a]`).
+    pub fn cycle(cycle: &[String]) -> Self {
+        PolicyOutcome::DependencyCycle(format!(
+            "the policies depend on each other ({}): none of them is applied; remove one dependsOn",
+            cycle.join(" → ")
+        ))
+    }
 }
 
 /// Upstream's precedence: no matching node → Ignored; any failed or aborted node → Degraded;
@@ -172,6 +184,15 @@ impl PolicyOutcome {
                     (Type::Ignored, False, reason, ""),
                 ]
             }
+            PolicyOutcome::DependencyCycle(message) => {
+                let reason = Reason::DependencyCycle;
+                [
+                    (Type::Degraded, True, reason, message),
+                    (Type::Available, False, reason, ""),
+                    (Type::Progressing, False, reason, ""),
+                    (Type::Ignored, False, reason, ""),
+                ]
+            }
             PolicyOutcome::Previewed(_) => {
                 let reason = Reason::Previewed;
                 [
@@ -203,7 +224,7 @@ impl PolicyOutcome {
             PolicyOutcome::Ignored => Type::Ignored.as_str(),
             PolicyOutcome::Progressing(_) => Type::Progressing.as_str(),
             PolicyOutcome::Available(_) => Type::Available.as_str(),
-            PolicyOutcome::Degraded(_) => Type::Degraded.as_str(),
+            PolicyOutcome::Degraded(_) | PolicyOutcome::DependencyCycle(_) => Type::Degraded.as_str(),
             PolicyOutcome::Previewed(_) => Type::Previewed.as_str(),
         }
     }

@@ -32,6 +32,9 @@ pub enum EnactmentSituation {
     Pending,
     /// Not applied because too many nodes already failed the policy.
     Aborted { enactment: String },
+    /// Waiting for a policy it depends on (`dependsOn`), or, when deleted, for a policy that
+    /// depends on it to be reverted first.
+    WaitingForDependency { message: String },
     /// The deleted policy is being undone on this node.
     Reverting,
     /// Undoing the deleted policy failed (rolled back); another attempt follows.
@@ -113,6 +116,16 @@ impl EnactmentSituation {
                     (Type::Failing, False, reason, none()),
                     (Type::Progressing, False, reason, message.clone()),
                     (Type::Pending, True, reason, message),
+                    (Type::Aborted, False, reason, none()),
+                ]
+            }
+            EnactmentSituation::WaitingForDependency { message } => {
+                let reason = Reason::WaitingForDependency;
+                [
+                    (Type::Available, False, reason, none()),
+                    (Type::Failing, False, reason, none()),
+                    (Type::Progressing, False, reason, none()),
+                    (Type::Pending, True, reason, message.clone()),
                     (Type::Aborted, False, reason, none()),
                 ]
             }
@@ -295,6 +308,16 @@ mod tests {
             ]
         );
         assert_eq!(message, "would change br1");
+    }
+
+    #[test]
+    fn a_wait_for_a_dependency_is_pending_with_its_reason() {
+        let (rows, message) = summary(&EnactmentSituation::WaitingForDependency {
+            message: "waiting for policy br".into(),
+        });
+        assert_eq!(rows[3], "Pending True WaitingForDependency");
+        assert_eq!(rows[2], "Progressing False WaitingForDependency");
+        assert_eq!(message, "waiting for policy br");
     }
 
     #[test]

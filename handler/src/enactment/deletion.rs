@@ -8,9 +8,10 @@
 use super::{
     Context, EnactmentError, REPORT_BEFORE_AVAILABLE,
     conditions::EnactmentSituation,
+    dependencies,
     objects::{delete_enactment, finish, write_status},
     plan,
-    reconcile::{count_attempt, take_slot},
+    reconcile::{count_attempt, take_slot, wait_for_dependency},
 };
 use crate::{
     apply::{self, ApplyError, probes},
@@ -64,6 +65,10 @@ pub(super) async fn on_deletion(
         status.conditions.clear();
         status.policy_generation = Some(generation);
         status.retry_count = None;
+    }
+    // Reverts run in the reverse order of applies.
+    if let Some(message) = dependencies::revert_wait_reason(policy, context).await? {
+        return wait_for_dependency(policy, &name, &mut status, context, &enactments, message).await;
     }
     if let Some(waiting) = take_slot(policy, generation, &name, &mut status, context, &enactments).await? {
         return Ok(waiting);

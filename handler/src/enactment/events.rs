@@ -13,6 +13,8 @@ pub const ROLLOUT: &str = "Rollout";
 
 /// The policy's enactment on this node gave up.
 pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+/// A Normal event: the policy waits on this node for a policy it depends on.
+pub const WAITING_FOR_DEPENDENCY: &str = "WaitingForDependency";
 /// A policy's `maxUnavailable` cannot be read; the default is used.
 pub const INVALID_MAX_UNAVAILABLE: &str = "InvalidMaxUnavailable";
 

@@ -13,6 +13,8 @@
 pub mod conditions;
 /// A deleted policy: reverted on this node when it asks for it.
 pub mod deletion;
+/// Ordering between policies (`dependsOn`) on this node.
+pub mod dependencies;
 /// What the Warning events on a policy say.
 pub mod events;
 /// Creating, writing and removing enactments.
@@ -98,6 +100,9 @@ pub struct Context {
     pub rollout: Rollout,
     /// The generation of each policy whose unusable `maxUnavailable` was already reported.
     pub reported_invalid_max_unavailable: Mutex<BTreeMap<String, i64>>,
+    /// The names of policies as the node settles in them: wakes the policies that depend on
+    /// them (`dependsOn`).
+    pub settled: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Context {
@@ -118,6 +123,8 @@ impl Context {
         if let Ok(mut known) = self.in_desired_state.lock() {
             known.insert(policy.to_string(), generation);
         }
+        // No receiver only while the controller is not running: nothing to wake then.
+        let _ = self.settled.send(policy.to_string());
     }
 
     pub(crate) fn forget(&self, policy: &str) {
@@ -135,6 +142,7 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         .with_config(ControllerConfig::default().concurrency(1))
         .trigger_backoff(WatchBackoff::default());
     let store = controller.store();
+    let controller_store = store.clone();
     // A change of this node's labels re-evaluates every policy; other Node updates (status
     // heartbeats) do not.
     let last_labels: Mutex<Option<BTreeMap<String, String>>> = Mutex::new(None);
@@ -172,6 +180,28 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
                 .map(|policy| ObjectRef::<NodeNetworkConfigurationPolicy>::new(policy))
         },
     );
+
+    // A policy settling here wakes the policies waiting for it (`dependsOn`).
+    let settled = futures::stream::unfold(context.settled.subscribe(), |mut settled| async move {
+        loop {
+            match settled.recv().await {
+                Ok(policy) => return Some((policy, settled)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let dependents_store = controller_store.clone();
+    let wakes = settled.flat_map(move |policy| {
+        let dependents: Vec<ObjectRef<NodeNetworkConfigurationPolicy>> = dependents_store
+            .state()
+            .iter()
+            .filter(|other| other.spec.dependencies().contains(&policy))
+            .map(|other| ObjectRef::from_obj(&**other))
+            .collect();
+        futures::stream::iter(dependents)
+    });
+    let controller = controller.reconcile_on(wakes);
 
     let cleanup = remove_enactments_of_deleted_policies(context.clone());
     let reconciler = controller

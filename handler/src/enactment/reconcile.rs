@@ -8,7 +8,7 @@
 use super::{
     Context, EnactmentError, REPORT_BEFORE_AVAILABLE,
     conditions::EnactmentSituation,
-    deletion, events,
+    deletion, dependencies, events,
     objects::{create_enactment, delete_enactment, finish, write_status},
     plan::{self, AfterApply, BeforeApply, Drift, Entry, Findings, OnAdmission, Outcome, Preview, Retries},
 };
@@ -30,6 +30,9 @@ use nmstate_api::{
 use serde_json::Value;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+/// How soon a policy waiting for a dependency looks again by itself (a dependency settling on
+/// this node wakes it at once).
+const DEPENDENCY_RECHECK: Duration = Duration::from_secs(10);
 /// How soon a policy that reverts on deletion looks again for its finalizer (the finalizer's
 /// arrival, a policy update, wakes it sooner).
 const FINALIZER_WAIT: Duration = Duration::from_secs(5);
@@ -81,6 +84,19 @@ pub(super) async fn reconcile(
             enacted
         }
     };
+
+    // wait for the policies it depends on (client); a preview does not wait
+    if !policy.spec.is_preview()
+        && let Some(message) = dependencies::wait_reason(&policy, node.labels(), &context).await?
+    {
+        if enacted {
+            // Applied before (this handler restarted): it stays Available while the policies
+            // it depends on are checked first, and is checked once they are.
+            debug!(policy = %policy_name, "{message}");
+            return Ok(Action::requeue(DEPENDENCY_RECHECK));
+        }
+        return wait_for_dependency(&policy, &name, &mut status, &context, &enactments, message).await;
+    }
 
     // read the node and resolve the desired state (NetworkManager, no client)
     let desired = policy
@@ -134,6 +150,7 @@ pub(super) async fn reconcile(
         }
         BeforeApply::IgnoreEmpty => {
             info!(policy = %policy_name, "Ignoring empty desired state");
+            context.mark_in_desired_state(&policy_name, generation);
             let situation = EnactmentSituation::Succeeded { note: None };
             return finish(&enactments, &name, &mut status, situation).await;
         }
@@ -280,6 +297,40 @@ pub(super) async fn reconcile(
             action
         }
     }
+}
+
+/// Pending until what `message` names is done; reported (and an event recorded) once per wait,
+/// looked at again on every change of a policy this node enacts, and at least every
+/// [`DEPENDENCY_RECHECK`].
+pub(super) async fn wait_for_dependency(
+    policy: &NodeNetworkConfigurationPolicy,
+    name: &str,
+    status: &mut NodeNetworkConfigurationEnactmentStatus,
+    context: &Context,
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    message: String,
+) -> Result<Action, EnactmentError> {
+    let reported = find_condition(&status.conditions, EnactmentConditionType::Pending.as_str())
+        .is_some_and(|condition| condition.is_true() && condition.message == message);
+    if !reported {
+        info!(policy = %policy.name_any(), "{message}");
+        (context.events)
+            .normal(
+                policy,
+                events::WAITING_FOR_DEPENDENCY,
+                events::APPLY,
+                format!("{name}: {message}"),
+            )
+            .await;
+        finish(
+            enactments,
+            name,
+            status,
+            EnactmentSituation::WaitingForDependency { message },
+        )
+        .await?;
+    }
+    Ok(Action::requeue(DEPENDENCY_RECHECK))
 }
 
 /// How the node stands against `desired`.

@@ -56,6 +56,7 @@ pub fn validate(
     if let Some(probes) = &policy.spec.probes {
         errors.extend(probes_errors(probes));
     }
+    errors.extend(depends_on_errors(name, policy.spec.dependencies()));
     let capture = policy.spec.capture.clone().unwrap_or_default();
     errors.extend(capture_errors(&capture));
     if let Some(desired) = &policy.spec.desired_state {
@@ -124,6 +125,28 @@ fn max_unavailable_error(value: Option<&IntOrString>) -> Option<String> {
             }
         }
     }
+}
+
+/// `dependsOn` names other policies, each once. (A longer cycle is reported on the policies by
+/// the cluster controller: it may close with a policy created later.)
+fn depends_on_errors(name: &str, dependencies: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (index, dependency) in dependencies.iter().enumerate() {
+        if !is_valid_policy_name(dependency) {
+            errors.push(format!(
+                "invalid spec.dependsOn[{index}]: {dependency:?}: not a policy name (a label value)"
+            ));
+        } else if dependency == name {
+            errors.push(format!(
+                "invalid spec.dependsOn[{index}]: {dependency:?}: a policy cannot depend on itself"
+            ));
+        } else if dependencies[..index].contains(dependency) {
+            errors.push(format!(
+                "invalid spec.dependsOn[{index}]: {dependency:?}: listed twice"
+            ));
+        }
+    }
+    errors
 }
 
 /// The probes' settings (the schema bounds them too, on every server version).

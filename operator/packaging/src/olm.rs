@@ -296,6 +296,21 @@ fn owned_crds() -> Vec<Value> {
             &["urn:alm:descriptor:com.tectonic.ui:advanced"]
         ),
         descriptor(
+            "deletionPolicy",
+            "Deletion policy",
+            "Orphan (default) leaves the nodes as they are when the policy is deleted; Revert undoes it on each node first",
+            &[
+                "urn:alm:descriptor:com.tectonic.ui:select:Orphan",
+                "urn:alm:descriptor:com.tectonic.ui:select:Revert"
+            ]
+        ),
+        descriptor(
+            "dependsOn",
+            "Depends on",
+            "Policies applied before this one on each node",
+            &["urn:alm:descriptor:com.tectonic.ui:advanced"]
+        ),
+        descriptor(
             "preview",
             "Preview",
             "Work out what the policy would change on each node, and apply nothing",

@@ -247,3 +247,19 @@ fn a_preview_counts_the_nodes_that_would_change_once_every_node_previewed() {
     );
     assert!(find_condition(&applied.conditions_over(&[], 3), "Previewed").is_none());
 }
+
+#[test]
+fn a_dependency_cycle_degrades_the_policy_naming_the_cycle() {
+    let cycle = ["a".to_string(), "b".to_string(), "a".to_string()];
+    let outcome = PolicyOutcome::cycle(&cycle);
+    assert_eq!(outcome.status(), "Degraded");
+    let conditions = outcome.conditions(3);
+    let degraded = find_condition(&conditions, "Degraded").unwrap();
+    assert!(degraded.is_true());
+    assert_eq!(degraded.reason, "DependencyCycle");
+    assert_eq!(
+        degraded.message,
+        "the policies depend on each other (a → b → a): none of them is applied; remove one dependsOn"
+    );
+    assert!(!find_condition(&conditions, "Available").unwrap().is_true());
+}

@@ -199,6 +199,19 @@ fn probes_have_a_bounded_timeout_dns_names_and_tcp_addresses() {
 }
 
 #[test]
+fn depends_on_names_other_policies_once() {
+    let spec = json!({"dependsOn": ["bridge", "bond"]});
+    assert_eq!(validate(&policy("vlan", spec), None), Ok(()));
+    let spec = json!({"dependsOn": ["vlan", "Not A Name", "bond", "bond"]});
+    assert_eq!(
+        refusal(validate(&policy("vlan", spec), None)),
+        "invalid spec.dependsOn[0]: \"vlan\": a policy cannot depend on itself; \
+         invalid spec.dependsOn[1]: \"Not A Name\": not a policy name (a label value); \
+         invalid spec.dependsOn[3]: \"bond\": listed twice"
+    );
+}
+
+#[test]
 fn the_desired_state_must_be_an_nmstate_state() {
     let spec =
         json!({"desiredState": {"interfaces": [{"name": "br1", "type": "linux-bridge", "mtu": "big"}]}});
