@@ -152,7 +152,8 @@ test: deps kube-build
 # here), the webhook admits and refuses with its own messages, a policy is enacted on a node, and
 # an unusable maxUnavailable (which current servers refuse) is reported.
 OLDEST_TESTS := -p nmstate-api --test cluster -p nmstate-operator --test reconcile \
-	-p nmstate-handler --test enactment -p nmstate-webhook --test webhook
+	-p nmstate-handler --test enactment --test preview --test revert --test ordering \
+	-p nmstate-webhook --test webhook
 test-oldest: kube-build-oldest localenv
 	@$(CARGO) build -q --workspace --bins
 	@$(call in_cluster,$(TEST_OLDEST_LOCALENV_DIR),oldest,failed=0; \

@@ -120,6 +120,9 @@ async fn rollouts_never_exceed_max_unavailable_and_the_metrics_follow() {
     let reconciles = "kubernetes_nmstate_reconcile_total{controller=\"policy-status\",result=\"success\"}";
     assert!(value_of(&after, reconciles).unwrap() > 0.0, "{after}");
     assert!(after.contains("kubernetes_nmstate_reconcile_duration_seconds_bucket"));
+    // Each of the 8 applies (2 policies, 4 nodes) reported its API-server probe.
+    let probes = "kubernetes_nmstate_enactment_probes{probe=\"api-server\",result=\"Passed\"}";
+    assert!(value_of(&after, probes).unwrap() >= 8.0, "{after}");
     fixture.clean_up().await;
 }
 

@@ -115,6 +115,12 @@ impl Collector for Gauges {
             "kubernetes_nmstate_enactments_status",
             "Count of enactments per node by status (Available, Failing, Progressing, Pending, Aborted, Previewed)",
             enactments_status(enactments.iter().map(|e| &**e)),
+        )?;
+        gauge(
+            &mut encoder,
+            "kubernetes_nmstate_enactment_probes",
+            "Count of enactments by the result of each probe in their last apply (probe: ping, ping6, dns, tcp, api-server, node-readiness; result: Passed, Failed, NotRun, NotSelected)",
+            probe_results(enactments.iter().map(|e| &**e)),
         )
     }
 }
@@ -132,6 +138,33 @@ fn gauge(
         ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// Enactments by the result of each probe of their last apply. TCP probes count as one kind,
+/// so the series stay few whatever the policies name.
+pub fn probe_results<'a>(
+    enactments: impl Iterator<Item = &'a NodeNetworkConfigurationEnactment>,
+) -> Vec<Series> {
+    let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let reports = enactments
+        .filter_map(|enactment| enactment.status.as_ref()?.probes.as_ref())
+        .flatten();
+    for report in reports {
+        let kind = report
+            .name
+            .split_once(' ')
+            .map_or(report.name.as_str(), |(kind, _)| kind);
+        let result = match (&report.result, report.selected) {
+            (Some(result), _) => result.clone(),
+            (None, false) => "NotSelected".to_string(),
+            (None, true) => continue,
+        };
+        *counts.entry((kind.to_string(), result)).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|((probe, result), count)| (vec![("probe", probe), ("result", result)], count))
+        .collect()
 }
 
 /// Every nmstate feature some enactment uses.

@@ -103,3 +103,39 @@ fn policies_and_enactments_count_by_their_first_true_condition() {
         BTreeSet::from(["static-dns".to_string()])
     );
 }
+
+#[test]
+fn probe_results_are_counted_by_kind_and_result() {
+    let enactment = |probes: Value| -> NodeNetworkConfigurationEnactment {
+        serde_json::from_value(json!({
+            "apiVersion": "nmstate.io/v1beta1", "kind": "NodeNetworkConfigurationEnactment",
+            "metadata": {"name": "n.p"}, "status": {"probes": probes},
+        }))
+        .unwrap()
+    };
+    let enactments = [
+        enactment(json!([
+            {"name": "ping", "selected": true, "result": "Failed"},
+            {"name": "ping6", "selected": false, "message": "not used"},
+            {"name": "tcp 10.0.0.1:53", "selected": true, "result": "NotRun"},
+        ])),
+        enactment(json!([
+            {"name": "ping", "selected": true, "result": "Passed"},
+            {"name": "tcp 10.0.0.1:53", "selected": true, "result": "Passed"},
+            {"name": "tcp [fd00::1]:443", "selected": true, "result": "Passed"},
+        ])),
+    ];
+    let series = probe_results(enactments.iter());
+    let count = |probe: &str, result: &str| {
+        series
+            .iter()
+            .find(|(labels, _)| labels == &vec![("probe", probe.to_string()), ("result", result.to_string())])
+            .map(|(_, count)| *count)
+    };
+    assert_eq!(count("ping", "Failed"), Some(1));
+    assert_eq!(count("ping", "Passed"), Some(1));
+    assert_eq!(count("ping6", "NotSelected"), Some(1));
+    assert_eq!(count("tcp", "Passed"), Some(2));
+    assert_eq!(count("tcp", "NotRun"), Some(1));
+    assert_eq!(series.len(), 5);
+}
