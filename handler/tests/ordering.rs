@@ -12,7 +12,6 @@ mod fixture;
 
 use common::stdout_of;
 use fixture::{Fixture, SERIAL};
-use kube::api::DeleteParams;
 use nmstate_api::{NodeNetworkConfigurationEnactment, condition::find_condition};
 use nmstate_localenv::testing::{eventually, free_port};
 use serde::Deserialize;
@@ -184,24 +183,9 @@ async fn dependent_policies_wait_apply_in_order_and_revert_in_reverse() {
 
     // Both deleted at once: the route is reverted before the bridge it depends on.
     let log_before = std::fs::read_to_string(fixture.log(&node)).unwrap().len();
-    for policy in [&bridge_name, &route_policy] {
-        fixture
-            .policies()
-            .delete(policy, &DeleteParams::default())
-            .await
-            .unwrap();
-    }
-    let policies = fixture.policies();
-    eventually("both policies gone", SETTLE, || async {
-        for policy in [&bridge_name, &route_policy] {
-            if policies.get_opt(policy).await.unwrap().is_some() {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await
-    .unwrap();
+    fixture
+        .delete_policies(&[&bridge_name, &route_policy], SETTLE)
+        .await;
     let log = std::fs::read_to_string(fixture.log(&node)).unwrap();
     assert_eq!(
         order_in_log(

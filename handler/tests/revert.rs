@@ -11,11 +11,10 @@ mod fixture;
 
 use common::stdout_of;
 use fixture::{Fixture, SERIAL};
-use kube::api::DeleteParams;
 use nmstate_api::labels::REVERT_FINALIZER;
 use nmstate_localenv::testing::{eventually, free_port};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -40,19 +39,7 @@ async fn node_shows(fixture: &Fixture, command: &[&str], wanted: &str, unwanted:
 /// Deletes `policy` and waits until it is gone (the node reverted, the finalizer removed);
 /// how long that took.
 async fn delete(fixture: &Fixture, policy: &str) -> Duration {
-    let started = Instant::now();
-    fixture
-        .policies()
-        .delete(policy, &DeleteParams::default())
-        .await
-        .unwrap();
-    let policies = fixture.policies();
-    eventually(&format!("policy {policy} gone"), SETTLE, || async {
-        policies.get_opt(policy).await.unwrap().is_none().then_some(())
-    })
-    .await
-    .unwrap();
-    started.elapsed()
+    fixture.delete_policies(&[policy], SETTLE).await
 }
 
 #[tokio::test]

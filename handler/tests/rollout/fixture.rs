@@ -222,6 +222,30 @@ impl Fixture {
         outcomes
     }
 
+    /// Deletes `policies` at once and waits until every one is gone (with `deletionPolicy:
+    /// Revert`, once each node reverted it); how long that took.
+    pub async fn delete_policies(&self, policies: &[&str], timeout: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        for policy in policies {
+            self.policies()
+                .delete(policy, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        let api = self.policies();
+        eventually(&format!("policies {policies:?} gone"), timeout, || async {
+            for policy in policies {
+                if api.get_opt(policy).await.unwrap().is_some() {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+        .unwrap();
+        started.elapsed()
+    }
+
     /// Removes the policies and the namespace (the nodes go when dropped).
     pub async fn clean_up(self) {
         for name in &self.policies {
