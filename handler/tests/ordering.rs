@@ -12,7 +12,10 @@ mod fixture;
 
 use common::stdout_of;
 use fixture::{Fixture, SERIAL};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, api::ListParams};
 use nmstate_api::{NodeNetworkConfigurationEnactment, condition::find_condition};
+use nmstate_handler::rollout::slot_selector;
 use nmstate_localenv::testing::{eventually, free_port};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -82,6 +85,12 @@ async fn dependent_policies_wait_apply_in_order_and_revert_in_reverse() {
         message,
         format!("waiting for policy {bridge_name}, which it depends on: no such policy")
     );
+    let slots: Api<Lease> = Api::namespaced(fixture.client.clone(), &namespace);
+    let held = slots
+        .list(&ListParams::default().labels(&slot_selector(&route_policy)))
+        .await
+        .unwrap();
+    assert!(held.items.is_empty(), "a wait holds no slot: {:?}", held.items);
 
     // The bridge's policy: applied, then the route's, without a failed attempt.
     let created = fixture

@@ -1,7 +1,8 @@
 //! Revert on delete (`deletionPolicy: Revert`, `examples/revert-on-delete.yaml`) on a sandbox
-//! node, with the cluster controller holding the finalizer: deleting a policy undoes it on the node, back to before its first
-//! apply, leaving alone what another policy still declares, and the policy goes once the node
-//! is done.
+//! node, with the cluster controller holding the finalizer: deleting a policy undoes it on the
+//! node, back to before its first apply, with what another policy still declares set as it
+//! declares it, and the policy goes once the node is done; a node that cannot revert holds the
+//! deletion only for the revert timeout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -10,7 +11,9 @@ mod common;
 mod fixture;
 
 use common::stdout_of;
-use fixture::{Fixture, SERIAL};
+use fixture::{Fixture, REVERT_TIMEOUT_SECONDS, SERIAL};
+use k8s_openapi::api::core::v1::Event;
+use kube::{Api, api::ListParams};
 use nmstate_api::labels::REVERT_FINALIZER;
 use nmstate_localenv::testing::{eventually, free_port};
 use serde_json::{Value, json};
@@ -135,6 +138,47 @@ async fn deleting_a_policy_that_reverts_undoes_it_on_the_node() {
     delete(&fixture, &first).await;
     let links = stdout_of(&fixture.nodes[0], &["ip", "-br", "link", "show", "br-shared"]);
     assert!(links.starts_with("br-shared"), "the bridge stays: {links}");
+
+    // A node that cannot revert (its handler stopped) holds the deletion only for the revert
+    // timeout; then it is skipped, with a Warning event naming it, and keeps what it has.
+    let stuck = fixture
+        .create_policy_with(
+            "stuck",
+            json!({"interfaces": [{"name": "br-stuck", "type": "linux-bridge", "state": "up"}]}),
+            revert(),
+        )
+        .await;
+    fixture.wait_for_rollout(&stuck, SETTLE).await;
+    let mut handler = fixture.handlers[0].take().unwrap();
+    handler.terminate(Duration::from_secs(20)).unwrap();
+    let took = delete(&fixture, &stuck).await;
+    eprintln!(
+        "deletion held {:.2} s by a node without a handler",
+        took.as_secs_f64()
+    );
+    assert!(
+        took >= Duration::from_secs(REVERT_TIMEOUT_SECONDS - 1),
+        "held for the timeout: {took:?}"
+    );
+    let events: Api<Event> = Api::namespaced(fixture.client.clone(), "default");
+    let about = ListParams::default().fields(&format!("involvedObject.name={stuck}"));
+    let skipped: Vec<Event> = events
+        .list(&about)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|event| event.reason.as_deref() == Some("RevertSkipped"))
+        .collect();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].type_.as_deref(), Some("Warning"));
+    let message = skipped[0].message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("not reverted on {}: ", fixture.node_name(0))),
+        "{message}"
+    );
+    let links = stdout_of(&fixture.nodes[0], &["ip", "-br", "link", "show", "br-stuck"]);
+    assert!(links.starts_with("br-stuck"), "not reverted: {links}");
 
     fixture.clean_up().await;
 }

@@ -32,6 +32,8 @@ pub fn cluster_binary() -> std::path::PathBuf {
 }
 /// Leases expire quickly here, so a dead handler's slot frees within seconds.
 pub const LEASE_SECONDS: &str = "4";
+/// A node that cannot revert a deleted policy holds its deletion this long here.
+pub const REVERT_TIMEOUT_SECONDS: u64 = 5;
 /// The label every node of one test carries (value: the test's namespace).
 pub const GROUP: &str = "nmstate-test/rollout";
 
@@ -123,11 +125,13 @@ impl Fixture {
     /// A cluster controller named `identity`, serving metrics on `port`.
     pub fn start_cluster(&self, identity: &str, port: u16) -> NodeProcess {
         let address = format!("127.0.0.1:{port}");
+        let revert_timeout = REVERT_TIMEOUT_SECONDS.to_string();
         let variables = [
             ("POD_NAMESPACE", self.namespace.as_str()),
             ("POD_NAME", identity),
             ("LEASE_DURATION_SECONDS", self.lease_seconds),
             ("METRICS_BIND_ADDRESS", address.as_str()),
+            ("REVERT_TIMEOUT_SECONDS", revert_timeout.as_str()),
             ("RUST_LOG", "info"),
         ];
         NodeProcess::start_on_host(&self.env, &cluster_binary(), &[], &variables, self.log(identity)).unwrap()
