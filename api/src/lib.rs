@@ -24,6 +24,8 @@ pub mod nmstate;
 pub mod policy;
 /// The checks a change must pass before it is committed: a policy's, and their reports.
 pub mod probes;
+/// Which nodes a policy selects.
+pub mod selection;
 /// NodeNetworkState (`nns`): a node's current network state.
 pub mod state;
 

@@ -5,7 +5,10 @@
 use crate::condition::{Condition, wire_strings};
 use crate::document::NetworkStateDocument;
 use crate::probes::PolicyProbes;
-use k8s_openapi::apimachinery::pkg::{apis::meta::v1::Time, util::intstr::IntOrString};
+use k8s_openapi::{
+    api::core::v1::NodeSelectorTerm,
+    apimachinery::pkg::{apis::meta::v1::Time, util::intstr::IntOrString},
+};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -43,7 +46,7 @@ pub const DEFAULT_MAX_UNAVAILABLE: &str = "50%";
 #[serde(rename_all = "camelCase")]
 pub struct NodeNetworkConfigurationPolicySpec {
     /// Labels a node must all carry (equality) for the policy to apply to it. Empty or
-    /// missing: every node that runs a handler.
+    /// missing: every node that runs a handler (and that `nodeSelectorTerms` selects).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     // Bounded sizes keep the rules within the API server's CEL cost budget: with values of
     // unbounded length, 1.25+ servers refuse the whole CRD ("estimated rule cost exceeds budget
@@ -58,6 +61,12 @@ pub struct NodeNetworkConfigurationPolicySpec {
         ).message("nodeSelector values must be valid label values"),
     )]
     pub node_selector: Option<BTreeMap<String, String>>,
+    /// Kubernetes' node-selector terms (`matchExpressions` with `In`, `NotIn`, `Exists`,
+    /// `DoesNotExist`, `Gt`, `Lt`; `matchFields` on `metadata.name`): a node must match one of
+    /// them, and `nodeSelector` too. Left out: `nodeSelector` alone decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub node_selector_terms: Option<Vec<NodeSelectorTerm>>,
     /// Named nmpolicy expressions evaluated against the node's current state, referenced from
     /// `desiredState` as `"{{ capture.<name>.<path> }}"`. Cannot change after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,16 +146,6 @@ pub struct NodeNetworkConfigurationPolicyStatus {
     pub last_unavailable_node_count_update: Option<Time>,
 }
 
-/// Whether a policy's `nodeSelector` selects a node with `node_labels`: equality on every label,
-/// as upstream; none, or an empty one, selects every node. The node agent and the cluster
-/// controller both decide with this.
-pub fn selects(selector: Option<&BTreeMap<String, String>>, node_labels: &BTreeMap<String, String>) -> bool {
-    selector
-        .into_iter()
-        .flatten()
-        .all(|(key, value)| node_labels.get(key) == Some(value))
-}
-
 wire_strings! {
     /// Condition types of a policy.
     PolicyConditionType {
@@ -179,39 +178,5 @@ wire_strings! {
         Previewed = "Previewed",
         /// The policy depends, through `dependsOn`, on itself.
         DependencyCycle = "DependencyCycle",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn selectors_match_by_equality_on_every_label() {
-        let node = labels(&[
-            ("kubernetes.io/hostname", "node01"),
-            ("node-role.kubernetes.io/worker", ""),
-        ]);
-        assert!(selects(None, &node));
-        assert!(selects(Some(&labels(&[])), &node));
-        assert!(selects(
-            Some(&labels(&[("node-role.kubernetes.io/worker", "")])),
-            &node
-        ));
-        assert!(!selects(
-            Some(&labels(&[("node-role.kubernetes.io/worker", "yes")])),
-            &node
-        ));
-        assert!(!selects(
-            Some(&labels(&[("kubernetes.io/hostname", "node01"), ("zone", "a")])),
-            &node
-        ));
     }
 }

@@ -32,7 +32,7 @@ use nmstate_api::{
     dependencies::cycle_through,
     labels,
     names::{self, CLUSTER_METRICS_CONTROLLER, CLUSTER_STATUS_FIELD_MANAGER},
-    policy::selects,
+    selection::selects,
 };
 use nmstate_runtime::{
     election::{self, Election},
@@ -356,14 +356,13 @@ async fn write_status(
     let heartbeats = context.heartbeats.state();
     let sight = context.sight.get();
     let live = heartbeat::live_nodes_seen(heartbeats.iter().map(|lease| &**lease), now, sight);
-    let selector = policy.spec.node_selector.as_ref();
     let nodes: Vec<NodeView> = context
         .nodes
         .state()
         .iter()
         .map(|node| NodeView {
             name: node.name_any(),
-            selected: selects(selector, node.labels()),
+            selected: selects(&policy.spec, &node.name_any(), node.labels()),
             ready: is_ready(node),
             runs_handler: live.contains(&node.name_any()),
         })

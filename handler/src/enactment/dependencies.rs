@@ -13,7 +13,7 @@ use nmstate_api::{
     dependencies::cycle_through,
     enactment::{EnactmentConditionType, enactment_name},
     labels,
-    policy::selects,
+    selection::selects,
 };
 use std::collections::BTreeMap;
 
@@ -60,7 +60,7 @@ pub async fn wait_reason(
     for name in policy.spec.dependencies() {
         let dependency = match policies.get_opt(name).await? {
             None => Dependency::Missing,
-            Some(other) if !selects(other.spec.node_selector.as_ref(), node_labels) => {
+            Some(other) if !selects(&other.spec, &context.config.node_name, node_labels) => {
                 Dependency::NotSelecting
             }
             Some(other) => {

@@ -25,7 +25,7 @@ use nmstate_api::{
     condition::find_condition,
     enactment::{CapturedState, EnactmentConditionType, EnactmentPreview, StateMetaInfo, enactment_name},
     labels,
-    policy::selects,
+    selection::selects,
 };
 use serde_json::Value;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -55,7 +55,7 @@ pub(super) async fn reconcile(
     let node = Api::<Node>::all(context.client.clone())
         .get(&config.node_name)
         .await?;
-    let selected = selects(policy.spec.node_selector.as_ref(), node.labels());
+    let selected = selects(&policy.spec, &config.node_name, node.labels());
     let mut status = if selected {
         let enactment = match enactments.get_opt(&name).await? {
             Some(existing) => existing,
@@ -397,10 +397,9 @@ pub(super) async fn take_slot(
     if context.rollout.holds(&policy_name, generation) {
         return Ok(None); // retrying with the slot it took
     }
-    let selector = policy.spec.node_selector.as_ref();
     let limit = context
         .rollout
-        .limit(policy, |labels| selects(selector, labels))
+        .limit(policy, |node, labels| selects(&policy.spec, node, labels))
         .await?;
     if let Some(invalid) = &limit.invalid
         && context.first_report_of_invalid_max_unavailable(&policy_name, generation)

@@ -168,7 +168,7 @@ impl Rollout {
     pub async fn limit(
         &self,
         policy: &NodeNetworkConfigurationPolicy,
-        selected: impl Fn(&BTreeMap<String, String>) -> bool,
+        selected: impl Fn(&str, &BTreeMap<String, String>) -> bool,
     ) -> Result<MaxUnavailable, kube::Error> {
         let live = live_handlers(&self.leases).await?;
         let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(self.client.clone())
@@ -177,7 +177,7 @@ impl Rollout {
         let count = nodes
             .items
             .iter()
-            .filter(|node| live.contains(&node.name_any()) && selected(node.labels()))
+            .filter(|node| live.contains(&node.name_any()) && selected(&node.name_any(), node.labels()))
             .count();
         Ok(max_unavailable(policy.spec.max_unavailable.as_ref(), count))
     }

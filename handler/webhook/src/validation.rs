@@ -4,10 +4,12 @@
 //! Messages are upstream's where upstream has one, so scripts that match them keep working.
 
 use super::label_format::{dns1123_subdomain_errors, label_value_errors, qualified_name_errors};
+use k8s_openapi::api::core::v1::NodeSelectorTerm;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nmstate::{NetworkCaptureRules, NetworkState, NetworkStateTemplate};
 use nmstate_api::policy::{NodeNetworkConfigurationPolicy, PolicyConditionReason, PolicyConditionType};
 use nmstate_api::probes::{MAX_TCP_PROBES, MAX_TIMEOUT_SECONDS, PolicyProbes};
+use nmstate_api::selection::NODE_NAME_FIELD;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
@@ -52,6 +54,9 @@ pub fn validate(
         errors.push("invalid policy operation: capture field cannot be modified".to_string());
     }
     errors.extend(node_selector_errors(policy.spec.node_selector.as_ref()));
+    if let Some(terms) = &policy.spec.node_selector_terms {
+        errors.extend(node_selector_terms_errors(terms));
+    }
     errors.extend(max_unavailable_error(policy.spec.max_unavailable.as_ref()));
     if let Some(probes) = &policy.spec.probes {
         errors.extend(probes_errors(probes));
@@ -103,6 +108,85 @@ fn node_selector_errors(selector: Option<&BTreeMap<String, String>>) -> Vec<Stri
         }
     }
     errors
+}
+
+/// Kubernetes' rules for node-selector terms, as the API server applies them to a pod's node
+/// affinity.
+fn node_selector_terms_errors(terms: &[NodeSelectorTerm]) -> Vec<String> {
+    let mut errors = Vec::new();
+    if terms.is_empty() {
+        errors.push("invalid spec.nodeSelectorTerms: must have at least one term (leave it out to select by nodeSelector alone)".to_string());
+    }
+    for (index, term) in terms.iter().enumerate() {
+        let field = format!("spec.nodeSelectorTerms[{index}]");
+        let expressions = term.match_expressions.as_deref().unwrap_or_default();
+        let fields = term.match_fields.as_deref().unwrap_or_default();
+        if expressions.is_empty() && fields.is_empty() {
+            errors.push(format!(
+                "invalid {field}: an empty term selects no node: give matchExpressions or matchFields"
+            ));
+        }
+        for (at, requirement) in expressions.iter().enumerate() {
+            let field = format!("{field}.matchExpressions[{at}]");
+            let key_errors = qualified_name_errors(&requirement.key);
+            if !key_errors.is_empty() {
+                errors.push(format!(
+                    "invalid {field}.key: {:?}: {}",
+                    requirement.key,
+                    key_errors.join("; ")
+                ));
+            }
+            errors.extend(requirement_error(
+                &field,
+                &requirement.operator,
+                requirement.values.as_deref(),
+            ));
+        }
+        for (at, requirement) in fields.iter().enumerate() {
+            let field = format!("{field}.matchFields[{at}]");
+            if requirement.key != NODE_NAME_FIELD {
+                errors.push(format!(
+                    "invalid {field}.key: {:?}: the only field is {NODE_NAME_FIELD:?}",
+                    requirement.key
+                ));
+            }
+            if !matches!(requirement.operator.as_str(), "In" | "NotIn") {
+                errors.push(format!(
+                    "invalid {field}.operator: {:?}: must be In or NotIn for a field",
+                    requirement.operator
+                ));
+            } else {
+                errors.extend(requirement_error(
+                    &field,
+                    &requirement.operator,
+                    requirement.values.as_deref(),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// The values an operator takes: some for `In`/`NotIn`, none for `Exists`/`DoesNotExist`, one
+/// integer for `Gt`/`Lt`.
+fn requirement_error(field: &str, operator: &str, values: Option<&[String]>) -> Option<String> {
+    let values = values.unwrap_or_default();
+    let wrong = match operator {
+        "In" | "NotIn" if values.is_empty() => "must have at least one value",
+        "In" | "NotIn" => return None,
+        "Exists" | "DoesNotExist" if !values.is_empty() => "must have no values",
+        "Exists" | "DoesNotExist" => return None,
+        "Gt" | "Lt" if values.len() != 1 || values[0].parse::<i64>().is_err() => {
+            "must have exactly one value, an integer"
+        }
+        "Gt" | "Lt" => return None,
+        _ => {
+            return Some(format!(
+                "invalid {field}.operator: {operator:?}: must be one of In, NotIn, Exists, DoesNotExist, Gt, Lt"
+            ));
+        }
+    };
+    Some(format!("invalid {field}.values: {values:?}: {operator} {wrong}"))
 }
 
 /// A count (≥ 0) or a percentage from 0% to 100%. Upstream accepts anything here and falls

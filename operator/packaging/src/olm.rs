@@ -283,6 +283,12 @@ fn owned_crds() -> Vec<Value> {
             &[]
         ),
         descriptor(
+            "nodeSelectorTerms",
+            "Node selector terms",
+            "Kubernetes node-selector terms (matchExpressions, matchFields); a node must match one, and the node selector",
+            &["urn:alm:descriptor:com.tectonic.ui:advanced"]
+        ),
+        descriptor(
             "maxUnavailable",
             "Max unavailable",
             "How many of the selected nodes may apply at once (number or percentage; default 50%)",

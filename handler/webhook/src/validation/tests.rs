@@ -199,6 +199,45 @@ fn probes_have_a_bounded_timeout_dns_names_and_tcp_addresses() {
 }
 
 #[test]
+fn node_selector_terms_follow_kubernetes_rules() {
+    let spec = json!({"nodeSelectorTerms": [
+        {"matchExpressions": [
+            {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a", "b"]},
+            {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"},
+            {"key": "example.com/cores", "operator": "Gt", "values": ["8"]},
+        ]},
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node03"]}]},
+    ]});
+    assert_eq!(validate(&policy("p", spec), None), Ok(()));
+    let spec = json!({"nodeSelectorTerms": [
+        {},
+        {"matchExpressions": [
+            {"key": "zone", "operator": "In"},
+            {"key": "gpu", "operator": "Exists", "values": ["yes"]},
+            {"key": "cores", "operator": "Lt", "values": ["many"]},
+            {"key": "zone", "operator": "Matches", "values": ["a"]},
+            {"key": "bad key", "operator": "Exists"},
+        ]},
+        {"matchFields": [{"key": "metadata.labels", "operator": "Exists"}]},
+    ]});
+    let message = refusal(validate(&policy("p", spec), None));
+    for expected in [
+        "invalid spec.nodeSelectorTerms[0]: an empty term selects no node: give matchExpressions or matchFields",
+        "invalid spec.nodeSelectorTerms[1].matchExpressions[0].values: []: In must have at least one value",
+        "invalid spec.nodeSelectorTerms[1].matchExpressions[1].values: [\"yes\"]: Exists must have no values",
+        "invalid spec.nodeSelectorTerms[1].matchExpressions[2].values: [\"many\"]: Lt must have exactly one value, an integer",
+        "invalid spec.nodeSelectorTerms[1].matchExpressions[3].operator: \"Matches\": must be one of In, NotIn, Exists, DoesNotExist, Gt, Lt",
+        "invalid spec.nodeSelectorTerms[1].matchExpressions[4].key: \"bad key\": ",
+        "invalid spec.nodeSelectorTerms[2].matchFields[0].key: \"metadata.labels\": the only field is \"metadata.name\"",
+        "invalid spec.nodeSelectorTerms[2].matchFields[0].operator: \"Exists\": must be In or NotIn for a field",
+    ] {
+        assert!(message.contains(expected), "{expected:?} in {message}");
+    }
+    let spec = json!({"nodeSelectorTerms": []});
+    assert!(refusal(validate(&policy("p", spec), None)).contains("must have at least one term"));
+}
+
+#[test]
 fn depends_on_names_other_policies_once() {
     let spec = json!({"dependsOn": ["bridge", "bond"]});
     assert_eq!(validate(&policy("vlan", spec), None), Ok(()));
