@@ -498,7 +498,7 @@ async fn install_upgrade_uninstall(env: &LocalEnv) {
     }
 }
 
-/// The UIDs of the pods whose names start with `workload`'s.
+/// The UIDs of the pods, not terminating, whose names start with `workload`'s.
 async fn pod_uids(client: &Client, namespace: &str, workload: &str) -> Vec<String> {
     let pods = Api::<Pod>::namespaced(client.clone(), namespace);
     let prefix = format!("{workload}-");
@@ -507,7 +507,8 @@ async fn pod_uids(client: &Client, namespace: &str, workload: &str) -> Vec<Strin
         .unwrap()
         .items
         .iter()
-        .filter(|pod| pod.name_any().starts_with(&prefix))
+        // A replaced pod may still be terminating when the rollout is reported done.
+        .filter(|pod| pod.name_any().starts_with(&prefix) && pod.metadata.deletion_timestamp.is_none())
         .filter_map(|pod| pod.uid())
         .collect()
 }
