@@ -60,6 +60,12 @@ pub struct NMStateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = {}))]
     pub metrics_configuration: Option<MetricsConfiguration>,
+    /// A network-ready gate for nodes: with it, each handler keeps the Node condition
+    /// `NetworkConfigured` (True once every policy selecting the node is Available there for
+    /// its current generation; False, naming the pending policies, otherwise) and removes the
+    /// startup taint, if one is named, once the node is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_readiness: Option<NetworkReadiness>,
     /// Log verbosity of the handler: `info` (default) or `debug`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "info"))]
@@ -98,6 +104,31 @@ pub struct DnsProbeConfiguration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = DEFAULT_DNS_PROBE_HOST))]
     pub host: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkReadiness {
+    /// The key of a taint your provisioning puts on new nodes (for example
+    /// `nmstate.io/network-unready`): the handler removes it once the node's network is
+    /// configured, so workloads that need the node's networks are not scheduled before. It is
+    /// never added back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 317))]
+    pub startup_taint: Option<String>,
+}
+
+/// The Node condition the network-ready gate keeps.
+pub const NETWORK_CONFIGURED: &str = "NetworkConfigured";
+
+wire_strings! {
+    /// Reasons of the Node condition [`NETWORK_CONFIGURED`].
+    NetworkConfiguredReason {
+        /// Every policy selecting the node is Available there.
+        PoliciesAvailable = "PoliciesAvailable",
+        /// Some policy selecting the node is not Available there yet.
+        PoliciesPending = "PoliciesPending",
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

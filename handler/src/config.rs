@@ -46,6 +46,9 @@ pub struct HandlerConfig {
     pub relationship_labels: BTreeMap<String, String>,
     /// `ENABLE_PROFILER` and `PROFILER_PORT` (default 6060): where profiles are served, if at all.
     pub profiler_port: Option<u16>,
+    /// `NETWORK_READINESS` (`true` turns the network-ready gate on) and `NETWORK_STARTUP_TAINT`
+    /// (the taint it removes): the operator sets them from `NMState.spec.networkReadiness`.
+    pub network_readiness: Option<nmstate_api::nmstate::NetworkReadiness>,
     /// `LEASE_DURATION_SECONDS` (default 30): how long the handler's heartbeat and its slots in
     /// policy rollouts stay valid without renewal, i.e. how soon a dead or stalled handler's
     /// slot is given to another node.
@@ -98,6 +101,11 @@ impl HandlerConfig {
                 false => None,
             },
             lease_duration: seconds("LEASE_DURATION_SECONDS", 30)?,
+            network_readiness: boolean("NETWORK_READINESS", get("NETWORK_READINESS"))?.then(|| {
+                nmstate_api::nmstate::NetworkReadiness {
+                    startup_taint: get("NETWORK_STARTUP_TAINT"),
+                }
+            }),
         };
         if config.lease_duration < Duration::from_secs(2) {
             return Err(ConfigError::Invalid {
@@ -184,6 +192,7 @@ mod tests {
         assert_eq!(config.profiler_port, None);
         assert_eq!(config.lease_duration, Duration::from_secs(30));
         assert_eq!(config.lease_namespace(), DEFAULT_NAMESPACE);
+        assert_eq!(config.network_readiness, None);
     }
 
     #[test]

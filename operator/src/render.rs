@@ -226,6 +226,8 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
             },
             "affinity": spec.affinity.as_ref().map(serde_json::to_value).transpose()?,
             "probeDnsHost": dns_host,
+            "networkReadiness": spec.network_readiness.is_some(),
+            "startupTaint": spec.network_readiness.as_ref().and_then(|gate| gate.startup_taint.clone()),
             "logFilter": if debug { "debug" } else { "info" },
             "env": config.handler_env.iter().map(|(name, value)| json!({"name": name, "value": value})).collect::<Vec<_>>(),
         },

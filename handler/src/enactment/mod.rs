@@ -21,6 +21,8 @@ pub mod events;
 pub mod objects;
 /// What to do next about a policy, decided from what was read (pure).
 pub mod plan;
+/// The network-ready gate: this Node's `NetworkConfigured` condition and startup taint.
+pub mod readiness;
 mod reconcile;
 
 use crate::{
@@ -143,6 +145,7 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         .trigger_backoff(WatchBackoff::default());
     let store = controller.store();
     let controller_store = store.clone();
+    let readiness_store = store.clone();
     // A change of this node's labels re-evaluates every policy; other Node updates (status
     // heartbeats) do not.
     let last_labels: Mutex<Option<BTreeMap<String, String>>> = Mutex::new(None);
@@ -204,17 +207,47 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
     let controller = controller.reconcile_on(wakes);
 
     let cleanup = remove_enactments_of_deleted_policies(context.clone());
+    let gate = (context.clone(), readiness_store.clone());
     let reconciler = controller
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!("policy reconcile: {error}");
+        .run(reconcile, error_policy, context.clone())
+        .for_each(|result| {
+            let (context, policies) = gate.clone();
+            async move {
+                if let Err(error) = result {
+                    warn!("policy reconcile: {error}");
+                }
+                // Every enactment change here comes from a reconcile: the gate follows it.
+                update_readiness(&context, &policies).await;
             }
         });
+    // A policy deleted, or a node relabelled, changes the gate without a reconcile here.
+    let periodic = async {
+        if context.config.network_readiness.is_none() {
+            return std::future::pending().await;
+        }
+        let mut every = tokio::time::interval(READINESS_REFRESH);
+        loop {
+            every.tick().await;
+            update_readiness(&context, &readiness_store).await;
+        }
+    };
     tokio::select! {
         () = reconciler => {}
         () = cleanup => {}
+        () = periodic => {}
+    }
+}
+
+/// How often the network-ready gate is looked at besides after each reconcile.
+const READINESS_REFRESH: Duration = Duration::from_secs(30);
+
+async fn update_readiness(
+    context: &Context,
+    policies: &kube::runtime::reflector::Store<NodeNetworkConfigurationPolicy>,
+) {
+    if let Err(error) = readiness::update(context, policies).await {
+        warn!("cannot update the network-ready gate of this node: {error}");
     }
 }
 

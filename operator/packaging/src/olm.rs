@@ -266,6 +266,21 @@ fn owned_crds() -> Vec<Value> {
             &["urn:alm:descriptor:com.tectonic.ui:text"]
         ),
         descriptor(
+            "networkReadiness",
+            "Network-ready gate",
+            "Keep the NetworkConfigured condition on each node (leave empty to turn it on)",
+            &["urn:alm:descriptor:com.tectonic.ui:advanced"]
+        ),
+        descriptor(
+            "networkReadiness.startupTaint",
+            "Startup taint",
+            "The key of the taint removed from a node once every policy selecting it is Available",
+            &[
+                "urn:alm:descriptor:com.tectonic.ui:text",
+                "urn:alm:descriptor:com.tectonic.ui:advanced"
+            ]
+        ),
+        descriptor(
             "logLevel",
             "Log level",
             "info or debug",

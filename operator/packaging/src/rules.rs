@@ -59,17 +59,24 @@ fn own_namespace_rules() -> Vec<Value> {
     vec![json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": WRITE})]
 }
 
-/// The rules of the roles rendered for a default NMState, split into those granted in the
-/// handler namespace (its Roles) and the rest (ClusterRoles, and Roles elsewhere).
+/// The rules of the roles rendered for an NMState that turns every option on (so every rule
+/// an option adds is the operator's too), split into those granted in the handler namespace
+/// (its Roles) and the rest (ClusterRoles, and Roles elsewhere).
 fn operand_rules() -> Result<(Vec<Value>, Vec<Value>), RenderError> {
     let config = OperatorConfig::defaults();
+    let every_option = NMStateSpec {
+        network_readiness: Some(nmstate_api::nmstate::NetworkReadiness {
+            startup_taint: Some("nmstate.io/network-unready".into()),
+        }),
+        ..NMStateSpec::default()
+    };
     let facts = ClusterFacts {
         server_minor: u32::MAX,
         tolerated_infra_taints: 0,
     };
     let mut in_namespace = Vec::new();
     let mut cluster_wide = Vec::new();
-    for object in render(&NMStateSpec::default(), &config, &facts)? {
+    for object in render(&every_option, &config, &facts)? {
         let rules = object["rules"].as_array().cloned().unwrap_or_default();
         match object["kind"].as_str() {
             Some("Role") if object["metadata"]["namespace"] == json!(config.handler_namespace) => {

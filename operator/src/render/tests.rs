@@ -199,6 +199,38 @@ fn knobs_reach_their_fields() {
 }
 
 #[test]
+fn the_network_ready_gate_reaches_the_handler_with_the_rights_it_needs() {
+    let handler_rules =
+        |objects: &[Value]| find(objects, "ClusterRole", "nmstate-handler")["rules"].to_string();
+    let handler_env = |objects: &[Value]| {
+        find(objects, "DaemonSet", "nmstate-handler")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .to_string()
+    };
+    let off = render(&spec(json!({})), &config(), &facts()).unwrap();
+    assert!(!handler_env(&off).contains("NETWORK_READINESS"));
+    assert!(
+        !handler_rules(&off).contains("nodes/status"),
+        "no rights the gate needs without it"
+    );
+    let condition_only = render(&spec(json!({"networkReadiness": {}})), &config(), &facts()).unwrap();
+    let container =
+        &find(&condition_only, "DaemonSet", "nmstate-handler")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(container, "NETWORK_READINESS"), "true");
+    assert!(!handler_env(&condition_only).contains("NETWORK_STARTUP_TAINT"));
+    assert!(handler_rules(&condition_only).contains("nodes/status"));
+    assert!(!handler_rules(&condition_only).contains(r#""resources":["nodes"],"verbs":["patch"]"#));
+    let with_taint = json!({"networkReadiness": {"startupTaint": "nmstate.io/network-unready"}});
+    let objects = render(&spec(with_taint), &config(), &facts()).unwrap();
+    let container =
+        &find(&objects, "DaemonSet", "nmstate-handler")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env(container, "NETWORK_STARTUP_TAINT"),
+        "nmstate.io/network-unready"
+    );
+    assert!(handler_rules(&objects).contains(r#""resources":["nodes"],"verbs":["patch"]"#));
+}
+
+#[test]
 fn the_operators_retry_settings_reach_the_handler() {
     let config = OperatorConfig::from_lookup(|name| match name {
         "NNCP_MAX_RETRIES" => Some("9".into()),
