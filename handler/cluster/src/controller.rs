@@ -201,6 +201,7 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
         policies: policies.clone(),
         enactments: enactments.clone(),
         states,
+        nodes: nodes.clone(),
     }));
     let every_policy = |policies: Store<NodeNetworkConfigurationPolicy>| {
         move || -> Vec<ObjectRef<NodeNetworkConfigurationPolicy>> {

@@ -5,7 +5,7 @@
 
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState, labels,
-    policy::PolicyConditionType,
+    nmstate::NETWORK_CONFIGURED, policy::PolicyConditionType,
 };
 use nmstate_runtime::metrics::Metrics;
 use prometheus_client::{
@@ -36,6 +36,8 @@ pub struct Sources {
     pub policies: kube::runtime::reflector::Store<NodeNetworkConfigurationPolicy>,
     pub enactments: kube::runtime::reflector::Store<NodeNetworkConfigurationEnactment>,
     pub states: kube::runtime::reflector::Store<NodeNetworkState>,
+    /// Their conditions: the network-ready gate's.
+    pub nodes: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Node>,
 }
 
 /// The served metrics, and where the gauges come from.
@@ -85,6 +87,7 @@ impl Collector for Gauges {
         let enactments = sources.enactments.state();
         let states = sources.states.state();
         let policies = sources.policies.state();
+        let nodes = sources.nodes.state();
         let features = features_applied(enactments.iter().map(|e| &**e));
         gauge(
             &mut encoder,
@@ -118,6 +121,12 @@ impl Collector for Gauges {
         )?;
         gauge(
             &mut encoder,
+            "kubernetes_nmstate_nodes_network_configured",
+            "Count of nodes by their NetworkConfigured condition (the network-ready gate; nodes without it are not counted)",
+            network_configured(nodes.iter().map(|n| &**n)),
+        )?;
+        gauge(
+            &mut encoder,
             "kubernetes_nmstate_enactment_probes",
             "Count of enactments by the result of each probe in their last apply (probe: ping, ping6, dns, tcp, api-server, node-readiness; result: Passed, Failed, NotRun, NotSelected)",
             probe_results(enactments.iter().map(|e| &**e)),
@@ -138,6 +147,27 @@ fn gauge(
         ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// Nodes by the status of their `NetworkConfigured` condition, both statuses reported.
+pub fn network_configured<'a>(
+    nodes: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Node>,
+) -> Vec<Series> {
+    let mut counts = BTreeMap::from([("False", 0), ("True", 0)]);
+    for node in nodes {
+        let condition = node
+            .status
+            .as_ref()
+            .and_then(|status| status.conditions.as_ref())
+            .and_then(|conditions| conditions.iter().find(|c| c.type_ == NETWORK_CONFIGURED));
+        if let Some(count) = condition.and_then(|c| counts.get_mut(c.status.as_str())) {
+            *count += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(status, count)| (vec![("status", status.to_string())], count))
+        .collect()
 }
 
 /// Enactments by the result of each probe of their last apply. TCP probes count as one kind,

@@ -139,3 +139,29 @@ fn probe_results_are_counted_by_kind_and_result() {
     assert_eq!(count("tcp", "NotRun"), Some(1));
     assert_eq!(series.len(), 5);
 }
+
+#[test]
+fn nodes_are_counted_by_their_network_configured_condition() {
+    let node = |name: &str, status: Option<&str>| -> k8s_openapi::api::core::v1::Node {
+        let conditions: Vec<Value> = status
+            .map(|status| json!({"type": "NetworkConfigured", "status": status}))
+            .into_iter()
+            .chain([json!({"type": "Ready", "status": "True"})])
+            .collect();
+        serde_json::from_value(json!({"metadata": {"name": name}, "status": {"conditions": conditions}}))
+            .unwrap()
+    };
+    let nodes = [
+        node("a", Some("True")),
+        node("b", Some("False")),
+        node("c", Some("True")),
+        node("d", None),
+    ];
+    assert_eq!(
+        network_configured(nodes.iter()),
+        vec![
+            (vec![("status", "False".to_string())], 1),
+            (vec![("status", "True".to_string())], 2),
+        ]
+    );
+}
