@@ -1,9 +1,11 @@
 //! The reconcile of one policy on this node, a driver over [`plan`]'s pure decisions:
 //!
-//! dereference (client) → [`plan::entry`] → read the node and resolve the desired state
-//! (NetworkManager) → [`plan::before_apply`] → a slot in the rollout (client) →
-//! [`plan::on_admission`] → the checkpointed apply (NetworkManager) → [`plan::after_apply`] →
-//! the enactment's status and the slot (client).
+//! a deleted policy goes to [`deletion`]; dereference (client) → [`plan::entry`] → wait for
+//! the policies it depends on ([`dependencies`]) → read the node and resolve the desired state
+//! (NetworkManager) → [`plan::before_apply`] (a preview ends here) → the revert finalizer, a
+//! slot in the rollout (client) → [`plan::on_admission`] → what undoes the apply, kept; the
+//! checkpointed apply (NetworkManager) → [`plan::after_apply`] → the enactment's status and the
+//! slot (client).
 
 use super::{
     Context, EnactmentError, REPORT_BEFORE_AVAILABLE,
