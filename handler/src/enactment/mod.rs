@@ -226,7 +226,8 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         if context.config.network_readiness.is_none() {
             return std::future::pending().await;
         }
-        let mut every = tokio::time::interval(READINESS_REFRESH);
+        let mut every =
+            tokio::time::interval_at(tokio::time::Instant::now() + READINESS_REFRESH, READINESS_REFRESH);
         loop {
             every.tick().await;
             update_readiness(&context, &readiness_store).await;

@@ -5,6 +5,7 @@
 //! [`update`] reads and writes, and only writes what changed.
 
 use super::Context;
+use futures::FutureExt;
 use k8s_openapi::{
     api::core::v1::{Node, NodeCondition},
     apimachinery::pkg::apis::meta::v1::Time,
@@ -65,6 +66,11 @@ pub async fn update(
     let Some(gate) = &context.config.network_readiness else {
         return Ok(());
     };
+    // Before the policies are listed, none would seem to select the node: it would seem ready,
+    // and lose its taint too early. Asked, not awaited (the store wakes one waiter only).
+    if !matches!(policies.wait_until_ready().now_or_never(), Some(Ok(()))) {
+        return Ok(());
+    }
     let node_name = &context.config.node_name;
     let nodes: Api<Node> = Api::all(context.client.clone());
     let node = nodes.get(node_name).await?;
