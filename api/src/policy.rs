@@ -106,6 +106,17 @@ pub struct NodeNetworkConfigurationPolicySpec {
 /// At most this many entries in `dependsOn`.
 pub const MAX_DEPENDENCIES: usize = 32;
 
+impl NodeNetworkConfigurationPolicy {
+    /// Whether it holds the revert finalizer ([`crate::labels::REVERT_FINALIZER`]).
+    pub fn holds_revert_finalizer(&self) -> bool {
+        self.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|finalizer| finalizer == crate::labels::REVERT_FINALIZER)
+    }
+}
+
 /// [`NodeNetworkConfigurationPolicySpec::deletion_policy`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DeletionPolicy {

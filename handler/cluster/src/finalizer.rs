@@ -45,7 +45,7 @@ pub fn decide(
     now: Timestamp,
     timeout: Duration,
 ) -> Step {
-    let held = policy.finalizers().iter().any(|f| f == REVERT_FINALIZER);
+    let held = policy.holds_revert_finalizer();
     let reverts = policy.spec.reverts_on_deletion();
     let deleted_at = policy.metadata.deletion_timestamp.as_ref().map(|Time(at)| *at);
     match (deleted_at, held, reverts) {

@@ -11,10 +11,10 @@ use super::{
     dependencies,
     objects::{delete_enactment, finish, write_status},
     plan,
-    reconcile::{count_attempt, take_slot, wait_for_dependency},
+    reconcile::{count_attempt, probed_apply, take_slot, wait_for_dependency},
 };
 use crate::{
-    apply::{self, ApplyError, probes},
+    apply::ApplyError,
     network::{drift::is_empty_section, revert::with_declared},
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -35,8 +35,7 @@ pub(super) async fn on_deletion(
     policy: &NodeNetworkConfigurationPolicy,
     context: &Context,
 ) -> Result<Action, EnactmentError> {
-    let held = policy.finalizers().iter().any(|f| f == labels::REVERT_FINALIZER);
-    if !(policy.spec.reverts_on_deletion() && held) {
+    if !(policy.spec.reverts_on_deletion() && policy.holds_revert_finalizer()) {
         return Ok(Action::await_change());
     }
     let policy_name = policy.name_any();
@@ -76,18 +75,8 @@ pub(super) async fn on_deletion(
     EnactmentSituation::Reverting.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
     status.probes = None;
     write_status(&enactments, &name, &status).await?;
-    let plan = probes::plan(policy.spec.probes.as_ref(), &context.config.probe_defaults);
-    let prober = probes::Prober {
-        client: context.client.clone(),
-        node: node.clone(),
-    };
-    let probes = probes::Probes::select(prober, plan).await;
     info!(policy = %policy_name, revert = %remaining, "deleted: reverting");
-    let checkpoint = apply::checkpoint_timeout(probes.timeout());
-    let may_commit = context.rollout.still_held(&policy_name);
-    let mut reports = Vec::new();
-    let applied = apply::apply(&remaining, &probes, checkpoint, may_commit, &mut reports).await;
-    status.probes = (!reports.is_empty()).then_some(reports);
+    let applied = probed_apply(policy, context, &remaining, &mut status).await;
     match applied {
         Ok(()) => {
             if !context.report_now.report(REPORT_BEFORE_AVAILABLE).await {

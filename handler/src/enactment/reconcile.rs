@@ -26,11 +26,11 @@ use nmstate_api::{
     NodeNetworkConfigurationPolicy,
     condition::find_condition,
     enactment::{CapturedState, EnactmentConditionType, EnactmentPreview, StateMetaInfo, enactment_name},
-    labels,
     selection::selects,
 };
 use serde_json::Value;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use tracing::{debug, info, warn};
 
 /// How soon a policy waiting for a dependency looks again by itself (a dependency settling on
 /// this node wakes it at once).
@@ -38,7 +38,6 @@ const DEPENDENCY_RECHECK: Duration = Duration::from_secs(10);
 /// How soon a policy that reverts on deletion looks again for its finalizer (the finalizer's
 /// arrival, a policy update, wakes it sooner).
 const FINALIZER_WAIT: Duration = Duration::from_secs(5);
-use tracing::{debug, info, warn};
 
 pub(super) async fn reconcile(
     policy: Arc<NodeNetworkConfigurationPolicy>,
@@ -198,8 +197,7 @@ pub(super) async fn reconcile(
 
     // A policy that reverts on deletion is applied only once it holds the finalizer that keeps
     // it until the revert: the cluster controller adds it as soon as it sees the policy.
-    if policy.spec.reverts_on_deletion() && !policy.finalizers().iter().any(|f| f == labels::REVERT_FINALIZER)
-    {
+    if policy.spec.reverts_on_deletion() && !policy.holds_revert_finalizer() {
         info!(policy = %policy_name, "waiting for the revert finalizer before applying");
         return Ok(Action::requeue(FINALIZER_WAIT));
     }
@@ -221,18 +219,8 @@ pub(super) async fn reconcile(
         Err(error) => warn!(policy = %policy_name, "cannot work out what would undo this apply: {error}"),
     }
     write_status(&enactments, &name, &status).await?;
-    let plan = probes::plan(policy.spec.probes.as_ref(), &config.probe_defaults);
-    let prober = probes::Prober {
-        client: context.client.clone(),
-        node: config.node_name.clone(),
-    };
-    let probes = probes::Probes::select(prober, plan).await;
     info!(policy = %policy_name, generation, "applying");
-    let checkpoint = apply::checkpoint_timeout(probes.timeout());
-    let may_commit = context.rollout.still_held(&policy_name);
-    let mut reports = Vec::new();
-    let applied = apply::apply(&desired, &probes, checkpoint, may_commit, &mut reports).await;
-    status.probes = (!reports.is_empty()).then_some(reports);
+    let applied = probed_apply(&policy, &context, &desired, &mut status).await;
     let outcome = match &applied {
         Ok(()) => Outcome::Applied,
         Err(ApplyError::LostSlot) => Outcome::LostSlot,
@@ -299,6 +287,30 @@ pub(super) async fn reconcile(
             action
         }
     }
+}
+
+/// Applies `desired` as `policy` applies anything on this node (an apply, or a revert): with
+/// its probes, under a checkpoint that outlasts them, committed only while this node still
+/// holds its slot; the probes' reports go into `status`.
+pub(super) async fn probed_apply(
+    policy: &NodeNetworkConfigurationPolicy,
+    context: &Context,
+    desired: &Value,
+    status: &mut NodeNetworkConfigurationEnactmentStatus,
+) -> Result<(), ApplyError> {
+    let plan = probes::plan(policy.spec.probes.as_ref(), &context.config.probe_defaults);
+    let prober = probes::Prober {
+        client: context.client.clone(),
+        node: context.config.node_name.clone(),
+    };
+    let probes = probes::Probes::select(prober, plan).await;
+    let checkpoint = apply::checkpoint_timeout(probes.timeout());
+    let policy_name = policy.name_any();
+    let may_commit = context.rollout.still_held(&policy_name);
+    let mut reports = Vec::new();
+    let applied = apply::apply(desired, &probes, checkpoint, may_commit, &mut reports).await;
+    status.probes = (!reports.is_empty()).then_some(reports);
+    applied
 }
 
 /// Pending until what `message` names is done; reported (and an event recorded) once per wait,

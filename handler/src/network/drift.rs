@@ -64,7 +64,8 @@ fn dns_purge_pending(desired: &Value, current: &Value) -> bool {
     })
 }
 
-fn to_json(state: &NetworkState) -> Result<Value, nmstate::NmstateError> {
+/// A state as JSON; nmstate's states always serialize, so a failure is a bug.
+pub fn to_json(state: &NetworkState) -> Result<Value, nmstate::NmstateError> {
     serde_json::to_value(state).map_err(|error| {
         nmstate::NmstateError::new(
             nmstate::ErrorKind::Bug,

@@ -13,13 +13,7 @@ use serde_json::{Map, Value};
 /// What would undo applying `desired` to a node whose state is `current`.
 pub fn revert(desired: &Value, current: &NetworkState) -> Result<Value, NmstateError> {
     let desired = NetworkState::new_from_json(&desired.to_string())?;
-    let revert = desired.generate_revert(current)?;
-    serde_json::to_value(&revert).map_err(|error| {
-        NmstateError::new(
-            nmstate::ErrorKind::Bug,
-            format!("cannot serialize a network state: {error}"),
-        )
-    })
+    super::drift::to_json(&desired.generate_revert(current)?)
 }
 
 /// One entity of a state section: an interface by name, a route or route rule by what it
