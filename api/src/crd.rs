@@ -1,12 +1,12 @@
-//! The four CustomResourceDefinitions, assembled from the types. `manifests/crds/` is
+//! The five CustomResourceDefinitions, assembled from the types. `manifests/crds/` is
 //! generated from here (`make generate`), and a test fails when it is stale.
 //!
 //! Upstream serves its deprecated versions with the same schema as the stored one and no
 //! conversion webhook, so a deprecated version here is a copy of the stored version's schema.
 
 use crate::{
-    enactment::NodeNetworkConfigurationEnactment, nmstate::NMState, policy::NodeNetworkConfigurationPolicy,
-    state::NodeNetworkState,
+    enactment::NodeNetworkConfigurationEnactment, ip_pool::NodeNetworkIPPool, nmstate::NMState,
+    policy::NodeNetworkConfigurationPolicy, state::NodeNetworkState,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, CustomResourceDefinitionVersion, JSON, JSONSchemaProps, JSONSchemaPropsOrArray,
@@ -59,16 +59,21 @@ pub fn node_states() -> CustomResourceDefinition {
     derived::<NodeNetworkState>()
 }
 
-/// All four CRDs, ordered by name.
+/// `nodenetworkippools.nmstate.io`: `v1` only (new here, no upstream counterpart).
+pub fn ip_pools() -> CustomResourceDefinition {
+    derived::<NodeNetworkIPPool>()
+}
+
+/// All five CRDs, ordered by name.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![nmstates(), policies(), enactments(), node_states()];
+    let mut crds = vec![nmstates(), policies(), enactments(), node_states(), ip_pools()];
     crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     crds
 }
 
 /// The CRDs the operator installs and keeps up to date (all but NMState's own).
 pub fn operand_crds() -> Vec<CustomResourceDefinition> {
-    vec![enactments(), policies(), node_states()]
+    vec![enactments(), policies(), node_states(), ip_pools()]
 }
 
 /// The CRD kube-derive generates, without `null` in enums: kube lists `null` among the values
@@ -79,9 +84,24 @@ fn derived<K: CustomResourceExt>() -> CustomResourceDefinition {
     for version in &mut crd.spec.versions {
         if let Some(schema) = schema_mut(version) {
             strip_null_enum_values(schema);
+            visit_schemas(schema, &mut |schema| {
+                kubernetes_integer_format(&mut schema.format)
+            });
         }
     }
     crd
+}
+
+/// schemars names Rust's unsigned integers `uint16`, `uint32`, ...; the API server knows only
+/// `int32` and `int64` and warns on every CRD write ("unrecognized format"). The `minimum: 0`
+/// schemars adds beside the format keeps them unsigned.
+fn kubernetes_integer_format(format: &mut Option<String>) {
+    let known = match format.as_deref() {
+        Some("uint8" | "uint16") => "int32",
+        Some("uint32" | "uint64" | "uint") => "int64",
+        _ => return,
+    };
+    *format = Some(known.to_string());
 }
 
 fn strip_null_enum_values(schema: &mut JSONSchemaProps) {
@@ -199,15 +219,16 @@ fn stored_schema(crd: &mut CustomResourceDefinition) -> &mut JSONSchemaProps {
 mod tests {
     use super::*;
 
-    fn enums(value: &serde_json::Value, found: &mut Vec<serde_json::Value>) {
+    /// The values of every `key` anywhere in `value`.
+    fn values_of(value: &serde_json::Value, key: &str, found: &mut Vec<serde_json::Value>) {
         match value {
             serde_json::Value::Object(map) => {
-                if let Some(values) = map.get("enum") {
+                if let Some(values) = map.get(key) {
                     found.push(values.clone());
                 }
-                map.values().for_each(|child| enums(child, found));
+                map.values().for_each(|child| values_of(child, key, found));
             }
-            serde_json::Value::Array(items) => items.iter().for_each(|child| enums(child, found)),
+            serde_json::Value::Array(items) => items.iter().for_each(|child| values_of(child, key, found)),
             _ => {}
         }
     }
@@ -216,7 +237,7 @@ mod tests {
     fn enums_hold_no_null_and_keep_their_values() {
         let mut found = Vec::new();
         for crd in all() {
-            enums(&serde_json::to_value(&crd).unwrap(), &mut found);
+            values_of(&serde_json::to_value(&crd).unwrap(), "enum", &mut found);
         }
         assert!(
             found
@@ -227,6 +248,20 @@ mod tests {
         assert!(
             found.contains(&serde_json::json!(["info", "debug"])),
             "logLevel keeps its values: {found:?}"
+        );
+    }
+
+    #[test]
+    fn integer_formats_are_the_ones_the_api_server_knows() {
+        let mut found = Vec::new();
+        for crd in all() {
+            values_of(&serde_json::to_value(&crd).unwrap(), "format", &mut found);
+        }
+        let known = ["date-time", "double", "int32", "int64"].map(serde_json::Value::from);
+        let unknown: Vec<_> = found.iter().filter(|format| !known.contains(format)).collect();
+        assert!(
+            unknown.is_empty(),
+            "formats the API server does not know: {unknown:?}"
         );
     }
 
@@ -251,6 +286,7 @@ mod tests {
                 "nmstates: v1 stored, v1beta1 deprecated",
                 "nodenetworkconfigurationenactments: v1beta1 stored",
                 "nodenetworkconfigurationpolicies: v1 stored, v1beta1 deprecated",
+                "nodenetworkippools: v1 stored",
                 "nodenetworkstates: v1beta1 stored",
             ]
         );

@@ -136,5 +136,11 @@ wire_strings! {
         FailedToRevert = "FailedToRevert",
         /// A policy in `dependsOn` is not Available on this node yet.
         WaitingForDependency = "WaitingForDependency",
+        /// A variable of the policy has no value on this node (a missing label, annotation or
+        /// `perNode` entry, a missing pool); nothing was applied. Looked at again periodically.
+        VariableUnresolved = "VariableUnresolved",
+        /// The pool of a `fromIPPool` variable has no free address; nothing was applied. Taken
+        /// as soon as one is freed.
+        IPPoolExhausted = "IPPoolExhausted",
     }
 }

@@ -14,6 +14,8 @@ pub mod dependencies;
 pub mod document;
 /// NodeNetworkConfigurationEnactment (`nnce`): one per node and policy.
 pub mod enactment;
+/// NodeNetworkIPPool (`nnip`): addresses policies hand out to nodes.
+pub mod ip_pool;
 /// Label and annotation keys on the wire.
 pub mod labels;
 /// The names each program writes under: field managers, Leases, reporters.
@@ -28,6 +30,8 @@ pub mod probes;
 pub mod selection;
 /// NodeNetworkState (`nns`): a node's current network state.
 pub mod state;
+/// Per-node values in one policy: `spec.variables` and `{{ var.<name> }}` references.
+pub mod variables;
 
 #[cfg(test)]
 mod tests;

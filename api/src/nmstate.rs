@@ -66,6 +66,10 @@ pub struct NMStateSpec {
     /// startup taint, if one is named, once the node is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_readiness: Option<NetworkReadiness>,
+    /// What the handlers leave out of each NodeNetworkState, and the size cap above which they
+    /// trim it so that the API server never refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reporting: Option<StateReporting>,
     /// Log verbosity of the handler: `info` (default) or `debug`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "info"))]
@@ -116,6 +120,40 @@ pub struct NetworkReadiness {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 317))]
     pub startup_taint: Option<String>,
+}
+
+/// The cap on a node's reported state when `maxBytes` is not set: well under etcd's default
+/// request limit (1.5 MiB), leaving room for the rest of the object.
+pub const DEFAULT_MAX_STATE_BYTES: u32 = 900 * 1024;
+/// The smallest cap accepted: enough for a summary of a few hundred interfaces.
+pub const MIN_MAX_STATE_BYTES: u32 = 32 * 1024;
+/// The largest cap accepted.
+pub const MAX_MAX_STATE_BYTES: u32 = 1024 * 1024;
+/// How many patterns each exclude list may hold.
+pub const MAX_EXCLUDE_PATTERNS: usize = 64;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StateReporting {
+    /// Interfaces left out of NodeNetworkState, by name: shell-style patterns (`*` any
+    /// characters, `?` one), e.g. `veth*`, `mv-*`. Routes through them go too. Beyond the
+    /// default, which leaves out veths NetworkManager ignores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_EXCLUDE_PATTERNS), inner(regex(pattern = r"^[A-Za-z0-9_.@+*?-]{1,64}$")))]
+    pub exclude_interfaces: Vec<String>,
+    /// Interfaces left out of NodeNetworkState, by nmstate type (`mac-vlan`, `vlan`, `veth`,
+    /// `vxlan`, ...): shell-style patterns as for `excludeInterfaces`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_EXCLUDE_PATTERNS), inner(regex(pattern = r"^[A-Za-z0-9_.@+*?-]{1,64}$")))]
+    pub exclude_types: Vec<String>,
+    /// The most a node's reported state (`status.currentState`, as compact JSON) may take, in
+    /// bytes (32768–1048576; default 921600, 900 KiB). Above it the handler drops details:
+    /// first the per-interface details of virtual interfaces, then of the others, then running
+    /// routes that are not configured, then whole interfaces; the NodeNetworkState says so in
+    /// `status.trimmed` and its `Trimmed` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MIN_MAX_STATE_BYTES, max = MAX_MAX_STATE_BYTES))]
+    pub max_bytes: Option<u32>,
 }
 
 /// The Node condition the network-ready gate keeps.

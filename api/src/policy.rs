@@ -81,6 +81,13 @@ pub struct NodeNetworkConfigurationPolicySpec {
         "string(self).matches('^([0-9]+|(100|[1-9]?[0-9])%)$')"
     ).message("maxUnavailable must be a non-negative integer or a percentage from 0% to 100%"))]
     pub max_unavailable: Option<IntOrString>,
+    /// Values that `desiredState` refers to as `{{ var.<name> }}` (or, for an address,
+    /// `{{ var.<name>.address }}`, `.prefix`, `.cidr`, `.gateway`), resolved on each node before
+    /// captures: from the Node (`fromNode`), per node name (`perNode`), or an address from a
+    /// NodeNetworkIPPool (`fromIPPool`). The enactment shows the node's resolved state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = crate::variables::MAX_VARIABLES))]
+    pub variables: Option<BTreeMap<String, crate::variables::PolicyVariable>>,
     /// The checks the change must pass on each node before it is committed; what is left out
     /// keeps upstream's behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -41,8 +41,37 @@ pub struct NodeNetworkStateStatus {
     /// Defined upstream, never written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler_network_manager_version: Option<String>,
+    /// Set when the state was above the size cap (`NMState.spec.stateReporting.maxBytes`) and
+    /// parts of it were left out; the `Trimmed` condition says the same in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trimmed: Option<StateTrimming>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// What was left out of a node's reported state to keep it under the size cap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StateTrimming {
+    /// The cap, in bytes of compact JSON.
+    pub max_bytes: u64,
+    /// The size of the state before trimming.
+    pub state_bytes: u64,
+    /// The size of the reported state.
+    pub reported_bytes: u64,
+    /// Interfaces reported without their details (ethtool, LLDP, MTU bounds, ...): name, type,
+    /// state, MAC address, MTU, controller, IP configuration and their type's own section.
+    #[serde(default)]
+    pub interfaces_without_details: u32,
+    /// Interfaces reported by name, type and state only.
+    #[serde(default)]
+    pub interfaces_summarized: u32,
+    /// Interfaces left out entirely.
+    #[serde(default)]
+    pub interfaces_omitted: u32,
+    /// Entries of `routes.running` left out (routes that are not in `routes.config`).
+    #[serde(default)]
+    pub running_routes_omitted: u32,
 }
 
 wire_strings! {
@@ -50,6 +79,8 @@ wire_strings! {
     NodeStateConditionType {
         Available = "Available",
         Failing = "Failing",
+        /// Present, True, only while the reported state is trimmed to stay under the size cap.
+        Trimmed = "Trimmed",
     }
 }
 
@@ -61,5 +92,7 @@ wire_strings! {
         /// The node's NetworkManager is older than the oldest supported version; no policy
         /// is applied on it.
         UnsupportedNetworkManager = "UnsupportedNetworkManager",
+        /// The node's state is above the size cap; parts of it are not reported.
+        StateAboveSizeCap = "StateAboveSizeCap",
     }
 }

@@ -45,6 +45,7 @@ fn round_trip_any(original: &Value, origin: &str) -> String {
             round_trip::<NodeNetworkConfigurationEnactment>(original, origin)
         }
         "NodeNetworkState" => round_trip::<NodeNetworkState>(original, origin),
+        "NodeNetworkIPPool" => round_trip::<crate::ip_pool::NodeNetworkIPPool>(original, origin),
         other => panic!("{origin}: unexpected kind {other:?}"),
     }
     kind

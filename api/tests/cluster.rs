@@ -36,8 +36,8 @@ async fn setup() -> (LocalEnv, Client) {
         .expect("the API server accepts the generated CRDs");
     assert_eq!(
         installed.len(),
-        4,
-        "expected the four nmstate.io CRDs, got {installed:?}"
+        5,
+        "expected the five nmstate.io CRDs, got {installed:?}"
     );
     (env, client)
 }
@@ -108,6 +108,7 @@ async fn every_example_is_accepted_unchanged_by_the_api_server() {
             let resource = match original["kind"].as_str().unwrap() {
                 "NMState" => ApiResource::erase::<NMState>(&()),
                 "NodeNetworkConfigurationPolicy" => ApiResource::erase::<NodeNetworkConfigurationPolicy>(&()),
+                "NodeNetworkIPPool" => ApiResource::erase::<nmstate_api::ip_pool::NodeNetworkIPPool>(&()),
                 other => panic!("{}: unexpected kind {other}", file.display()),
             };
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
