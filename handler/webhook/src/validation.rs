@@ -64,8 +64,19 @@ pub fn validate(
     errors.extend(depends_on_errors(name, policy.spec.dependencies()));
     let capture = policy.spec.capture.clone().unwrap_or_default();
     errors.extend(capture_errors(&capture));
-    if let Some(desired) = &policy.spec.desired_state {
-        errors.extend(desired_state_error(&desired.0, &capture));
+    let variables = policy.spec.variables.clone().unwrap_or_default();
+    let desired = policy.spec.desired_state.as_ref().map(|desired| &desired.0);
+    errors.extend(nmstate_api::variables::errors(
+        &variables,
+        desired.unwrap_or(&Value::Null),
+    ));
+    match desired {
+        // A template whose values are only known on each node: checked there, once resolved.
+        Some(desired) if !nmstate_api::variables::references(desired).is_empty() => {
+            errors.extend(capture_reference_errors(desired, &capture))
+        }
+        Some(desired) => errors.extend(desired_state_error(desired, &capture)),
+        None => {}
     }
     if errors.is_empty() {
         Ok(())
@@ -323,6 +334,11 @@ fn desired_state_error(desired: &Value, capture: &BTreeMap<String, String>) -> O
             .err()
             .map(|error| format!("invalid spec.desiredState: {}", error.msg()));
     }
+    capture_reference_errors(desired, capture)
+}
+
+/// A capture reference to a capture `spec.capture` does not define.
+fn capture_reference_errors(desired: &Value, capture: &BTreeMap<String, String>) -> Option<String> {
     let mut unknown = Vec::new();
     capture_references(desired, &mut |reference| {
         if !capture.contains_key(reference) {

@@ -303,6 +303,26 @@ fn captures_must_parse_and_be_defined_where_referenced() {
 }
 
 #[test]
+fn variables_are_checked_and_their_template_is_left_to_the_nodes() {
+    let spec = json!({
+        "variables": {"storage": {"fromIPPool": {"name": "storage"}}, "rack": {"fromNode": {"label": "rack"}}},
+        "desiredState": {"interfaces": [{"name": "eth2", "type": "ethernet", "description": "rack {{ var.rack }}",
+            "ipv4": {"enabled": true, "address": [{"ip": "{{ var.storage.address }}", "prefix-length": "{{ var.storage.prefix }}"}]}}]},
+    });
+    assert_eq!(validate(&policy("p", spec), None), Ok(()));
+
+    let spec = json!({
+        "variables": {"rack": {"fromNode": {"label": "rack"}, "perNode": {}}},
+        "desiredState": {"interfaces": [{"name": "eth2", "ipv4": {"address": [{"ip": "{{ var.storage.address }}", "prefix-length": 24}]}}]},
+    });
+    assert_eq!(
+        refusal(validate(&policy("p", spec), None)),
+        "invalid spec.variables.rack: set exactly one of fromNode, perNode, fromIPPool; \
+         invalid spec.desiredState: it refers to variable \"storage\", which spec.variables does not define"
+    );
+}
+
+#[test]
 fn every_broken_rule_is_reported() {
     let spec = json!({"maxUnavailable": "x", "nodeSelector": {"k": "a b"}});
     let message = refusal(validate(&policy(&"n".repeat(70), spec), None));
