@@ -1,7 +1,10 @@
 //! The handler's settings, from its environment (as upstream's DaemonSet sets them).
 
-use crate::apply::probes;
-use nmstate_api::{labels, nmstate::DEFAULT_DNS_PROBE_HOST};
+use crate::{apply::probes, network::filter::ReportRules};
+use nmstate_api::{
+    labels,
+    nmstate::{DEFAULT_DNS_PROBE_HOST, DEFAULT_MAX_STATE_BYTES, MAX_MAX_STATE_BYTES, MIN_MAX_STATE_BYTES},
+};
 use std::{collections::BTreeMap, time::Duration};
 
 /// Where the DaemonSet mounts the per-node lock that keeps a second handler (e.g. from another
@@ -49,6 +52,10 @@ pub struct HandlerConfig {
     /// `NETWORK_READINESS` (`true` turns the network-ready gate on) and `NETWORK_STARTUP_TAINT`
     /// (the taint it removes): the operator sets them from `NMState.spec.networkReadiness`.
     pub network_readiness: Option<nmstate_api::nmstate::NetworkReadiness>,
+    /// `NNS_EXCLUDE_INTERFACES` and `NNS_EXCLUDE_TYPES` (comma-separated patterns) and
+    /// `NNS_MAX_BYTES`: what the NodeNetworkState leaves out and its size cap; the operator sets
+    /// them from `NMState.spec.stateReporting`.
+    pub report: ReportRules,
     /// `LEASE_DURATION_SECONDS` (default 30): how long the handler's heartbeat and its slots in
     /// policy rollouts stay valid without renewal, i.e. how soon a dead or stalled handler's
     /// slot is given to another node.
@@ -106,7 +113,23 @@ impl HandlerConfig {
                     startup_taint: get("NETWORK_STARTUP_TAINT"),
                 }
             }),
+            report: ReportRules {
+                exclude_interfaces: patterns("NNS_EXCLUDE_INTERFACES", get("NNS_EXCLUDE_INTERFACES"))?,
+                exclude_types: patterns("NNS_EXCLUDE_TYPES", get("NNS_EXCLUDE_TYPES"))?,
+                max_bytes: number(
+                    "NNS_MAX_BYTES",
+                    get("NNS_MAX_BYTES"),
+                    DEFAULT_MAX_STATE_BYTES as usize,
+                )?,
+            },
         };
+        if !(MIN_MAX_STATE_BYTES as usize..=MAX_MAX_STATE_BYTES as usize).contains(&config.report.max_bytes) {
+            return Err(ConfigError::Invalid {
+                variable: "NNS_MAX_BYTES",
+                value: config.report.max_bytes.to_string(),
+                expected: "a number of bytes from 32768 to 1048576",
+            });
+        }
         if config.lease_duration < Duration::from_secs(2) {
             return Err(ConfigError::Invalid {
                 variable: "LEASE_DURATION_SECONDS",
@@ -137,6 +160,25 @@ fn boolean(variable: &'static str, value: Option<String>) -> Result<bool, Config
             expected: "true or false",
         }),
     }
+}
+
+/// Comma-separated shell-style patterns; none when unset.
+fn patterns(variable: &'static str, value: Option<String>) -> Result<Vec<glob::Pattern>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|pattern| !pattern.is_empty())
+        .map(|pattern| {
+            glob::Pattern::new(pattern).map_err(|error| ConfigError::Invalid {
+                variable,
+                value: format!("{value} ({pattern}: {})", error.msg),
+                expected: "comma-separated shell-style patterns (`*` any characters, `?` one)",
+            })
+        })
+        .collect()
 }
 
 fn number<T: std::str::FromStr>(
@@ -193,6 +235,41 @@ mod tests {
         assert_eq!(config.lease_duration, Duration::from_secs(30));
         assert_eq!(config.lease_namespace(), DEFAULT_NAMESPACE);
         assert_eq!(config.network_readiness, None);
+        assert_eq!(config.report, ReportRules::default());
+        assert_eq!(config.report.max_bytes, 921_600);
+    }
+
+    #[test]
+    fn state_reporting_rules_are_read_and_bad_ones_named() {
+        let config = config(&[
+            ("NODE_NAME", "n"),
+            ("NNS_EXCLUDE_INTERFACES", "mv-*, veth?"),
+            ("NNS_EXCLUDE_TYPES", "vxlan"),
+            ("NNS_MAX_BYTES", "65536"),
+        ])
+        .unwrap();
+        let patterns = |patterns: &[glob::Pattern]| {
+            patterns
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(patterns(&config.report.exclude_interfaces), ["mv-*", "veth?"]);
+        assert_eq!(patterns(&config.report.exclude_types), ["vxlan"]);
+        assert_eq!(config.report.max_bytes, 65_536);
+
+        let error =
+            super::tests::config(&[("NODE_NAME", "n"), ("NNS_EXCLUDE_INTERFACES", "eth[")]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("NNS_EXCLUDE_INTERFACES=\"eth[ (eth[: "),
+            "{error}"
+        );
+        for cap in ["1000", "2000000"] {
+            let error = super::tests::config(&[("NODE_NAME", "n"), ("NNS_MAX_BYTES", cap)]).unwrap_err();
+            assert!(error.to_string().contains("from 32768 to 1048576"), "{error}");
+        }
     }
 
     #[test]

@@ -187,7 +187,8 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         config.node_name.clone(),
         config.relationship_labels.clone(),
         network_manager.clone(),
-    );
+    )
+    .with_rules(config.report.clone());
     if let Some(reason) = unsupported.clone() {
         reporter = reporter.with_unsupported(reason);
     }

@@ -11,9 +11,10 @@
 //! NodeNetworkState.
 
 use crate::network::{
-    filter::filter_for_report,
+    filter::{ReportRules, filter_for_report},
     network_manager::{self, NetworkManagerError},
     state::{self as node_state, NMSTATE_VERSION, NodeStateError},
+    trim,
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -26,7 +27,7 @@ use kube::{
 use nmstate_api::{
     Condition, ConditionStatus, NodeNetworkState,
     condition::{find_condition, set_condition},
-    state::{NodeNetworkStateFields, NodeStateConditionReason, NodeStateConditionType},
+    state::{NodeNetworkStateFields, NodeStateConditionReason, NodeStateConditionType, StateTrimming},
 };
 use nmstate_runtime::kube_errors::is_conflict;
 use nmstate_runtime::watch::WatchBackoff;
@@ -105,6 +106,8 @@ pub struct NodeStateReporter {
     network_manager_version: String,
     /// Why no policy is applied on this node, if so; reported as the node state's conditions.
     unsupported: Option<String>,
+    /// What is left out of the report, and its size cap.
+    rules: ReportRules,
     /// The state last written (or found already reported), to skip unchanged refreshes.
     last_reported: Option<Value>,
 }
@@ -123,8 +126,15 @@ impl NodeStateReporter {
             labels,
             network_manager_version,
             unsupported: None,
+            rules: ReportRules::default(),
             last_reported: None,
         }
+    }
+
+    /// Leaves out what `rules` exclude, and keeps the report under their size cap.
+    pub fn with_rules(mut self, rules: ReportRules) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Reports, with every write, that no policy is applied on this node and why.
@@ -137,34 +147,44 @@ impl NodeStateReporter {
     /// missing. `force` also checks the object when the state did not change (e.g. after it was
     /// deleted). Returns whether it wrote.
     pub async fn refresh(&mut self, force: bool) -> Result<bool, ReportError> {
-        let state = filter_for_report(tokio::task::spawn_blocking(node_state::retrieve).await??);
+        let retrieved = tokio::task::spawn_blocking(node_state::retrieve).await??;
+        let state = filter_for_report(retrieved, &self.rules);
         if !force && self.last_reported.as_ref() == Some(&state) {
             return Ok(false);
         }
+        let (trimmed_state, trimming) = trim::to_cap(state.clone(), self.rules.max_bytes);
         let existing = match self.api.get_opt(&self.node_name).await? {
             Some(existing) if force => self.adopt(existing, &self.node_uid().await?).await?,
             Some(existing) => existing,
             None => self.create().await?,
         };
         let status = existing.status.unwrap_or_default();
-        let conditions = unsupported_conditions(self.unsupported.as_deref(), &status.conditions);
-        let unchanged = status.current_state.as_ref().map(|document| &document.0) == Some(&state)
+        let conditions =
+            report_conditions(self.unsupported.as_deref(), trimming.as_ref(), &status.conditions);
+        let unchanged = status.current_state.as_ref().map(|document| &document.0) == Some(&trimmed_state)
             && status.host_network_manager_version.as_deref() == Some(self.network_manager_version.as_str())
             && status.handler_nmstate_version.as_deref() == Some(NMSTATE_VERSION)
+            && status.trimmed == trimming
             && conditions.is_none();
         if !unchanged {
+            if let Some(trimming) = &trimming {
+                warn!(node = %self.node_name, "{}", trimmed_message(trimming));
+            }
             let mut patch = json!({
                 "apiVersion": NodeNetworkState::api_version(&()),
                 "kind": NodeNetworkState::kind(&()),
                 "status": {
-                    "currentState": state,
+                    "currentState": trimmed_state,
                     "lastSuccessfulUpdateTime": Timestamp::now().to_string(),
                     "hostNetworkManagerVersion": self.network_manager_version,
                     "handlerNmstateVersion": NMSTATE_VERSION,
                 },
             });
-            // Left out when empty: an apply without them also drops conditions this manager
-            // wrote before (e.g. NetworkManager has since been upgraded).
+            // Left out when empty: an apply without them also drops what this manager wrote
+            // before (e.g. NetworkManager has since been upgraded, the state fits again).
+            if let Some(trimming) = &trimming {
+                patch["status"]["trimmed"] = serde_json::to_value(trimming).unwrap_or_default();
+            }
             let conditions = conditions.unwrap_or(status.conditions);
             if !conditions.is_empty() {
                 patch["status"]["conditions"] = serde_json::to_value(conditions).unwrap_or_default();
@@ -174,6 +194,7 @@ impl NodeStateReporter {
                 .patch_status(&self.node_name, &params, &Patch::Apply(&patch))
                 .await?;
         }
+        // Compared before trimming, which is the costly part of an unchanged refresh.
         self.last_reported = Some(state);
         Ok(!unchanged)
     }
@@ -248,32 +269,75 @@ fn owned_by(state: &NodeNetworkState, uid: &str) -> bool {
         .any(|owner| owner.kind == "Node" && owner.uid == uid)
 }
 
-/// The node state's conditions when no policy is applied on it (`reason` says why): `None`
-/// when `current` already says so, or when policies are applied (upstream writes none then).
-pub fn unsupported_conditions(reason: Option<&str>, current: &[Condition]) -> Option<Vec<Condition>> {
-    let reason = reason?;
-    let wire = NodeStateConditionReason::UnsupportedNetworkManager.as_str();
-    let wanted = [
-        (NodeStateConditionType::Failing, ConditionStatus::True, reason),
-        (NodeStateConditionType::Available, ConditionStatus::False, ""),
-    ];
-    let already = wanted.iter().all(|(type_, status, message)| {
-        find_condition(current, type_.as_str())
-            .is_some_and(|c| c.status == *status && c.reason == wire && c.message == *message)
+/// The node state's conditions: `Failing` and `Available` when no policy is applied on the node
+/// (`unsupported` says why; upstream writes none otherwise), and `Trimmed` while the report is
+/// trimmed. `None` when `current` already says all that.
+pub fn report_conditions(
+    unsupported: Option<&str>,
+    trimming: Option<&StateTrimming>,
+    current: &[Condition],
+) -> Option<Vec<Condition>> {
+    let unsupported_reason = NodeStateConditionReason::UnsupportedNetworkManager.as_str();
+    let mut wanted = Vec::new();
+    if let Some(reason) = unsupported {
+        wanted.push(Condition::new(
+            NodeStateConditionType::Failing.as_str(),
+            ConditionStatus::True,
+            unsupported_reason,
+            reason,
+        ));
+        wanted.push(Condition::new(
+            NodeStateConditionType::Available.as_str(),
+            ConditionStatus::False,
+            unsupported_reason,
+            "",
+        ));
+    }
+    if let Some(trimming) = trimming {
+        wanted.push(Condition::new(
+            NodeStateConditionType::Trimmed.as_str(),
+            ConditionStatus::True,
+            NodeStateConditionReason::StateAboveSizeCap.as_str(),
+            trimmed_message(trimming),
+        ));
+    }
+    let trimmed = NodeStateConditionType::Trimmed.as_str();
+    let stale_trimmed = trimming.is_none() && find_condition(current, trimmed).is_some();
+    let already = wanted.iter().all(|wanted| {
+        find_condition(current, &wanted.type_).is_some_and(|c| {
+            c.status == wanted.status && c.reason == wanted.reason && c.message == wanted.message
+        })
     });
-    if already {
+    if already && !stale_trimmed {
         return None;
     }
     let mut conditions = current.to_vec();
+    if stale_trimmed {
+        conditions.retain(|condition| condition.type_ != trimmed);
+    }
     let now = Time(Timestamp::now());
-    for (type_, status, message) in wanted {
-        set_condition(
-            &mut conditions,
-            Condition::new(type_.as_str(), status, wire, message),
-            &now,
-        );
+    for condition in wanted {
+        set_condition(&mut conditions, condition, &now);
     }
     Some(conditions)
+}
+
+/// What the `Trimmed` condition and the handler's log say: what was left out, and what to do.
+pub fn trimmed_message(trimming: &StateTrimming) -> String {
+    format!(
+        "the node's network state takes {} bytes, above the cap of {} (NMState \
+         spec.stateReporting.maxBytes), so {} bytes are reported: {} interfaces without details, \
+         {} by name, type and state only, {} left out, and {} running routes left out; leave out \
+         interfaces you do not need (spec.stateReporting.excludeInterfaces, excludeTypes) or \
+         raise the cap",
+        trimming.state_bytes,
+        trimming.max_bytes,
+        trimming.reported_bytes,
+        trimming.interfaces_without_details,
+        trimming.interfaces_summarized,
+        trimming.interfaces_omitted,
+        trimming.running_routes_omitted,
+    )
 }
 
 /// Asks the running reporter ([`run`]) to report the node's state now.
@@ -390,7 +454,7 @@ mod tests {
     fn an_unsupported_network_manager_is_reported_once_as_conditions() {
         let reason =
             "NetworkManager 1.20.0 is older than 1.22.0, the oldest version kubernetes-nmstate supports";
-        let conditions = unsupported_conditions(Some(reason), &[]).unwrap();
+        let conditions = report_conditions(Some(reason), None, &[]).unwrap();
         let failing = find_condition(&conditions, "Failing").unwrap();
         assert!(failing.is_true());
         assert_eq!(
@@ -402,14 +466,58 @@ mod tests {
             ConditionStatus::False
         );
         assert_eq!(
-            unsupported_conditions(Some(reason), &conditions),
+            report_conditions(Some(reason), None, &conditions),
             None,
             "no rewrite when already reported"
         );
         assert_eq!(
-            unsupported_conditions(None, &[]),
+            report_conditions(None, None, &[]),
             None,
             "nothing when policies are applied"
         );
+    }
+
+    #[test]
+    fn a_trimmed_report_says_so_until_it_fits_again() {
+        let trimming = StateTrimming {
+            max_bytes: 131_072,
+            state_bytes: 277_174,
+            reported_bytes: 130_001,
+            interfaces_without_details: 600,
+            interfaces_summarized: 80,
+            ..StateTrimming::default()
+        };
+        let conditions = report_conditions(None, Some(&trimming), &[]).unwrap();
+        let trimmed = find_condition(&conditions, "Trimmed").unwrap();
+        assert!(trimmed.is_true());
+        assert_eq!(trimmed.reason, "StateAboveSizeCap");
+        assert!(
+            trimmed.message.starts_with(
+                "the node's network state takes 277174 bytes, above the cap of 131072 (NMState \
+                 spec.stateReporting.maxBytes), so 130001 bytes are reported: 600 interfaces without \
+                 details, 80 by name, type and state only, 0 left out"
+            ),
+            "{}",
+            trimmed.message
+        );
+        assert_eq!(report_conditions(None, Some(&trimming), &conditions), None);
+        let grown = StateTrimming {
+            state_bytes: 300_000,
+            ..trimming.clone()
+        };
+        assert!(
+            report_conditions(None, Some(&grown), &conditions).is_some(),
+            "the message follows the state"
+        );
+
+        let reason = "NetworkManager 1.20.0 is older than 1.22.0";
+        let both = report_conditions(Some(reason), None, &conditions).unwrap();
+        let types: Vec<&str> = both.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            types,
+            ["Failing", "Available"],
+            "Trimmed goes once the state fits"
+        );
+        assert_eq!(report_conditions(Some(reason), None, &both), None);
     }
 }

@@ -5,15 +5,53 @@
 //! without any configuration change (bridge timers, address lifetimes), which would otherwise
 //! rewrite the object every refresh. Unlike upstream, every top-level key (`route-rules`,
 //! `hostname`, `ovs-db`, ...) is kept.
+//!
+//! Beyond that, the user may leave out interfaces by name or type
+//! (`NMState.spec.stateReporting`), and the state is kept under a size cap ([`super::trim`]).
 
+use glob::Pattern;
+use nmstate_api::nmstate::DEFAULT_MAX_STATE_BYTES;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
+/// What the user asks to leave out of the report, and its size cap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportRules {
+    /// Interfaces left out by name.
+    pub exclude_interfaces: Vec<Pattern>,
+    /// Interfaces left out by nmstate type.
+    pub exclude_types: Vec<Pattern>,
+    /// The most the reported state may take, in bytes of compact JSON.
+    pub max_bytes: usize,
+}
+
+impl Default for ReportRules {
+    fn default() -> Self {
+        ReportRules {
+            exclude_interfaces: Vec::new(),
+            exclude_types: Vec::new(),
+            max_bytes: DEFAULT_MAX_STATE_BYTES as usize,
+        }
+    }
+}
+
+impl ReportRules {
+    fn excludes(&self, interface: &Value) -> bool {
+        let matches = |patterns: &[Pattern], field: &str| {
+            interface
+                .get(field)
+                .and_then(Value::as_str)
+                .is_some_and(|value| patterns.iter().any(|pattern| pattern.matches(value)))
+        };
+        matches(&self.exclude_interfaces, "name") || matches(&self.exclude_types, "type")
+    }
+}
+
 /// The state to report, from the state nmstate retrieved.
-pub fn filter_for_report(mut state: Value) -> Value {
+pub fn filter_for_report(mut state: Value, rules: &ReportRules) -> Value {
     let mut kept_names = BTreeSet::new();
     if let Some(interfaces) = state.get_mut("interfaces").and_then(Value::as_array_mut) {
-        interfaces.retain(|interface| !is_ignored_veth(interface));
+        interfaces.retain(|interface| !is_ignored_veth(interface) && !rules.excludes(interface));
         for interface in interfaces.iter_mut() {
             if let Some(name) = interface.get("name").and_then(Value::as_str) {
                 kept_names.insert(name.to_string());
@@ -95,7 +133,7 @@ mod tests {
             names(&original).contains(&"vethx"),
             "the fixture has an ignored veth"
         );
-        let filtered = filter_for_report(original.clone());
+        let filtered = filter_for_report(original.clone(), &ReportRules::default());
         assert_eq!(names(&filtered), ["br1", "eth0", "eth1", "eth2", "lo", "vethy"]);
         for key in ["hostname", "dns-resolver", "route-rules", "routes"] {
             assert_eq!(filtered[key], original[key], "{key} must be reported unchanged");
@@ -113,7 +151,7 @@ mod tests {
         ] {
             assert!(contains_key(&original, key), "the fixture has {key}");
         }
-        let filtered = filter_for_report(original);
+        let filtered = filter_for_report(original, &ReportRules::default());
         for key in [
             "gc-timer",
             "hello-timer",
@@ -149,7 +187,7 @@ mod tests {
                 "config": [{"destination": "10.244.1.5/32", "next-hop-interface": "cali1"}],
             },
         });
-        let filtered = filter_for_report(state);
+        let filtered = filter_for_report(state, &ReportRules::default());
         assert_eq!(
             filtered["routes"]["running"],
             json!([
@@ -162,7 +200,47 @@ mod tests {
 
     #[test]
     fn filtering_is_idempotent() {
-        let once = filter_for_report(captured());
-        assert_eq!(filter_for_report(once.clone()), once);
+        let rules = ReportRules {
+            exclude_interfaces: vec![Pattern::new("eth?").unwrap()],
+            ..ReportRules::default()
+        };
+        let once = filter_for_report(captured(), &rules);
+        assert_eq!(filter_for_report(once.clone(), &rules), once);
+    }
+
+    #[test]
+    fn interfaces_go_by_name_or_type_pattern_and_routes_through_them_too() {
+        let state = json!({
+            "interfaces": [
+                {"name": "eth0", "type": "ethernet", "state": "up"},
+                {"name": "mv-1", "type": "mac-vlan", "state": "ignore"},
+                {"name": "storage.100", "type": "vlan", "state": "up"},
+                {"name": "vxlan7", "type": "vxlan", "state": "up"},
+            ],
+            "routes": {"running": [
+                {"destination": "0.0.0.0/0", "next-hop-interface": "eth0"},
+                {"destination": "192.0.2.0/24", "next-hop-interface": "storage.100"},
+            ]},
+        });
+        let rules = ReportRules {
+            exclude_interfaces: vec![Pattern::new("mv-*").unwrap(), Pattern::new("*.100").unwrap()],
+            exclude_types: vec![Pattern::new("vx*").unwrap()],
+            ..ReportRules::default()
+        };
+        let filtered = filter_for_report(state.clone(), &rules);
+        assert_eq!(names(&filtered), ["eth0"]);
+        assert_eq!(
+            filtered["routes"]["running"],
+            json!([{"destination": "0.0.0.0/0", "next-hop-interface": "eth0"}])
+        );
+        let by_type = ReportRules {
+            exclude_types: vec![Pattern::new("mac-vlan").unwrap()],
+            ..ReportRules::default()
+        };
+        assert_eq!(
+            names(&filter_for_report(state, &by_type)),
+            ["eth0", "storage.100", "vxlan7"],
+            "a pattern without wildcards matches the whole value only"
+        );
     }
 }

@@ -7,7 +7,7 @@ pub mod bridge_vlan;
 pub mod capture;
 /// Whether the node already is in a policy's desired state.
 pub mod drift;
-/// What a node state report leaves out (upstream's filter).
+/// What a node state report leaves out: upstream's filter and the user's exclusions.
 pub mod filter;
 /// The link kinds a desired state creates, and whether the kernel has them.
 pub mod link_kinds;
@@ -19,3 +19,5 @@ pub mod node_support;
 pub mod revert;
 /// Reading the node's state with nmstate.
 pub mod state;
+/// A node state report kept under its size cap.
+pub mod trim;
