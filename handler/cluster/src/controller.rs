@@ -30,6 +30,7 @@ use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
     condition::updated_conditions,
     dependencies::cycle_through,
+    ip_pool::NodeNetworkIPPool,
     labels,
     names::{self, CLUSTER_METRICS_CONTROLLER, CLUSTER_STATUS_FIELD_MANAGER},
     selection::selects,
@@ -189,7 +190,16 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
             watcher::Config::default(),
         ),
     );
-    let state_stream = state_stream.for_each(|_| futures::future::ready(()));
+    let (pools, pool_stream) = cached(
+        "IP pools",
+        watcher(
+            Api::<NodeNetworkIPPool>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    );
+    // Kept filled for the metrics only.
+    let state_stream = futures::stream::select(state_stream.map(|_| ()), pool_stream.map(|_| ()))
+        .for_each(|()| futures::future::ready(()));
 
     let controller = Controller::new(
         Api::<NodeNetworkConfigurationPolicy>::all(client.clone()),
@@ -202,6 +212,7 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
         enactments: enactments.clone(),
         states,
         nodes: nodes.clone(),
+        pools,
     }));
     let every_policy = |policies: Store<NodeNetworkConfigurationPolicy>| {
         move || -> Vec<ObjectRef<NodeNetworkConfigurationPolicy>> {

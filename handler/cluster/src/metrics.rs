@@ -4,8 +4,8 @@
 //! leader reports the gauges: replicas never double-count.
 
 use nmstate_api::{
-    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState, labels,
-    nmstate::NETWORK_CONFIGURED, policy::PolicyConditionType,
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
+    ip_pool::NodeNetworkIPPool, labels, nmstate::NETWORK_CONFIGURED, policy::PolicyConditionType,
 };
 use nmstate_runtime::metrics::Metrics;
 use prometheus_client::{
@@ -38,6 +38,8 @@ pub struct Sources {
     pub states: kube::runtime::reflector::Store<NodeNetworkState>,
     /// Their conditions: the network-ready gate's.
     pub nodes: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Node>,
+    /// Their allocations.
+    pub pools: kube::runtime::reflector::Store<NodeNetworkIPPool>,
 }
 
 /// The served metrics, and where the gauges come from.
@@ -127,6 +129,12 @@ impl Collector for Gauges {
         )?;
         gauge(
             &mut encoder,
+            "kubernetes_nmstate_ip_pool_addresses",
+            "Addresses of each NodeNetworkIPPool by state (allocated, free)",
+            pool_addresses(sources.pools.state().iter().map(|p| &**p)),
+        )?;
+        gauge(
+            &mut encoder,
             "kubernetes_nmstate_enactment_probes",
             "Count of enactments by the result of each probe in their last apply (probe: ping, ping6, dns, tcp, api-server, node-readiness; result: Passed, Failed, NotRun, NotSelected)",
             probe_results(enactments.iter().map(|e| &**e)),
@@ -147,6 +155,27 @@ fn gauge(
         ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// Each pool's allocated and free addresses (a pool whose spec is invalid has none free).
+pub fn pool_addresses<'a>(pools: impl Iterator<Item = &'a NodeNetworkIPPool>) -> Vec<Series> {
+    let mut series = Vec::new();
+    for pool in pools {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        let allocated = pool.status.as_ref().map_or(0, |status| status.allocations.len());
+        let size = pool.spec.range().map_or(0, |range| range.size());
+        let allocated = i64::try_from(allocated).unwrap_or(i64::MAX);
+        let free = i64::try_from(size)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(allocated)
+            .max(0);
+        series.push((
+            vec![("pool", name.clone()), ("state", "allocated".to_string())],
+            allocated,
+        ));
+        series.push((vec![("pool", name), ("state", "free".to_string())], free));
+    }
+    series
 }
 
 /// Nodes by the status of their `NetworkConfigured` condition, both statuses reported.

@@ -9,12 +9,13 @@ use nmstate_api::{
 };
 
 /// Whether an enactment failed for good (Failing, and not retrying).
+/// Unresolved variables are not: they are looked at again until they resolve.
 pub fn is_final_failure(status: &nmstate_api::NodeNetworkConfigurationEnactmentStatus) -> bool {
-    let is_true = |type_: Type| {
-        nmstate_api::condition::find_condition(&status.conditions, type_.as_str())
-            .is_some_and(Condition::is_true)
-    };
-    is_true(Type::Failing) && !is_true(Type::Progressing)
+    let find = |type_: Type| nmstate_api::condition::find_condition(&status.conditions, type_.as_str());
+    let unresolved = [Reason::VariableUnresolved, Reason::IPPoolExhausted];
+    let failing = find(Type::Failing)
+        .is_some_and(|c| c.is_true() && !unresolved.iter().any(|reason| c.reason == reason.as_str()));
+    failing && !find(Type::Progressing).is_some_and(Condition::is_true)
 }
 
 /// Where an enactment stands.
@@ -39,6 +40,9 @@ pub enum EnactmentSituation {
     Reverting,
     /// Undoing the deleted policy failed (rolled back); another attempt follows.
     RevertFailed { message: String },
+    /// A variable has no value on this node (`VariableUnresolved`, `IPPoolExhausted`); nothing
+    /// was applied, and it is looked at again.
+    Unresolved { reason: Reason, message: String },
     /// A preview: what an apply would do (`WouldChange`, `NoChange` or `WouldFail`), nothing
     /// applied.
     Previewed { reason: Reason, message: String },
@@ -154,6 +158,13 @@ impl EnactmentSituation {
                     (Type::Aborted, False, reason, none()),
                 ]
             }
+            EnactmentSituation::Unresolved { reason, message } => [
+                (Type::Available, False, *reason, none()),
+                (Type::Failing, True, *reason, message.clone()),
+                (Type::Progressing, False, *reason, none()),
+                (Type::Pending, False, *reason, none()),
+                (Type::Aborted, False, *reason, none()),
+            ],
             EnactmentSituation::Previewed { reason, .. } => [
                 (Type::Available, False, *reason, none()),
                 (Type::Failing, False, *reason, none()),

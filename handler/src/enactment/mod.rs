@@ -24,6 +24,8 @@ pub mod plan;
 /// The network-ready gate: this Node's `NetworkConfigured` condition and startup taint.
 pub mod readiness;
 mod reconcile;
+/// A policy's variables on this node: values from the Node, and addresses from pools.
+pub mod variables;
 
 use crate::{
     config::HandlerConfig, network::node_support::NodeSupport, node_state_reporter::ReportNow,
@@ -65,6 +67,8 @@ pub enum EnactmentError {
     Join(#[from] tokio::task::JoinError),
     #[error("cannot serialize the enactment status: {0}")]
     Serialize(#[from] serde_json::Error),
+    #[error("{0} changed under every attempt to allocate an address; trying again")]
+    Contended(String),
 }
 
 impl EnactmentError {
@@ -75,6 +79,7 @@ impl EnactmentError {
             EnactmentError::NodeState(_) => "node-state",
             EnactmentError::Join(_) => "internal",
             EnactmentError::Serialize(_) => "serialize",
+            EnactmentError::Contended(_) => "contended",
         }
     }
 }

@@ -97,6 +97,19 @@ pub async fn create_enactment(
     }
 }
 
+/// Whether `policy` (this very object, by UID) is still there and not being deleted.
+pub async fn policy_still_exists(
+    client: &kube::Client,
+    policy: &NodeNetworkConfigurationPolicy,
+) -> Result<bool, EnactmentError> {
+    let current = Api::<NodeNetworkConfigurationPolicy>::all(client.clone())
+        .get_opt(&policy.name_any())
+        .await?;
+    Ok(current.is_some_and(|current| {
+        current.uid() == policy.uid() && current.metadata.deletion_timestamp.is_none()
+    }))
+}
+
 pub async fn delete_enactment(
     enactments: &Api<NodeNetworkConfigurationEnactment>,
     name: &str,
@@ -143,6 +156,7 @@ pub async fn remove_enactments_of_deleted_policies(context: Arc<Context>) {
             Ok(watcher::Event::Delete(policy)) => {
                 context.forget(&policy.name_any());
                 context.rollout.release(&policy.name_any()).await;
+                super::variables::release(&context.client, &policy, &node).await;
                 if let Err(error) =
                     delete_enactment(&enactments, &enactment_name(&node, &policy.name_any())).await
                 {

@@ -48,8 +48,11 @@ pub fn entry(
     let is_true =
         |type_: Type| find_condition(&status.conditions, type_.as_str()).is_some_and(|c| c.is_true());
     let enacted = is_true(Type::Available);
-    let failed = is_true(Type::Failing) && !is_true(Type::Progressing);
-    if failed || is_true(Type::Aborted) || is_true(Type::Previewed) || (enacted && known_applied) {
+    if super::conditions::is_final_failure(status)
+        || is_true(Type::Aborted)
+        || is_true(Type::Previewed)
+        || (enacted && known_applied)
+    {
         Entry::Done
     } else {
         Entry::Enact {

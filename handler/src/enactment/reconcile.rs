@@ -11,8 +11,9 @@ use super::{
     Context, EnactmentError, REPORT_BEFORE_AVAILABLE,
     conditions::EnactmentSituation,
     deletion, dependencies, events,
-    objects::{create_enactment, delete_enactment, finish, write_status},
+    objects::{self, create_enactment, delete_enactment, finish, write_status},
     plan::{self, AfterApply, BeforeApply, Drift, Entry, Findings, OnAdmission, Outcome, Preview, Retries},
+    variables::{self, Resolution, Unresolved},
 };
 use crate::{
     apply::{self, ApplyError, probes},
@@ -35,6 +36,9 @@ use tracing::{debug, info, warn};
 /// How soon a policy waiting for a dependency looks again by itself (a dependency settling on
 /// this node wakes it at once).
 const DEPENDENCY_RECHECK: Duration = Duration::from_secs(10);
+/// How soon a policy whose variables did not resolve looks again (a pool address may be freed,
+/// a label added).
+const UNRESOLVED_RECHECK: Duration = Duration::from_secs(10);
 /// How soon a policy that reverts on deletion looks again for its finalizer (the finalizer's
 /// arrival, a policy update, wakes it sooner).
 const FINALIZER_WAIT: Duration = Duration::from_secs(5);
@@ -60,7 +64,17 @@ pub(super) async fn reconcile(
     let mut status = if selected {
         let enactment = match enactments.get_opt(&name).await? {
             Some(existing) => existing,
-            None => create_enactment(&enactments, &name, &policy_name, &node, config).await?,
+            None => {
+                let created = create_enactment(&enactments, &name, &policy_name, &node, config).await?;
+                // This reconcile may work from a cache that still holds a policy just deleted
+                // (a related Lease woke it): checked after the create, so an enactment made for
+                // a deleted policy goes again, whichever side of the check the deletion falls.
+                if !objects::policy_still_exists(&context.client, &policy).await? {
+                    delete_enactment(&enactments, &name).await?;
+                    return Ok(Action::await_change());
+                }
+                created
+            }
         };
         enactment.status.unwrap_or_default()
     } else {
@@ -73,6 +87,7 @@ pub(super) async fn reconcile(
         Entry::Remove => {
             context.rollout.release(&policy_name).await;
             delete_enactment(&enactments, &name).await?;
+            variables::release(&context.client, &policy, &config.node_name).await;
             return Ok(Action::await_change());
         }
         Entry::Done => return Ok(Action::await_change()),
@@ -99,13 +114,37 @@ pub(super) async fn reconcile(
         return wait_for_dependency(&policy, &name, &mut status, &context, &enactments, message).await;
     }
 
-    // read the node and resolve the desired state (NetworkManager, no client)
-    let desired = policy
+    // the variables' values on this node (client: pools)
+    let written = policy
         .spec
         .desired_state
         .as_ref()
         .map(|document| document.0.clone())
         .unwrap_or(Value::Null);
+    let values = match variables::resolve(&context.client, &policy, &node).await? {
+        Resolution::Resolved(values) => values,
+        Resolution::Unresolved(unresolved) => {
+            return unresolved_variables(&policy, &name, &mut status, &context, &enactments, unresolved)
+                .await;
+        }
+        Resolution::PolicyGone => {
+            delete_enactment(&enactments, &name).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let desired = match nmstate_api::variables::substitute(&written, &values) {
+        Ok(desired) => desired,
+        Err(problem) => {
+            let unresolved = Unresolved {
+                reason: nmstate_api::enactment::EnactmentConditionReason::VariableUnresolved,
+                message: format!("spec.desiredState: {problem}"),
+            };
+            return unresolved_variables(&policy, &name, &mut status, &context, &enactments, unresolved)
+                .await;
+        }
+    };
+
+    // read the node and resolve the captures (NetworkManager, no client)
     let capture = policy.spec.capture.clone().unwrap_or_default();
     let cached: BTreeMap<String, Value> = status
         .captured_states
@@ -345,6 +384,39 @@ pub(super) async fn wait_for_dependency(
         .await?;
     }
     Ok(Action::requeue(DEPENDENCY_RECHECK))
+}
+
+/// Failing with why the variables have no value here, reported once per reason (with an
+/// event); looked at again every [`UNRESOLVED_RECHECK`].
+async fn unresolved_variables(
+    policy: &NodeNetworkConfigurationPolicy,
+    name: &str,
+    status: &mut NodeNetworkConfigurationEnactmentStatus,
+    context: &Context,
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    unresolved: Unresolved,
+) -> Result<Action, EnactmentError> {
+    let reported =
+        find_condition(&status.conditions, EnactmentConditionType::Failing.as_str()).is_some_and(|c| {
+            c.is_true() && c.reason == unresolved.reason.as_str() && c.message == unresolved.message
+        });
+    if !reported {
+        warn!(policy = %policy.name_any(), reason = unresolved.reason.as_str(), "not applied: {}", unresolved.message);
+        (context.events)
+            .warn(
+                policy,
+                events::RECONCILE_FAILED,
+                events::APPLY,
+                format!("{name}: {}", unresolved.message),
+            )
+            .await;
+        let situation = EnactmentSituation::Unresolved {
+            reason: unresolved.reason,
+            message: unresolved.message,
+        };
+        finish(enactments, name, status, situation).await?;
+    }
+    Ok(Action::requeue(UNRESOLVED_RECHECK))
 }
 
 /// How the node stands against `desired`.

@@ -165,3 +165,31 @@ fn nodes_are_counted_by_their_network_configured_condition() {
         ]
     );
 }
+
+#[test]
+fn pools_count_their_allocated_and_free_addresses() {
+    let pool = |name: &str, end: &str, allocated: usize| -> NodeNetworkIPPool {
+        let allocations: Vec<serde_json::Value> = (0..allocated)
+            .map(|index| json!({"address": format!("10.77.2.{}", 20 + index), "node": format!("n{index}"), "policy": "p", "variable": "v"}))
+            .collect();
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"cidr": "10.77.2.0/24", "start": "10.77.2.20", "end": end},
+            "status": {"allocations": allocations, "allocated": allocated}}))
+        .unwrap()
+    };
+    let pools = [pool("storage", "10.77.2.22", 3), pool("scarce", "10.77.2.21", 1)];
+    let series = pool_addresses(pools.iter());
+    let rendered: Vec<(String, String, i64)> = series
+        .into_iter()
+        .map(|(labels, value)| (labels[0].1.clone(), labels[1].1.clone(), value))
+        .collect();
+    assert_eq!(
+        rendered,
+        [
+            ("storage".to_string(), "allocated".to_string(), 3),
+            ("storage".to_string(), "free".to_string(), 0),
+            ("scarce".to_string(), "allocated".to_string(), 1),
+            ("scarce".to_string(), "free".to_string(), 1),
+        ]
+    );
+}
