@@ -38,6 +38,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/rbac/webhook.yaml.hbs"),
     ),
     (
+        "rbac/node-restriction.yaml.hbs",
+        include_str!("../../templates/rbac/node-restriction.yaml.hbs"),
+    ),
+    (
         "webhook/configuration.yaml.hbs",
         include_str!("../../templates/webhook/configuration.yaml.hbs"),
     ),
@@ -190,6 +194,21 @@ fn webhook_clients(config: &OperatorConfig, prefix: &str) -> Value {
     })
 }
 
+/// The first Kubernetes minor version (1.x) where a handler is held to its own node's objects.
+pub const NODE_RESTRICTION_SINCE_MINOR: u32 = 30;
+
+/// The handler's `NNS_*` settings from `spec.stateReporting`, as environment values (strings);
+/// empty ones are left out, so the handler's defaults apply.
+fn state_reporting_env(spec: &NMStateSpec) -> Value {
+    let reporting = spec.state_reporting.clone().unwrap_or_default();
+    let list = |patterns: Vec<String>| Some(patterns.join(",")).filter(|joined| !joined.is_empty());
+    json!({
+        "excludeInterfaces": list(reporting.exclude_interfaces),
+        "excludeTypes": list(reporting.exclude_types),
+        "maxBytes": reporting.max_bytes.map(|bytes| bytes.to_string()),
+    })
+}
+
 /// The templates' input: the spec with upstream's defaults filled in.
 fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) -> Result<Value, RenderError> {
     let linux = BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())]);
@@ -228,6 +247,10 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
             "probeDnsHost": dns_host,
             "networkReadiness": spec.network_readiness.is_some(),
             "startupTaint": spec.network_readiness.as_ref().and_then(|gate| gate.startup_taint.clone()),
+            "stateReporting": state_reporting_env(spec),
+            // Servers from 1.30 put the node's name in a pod's token, and serve
+            // ValidatingAdmissionPolicy as v1.
+            "nodeRestriction": facts.server_minor >= NODE_RESTRICTION_SINCE_MINOR,
             "logFilter": if debug { "debug" } else { "info" },
             "env": config.handler_env.iter().map(|(name, value)| json!({"name": name, "value": value})).collect::<Vec<_>>(),
         },

@@ -234,7 +234,7 @@ pub fn deployment_spec(slots: &Slots) -> Value {
     })
 }
 
-/// The four CRDs as a server of version 1.`minor` takes them, ordered by name.
+/// The five CRDs as a server of version 1.`minor` takes them, ordered by name.
 pub fn crds(minor: u32) -> Result<Vec<Value>, serde_json::Error> {
     nmstate_api::crd::all()
         .into_iter()

@@ -134,6 +134,8 @@ pub fn csv(release: &Release) -> Result<Value, InstallError> {
          "spec": {"desiredState": {"interfaces": [{"name": "br1", "type": "linux-bridge", "state": "up",
             "ipv4": {"enabled": true, "dhcp": true},
             "bridge": {"options": {"stp": {"enabled": false}}, "port": [{"name": "eth1"}]}}]}}},
+        {"apiVersion": "nmstate.io/v1", "kind": "NodeNetworkIPPool", "metadata": {"name": "storage"},
+         "spec": {"cidr": "192.0.2.0/24", "start": "192.0.2.10", "end": "192.0.2.99", "gateway": "192.0.2.1"}},
     ]);
     let mut annotations = json!({
         "alm-examples": serde_json::to_string_pretty(&examples)?,
@@ -281,6 +283,33 @@ fn owned_crds() -> Vec<Value> {
             ]
         ),
         descriptor(
+            "stateReporting",
+            "Node state reporting",
+            "Interfaces left out of each NodeNetworkState, and its size cap",
+            &["urn:alm:descriptor:com.tectonic.ui:advanced"]
+        ),
+        descriptor(
+            "stateReporting.excludeInterfaces",
+            "Interfaces left out",
+            "Interface names left out of NodeNetworkState, as patterns such as veth* or mv-*",
+            &["urn:alm:descriptor:com.tectonic.ui:advanced"]
+        ),
+        descriptor(
+            "stateReporting.excludeTypes",
+            "Interface types left out",
+            "nmstate interface types left out of NodeNetworkState, such as mac-vlan or vxlan",
+            &["urn:alm:descriptor:com.tectonic.ui:advanced"]
+        ),
+        descriptor(
+            "stateReporting.maxBytes",
+            "Node state size cap",
+            "Bytes (32768 to 1048576, default 921600) above which a NodeNetworkState is trimmed",
+            &[
+                "urn:alm:descriptor:com.tectonic.ui:number",
+                "urn:alm:descriptor:com.tectonic.ui:advanced"
+            ]
+        ),
+        descriptor(
             "logLevel",
             "Log level",
             "info or debug",
@@ -379,6 +408,12 @@ fn owned_crds() -> Vec<Value> {
             "Host and port pairs that must accept a TCP connection after the change",
             &["urn:alm:descriptor:com.tectonic.ui:advanced"]
         ),
+        descriptor(
+            "variables",
+            "Per-node values",
+            "Values desiredState refers to as {{ var.<name> }}: from the node, per node name, or an address from a NodeNetworkIPPool",
+            &["urn:alm:descriptor:com.tectonic.ui:advanced"]
+        ),
     ]);
     let crd = |kind: &str,
                plural: &str,
@@ -453,6 +488,40 @@ fn owned_crds() -> Vec<Value> {
             "Node Network State",
             "The current network state of one node",
             &none,
+            &none,
+        ),
+        crd(
+            "NodeNetworkIPPool",
+            "nodenetworkippools",
+            "v1",
+            "Node Network IP Pool",
+            "Addresses that policies allocate to nodes, one per node, policy and variable",
+            &json!([
+                descriptor(
+                    "cidr",
+                    "CIDR",
+                    "The subnet, e.g. 192.0.2.0/24",
+                    &["urn:alm:descriptor:com.tectonic.ui:text"]
+                ),
+                descriptor(
+                    "start",
+                    "First address",
+                    "The first address handed out",
+                    &["urn:alm:descriptor:com.tectonic.ui:text"]
+                ),
+                descriptor(
+                    "end",
+                    "Last address",
+                    "The last address handed out",
+                    &["urn:alm:descriptor:com.tectonic.ui:text"]
+                ),
+                descriptor(
+                    "gateway",
+                    "Gateway",
+                    "The subnet's gateway, never handed out",
+                    &["urn:alm:descriptor:com.tectonic.ui:text"]
+                ),
+            ]),
             &none,
         ),
     ]

@@ -48,7 +48,12 @@ fn own_cluster_rules() -> Vec<Value> {
         ),
         rule(
             "admissionregistration.k8s.io",
-            &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+            &[
+                "mutatingwebhookconfigurations",
+                "validatingwebhookconfigurations",
+                "validatingadmissionpolicies",
+                "validatingadmissionpolicybindings",
+            ],
             WRITE,
         ),
     ]

@@ -88,6 +88,7 @@ fn the_plain_manifest_installs_crds_namespace_rbac_and_the_operator() {
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Namespace",
             "ServiceAccount",
             "ClusterRole",

@@ -118,7 +118,7 @@ fn the_chart_lints_and_renders_its_values() {
             .iter()
             .filter(|kind| **kind == "CustomResourceDefinition")
             .count(),
-        3,
+        4,
         "the operand CRDs are templates (upgraded with the release)"
     );
     // The NMState CRD is in crds/: installed before the release is built, so the release can

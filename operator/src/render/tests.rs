@@ -53,6 +53,7 @@ fn the_default_spec_renders_every_operand() {
         "CustomResourceDefinition/nodenetworkconfigurationpolicies.nmstate.io",
         "CustomResourceDefinition/nodenetworkconfigurationenactments.nmstate.io",
         "CustomResourceDefinition/nodenetworkstates.nmstate.io",
+        "CustomResourceDefinition/nodenetworkippools.nmstate.io",
         "Namespace/nmstate",
         "ServiceAccount/nmstate-handler",
         "ClusterRole/nmstate-handler",
@@ -228,6 +229,73 @@ fn the_network_ready_gate_reaches_the_handler_with_the_rights_it_needs() {
         "nmstate.io/network-unready"
     );
     assert!(handler_rules(&objects).contains(r#""resources":["nodes"],"verbs":["patch"]"#));
+}
+
+#[test]
+fn handlers_are_held_to_their_own_node_from_1_30() {
+    let restriction = |minor: u32| {
+        let facts = ClusterFacts {
+            server_minor: minor,
+            ..facts()
+        };
+        let objects = render(&spec(json!({})), &config(), &facts).unwrap();
+        objects
+            .into_iter()
+            .filter(|object| {
+                object["kind"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("ValidatingAdmissionPolicy")
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(restriction(29).is_empty(), "no node name in tokens before 1.30");
+    let objects = restriction(30);
+    let policy = find(
+        &objects,
+        "ValidatingAdmissionPolicy",
+        "nmstate-handler-node-restriction",
+    );
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username == 'system:serviceaccount:nmstate:nmstate-handler'"
+    );
+    let binding = find(
+        &objects,
+        "ValidatingAdmissionPolicyBinding",
+        "nmstate-handler-node-restriction",
+    );
+    assert_eq!(binding["spec"]["policyName"], "nmstate-handler-node-restriction");
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+}
+
+#[test]
+fn state_reporting_reaches_the_handler_only_when_set() {
+    let handler_env = |objects: &[Value]| {
+        find(objects, "DaemonSet", "nmstate-handler")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .to_string()
+    };
+    let off = render(&spec(json!({})), &config(), &facts()).unwrap();
+    assert!(
+        !handler_env(&off).contains("NNS_"),
+        "the handler's defaults apply"
+    );
+    let reporting = json!({"stateReporting": {
+        "excludeInterfaces": ["mv-*", "veth?"], "excludeTypes": ["vxlan"], "maxBytes": 131072,
+    }});
+    let objects = render(&spec(reporting), &config(), &facts()).unwrap();
+    let container =
+        &find(&objects, "DaemonSet", "nmstate-handler")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env(container, "NNS_EXCLUDE_INTERFACES"), "mv-*,veth?");
+    assert_eq!(env(container, "NNS_EXCLUDE_TYPES"), "vxlan");
+    assert_eq!(env(container, "NNS_MAX_BYTES"), "131072");
+    let only_cap = render(
+        &spec(json!({"stateReporting": {"maxBytes": 65536}})),
+        &config(),
+        &facts(),
+    )
+    .unwrap();
+    assert!(!handler_env(&only_cap).contains("NNS_EXCLUDE"));
 }
 
 #[test]
