@@ -174,6 +174,47 @@ where
 
 /// Renews the lease in `held` until it is lost (someone else wrote it) or the task is aborted,
 /// keeping `held` at the stored version so the holder can release or update it.
+/// This process's own writes, judged by its Lease renewals: a renewal that goes through more
+/// than one lease after the previous one ends an outage of writes (etcd or the API server away,
+/// requests failing or hanging). Other holders could not renew during it either: a Lease they
+/// let expire then is not theirs to lose until they have had a full lease to renew, seen from
+/// here (see [`crate::heartbeat::live_until`]).
+struct WriteSight {
+    last_write: Timestamp,
+    since: Timestamp,
+    lease: Duration,
+}
+
+static WRITES: std::sync::LazyLock<Mutex<WriteSight>> = std::sync::LazyLock::new(|| {
+    Mutex::new(WriteSight {
+        last_write: Timestamp::now(),
+        since: Timestamp::now(),
+        lease: Duration::from_secs(30),
+    })
+});
+
+fn silent(writes: &WriteSight, now: Timestamp) -> bool {
+    now.duration_since(writes.last_write).unsigned_abs() > writes.lease
+}
+
+fn note_write(now: Timestamp, lease: Duration) {
+    let Ok(mut writes) = WRITES.lock() else { return };
+    writes.lease = lease;
+    if silent(&writes, now) {
+        writes.since = now;
+    }
+    writes.last_write = now;
+}
+
+/// How much this process has seen of other holders' renewals, judged by its own: blind while
+/// none of its renewals has gone through for a lease, seeing again from the first that does.
+pub fn write_sight(now: Timestamp) -> crate::heartbeat::Sight {
+    match WRITES.lock() {
+        Ok(writes) if !silent(&writes, now) => crate::heartbeat::Sight::Since(writes.since),
+        _ => crate::heartbeat::Sight::Lost,
+    }
+}
+
 pub async fn keep_renewed(leases: Api<Lease>, held: Arc<Mutex<Lease>>, duration: Duration) {
     loop {
         tokio::time::sleep(renew_interval(duration)).await;
@@ -183,7 +224,12 @@ pub async fn keep_renewed(leases: Api<Lease>, held: Arc<Mutex<Lease>>, duration:
         if let Some(spec) = lease.spec.as_mut() {
             spec.renew_time = Some(MicroTime(Timestamp::now()));
         }
-        match replace(&leases, &lease).await {
+        let renewal = replace(&leases, &lease).await;
+        // A conflict went through to the API too: someone else wrote the Lease.
+        if renewal.as_ref().is_ok() || renewal.as_ref().is_err_and(is_conflict) {
+            note_write(Timestamp::now(), duration);
+        }
+        match renewal {
             Ok(renewed) => {
                 debug!(lease = %renewed.name_any(), "renewed");
                 if let Ok(mut held) = held.lock() {

@@ -21,7 +21,7 @@ use crate::enactment::conditions::is_final_failure;
 use k8s_openapi::{
     api::coordination::v1::Lease,
     apimachinery::pkg::{apis::meta::v1::OwnerReference, util::intstr::IntOrString},
-    jiff::Timestamp,
+    jiff::{SignedDuration, Timestamp},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -31,7 +31,11 @@ use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, enactment::enactment_name, labels,
     policy::DEFAULT_MAX_UNAVAILABLE,
 };
-use nmstate_runtime::{heartbeat::live_handlers, kube_errors::is_conflict, leases};
+use nmstate_runtime::{
+    heartbeat::{Sight, live_handlers, live_until},
+    kube_errors::is_conflict,
+    leases,
+};
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -101,6 +105,13 @@ pub enum Slot {
 }
 
 pub fn slot_state(lease: &Lease, me: &str, generation: i64, now: Timestamp) -> Slot {
+    slot_state_seen(lease, me, generation, now, Sight::Since(Timestamp::UNIX_EPOCH))
+}
+
+/// [`slot_state`] for a node whose own writes have gone through since `sight`: a slot whose
+/// holder could not renew while nothing could be written stays busy until the holder has had a
+/// full lease to renew (two nodes would otherwise apply at once after an etcd outage).
+pub fn slot_state_seen(lease: &Lease, me: &str, generation: i64, now: Timestamp, sight: Sight) -> Slot {
     let Some(holder) = leases::holder(lease).filter(|holder| !holder.is_empty()) else {
         return Slot::Free;
     };
@@ -120,9 +131,16 @@ pub fn slot_state(lease: &Lease, me: &str, generation: i64, now: Timestamp) -> S
     if holder == me {
         return Slot::Mine;
     }
-    match leases::expiry(lease) {
+    if leases::expiry(lease).is_none() {
+        return Slot::Free;
+    }
+    match live_until(lease, sight) {
+        // Blind: nobody's renewals can be judged; retried shortly.
+        None => Slot::Busy {
+            until: now.checked_add(SignedDuration::from_secs(1)).unwrap_or(now),
+        },
         Some(until) if until > now => Slot::Busy { until },
-        _ => Slot::Free,
+        Some(_) => Slot::Free,
     }
 }
 
@@ -227,20 +245,22 @@ impl Rollout {
         for (name, lease) in candidates {
             let taken = match &lease {
                 None => self.create_slot(policy, &name, generation, now).await,
-                Some(lease) => match slot_state(lease, &self.node, generation, now) {
-                    Slot::Mine | Slot::Free => self.take_slot(lease.clone(), generation, now).await,
-                    Slot::Failed { holder } => {
-                        if self.still_failing(&policy_name, &holder, generation).await? {
-                            failed += 1;
+                Some(lease) => {
+                    match slot_state_seen(lease, &self.node, generation, now, leases::write_sight(now)) {
+                        Slot::Mine | Slot::Free => self.take_slot(lease.clone(), generation, now).await,
+                        Slot::Failed { holder } => {
+                            if self.still_failing(&policy_name, &holder, generation).await? {
+                                failed += 1;
+                                continue;
+                            }
+                            self.take_slot(lease.clone(), generation, now).await
+                        }
+                        Slot::Busy { until } => {
+                            next_expiry = Some(next_expiry.map_or(until, |next| next.min(until)));
                             continue;
                         }
-                        self.take_slot(lease.clone(), generation, now).await
                     }
-                    Slot::Busy { until } => {
-                        next_expiry = Some(next_expiry.map_or(until, |next| next.min(until)));
-                        continue;
-                    }
-                },
+                }
             };
             match taken {
                 Ok(lease) => {
@@ -518,5 +538,24 @@ mod tests {
         let mut released = slot("node02", 995, 3, false);
         released.spec.as_mut().unwrap().holder_identity = None;
         assert_eq!(slot_state(&released, "node01", 3, now), Slot::Free);
+    }
+
+    #[test]
+    fn after_an_outage_of_writes_an_expired_slot_stays_busy_for_one_lease() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let expired = slot("node02", 985, 3, false); // lease of 10 s, expired at 995
+        let seen = |since: i64| Sight::Since(Timestamp::from_second(since).unwrap());
+        assert_eq!(slot_state_seen(&expired, "node01", 3, now, seen(500)), Slot::Free);
+        // This node's writes went through again at 998: the holder gets until 1008 to renew.
+        let until = Timestamp::from_second(1_008).unwrap();
+        assert_eq!(
+            slot_state_seen(&expired, "node01", 3, now, seen(998)),
+            Slot::Busy { until }
+        );
+        // While its own writes fail, it judges no one.
+        assert!(matches!(
+            slot_state_seen(&expired, "node01", 3, now, Sight::Lost),
+            Slot::Busy { .. }
+        ));
     }
 }

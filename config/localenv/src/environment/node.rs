@@ -174,6 +174,19 @@ impl SandboxNode {
         }
 
         self.write_network_manager_config()?;
+        self.start_network_manager(&network_manager)
+    }
+
+    /// Stops NetworkManager (SIGTERM, as `systemctl restart` does) and starts it again on the
+    /// node's bus with its configuration and profiles, once it is online: links and addresses
+    /// stay, its in-memory state (checkpoints, D-Bus objects) does not.
+    pub fn restart_network_manager(&self) -> Result<()> {
+        let [_, network_manager] = self.daemons();
+        network_manager.stop(Duration::from_secs(10));
+        self.start_network_manager(&network_manager)
+    }
+
+    fn start_network_manager(&self, network_manager: &Daemon) -> Result<()> {
         let mut start_nm = self.in_netns(&["unshare", "--mount", "--uts", "--propagation", "private"]);
         start_nm
             .arg(self.dir.join("nm/start-inner.sh"))
@@ -190,7 +203,6 @@ impl SandboxNode {
                 network_manager.log_file.display()
             ),
         })?;
-
         Ok(())
     }
 

@@ -424,6 +424,11 @@ impl NodeProcess {
         self.child.id()
     }
 
+    /// Whether it has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// What it printed so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,0 +1,123 @@
+//! NetworkManager restarted on a node between two applies (SIGTERM, then started again on the
+//! same bus, as `systemctl restart NetworkManager` does): the handler stays up, follows the new
+//! NetworkManager's signals (an out-of-band change reaches the NodeNetworkState well before the
+//! periodic refresh), and applies the next policy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
+mod common;
+
+use common::{AVAILABLE, policy, start_handler, stop_handler, wait_for_condition};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState};
+use nmstate_localenv::testing::{TestNode, eventually, install_crds, shared_env, unique_name};
+use serde_json::json;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+fn bridge(name: &str) -> serde_json::Value {
+    json!({"interfaces": [{"name": name, "type": "linux-bridge", "state": "up",
+        "bridge": {"options": {"stp": {"enabled": false}}, "port": []}}]})
+}
+
+async fn reports(states: &Api<NodeNetworkState>, node: &str, interface: &str) -> bool {
+    let Ok(Some(state)) = states.get_opt(node).await else {
+        return false;
+    };
+    let current = state.status.and_then(|status| status.current_state);
+    current.is_some_and(|document| {
+        document.0["interfaces"]
+            .as_array()
+            .is_some_and(|interfaces| interfaces.iter().any(|i| i["name"] == interface))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_network_manager_restart_the_handler_reports_and_applies_again() {
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let name = unique_name("nmrestart");
+    let node = TestNode::start(&env, &name, &BTreeMap::new()).await.unwrap();
+    let log = std::env::temp_dir().join(format!("{name}.log"));
+    let mut handler = start_handler(&node, &log);
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
+    let states: Api<NodeNetworkState> = Api::all(client.clone());
+    let this_node = json!({"kubernetes.io/hostname": name});
+
+    let first = format!("{name}-a");
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(&first, this_node.clone(), bridge("br-a")),
+        )
+        .await
+        .unwrap();
+    wait_for_condition(
+        &enactments,
+        &format!("{name}.{first}"),
+        AVAILABLE,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let before = node.network_manager_pid();
+    tokio::task::block_in_place(|| node.restart_network_manager())
+        .unwrap_or_else(|error| panic!("restarting NetworkManager on {name}: {error}"));
+    let restarted = Instant::now();
+    assert_ne!(node.network_manager_pid(), before, "NetworkManager was restarted");
+
+    // A change nobody asked for: the new NetworkManager's signals bring it to the node state.
+    let added = node
+        .command("ip")
+        .unwrap()
+        .args(["link", "add", "br-oob", "type", "bridge"])
+        .status()
+        .unwrap();
+    assert!(added.success());
+    eventually(
+        "the out-of-band bridge reported",
+        Duration::from_secs(30),
+        || async { reports(&states, &name, "br-oob").await.then_some(()) },
+    )
+    .await
+    .unwrap();
+    let reported = restarted.elapsed();
+
+    let second = format!("{name}-b");
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(&second, this_node, bridge("br-b")),
+        )
+        .await
+        .unwrap();
+    wait_for_condition(
+        &enactments,
+        &format!("{name}.{second}"),
+        AVAILABLE,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        reports(&states, &name, "br-b").await,
+        "the applied bridge is in the node state"
+    );
+    println!(
+        "NetworkManager restarted: an out-of-band change reported {:.1} s later, the next policy Available {:.1} s later",
+        reported.as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
+    );
+    assert!(handler.is_running(), "the handler exited: {}", handler.log());
+
+    for policy in [first, second] {
+        let _ = policies.delete(&policy, &DeleteParams::default()).await;
+    }
+    stop_handler(&mut handler);
+}
