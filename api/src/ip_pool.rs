@@ -167,7 +167,11 @@ impl PoolRange {
         let gateway_inside = self
             .gateway
             .is_some_and(|gateway| (self.first..=self.last).contains(&to_number(gateway)));
-        let count = self.last - self.first + 1 - u128::from(gateway_inside);
+        // `::/0` holds 2^128 addresses, one more than a u128 counts (found by fuzzing); a size
+        // that large is reported as u64::MAX anyway.
+        let count = (self.last - self.first)
+            .saturating_add(1)
+            .saturating_sub(u128::from(gateway_inside));
         u64::try_from(count).unwrap_or(u64::MAX)
     }
 
@@ -231,7 +235,7 @@ mod tests {
 
     #[test]
     fn ranges_sizes_and_free_addresses() {
-        let table: [(NodeNetworkIPPoolSpec, u64, Option<&str>, &[&str]); 6] = [
+        let table: [(NodeNetworkIPPoolSpec, u64, Option<&str>, &[&str]); 8] = [
             (
                 pool("10.77.2.0/24", None, None, None),
                 254,
@@ -262,6 +266,19 @@ mod tests {
                 3,
                 Some("2001:db8::2"),
                 &["2001:db8::"],
+            ),
+            // The whole address space of each family.
+            (
+                pool("2001:db8::/0", None, None, Some("::1")),
+                u64::MAX,
+                Some("::"),
+                &[],
+            ),
+            (
+                pool("0.0.0.0/0", None, None, None),
+                (1 << 32) - 2,
+                Some("0.0.0.1"),
+                &[],
             ),
         ];
         for (spec, size, free, taken) in table {
