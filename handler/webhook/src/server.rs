@@ -43,8 +43,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connections in flight may finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy, Debug)]
-enum Review {
+/// Which of the webhooks a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Review {
     Mutate,
     StatusMutate,
     TimestampMutate,
@@ -52,6 +53,14 @@ enum Review {
 }
 
 impl Review {
+    /// Every webhook.
+    pub const ALL: [Review; 4] = [
+        Review::Mutate,
+        Review::StatusMutate,
+        Review::TimestampMutate,
+        Review::Validate,
+    ];
+
     /// The `webhook` label of the metrics.
     fn label(self) -> &'static str {
         match self {
@@ -73,7 +82,7 @@ pub struct WebhookState {
 /// The routes: the four webhooks, `/metrics`, `/healthz`, and `/readyz` (ready once a
 /// certificate is loaded; without one no handshake succeeds anyway).
 pub fn router(state: WebhookState) -> Router {
-    let review = |kind: Review| {
+    let webhook = |kind: Review| {
         post(move |State(state): State<WebhookState>, body: Bytes| async move {
             let started = std::time::Instant::now();
             let (result, response) = answer(kind, body).await;
@@ -82,10 +91,10 @@ pub fn router(state: WebhookState) -> Router {
         })
     };
     Router::new()
-        .route(MUTATE_PATH, review(Review::Mutate))
-        .route(STATUS_MUTATE_PATH, review(Review::StatusMutate))
-        .route(TIMESTAMP_MUTATE_PATH, review(Review::TimestampMutate))
-        .route(VALIDATE_PATH, review(Review::Validate))
+        .route(MUTATE_PATH, webhook(Review::Mutate))
+        .route(STATUS_MUTATE_PATH, webhook(Review::StatusMutate))
+        .route(TIMESTAMP_MUTATE_PATH, webhook(Review::TimestampMutate))
+        .route(VALIDATE_PATH, webhook(Review::Validate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route(
@@ -142,13 +151,9 @@ pub enum WebhookServeError {
 
 /// Reviews one request; the `result` label of the metrics, and the HTTP answer.
 async fn answer(kind: Review, body: Bytes) -> (&'static str, Response) {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
-        Ok(review) => review,
-        Err(error) => return ("error", bad_request(format!("not an AdmissionReview: {error}"))),
-    };
-    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+    let request = match decode(&body) {
         Ok(request) => request,
-        Err(_) => return ("error", bad_request("the AdmissionReview has no request".into())),
+        Err(message) => return ("error", bad_request(message)),
     };
     let response = AdmissionResponse::from(&request);
     let work = tokio::task::spawn_blocking(move || review_request(kind, &request, response));
@@ -169,6 +174,23 @@ async fn answer(kind: Review, body: Bytes) -> (&'static str, Response) {
     };
     let result = if response.allowed { "allowed" } else { "denied" };
     (result, axum::Json(response.into_review()).into_response())
+}
+
+/// The request of an AdmissionReview body, or why the body is not one.
+fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(|error| format!("not an AdmissionReview: {error}"))?;
+    review
+        .try_into()
+        .map_err(|_| "the AdmissionReview has no request".to_string())
+}
+
+/// Reviews an AdmissionReview body as the server does, without the server: the answer, or why
+/// the body is not a review (a 400 from the server). For the fuzz targets.
+pub fn review(kind: Review, body: &[u8]) -> Result<AdmissionResponse, String> {
+    let request = decode(body)?;
+    let response = AdmissionResponse::from(&request);
+    Ok(review_request(kind, &request, response))
 }
 
 fn bad_request(message: String) -> Response {
