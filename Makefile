@@ -18,13 +18,14 @@ export PATH := $(TOOLS_BIN):$(PATH)
 
 .PHONY: all test test-oldest bench nmstatectl deps kube-build kube-build-oldest tools localenv fmt-check clippy unit integration generate \
         crates-check generate-check crds cluster-up cluster-down cluster-status build build-release release images help \
-        demo demo-down
+        demo demo-down fuzz fuzz-short
 
 all: build
 
 help:
 	@echo "make test            fmt, clippy, unit tests, integration tests (installs what they need)"
 	@echo "make bench           handler vs nmstatectl 2.2, rollouts, webhook latency (figures)"
+	@echo "make fuzz            cargo fuzz every parser of user input, FUZZ_SECONDS (300) per target"
 	@echo "make demo            the whole system on this machine: 3 nodes, the operator, a tour of policies"
 	@echo "make demo-down       stop everything make demo started"
 	@echo "make cluster-up      start the local control plane; prints export KUBECONFIG=..."
@@ -99,6 +100,7 @@ images: build-release
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -113,6 +115,19 @@ crates-check:
 # Pure and fast: no API server, no NetworkManager.
 unit:
 	$(CARGO) test --workspace --lib --bins --no-fail-fast
+
+# cargo fuzz (libFuzzer) over everything that parses user input: the webhook's reviews,
+# captures, variables, IP pools, the node state report (fuzz/src/lib.rs says what each target
+# checks). Each first runs the inputs that once failed (fuzz/regressions). A nightly compiler
+# and cargo-fuzz are installed when missing; FUZZ_SECONDS per target.
+FUZZ_TARGETS := admission_review capture variables ip_pool node_state
+FUZZ_SECONDS ?= 300
+fuzz:
+	@config/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# The short run `make test` includes.
+fuzz-short:
+	@config/fuzz/run.sh 15 $(FUZZ_TARGETS)
 
 # $(call in_cluster,DIR,RELEASE,COMMANDS): COMMANDS (no commas) in an environment of their own at
 # DIR, on Kubernetes RELEASE (current or oldest), stopped afterwards whatever the outcome, with
@@ -137,7 +152,7 @@ integration: kube-build localenv
 # Every part runs even when an earlier one fails (and every test binary within a part), so one
 # failure never hides another; the exit status is non-zero if any part failed, and the last line
 # names those parts.
-TEST_PARTS := fmt-check clippy crates-check unit integration test-oldest
+TEST_PARTS := fmt-check clippy crates-check unit fuzz-short integration test-oldest
 test: deps kube-build
 	@failed=(); \
 	for part in $(TEST_PARTS); do \
