@@ -2,7 +2,11 @@
 # Fuzzes each target for SECONDS (cargo fuzz, libFuzzer), after running it over the inputs that
 # once failed (fuzz/regressions/<target>, which must keep passing), and prints what it did.
 #
-# usage: config/fuzz/run.sh SECONDS TARGET...
+# usage: [FUZZ_SEED=N] config/fuzz/run.sh SECONDS TARGET...
+#
+# With FUZZ_SEED, libFuzzer's mutations follow that seed: from the same corpus a run tries the
+# same inputs in the same order (as many as fit in the time), so `make test` does not pass or fail
+# by chance. Without it each run explores differently.
 #
 # The builds go to a target directory in the cache, so a fresh clone rebuilds only the
 # project's crates. A crash fails the run (the other targets still run): its input is in
@@ -50,6 +54,7 @@ for target in "$@"; do
 	log=fuzz/corpus/$target.log
 	options=(-max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1)
 	if [ -f "fuzz/dicts/$target.dict" ]; then options+=(-dict="fuzz/dicts/$target.dict"); fi
+	if [ -n "${FUZZ_SEED:-}" ]; then options+=(-seed="$FUZZ_SEED"); fi
 	if ! fuzz run "${flags[@]}" "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- "${options[@]}" \
 		>"$log" 2>&1; then
 		grep -A25 -m1 'panicked\|ERROR: libFuzzer' "$log" >&2 || tail -30 "$log" >&2
