@@ -22,7 +22,7 @@ use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerR
 use kube::{
     Api, Client, Resource,
     api::{Patch, PatchParams, PostParams},
-    runtime::{WatchStreamExt, watcher},
+    runtime::watcher,
 };
 use nmstate_api::{
     Condition, ConditionStatus, NodeNetworkState,
@@ -30,7 +30,7 @@ use nmstate_api::{
     state::{NodeNetworkStateFields, NodeStateConditionReason, NodeStateConditionType, StateTrimming},
 };
 use nmstate_runtime::kube_errors::is_conflict;
-use nmstate_runtime::watch::WatchBackoff;
+use nmstate_runtime::watch;
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, future::Future, time::Duration};
 use tokio::{
@@ -371,8 +371,7 @@ pub async fn run(
 ) -> Result<(), ReportError> {
     let mut signals = network_manager::change_signals(None).await?;
     let config = watcher::Config::default().fields(&format!("metadata.name={}", reporter.node_name));
-    let mut deletions = watcher(reporter.api.clone(), config)
-        .backoff(WatchBackoff::default())
+    let mut deletions = watch::retried(watcher(reporter.api.clone(), config))
         .try_filter_map(|event| async move { Ok(matches!(event, watcher::Event::Delete(_)).then_some(())) })
         .boxed();
     let mut periodic = tokio::time::interval_at(Instant::now() + PERIODIC_REFRESH, PERIODIC_REFRESH);

@@ -1,13 +1,10 @@
 //! Leader election for the cluster-level writers (policy statuses, webhook certificates):
 //! every replica runs, only the holder of a Lease (kube-lease-manager) writes.
 
-use crate::watch::WatchBackoff;
+use crate::watch;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::{
-    Api,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::{Api, runtime::watcher};
 use std::{future::Future, time::Duration};
 use tracing::{debug, info, warn};
 
@@ -160,8 +157,7 @@ fn released(client: kube::Client, election: &Election) -> futures::stream::BoxSt
     let leases: Api<Lease> = Api::namespaced(client, &election.namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={}", election.lease));
     let lease = election.lease.clone();
-    watcher(leases, config)
-        .backoff(WatchBackoff::default())
+    watch::retried(watcher(leases, config))
         .try_filter_map(|event| async move {
             Ok(match event {
                 watcher::Event::Apply(lease) => is_free(&lease).then_some(()),

@@ -11,7 +11,6 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
     jiff::Timestamp,
 };
-use kube::runtime::WatchStreamExt;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -27,7 +26,7 @@ use nmstate_api::{
     labels,
 };
 use nmstate_runtime::kube_errors::{is_conflict, is_not_found};
-use nmstate_runtime::watch::WatchBackoff;
+use nmstate_runtime::watch;
 use serde_json::json;
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -148,9 +147,7 @@ pub async fn remove_enactments_of_deleted_policies(context: Arc<Context>) {
         }
         Err(error) => warn!("cannot list this node's enactments: {error}"),
     }
-    let mut deletions = watcher(policies, watcher::Config::default())
-        .backoff(WatchBackoff::default())
-        .boxed();
+    let mut deletions = watch::retried(watcher(policies, watcher::Config::default())).boxed();
     while let Some(event) = deletions.next().await {
         match event {
             Ok(watcher::Event::Delete(policy)) => {

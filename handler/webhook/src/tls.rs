@@ -8,7 +8,7 @@ use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
 };
-use nmstate_runtime::watch::WatchBackoff;
+use nmstate_runtime::watch;
 use rustls::{
     ServerConfig,
     crypto::CryptoProvider,
@@ -110,11 +110,7 @@ pub async fn follow_secret(
 ) {
     let secrets: Api<Secret> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut updates = std::pin::pin!(
-        watcher(secrets, config)
-            .backoff(WatchBackoff::default())
-            .applied_objects()
-    );
+    let mut updates = std::pin::pin!(watch::retried(watcher(secrets, config)).applied_objects());
     info!(secret = %format!("{namespace}/{name}"), "waiting for the serving certificate (tls.crt, tls.key)");
     while let Some(update) = updates.next().await {
         match update {

@@ -22,7 +22,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use nmstate_api::labels;
-use nmstate_runtime::watch::WatchBackoff;
+use nmstate_runtime::watch;
 use serde::de::DeserializeOwned;
 use std::{collections::BTreeMap, fmt::Debug, time::Duration, time::SystemTime};
 use tracing::{info, warn};
@@ -317,8 +317,7 @@ pub fn changes(client: &Client, settings: &CertSettings) -> BoxStream<'static, (
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        watcher(api, config)
-            .backoff(WatchBackoff::default())
+        watch::retried(watcher(api, config))
             .touched_objects()
             .map(|_| ())
             .boxed()
