@@ -7,7 +7,7 @@ use crate::{
     render::{self, ClusterFacts, RenderError},
     status,
 };
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::{
         admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
@@ -26,7 +26,8 @@ use kube::{
 use nmstate_api::{NMState, condition::updated_conditions};
 use nmstate_runtime::events::Events;
 use nmstate_runtime::kube_errors::is_not_found;
-use nmstate_runtime::watch::WatchBackoff;
+use nmstate_runtime::watch;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
 use tracing::{info, warn};
@@ -88,32 +89,50 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         let _ = stopped.await;
     };
     let client = context.client.clone();
-    // Only what the operator applied: objects carrying its label.
-    let ours = || watcher::Config::default().labels(OWNER_LABEL);
-    Controller::new(Api::<NMState>::all(client.clone()), watcher::Config::default())
-        .trigger_backoff(WatchBackoff::default())
-        .watches(Api::<DaemonSet>::all(client.clone()), ours(), owner_of)
-        .watches(Api::<Deployment>::all(client.clone()), ours(), owner_of)
-        .watches(Api::<Service>::all(client.clone()), ours(), owner_of)
-        .watches(Api::<ServiceAccount>::all(client.clone()), ours(), owner_of)
-        .watches(Api::<Role>::all(client.clone()), ours(), owner_of)
-        .watches(Api::<RoleBinding>::all(client.clone()), ours(), owner_of)
-        .watches(Api::<ClusterRole>::all(client.clone()), ours(), owner_of)
-        .watches(Api::<ClusterRoleBinding>::all(client.clone()), ours(), owner_of)
-        .watches(
-            Api::<MutatingWebhookConfiguration>::all(client.clone()),
-            ours(),
+    // Every watch through the same retries (a Controller's own would wait out a backoff after
+    // the API server says a resumed watch expired); of what it applied, only objects carrying
+    // its label.
+    let (nmstates, nmstate_stream) = watch::cached(
+        "NMState",
+        watcher(Api::<NMState>::all(client.clone()), watcher::Config::default()),
+    );
+    Controller::for_stream(nmstate_stream, nmstates)
+        .watches_stream(applied::<DaemonSet>(&client, "daemon sets"), owner_of)
+        .watches_stream(applied::<Deployment>(&client, "deployments"), owner_of)
+        .watches_stream(applied::<Service>(&client, "services"), owner_of)
+        .watches_stream(applied::<ServiceAccount>(&client, "service accounts"), owner_of)
+        .watches_stream(applied::<Role>(&client, "roles"), owner_of)
+        .watches_stream(applied::<RoleBinding>(&client, "role bindings"), owner_of)
+        .watches_stream(applied::<ClusterRole>(&client, "cluster roles"), owner_of)
+        .watches_stream(
+            applied::<ClusterRoleBinding>(&client, "cluster role bindings"),
             owner_of,
         )
-        .watches(
-            Api::<ValidatingWebhookConfiguration>::all(client),
-            ours(),
+        .watches_stream(
+            applied::<MutatingWebhookConfiguration>(&client, "mutating webhooks"),
+            owner_of,
+        )
+        .watches_stream(
+            applied::<ValidatingWebhookConfiguration>(&client, "validating webhooks"),
             owner_of,
         )
         .graceful_shutdown_on(shutdown)
         .run(measured_reconcile, error_policy, context)
         .for_each(|_| async {})
         .await;
+}
+
+/// The objects of kind `K` the operator applied (carrying its label), as they change.
+fn applied<K>(
+    client: &Client,
+    what: &'static str,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let ours = watcher::Config::default().labels(OWNER_LABEL);
+    watch::touched(what, watcher(Api::<K>::all(client.clone()), ours))
 }
 
 /// The NMState that controls `object`. Cluster-scoped, so the reference carries no namespace

@@ -10,7 +10,7 @@ use crate::{
     metrics::{ClusterMetrics, Sources},
     status::{NodeView, PolicyOutcome, evaluate},
 };
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Node},
     apimachinery::pkg::apis::meta::v1::Time,
@@ -22,7 +22,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        reflector::{self, ObjectRef, Store},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
@@ -40,7 +40,7 @@ use nmstate_runtime::{
     events::Events,
     heartbeat::{self, Sight},
     leases,
-    watch::{self, WatchBackoff},
+    watch::{self, cached},
 };
 use serde_json::json;
 use std::{
@@ -201,12 +201,16 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
     let state_stream = futures::stream::select(state_stream.map(|_| ()), pool_stream.map(|_| ()))
         .for_each(|()| futures::future::ready(()));
 
-    let controller = Controller::new(
-        Api::<NodeNetworkConfigurationPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .trigger_backoff(WatchBackoff::default());
-    let policies = controller.store();
+    // The policies through the same retries as every other watch: a Controller's own watch
+    // would wait out a backoff after the API server says a resumed watch expired.
+    let (policies, policy_stream) = cached(
+        "policies",
+        watcher(
+            Api::<NodeNetworkConfigurationPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    );
+    let controller = Controller::for_stream(policy_stream, policies.clone());
     metrics.set_sources(Some(Sources {
         policies: policies.clone(),
         enactments: enactments.clone(),
@@ -232,18 +236,21 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
     let heartbeat_store = heartbeats.clone();
     let regained = sight.clone();
     // A policy's change re-evaluates the policies it names in dependsOn (a cycle it closes).
-    let controller = controller.watches(
-        Api::<NodeNetworkConfigurationPolicy>::all(client.clone()),
-        watcher::Config::default(),
-        |policy: NodeNetworkConfigurationPolicy| {
-            policy
-                .spec
-                .dependencies()
-                .iter()
-                .map(|name| ObjectRef::<NodeNetworkConfigurationPolicy>::new(name))
-                .collect::<Vec<_>>()
-        },
+    let dependents = watch::touched(
+        "policies for dependsOn",
+        watcher(
+            Api::<NodeNetworkConfigurationPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     );
+    let controller = controller.watches_stream(dependents, |policy: NodeNetworkConfigurationPolicy| {
+        policy
+            .spec
+            .dependencies()
+            .iter()
+            .map(|name| ObjectRef::<NodeNetworkConfigurationPolicy>::new(name))
+            .collect::<Vec<_>>()
+    });
     let controller = controller
         .watches_stream(
             enactment_stream,
@@ -306,20 +313,6 @@ async fn lead(client: &Client, settings: &Settings, metrics: &Arc<ClusterMetrics
             }
         });
     futures::future::join(statuses, state_stream).await;
-}
-
-/// A cache of what `events` watches, and the stream of the objects it touches, which keeps the
-/// cache filled while it is polled.
-fn cached<K>(
-    what: &'static str,
-    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
-where
-    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (store, writer) = reflector::store();
-    (store, watch::touched(what, reflector::reflector(writer, events)))
 }
 
 /// What a policy status needs of a node: its labels and whether it is Ready.

@@ -43,10 +43,7 @@ use kube::{
     },
 };
 use nmstate_api::{NodeNetworkConfigurationPolicy, labels};
-use nmstate_runtime::{
-    events::Events,
-    watch::{self, WatchBackoff},
-};
+use nmstate_runtime::{events::Events, watch};
 use objects::remove_enactments_of_deleted_policies;
 use reconcile::reconcile;
 use std::{
@@ -145,10 +142,12 @@ impl Context {
 pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(context.client.clone());
     let node_name = context.config.node_name.clone();
-    let controller = Controller::new(policies.clone(), watcher::Config::default())
-        .with_config(ControllerConfig::default().concurrency(1))
-        .trigger_backoff(WatchBackoff::default());
-    let store = controller.store();
+    // Through the same retries as every other watch: a Controller's own watch would wait out a
+    // backoff after the API server says a resumed watch expired.
+    let (store, policy_stream) =
+        watch::cached("policies", watcher(policies.clone(), watcher::Config::default()));
+    let controller = Controller::for_stream(policy_stream, store.clone())
+        .with_config(ControllerConfig::default().concurrency(1));
     let controller_store = store.clone();
     let readiness_store = store.clone();
     // A change of this node's labels re-evaluates every policy; other Node updates (status
