@@ -317,6 +317,12 @@ impl Recorder {
                     watcher::Event::Apply(enactment) | watcher::Event::InitApply(enactment) => {
                         record(&mut seen.lock().unwrap(), &enactment);
                     }
+                    // Its node deleted (the garbage collector) or the policy: it applies nothing.
+                    watcher::Event::Delete(enactment) => {
+                        if let Some(node) = enactment.labels().get(labels::NODE) {
+                            seen.lock().unwrap().progressing_now.remove(node);
+                        }
+                    }
                     _ => {}
                 }
             }
