@@ -1,7 +1,8 @@
-//! NetworkManager restarted on a node between two applies (SIGTERM, then started again on the
-//! same bus, as `systemctl restart NetworkManager` does): the handler stays up, follows the new
-//! NetworkManager's signals (an out-of-band change reaches the NodeNetworkState well before the
-//! periodic refresh), and applies the next policy.
+//! NetworkManager restarted on a node (SIGTERM, then started again on the same bus, as
+//! `systemctl restart NetworkManager` does), between two applies and in the middle of one:
+//! the handler stays up, follows the new NetworkManager's signals (an out-of-band change
+//! reaches the NodeNetworkState well before the periodic refresh), and the policy it was
+//! applying, as the next one, ends Available with the node's network as it says.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -119,5 +120,87 @@ async fn after_a_network_manager_restart_the_handler_reports_and_applies_again()
     for policy in [first, second] {
         let _ = policies.delete(&policy, &DeleteParams::default()).await;
     }
+    stop_handler(&mut handler);
+}
+
+/// `count` bridges `<prefix>0`…: an apply long enough for a restart to land inside it.
+fn bridges(prefix: &str, count: usize) -> serde_json::Value {
+    let interfaces: Vec<serde_json::Value> = (0..count)
+        .map(|index| bridge(&format!("{prefix}{index}"))["interfaces"][0].clone())
+        .collect();
+    json!({ "interfaces": interfaces })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_manager_restart_mid_apply_ends_with_the_policy_applied() {
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let name = unique_name("nmmidapply");
+    let node = TestNode::start(&env, &name, &BTreeMap::new()).await.unwrap();
+    let log = std::env::temp_dir().join(format!("{name}.log"));
+    let mut handler = start_handler(&node, &log);
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
+    let states: Api<NodeNetworkState> = Api::all(client.clone());
+    eventually("the node state", Duration::from_secs(60), || async {
+        states.get_opt(&name).await.ok().flatten().map(|_| ())
+    })
+    .await
+    .unwrap();
+
+    let policy_name = format!("{name}-mid");
+    let enactment = format!("{name}.{policy_name}");
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(
+                &policy_name,
+                json!({"kubernetes.io/hostname": name}),
+                bridges("br-mid", 12),
+            ),
+        )
+        .await
+        .unwrap();
+    // Restarted once nmstate holds a checkpoint and changes the node: the checkpoint, kept in
+    // NetworkManager's memory, goes with it, so neither commit nor rollback can use it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !handler.log().contains("Created checkpoint") {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint taken: {}",
+            handler.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::task::block_in_place(|| node.restart_network_manager())
+        .unwrap_or_else(|error| panic!("restarting NetworkManager on {name}: {error}"));
+    let restarted = Instant::now();
+
+    wait_for_condition(&enactments, &enactment, AVAILABLE, Duration::from_secs(90)).await;
+    let available = restarted.elapsed();
+    for index in 0..12 {
+        let bridge = format!("br-mid{index}");
+        assert!(
+            reports(&states, &name, &bridge).await,
+            "{bridge} in the node state"
+        );
+    }
+    let handler_log = handler.log();
+    assert!(
+        handler_log.contains("apply failed"),
+        "the restart landed inside the apply: {handler_log}"
+    );
+    println!(
+        "NetworkManager restarted mid-apply: the policy Available {:.1} s later; what the handler said:\n{}",
+        available.as_secs_f64(),
+        handler_log
+            .lines()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(handler.is_running(), "the handler exited: {handler_log}");
+    let _ = policies.delete(&policy_name, &DeleteParams::default()).await;
     stop_handler(&mut handler);
 }
