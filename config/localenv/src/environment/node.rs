@@ -129,6 +129,22 @@ impl SandboxNode {
         Ok(command)
     }
 
+    /// Takes the node's management link (eth0, over which it reaches the API server) down at the
+    /// switch, or brings it back: the node is cut off from the cluster as by a pulled cable or a
+    /// failed switch port, its own links untouched.
+    pub fn set_management_link(&self, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        run(Command::new("ip").args([
+            "-n",
+            &self.switch_netns,
+            "link",
+            "set",
+            &self.switch_end(0),
+            state,
+        ]))
+        .map(|_| ())
+    }
+
     /// Builds (or repairs) the node: namespace, cabling, dbus-daemon and NetworkManager with eth0
     /// configured. Waits until NetworkManager finished starting up.
     pub(crate) fn start(&self, fabric: &Fabric) -> Result<()> {
