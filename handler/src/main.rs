@@ -307,6 +307,7 @@ async fn apply_file(cli: &Cli, file: &std::path::Path, probe_timeout: Duration) 
         &probes,
         apply::checkpoint_timeout(probe_timeout),
         std::future::ready(true),
+        std::future::pending(), // no rollout: nothing lapses
         &mut reports,
     )
     .await?;

@@ -48,10 +48,12 @@ pub enum ApplyError {
         state_after: String,
     },
     /// The handler lost its slot in the policy's rollout before it could commit (it stalled
-    /// longer than its lease, and another node may be applying now): rolled back.
+    /// longer than its lease, or could not renew it, and another node may be applying now):
+    /// rolled back.
     #[error(
-        "lost the slot in the policy's rollout before committing (the handler stalled longer than \
-         its lease): rolled back, to be applied again once a slot is free"
+        "lost the slot in the policy's rollout before committing (the handler stalled, or could \
+         not reach the API server, longer than its lease allows): rolled back, to be applied \
+         again once a slot is free"
     )]
     LostSlot,
     #[error("the change worked but could not be committed: {0}")]
@@ -97,13 +99,15 @@ impl ApplyError {
 }
 
 /// Applies `desired` under a checkpoint that expires after `checkpoint`, runs `probes`, then
-/// commits, if `may_commit` still says so, or rolls back. `reports` receives a report of each
-/// probe, whatever the outcome (none when the change itself failed).
+/// commits, if `may_commit` still says so, or rolls back. Once `lapsing` completes (the slot can
+/// no longer be counted on), the probes stop and the change is rolled back. `reports` receives
+/// a report of each probe, whatever the outcome (none when the change itself failed).
 pub async fn apply(
     desired: &Value,
     probes: &Probes,
     checkpoint: Duration,
     may_commit: impl std::future::Future<Output = bool>,
+    lapsing: impl std::future::Future<Output = ()>,
     reports: &mut Vec<ProbeReport>,
 ) -> Result<(), ApplyError> {
     let json = desired.to_string();
@@ -138,7 +142,13 @@ pub async fn apply(
     }
 
     debug!("applied without commit; running the probes");
-    let (run, failure) = probes.run().await;
+    let (run, failure) = tokio::select! {
+        outcome = probes.run() => outcome,
+        () = lapsing => {
+            warn!("the rollout slot could not be renewed and is about to lapse; rolling back");
+            return roll_back(dns_before, ApplyError::LostSlot).await;
+        }
+    };
     *reports = run;
     if let Some(ProbeFailure { probe, reason }) = failure {
         warn!(%probe, %reason, "probe failed after the change; rolling back");
@@ -157,17 +167,22 @@ pub async fn apply(
     }
     if !may_commit.await {
         warn!("may no longer commit; rolling back");
-        blocking(|| NetworkState::checkpoint_rollback(""))
-            .await?
-            .map_err(ApplyError::Rollback)?;
-        restore_global_dns(dns_before).await;
-        return Err(ApplyError::LostSlot);
+        return roll_back(dns_before, ApplyError::LostSlot).await;
     }
     blocking(|| NetworkState::checkpoint_commit(""))
         .await?
         .map_err(ApplyError::Commit)?;
     info!("desired state applied and committed");
     Ok(())
+}
+
+/// Rolls the uncommitted change back, DNS included, and reports `why`.
+async fn roll_back(dns_before: Option<GlobalDns>, why: ApplyError) -> Result<(), ApplyError> {
+    blocking(|| NetworkState::checkpoint_rollback(""))
+        .await?
+        .map_err(ApplyError::Rollback)?;
+    restore_global_dns(dns_before).await;
+    Err(why)
 }
 
 /// Puts NetworkManager's global DNS configuration back as it was before the change.

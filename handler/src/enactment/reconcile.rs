@@ -346,8 +346,9 @@ pub(super) async fn probed_apply(
     let checkpoint = apply::checkpoint_timeout(probes.timeout());
     let policy_name = policy.name_any();
     let may_commit = context.rollout.still_held(&policy_name);
+    let lapsing = context.rollout.lapsing(&policy_name);
     let mut reports = Vec::new();
-    let applied = apply::apply(desired, &probes, checkpoint, may_commit, &mut reports).await;
+    let applied = apply::apply(desired, &probes, checkpoint, may_commit, lapsing, &mut reports).await;
     status.probes = (!reports.is_empty()).then_some(reports);
     applied
 }

@@ -304,6 +304,27 @@ impl Rollout {
         }
     }
 
+    /// Completes once this node can no longer count on its slot for `policy`: a quarter of the
+    /// lease before the others would see it lapse, counted from the last renewal that went
+    /// through (at once when it holds none). A node cut off from the API server stops
+    /// renewing; it must have rolled its change back before another node takes its place, not
+    /// only when its probes give up (120 s by default, against a 30-s lease).
+    pub async fn lapsing(&self, policy: &str) {
+        loop {
+            let Some(deadline) = self
+                .held_lease(policy)
+                .and_then(|lease| fence_deadline(&lease, self.duration))
+            else {
+                return;
+            };
+            let left = deadline.duration_since(Timestamp::now());
+            match Duration::try_from(left) {
+                Ok(left) if !left.is_zero() => tokio::time::sleep(left).await,
+                _ => return,
+            }
+        }
+    }
+
     /// Gives the slot back (the apply finished, or the policy no longer applies here).
     pub async fn release(&self, policy: &str) {
         let Some(lease) = self.forget(policy) else { return };
@@ -460,9 +481,41 @@ impl Rollout {
     }
 }
 
+/// When the holder of `lease` must stop counting on it: a quarter of `duration` (the time to
+/// roll back, and more than one renewal interval) before its expiry.
+fn fence_deadline(lease: &Lease, duration: Duration) -> Option<Timestamp> {
+    let margin = SignedDuration::try_from(duration / 4).ok()?;
+    leases::expiry(lease)?.checked_sub(margin).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holder_stops_counting_on_its_slot_a_quarter_of_the_lease_before_it_lapses() {
+        let at = |seconds: f64| Timestamp::from_millisecond((seconds * 1000.0) as i64).unwrap();
+        for (duration, renewed, deadline) in [(4, 100.0, 103.0), (30, 100.0, 122.5), (2, 10.0, 11.5)] {
+            let duration = Duration::from_secs(duration);
+            let lease = leases::held_by("p.rollout-0", BTreeMap::new(), "node01", duration, at(renewed));
+            assert_eq!(
+                fence_deadline(&lease, duration),
+                Some(at(deadline)),
+                "{duration:?}"
+            );
+            // Before the others could take it: they wait for the expiry.
+            assert_eq!(leases::live_holder(&lease, at(deadline)), Some("node01"));
+        }
+        let mut released = leases::held_by(
+            "p.rollout-0",
+            BTreeMap::new(),
+            "",
+            Duration::from_secs(4),
+            at(1.0),
+        );
+        released.spec.as_mut().unwrap().holder_identity = None;
+        assert_eq!(fence_deadline(&released, Duration::from_secs(4)), None);
+    }
 
     fn percent(text: &str) -> IntOrString {
         IntOrString::String(text.into())
