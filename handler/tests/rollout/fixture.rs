@@ -273,6 +273,8 @@ pub struct Observed {
     progressing_now: BTreeSet<String>,
     /// The most nodes Progressing at one instant.
     pub max_progressing: usize,
+    /// The nodes Progressing after each transition, and when it was seen.
+    pub progressing_history: Vec<(std::time::Instant, BTreeSet<String>)>,
     pub ever_progressing: BTreeSet<String>,
     pub ever_pending: BTreeSet<String>,
     pub transitions: usize,
@@ -320,7 +322,10 @@ impl Recorder {
                     // Its node deleted (the garbage collector) or the policy: it applies nothing.
                     watcher::Event::Delete(enactment) => {
                         if let Some(node) = enactment.labels().get(labels::NODE) {
-                            seen.lock().unwrap().progressing_now.remove(node);
+                            let mut seen = seen.lock().unwrap();
+                            seen.progressing_now.remove(node);
+                            let now = seen.progressing_now.clone();
+                            seen.progressing_history.push((std::time::Instant::now(), now));
                         }
                     }
                     _ => {}
@@ -363,6 +368,8 @@ fn record(observed: &mut Observed, enactment: &NodeNetworkConfigurationEnactment
         observed.ever_pending.insert(node);
     }
     observed.max_progressing = observed.max_progressing.max(observed.progressing_now.len());
+    let progressing = observed.progressing_now.clone();
+    observed.progressing_history.push((now, progressing));
 }
 
 /// The metrics text served on `port` (empty while nothing listens there).
