@@ -215,16 +215,29 @@ pub fn write_sight(now: Timestamp) -> crate::heartbeat::Sight {
     }
 }
 
+/// Renews `held` every [`renew_interval`] until another writer changes or removes it. A renewal
+/// that gets no answer within the interval is given up (a request to an unreachable API server
+/// can hang far longer than the lease), and after a failed one the next comes four times
+/// sooner: once the API server is within reach again, the lease is renewed before it lapses.
 pub async fn keep_renewed(leases: Api<Lease>, held: Arc<Mutex<Lease>>, duration: Duration) {
+    let interval = renew_interval(duration);
+    let mut wait = interval;
     loop {
-        tokio::time::sleep(renew_interval(duration)).await;
+        tokio::time::sleep(wait).await;
         let Ok(mut lease) = held.lock().map(|lease| lease.clone()) else {
             return;
         };
         if let Some(spec) = lease.spec.as_mut() {
             spec.renew_time = Some(MicroTime(Timestamp::now()));
         }
-        let renewal = replace(&leases, &lease).await;
+        let renewal = match tokio::time::timeout(interval, replace(&leases, &lease)).await {
+            Ok(renewal) => renewal,
+            Err(_) => {
+                warn!(lease = %lease.name_any(), "no answer to the lease renewal within {interval:?}, retrying");
+                wait = interval / 4;
+                continue;
+            }
+        };
         // A conflict went through to the API too: someone else wrote the Lease.
         if renewal.as_ref().is_ok() || renewal.as_ref().is_err_and(is_conflict) {
             note_write(Timestamp::now(), duration);
@@ -235,14 +248,40 @@ pub async fn keep_renewed(leases: Api<Lease>, held: Arc<Mutex<Lease>>, duration:
                 if let Ok(mut held) = held.lock() {
                     *held = renewed;
                 }
+                wait = interval;
             }
             Err(error) if is_conflict(&error) || is_not_found(&error) => {
+                // A renewal given up above may have gone through after all: then the stored
+                // Lease is still this holder's, at a newer resourceVersion.
+                if let Ok(Some(stored)) = leases.get_opt(&lease.name_any()).await
+                    && still_ours(&stored, &lease)
+                {
+                    if let Ok(mut held) = held.lock() {
+                        *held = stored;
+                    }
+                    wait = Duration::ZERO;
+                    continue;
+                }
                 warn!(lease = %lease.name_any(), "lost the lease (changed or removed by another writer)");
                 return;
             }
-            Err(error) => warn!(lease = %lease.name_any(), "cannot renew the lease, retrying: {error}"),
+            Err(error) => {
+                warn!(lease = %lease.name_any(), "cannot renew the lease, retrying: {error}");
+                wait = interval / 4;
+            }
         }
     }
+}
+
+/// Whether `stored` is still the lease `ours` holds: same holder, no transition since.
+fn still_ours(stored: &Lease, ours: &Lease) -> bool {
+    let key = |lease: &Lease| {
+        lease
+            .spec
+            .as_ref()
+            .map(|spec| (spec.holder_identity.clone(), spec.lease_transitions))
+    };
+    holder(stored).is_some_and(|holder| !holder.is_empty()) && key(stored) == key(ours)
 }
 
 #[cfg(test)]
