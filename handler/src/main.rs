@@ -308,6 +308,7 @@ async fn apply_file(cli: &Cli, file: &std::path::Path, probe_timeout: Duration) 
         apply::checkpoint_timeout(probe_timeout),
         std::future::ready(true),
         std::future::pending(), // no rollout: nothing lapses
+        async |_| false,
         &mut reports,
     )
     .await?;

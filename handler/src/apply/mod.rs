@@ -15,6 +15,7 @@ use crate::network::{
     network_manager::{self, GlobalDns},
     state::{self as node_state, NodeStateError},
 };
+use k8s_openapi::jiff::Timestamp;
 use nmstate::{ErrorKind, NetworkState, NmstateError};
 use nmstate_api::probes::ProbeReport;
 use probes::{ProbeFailure, Probes};
@@ -100,7 +101,8 @@ impl ApplyError {
 
 /// Applies `desired` under a checkpoint that expires after `checkpoint`, runs `probes`, then
 /// commits, if `may_commit` still says so, or rolls back. Once `lapsing` completes (the slot can
-/// no longer be counted on), the probes stop and the change is rolled back. `reports` receives
+/// no longer be counted on), the probes stop and the change is rolled back; if the slot is then
+/// `renewed_after` the rollback, the change is what cut the node off and the apply failed. `reports` receives
 /// a report of each probe, whatever the outcome (none when the change itself failed).
 pub async fn apply(
     desired: &Value,
@@ -108,6 +110,7 @@ pub async fn apply(
     checkpoint: Duration,
     may_commit: impl std::future::Future<Output = bool>,
     lapsing: impl std::future::Future<Output = ()>,
+    renewed_after: impl AsyncFnOnce(Timestamp) -> bool,
     reports: &mut Vec<ProbeReport>,
 ) -> Result<(), ApplyError> {
     let json = desired.to_string();
@@ -146,7 +149,17 @@ pub async fn apply(
         outcome = probes.run() => outcome,
         () = lapsing => {
             warn!("the rollout slot could not be renewed and is about to lapse; rolling back");
-            return roll_back(dns_before, ApplyError::LostSlot).await;
+            let rolled_back = Timestamp::now();
+            roll_back(dns_before).await?;
+            // Renewed once the change is gone: the change was what cut the node off, a failed
+            // attempt like any failed probe, reported while the node still holds its place.
+            // Not renewed: an outage, not the policy's doing; applied again once a slot is free.
+            if renewed_after(rolled_back).await {
+                let reason = "the API server was out of reach until the change was rolled back \
+                              (the rollout slot could not be renewed meanwhile)";
+                return Err(probe_failed(probes, "api-server".into(), reason.into()).await?);
+            }
+            return Err(ApplyError::LostSlot);
         }
     };
     *reports = run;
@@ -156,18 +169,12 @@ pub async fn apply(
             .await?
             .map_err(ApplyError::Rollback)?;
         restore_global_dns(dns_before).await;
-        // As upstream: let the node settle before reporting the state it is left in.
-        probes.settle().await;
-        let state_after = blocking(node_state::retrieve).await??;
-        return Err(ApplyError::ProbeFailed {
-            probe,
-            reason,
-            state_after: serde_json::to_string(&state_after).unwrap_or_default(),
-        });
+        return Err(probe_failed(probes, probe, reason).await?);
     }
     if !may_commit.await {
         warn!("may no longer commit; rolling back");
-        return roll_back(dns_before, ApplyError::LostSlot).await;
+        roll_back(dns_before).await?;
+        return Err(ApplyError::LostSlot);
     }
     blocking(|| NetworkState::checkpoint_commit(""))
         .await?
@@ -176,13 +183,25 @@ pub async fn apply(
     Ok(())
 }
 
-/// Rolls the uncommitted change back, DNS included, and reports `why`.
-async fn roll_back(dns_before: Option<GlobalDns>, why: ApplyError) -> Result<(), ApplyError> {
+/// The failure of `probe` after the change was rolled back, with the state the node is left in
+/// (once it settled, as upstream reports it).
+async fn probe_failed(probes: &Probes, probe: String, reason: String) -> Result<ApplyError, ApplyError> {
+    probes.settle().await;
+    let state_after = blocking(node_state::retrieve).await??;
+    Ok(ApplyError::ProbeFailed {
+        probe,
+        reason,
+        state_after: serde_json::to_string(&state_after).unwrap_or_default(),
+    })
+}
+
+/// Rolls the uncommitted change back, DNS included.
+async fn roll_back(dns_before: Option<GlobalDns>) -> Result<(), ApplyError> {
     blocking(|| NetworkState::checkpoint_rollback(""))
         .await?
         .map_err(ApplyError::Rollback)?;
     restore_global_dns(dns_before).await;
-    Err(why)
+    Ok(())
 }
 
 /// Puts NetworkManager's global DNS configuration back as it was before the change.

@@ -347,8 +347,18 @@ pub(super) async fn probed_apply(
     let policy_name = policy.name_any();
     let may_commit = context.rollout.still_held(&policy_name);
     let lapsing = context.rollout.lapsing(&policy_name);
+    let renewed_after = async |since| context.rollout.renewed_after(&policy_name, since).await;
     let mut reports = Vec::new();
-    let applied = apply::apply(desired, &probes, checkpoint, may_commit, lapsing, &mut reports).await;
+    let applied = apply::apply(
+        desired,
+        &probes,
+        checkpoint,
+        may_commit,
+        lapsing,
+        renewed_after,
+        &mut reports,
+    )
+    .await;
     status.probes = (!reports.is_empty()).then_some(reports);
     applied
 }

@@ -325,6 +325,34 @@ impl Rollout {
         }
     }
 
+    /// Whether this node's slot for `policy` is renewed after `since` before it lapses: after a
+    /// change that cut the node off was rolled back, the renewals go through again and the
+    /// node keeps its place (and reports its failure) as after any failed probe.
+    pub async fn renewed_after(&self, policy: &str, since: Timestamp) -> bool {
+        loop {
+            let Some((lease, renewing)) = self.held.lock().ok().and_then(|all| {
+                let held = all.get(policy)?;
+                let lease = held.lease.lock().ok()?.clone();
+                Some((lease, !held.renewal.is_finished()))
+            }) else {
+                return false;
+            };
+            let renewed = lease
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.renew_time.as_ref())
+                .map(|time| time.0);
+            if renewed.is_some_and(|renewed| renewed >= since) {
+                return true;
+            }
+            let lapsed = leases::expiry(&lease).is_none_or(|expiry| expiry <= Timestamp::now());
+            if !renewing || lapsed {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Gives the slot back (the apply finished, or the policy no longer applies here).
     pub async fn release(&self, policy: &str) {
         let Some(lease) = self.forget(policy) else { return };
