@@ -198,3 +198,43 @@ async fn a_node_cut_off_while_applying_rolls_back_frees_its_place_and_converges_
     );
     fixture.clean_up().await;
 }
+
+/// A policy that cuts its own node off (eth0 moved to another network): the node cannot renew
+/// its place, rolls back before it lapses, finds the API server again, and counts that as a
+/// failed attempt (a failed `api-server` probe) while it still holds its place: the policy ends
+/// Degraded like upstream's after a failed probe, instead of being retried for ever as a lost
+/// place, and eth0 keeps its address.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_that_cuts_its_node_off_is_rolled_back_and_fails() {
+    let _serial = SERIAL.lock().await;
+    let mut fixture = Fixture::start(1, true).await;
+    let _cluster = fixture.start_cluster("writer", free_port());
+    let name = format!("{}-self", fixture.namespace);
+    let elsewhere = json!({"interfaces": [{"name": "eth0", "type": "ethernet", "state": "up",
+        "ipv4": {"enabled": true, "dhcp": false, "address": [{"ip": "10.99.0.2", "prefix-length": 24}]}}]});
+    fixture.create_policy("self", elsewhere, json!(1)).await;
+    let started = Instant::now();
+    let outcomes = fixture.wait_for_outcomes(&name, &["Failing"], ROLLOUT).await;
+    let failed = started.elapsed();
+    fixture
+        .wait_for_policy(&name, "Degraded", "1/1 nodes failed to configure", ROLLOUT)
+        .await;
+    let enactment = fixture
+        .enactments()
+        .get(&format!("{}.{name}", fixture.node_name(0)))
+        .await
+        .unwrap();
+    let failing = common::true_condition(&enactment).unwrap();
+    assert!(
+        failing.message.contains("failed running probe 'api-server'"),
+        "{failing:?}"
+    );
+    let address = fixture.nodes[0].address();
+    let eth0 = common::stdout_of(&fixture.nodes[0], &["ip", "-4", "-o", "address", "show", "eth0"]);
+    assert!(eth0.contains(&address), "eth0 keeps {address}: {eth0}");
+    println!(
+        "a policy that cut its node off: Failing after {:.1} s ({outcomes:?})",
+        failed.as_secs_f64()
+    );
+    fixture.clean_up().await;
+}
