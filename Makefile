@@ -10,13 +10,14 @@ TEST_LOCALENV_DIR ?= $(CURDIR)/target/localenv-test
 TEST_OLDEST_LOCALENV_DIR ?= $(CURDIR)/target/localenv-test-oldest
 TOOLS_BIN := $(HOME)/.cache/kubernetes-nmstate/bin
 BENCH_LOCALENV_DIR ?= $(CURDIR)/target/localenv-bench
+SOAK_LOCALENV_DIR ?= $(CURDIR)/target/localenv-soak
 # The peer `make bench` measures against: nmstatectl 2.2 from crates.io, built once.
 NMSTATECTL_ROOT := $(HOME)/.cache/kubernetes-nmstate/nmstatectl-2.2
 NMSTATECTL := $(NMSTATECTL_ROOT)/bin/nmstatectl
 LOCALENV := $(CURDIR)/target/debug/localenv
 export PATH := $(TOOLS_BIN):$(PATH)
 
-.PHONY: all test test-oldest bench nmstatectl deps kube-build kube-build-oldest tools localenv fmt-check clippy unit integration generate \
+.PHONY: all test test-oldest bench soak nmstatectl deps kube-build kube-build-oldest tools localenv fmt-check clippy unit integration generate \
         crates-check generate-check crds cluster-up cluster-down cluster-status build build-release release images help \
         demo demo-down fuzz fuzz-short
 
@@ -191,6 +192,15 @@ bench: kube-build localenv nmstatectl
 	$(CARGO) bench -q -p nmstate-handler --bench node --bench rollout; \
 	$(CARGO) bench -q -p nmstate-webhook --bench webhook; \
 	$(CARGO) bench -q -p nmstate-operator --bench operator)
+
+# Churn on five sandbox nodes (handler/tests/soak.rs): seeded policies, label flips and restarts
+# for SOAK_SECONDS (SOAK_SEED replays a run), the invariants checked every minute, figures and
+# memory printed. `make test` runs the same test for 120 s.
+SOAK_SECONDS ?= 1200
+soak: kube-build localenv
+	@$(CARGO) build -q --workspace --bins
+	@$(call in_cluster,$(SOAK_LOCALENV_DIR),current,SOAK_SECONDS=$(SOAK_SECONDS) \
+	$(CARGO) test -q -p nmstate-handler --test soak -- --nocapture)
 
 ## Local cluster for people -----------------------------------------------------------------
 
