@@ -11,8 +11,6 @@ mod common;
 mod fixture;
 
 use fixture::{Fixture, Recorder, SERIAL, bridge};
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, ResourceExt, api::ListParams};
 use nmstate_localenv::SandboxNode;
 use nmstate_localenv::testing::{eventually, free_port};
 use serde_json::json;
@@ -177,14 +175,7 @@ async fn a_node_cut_off_while_applying_rolls_back_frees_its_place_and_converges_
         log.contains("the rollout slot could not be renewed and is about to lapse; rolling back"),
         "rolled back because its place was about to lapse: {log}"
     );
-    let leases: Api<Lease> = Api::namespaced(fixture.client.clone(), &fixture.namespace);
-    let slots = format!("{name}.rollout-");
-    eventually("every slot given back", Duration::from_secs(30), || async {
-        let left = leases.list(&ListParams::default()).await.ok()?.items;
-        (!left.iter().any(|lease| lease.name_any().starts_with(&slots))).then_some(())
-    })
-    .await
-    .unwrap();
+    fixture.wait_for_slots_given_back(&name).await;
     for handler in fixture.handlers.iter_mut().flatten() {
         assert!(handler.is_running(), "a handler exited: {}", handler.log());
     }

@@ -14,7 +14,7 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState};
-use nmstate_localenv::testing::{TestNode, eventually, install_crds, shared_env, unique_name};
+use nmstate_localenv::testing::{NodeProcess, TestNode, eventually, install_crds, shared_env, unique_name};
 use serde_json::json;
 use std::{
     collections::BTreeMap,
@@ -38,18 +38,46 @@ async fn reports(states: &Api<NodeNetworkState>, node: &str, interface: &str) ->
     })
 }
 
+/// A sandbox node running a handler, and the APIs the tests read.
+struct Node {
+    name: String,
+    node: TestNode,
+    handler: NodeProcess,
+    policies: Api<NodeNetworkConfigurationPolicy>,
+    enactments: Api<NodeNetworkConfigurationEnactment>,
+    states: Api<NodeNetworkState>,
+}
+
+impl Node {
+    async fn start(prefix: &str) -> Node {
+        let env = shared_env().await.unwrap();
+        let client = env.client().await.unwrap();
+        install_crds(&client).await.unwrap();
+        let name = unique_name(prefix);
+        let node = TestNode::start(&env, &name, &BTreeMap::new()).await.unwrap();
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let handler = start_handler(&node, &log);
+        Node {
+            name,
+            node,
+            handler,
+            policies: Api::all(client.clone()),
+            enactments: Api::all(client.clone()),
+            states: Api::all(client),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_network_manager_restart_the_handler_reports_and_applies_again() {
-    let env = shared_env().await.unwrap();
-    let client = env.client().await.unwrap();
-    install_crds(&client).await.unwrap();
-    let name = unique_name("nmrestart");
-    let node = TestNode::start(&env, &name, &BTreeMap::new()).await.unwrap();
-    let log = std::env::temp_dir().join(format!("{name}.log"));
-    let mut handler = start_handler(&node, &log);
-    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
-    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
-    let states: Api<NodeNetworkState> = Api::all(client.clone());
+    let Node {
+        name,
+        node,
+        mut handler,
+        policies,
+        enactments,
+        states,
+    } = Node::start("nmrestart").await;
     let this_node = json!({"kubernetes.io/hostname": name});
 
     let first = format!("{name}-a");
@@ -133,16 +161,14 @@ fn bridges(prefix: &str, count: usize) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_network_manager_restart_mid_apply_ends_with_the_policy_applied() {
-    let env = shared_env().await.unwrap();
-    let client = env.client().await.unwrap();
-    install_crds(&client).await.unwrap();
-    let name = unique_name("nmmidapply");
-    let node = TestNode::start(&env, &name, &BTreeMap::new()).await.unwrap();
-    let log = std::env::temp_dir().join(format!("{name}.log"));
-    let mut handler = start_handler(&node, &log);
-    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
-    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
-    let states: Api<NodeNetworkState> = Api::all(client.clone());
+    let Node {
+        name,
+        node,
+        mut handler,
+        policies,
+        enactments,
+        states,
+    } = Node::start("nmmidapply").await;
     eventually("the node state", Duration::from_secs(60), || async {
         states.get_opt(&name).await.ok().flatten().map(|_| ())
     })

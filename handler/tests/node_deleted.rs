@@ -28,18 +28,7 @@ async fn a_node_deleted_while_applying_leaves_the_rollout_to_the_others_and_noth
     let name = format!("{}-gone", fixture.namespace);
     let recorder = Recorder::start(&fixture.client, &name).await;
     fixture.create_policy("gone", bridge("br-gone"), json!(1)).await;
-    let gone = eventually("a node applying", Duration::from_secs(60), || async {
-        recorder
-            .observed
-            .lock()
-            .unwrap()
-            .ever_progressing
-            .iter()
-            .next()
-            .cloned()
-    })
-    .await
-    .unwrap();
+    let gone = recorder.first_applying().await;
 
     // The machine goes: its handler with it (no chance to give anything back), then the
     // sandbox and the Node object.

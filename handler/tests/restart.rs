@@ -199,25 +199,7 @@ async fn killed_mid_rollout(part: Part, suffix: &str) {
         observed <= 1,
         "{observed} nodes applied at once with maxUnavailable 1"
     );
-    let leases: Api<Lease> = Api::namespaced(fixture.client.clone(), &fixture.namespace);
-    let slots = format!("{name}.rollout-");
-    eventually(
-        "every rollout slot given back",
-        Duration::from_secs(30),
-        || async {
-            let left = leases.list(&ListParams::default()).await.ok()?.items;
-            (!left.iter().any(|lease| {
-                lease
-                    .metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with(&slots))
-            }))
-            .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    fixture.wait_for_slots_given_back(&name).await;
     for handler in fixture.handlers.iter_mut().flatten() {
         assert!(handler.is_running(), "a handler exited: {}", handler.log());
     }

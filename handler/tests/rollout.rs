@@ -169,18 +169,7 @@ async fn stall_one_handler(fixture: &mut Fixture, suffix: &str, signal: Signal) 
     fixture
         .create_policy(suffix, bridge(&format!("br-{suffix}")), json!(1))
         .await;
-    let first = eventually("a node applying", Duration::from_secs(60), || async {
-        recorder
-            .observed
-            .lock()
-            .unwrap()
-            .ever_progressing
-            .iter()
-            .next()
-            .cloned()
-    })
-    .await
-    .unwrap();
+    let first = recorder.first_applying().await;
     let stalled = fixture.index_of(&first);
     fixture.handlers[stalled].as_ref().unwrap().signal(signal);
     println!("{signal} sent to the handler of {first}");

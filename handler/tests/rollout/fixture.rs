@@ -5,10 +5,10 @@
 
 use crate::common::{HANDLER_ENV, policy};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Namespace};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use nmstate_api::{
@@ -250,6 +250,22 @@ impl Fixture {
         started.elapsed()
     }
 
+    /// Waits until no rollout slot Lease of `policy` is left.
+    pub async fn wait_for_slots_given_back(&self, policy: &str) {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        let slots = format!("{policy}.rollout-");
+        eventually(
+            "every rollout slot given back",
+            Duration::from_secs(30),
+            || async {
+                let left = leases.list(&ListParams::default()).await.ok()?.items;
+                (!left.iter().any(|lease| lease.name_any().starts_with(&slots))).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+
     /// Removes the policies and the namespace (the nodes go when dropped).
     pub async fn clean_up(self) {
         for name in &self.policies {
@@ -298,6 +314,21 @@ impl Drop for Recorder {
 }
 
 impl Recorder {
+    /// The first node seen applying the policy, once there is one (within 60 s).
+    pub async fn first_applying(&self) -> String {
+        eventually("a node applying", Duration::from_secs(60), || async {
+            self.observed
+                .lock()
+                .unwrap()
+                .ever_progressing
+                .iter()
+                .next()
+                .cloned()
+        })
+        .await
+        .unwrap()
+    }
+
     /// Watches the enactments of `policy` (started before the policy exists).
     pub async fn start(client: &Client, policy: &str) -> Recorder {
         let observed = Arc::new(Mutex::new(Observed::default()));
