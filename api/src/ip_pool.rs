@@ -57,6 +57,13 @@ pub struct NodeNetworkIPPoolStatus {
     pub size: u64,
 }
 
+impl NodeNetworkIPPoolStatus {
+    /// Brings `allocated` in line with the allocations, after they changed.
+    pub fn recount(&mut self) {
+        self.allocated = u32::try_from(self.allocations.len()).unwrap_or(u32::MAX);
+    }
+}
+
 /// One address handed out.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -213,7 +213,7 @@ async fn allocate(
             policy: policy.to_string(),
             variable: variable.to_string(),
         });
-        status.allocated = u32::try_from(status.allocations.len()).unwrap_or(u32::MAX);
+        status.recount();
         status.size = range.size();
         pool.status = Some(status);
         // The object as read, with its resourceVersion: a concurrent allocation conflicts.
@@ -297,7 +297,7 @@ pub async fn release(client: &Client, policy: &NodeNetworkConfigurationPolicy, n
                 if status.allocations.len() == before {
                     return Ok(true);
                 }
-                status.allocated = u32::try_from(status.allocations.len()).unwrap_or(u32::MAX);
+                status.recount();
                 pool.status = Some(status);
                 match pools
                     .replace_status(pool_name, &PostParams::default(), &pool)
