@@ -112,17 +112,17 @@ pub async fn policy_still_exists(
 pub async fn delete_enactment(
     enactments: &Api<NodeNetworkConfigurationEnactment>,
     name: &str,
-) -> Result<(), EnactmentError> {
+) -> Result<bool, EnactmentError> {
     // Read first: most policies do not select most nodes, and a read is cheaper than a write.
     if enactments.get_opt(name).await?.is_none() {
-        return Ok(());
+        return Ok(false);
     }
     match enactments.delete(name, &DeleteParams::default()).await {
         Ok(_) => {
             info!(enactment = name, "removed the enactment");
-            Ok(())
+            Ok(true)
         }
-        Err(error) if is_not_found(&error) => Ok(()),
+        Err(error) if is_not_found(&error) => Ok(false),
         Err(error) => Err(error.into()),
     }
 }

@@ -86,8 +86,12 @@ pub(super) async fn reconcile(
     let enacted = match plan::entry(selected, generation, &status, known_applied) {
         Entry::Remove => {
             context.rollout.release(&policy_name).await;
-            delete_enactment(&enactments, &name).await?;
-            variables::release(&context.client, &policy, &config.node_name).await;
+            // Its addresses go with the enactment (once: this runs on every change of a policy
+            // that does not select the node). One left by a crash in between is reclaimed when
+            // the pool runs out.
+            if delete_enactment(&enactments, &name).await? {
+                variables::release(&context.client, &policy, &config.node_name).await;
+            }
             return Ok(Action::await_change());
         }
         Entry::Done => return Ok(Action::await_change()),
