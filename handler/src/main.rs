@@ -158,6 +158,15 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         tokio::spawn(nmstate_handler::profiler::serve(port, &ALLOCATOR));
     }
     let _node_lock = node_lock::acquire(std::path::Path::new(&config.lock_file)).await?;
+    // A checkpoint still open now was left by a handler that died mid-apply (this one holds
+    // the node's lock): its change was never committed and may be what cuts the node off from
+    // the API server. Rolled back before anything else, not when NetworkManager's own timeout
+    // runs out (four probe timeouts: 8 minutes by default).
+    match tokio::task::spawn_blocking(apply::rollback_stale_checkpoint).await? {
+        Ok(true) => warn!("rolled back a change an earlier handler left uncommitted"),
+        Ok(false) => {}
+        Err(error) => warn!("cannot roll back a checkpoint an earlier handler may have left: {error}"),
+    }
     let client = process::kube_client(cli.kubeconfig.clone()).await?;
     let server = client.apiserver_version().await?;
     info!(server = %server.git_version, "connected to the API server");
