@@ -21,8 +21,12 @@ const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
 const PROBE_TIMEOUT_SECONDS: &str = "5";
 
 fn start_handler(node: &TestNode, log: &std::path::Path) -> NodeProcess {
+    start_handler_probing(node, log, PROBE_TIMEOUT_SECONDS)
+}
+
+fn start_handler_probing(node: &TestNode, log: &std::path::Path, probe_timeout: &str) -> NodeProcess {
     let env = [
-        ("PROBE_TIMEOUT_SECONDS", PROBE_TIMEOUT_SECONDS),
+        ("PROBE_TIMEOUT_SECONDS", probe_timeout),
         ("NNCP_MAX_RETRIES", "1"),
         ("RUST_LOG", "info"),
     ];
@@ -42,40 +46,10 @@ fn eth0_is_up(node: &TestNode) -> bool {
 
 #[tokio::test]
 async fn a_handler_killed_mid_apply_leaves_the_node_to_networkmanagers_rollback() {
-    let env = shared_env().await.unwrap();
-    let client = env.client().await.unwrap();
-    install_crds(&client).await.unwrap();
-    let node_name = unique_name("crash");
-    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
-    let log = std::env::temp_dir().join(format!("{node_name}.log"));
-    let mut handler = start_handler(&node, &log);
-
-    // A policy that cuts the node off (eth0 down): the probes fail for 5 s before the handler
-    // would roll back, which leaves a window to kill it with the change live and uncommitted.
-    let policy_name = format!("{node_name}-cut");
-    let policy: NodeNetworkConfigurationPolicy = serde_json::from_value(json!({
-        "apiVersion": "nmstate.io/v1", "kind": "NodeNetworkConfigurationPolicy",
-        "metadata": {"name": policy_name},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node_name},
-            "desiredState": {"interfaces": [{"name": "eth0", "type": "ethernet", "state": "down"}]},
-        },
-    }))
-    .unwrap();
+    let (client, node, mut handler, log, policy_name) =
+        killable_mid_apply("crash", PROBE_TIMEOUT_SECONDS).await;
+    let node_name = node.name.clone();
     let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
-    policies.create(&PostParams::default(), &policy).await.unwrap();
-    eventually(
-        "the change is live on the node",
-        Duration::from_secs(60),
-        || async { (!eth0_is_up(&node)).then_some(()) },
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        checkpoints(Some(&node.bus_address())).await.unwrap().len(),
-        1,
-        "the change is not committed"
-    );
     handler.kill();
     let killed_at = Instant::now();
 
@@ -132,4 +106,79 @@ async fn a_handler_killed_mid_apply_leaves_the_node_to_networkmanagers_rollback(
     if !std::thread::panicking() {
         let _ = std::fs::remove_file(&log);
     }
+}
+
+/// A node whose handler applies a policy that cuts it off (eth0 down) and is still probing,
+/// the change live and uncommitted: a window to kill the handler in.
+async fn killable_mid_apply(
+    prefix: &str,
+    probe_timeout: &str,
+) -> (kube::Client, TestNode, NodeProcess, std::path::PathBuf, String) {
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let node_name = unique_name(prefix);
+    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
+    let log = std::env::temp_dir().join(format!("{node_name}.log"));
+    let handler = start_handler_probing(&node, &log, probe_timeout);
+
+    // A policy that cuts the node off (eth0 down): the probes fail for their timeout before the handler
+    // would roll back, which leaves a window to kill it with the change live and uncommitted.
+    let policy_name = format!("{node_name}-cut");
+    let policy: NodeNetworkConfigurationPolicy = serde_json::from_value(json!({
+        "apiVersion": "nmstate.io/v1", "kind": "NodeNetworkConfigurationPolicy",
+        "metadata": {"name": policy_name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node_name},
+            "desiredState": {"interfaces": [{"name": "eth0", "type": "ethernet", "state": "down"}]},
+        },
+    }))
+    .unwrap();
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
+    policies.create(&PostParams::default(), &policy).await.unwrap();
+    eventually(
+        "the change is live on the node",
+        Duration::from_secs(60),
+        || async { (!eth0_is_up(&node)).then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        checkpoints(Some(&node.bus_address())).await.unwrap().len(),
+        1,
+        "the change is not committed"
+    );
+    (client, node, handler, log, policy_name)
+}
+
+/// Restarted while the change it left is still live (before NetworkManager's checkpoint
+/// expires), the handler rolls it back first thing, so a node cut off by a crashed apply is
+/// reachable again within seconds, not minutes.
+#[tokio::test]
+async fn a_handler_restarted_over_a_change_left_live_rolls_it_back_at_once() {
+    // 30-s probes: the checkpoint would expire on its own only 120 s after the apply.
+    let (client, node, mut handler, log, policy_name) = killable_mid_apply("crashback", "30").await;
+    handler.kill();
+    let mut handler = start_handler_probing(&node, &log, "30");
+    let restarted = Instant::now();
+    eventually("eth0 back up", Duration::from_secs(20), || async {
+        eth0_is_up(&node).then_some(())
+    })
+    .await
+    .unwrap();
+    let back = restarted.elapsed();
+    assert!(
+        handler
+            .log()
+            .contains("rolled back a change an earlier handler left uncommitted"),
+        "{}",
+        handler.log()
+    );
+    eprintln!(
+        "a change left live by a killed handler rolled back {:.1} s after the restart",
+        back.as_secs_f64()
+    );
+    handler.kill();
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client);
+    policies.delete(&policy_name, &Default::default()).await.unwrap();
 }
