@@ -174,6 +174,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     let Some(node) = nodes.get_opt(&config.node_name).await? else {
         return Err(HandlerError::UnknownNode(config.node_name));
     };
+    enactment::objects::mark_interrupted(&client, &config.node_name).await;
     let network_manager = network_manager::version(None).await?;
     info!(version = %network_manager, "found NetworkManager");
     // An unsupported NetworkManager is reported on the node state; no policy is applied.

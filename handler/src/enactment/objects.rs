@@ -45,6 +45,37 @@ pub async fn finish(
     Ok(Action::await_change())
 }
 
+/// Enactments this node left Progressing when its handler stopped (killed, or its pod
+/// replaced) say Pending instead: nothing applies on the node now (a change left uncommitted
+/// was rolled back at start), and until the handler gets to each policy again nobody may count
+/// the node as applying it, while its place in the rollout lapses and another node takes it.
+pub async fn mark_interrupted(client: &kube::Client, node: &str) {
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
+    let mine = ListParams::default().labels(&format!("{}={node}", labels::NODE));
+    let listed = match enactments.list(&mine).await {
+        Ok(listed) => listed,
+        Err(error) => return warn!("cannot list this node's enactments: {error}"),
+    };
+    for enactment in listed {
+        let Some(mut status) = enactment.status.clone() else {
+            continue;
+        };
+        let progressing = nmstate_api::condition::find_condition(&status.conditions, "Progressing");
+        if !progressing.is_some_and(|condition| condition.is_true()) {
+            continue;
+        }
+        let name = enactment.name_any();
+        match finish(&enactments, &name, &mut status, EnactmentSituation::Pending).await {
+            Ok(_) => {
+                info!(enactment = %name, "was Progressing when the last handler stopped: Pending until looked at again")
+            }
+            Err(error) => {
+                warn!(enactment = %name, "cannot say that the last handler stopped mid-apply: {error}")
+            }
+        }
+    }
+}
+
 pub async fn write_status(
     enactments: &Api<NodeNetworkConfigurationEnactment>,
     name: &str,
