@@ -237,6 +237,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         &config.node_name,
         config.lease_duration,
     );
+    rollout.release_left_over().await;
     // Only a node that applies policies counts as running a handler.
     let _heartbeat = unsupported.is_none().then(|| {
         let heartbeat = heartbeat::run(

@@ -1,0 +1,121 @@
+use super::*;
+
+#[test]
+fn a_holder_stops_counting_on_its_slot_a_quarter_of_the_lease_before_it_lapses() {
+    let at = |seconds: f64| Timestamp::from_millisecond((seconds * 1000.0) as i64).unwrap();
+    for (duration, renewed, deadline) in [(4, 100.0, 103.0), (30, 100.0, 122.5), (2, 10.0, 11.5)] {
+        let duration = Duration::from_secs(duration);
+        let lease = leases::held_by("p.rollout-0", BTreeMap::new(), "node01", duration, at(renewed));
+        assert_eq!(
+            fence_deadline(&lease, duration),
+            Some(at(deadline)),
+            "{duration:?}"
+        );
+        // Before the others could take it: they wait for the expiry.
+        assert_eq!(leases::live_holder(&lease, at(deadline)), Some("node01"));
+    }
+    let mut released = leases::held_by(
+        "p.rollout-0",
+        BTreeMap::new(),
+        "",
+        Duration::from_secs(4),
+        at(1.0),
+    );
+    released.spec.as_mut().unwrap().holder_identity = None;
+    assert_eq!(fence_deadline(&released, Duration::from_secs(4)), None);
+}
+
+fn percent(text: &str) -> IntOrString {
+    IntOrString::String(text.into())
+}
+
+#[test]
+fn max_unavailable_scales_as_upstream() {
+    let limit = |value: Option<IntOrString>, nodes| max_unavailable(value.as_ref(), nodes).limit;
+    assert_eq!(limit(Some(percent("50%")), 5), 3);
+    assert_eq!(limit(Some(percent("50%")), 6), 3);
+    assert_eq!(limit(Some(IntOrString::Int(3)), 6), 3);
+    assert_eq!(limit(Some(percent("0%")), 6), 1);
+    assert_eq!(limit(Some(IntOrString::Int(0)), 6), 1);
+    assert_eq!(limit(None, 4), 2);
+    assert_eq!(limit(None, 0), 1);
+    assert_eq!(limit(Some(IntOrString::Int(-2)), 4), 1);
+}
+
+#[test]
+fn an_unparsable_max_unavailable_falls_back_to_the_default_and_says_why() {
+    let result = max_unavailable(Some(&percent("asdf")), 4);
+    assert_eq!(result.limit, 2);
+    assert!(result.invalid.unwrap().contains("\"asdf\""));
+    assert!(max_unavailable(Some(&percent("42")), 4).invalid.is_some());
+}
+
+fn slot(holder: &str, renewed: i64, generation: i64, failed: bool) -> Lease {
+    let at = Timestamp::from_second(renewed).unwrap();
+    let mut lease = leases::held_by(
+        "web.rollout-0",
+        BTreeMap::new(),
+        holder,
+        Duration::from_secs(10),
+        at,
+    );
+    lease
+        .annotations_mut()
+        .insert(labels::POLICY_GENERATION.into(), generation.to_string());
+    if failed {
+        lease
+            .annotations_mut()
+            .insert(labels::ROLLOUT_OUTCOME.into(), "failed".into());
+    }
+    lease
+}
+
+#[test]
+fn slots_are_busy_until_they_expire_and_failed_ones_only_for_their_generation() {
+    let now = Timestamp::from_second(1_000).unwrap();
+    let until = Timestamp::from_second(1_005).unwrap();
+    assert_eq!(
+        slot_state(&slot("node02", 995, 3, false), "node01", 3, now),
+        Slot::Busy { until }
+    );
+    assert_eq!(
+        slot_state(&slot("node02", 985, 3, false), "node01", 3, now),
+        Slot::Free
+    );
+    assert_eq!(
+        slot_state(&slot("node01", 985, 2, false), "node01", 3, now),
+        Slot::Mine
+    );
+    assert_eq!(
+        slot_state(&slot("node02", 100, 3, true), "node01", 3, now),
+        Slot::Failed {
+            holder: "node02".into()
+        }
+    );
+    assert_eq!(
+        slot_state(&slot("node02", 100, 2, true), "node01", 3, now),
+        Slot::Free
+    );
+    let mut released = slot("node02", 995, 3, false);
+    released.spec.as_mut().unwrap().holder_identity = None;
+    assert_eq!(slot_state(&released, "node01", 3, now), Slot::Free);
+}
+
+#[test]
+fn after_an_outage_of_writes_an_expired_slot_stays_busy_for_one_lease() {
+    let now = Timestamp::from_second(1_000).unwrap();
+    let expired = slot("node02", 985, 3, false); // lease of 10 s, expired at 995
+    let seen = |since: i64| Sight::Since(Timestamp::from_second(since).unwrap());
+    assert_eq!(slot_state_seen(&expired, "node01", 3, now, seen(500)), Slot::Free);
+    // This node's writes went through again at 998: the holder gets until 1008 to renew.
+    let until = Timestamp::from_second(1_008).unwrap();
+    assert_eq!(
+        slot_state_seen(&expired, "node01", 3, now, seen(998)),
+        Slot::Busy { until }
+    );
+    // While its own writes fail, it judges no one.
+    assert!(matches!(
+        slot_state_seen(&expired, "node01", 3, now, Sight::Lost),
+        Slot::Busy { .. }
+    ));
+}
