@@ -175,8 +175,7 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         });
 
     // A slot freed in a policy's rollout wakes the nodes waiting for one.
-    let slots =
-        watcher::Config::default().labels(&format!("{}={}", labels::LEASE, labels::LEASE_ROLLOUT_SLOT));
+    let slots = watcher::Config::default().labels(&crate::rollout::slots_selector());
     let leases = Api::<Lease>::namespaced(context.client.clone(), context.config.lease_namespace());
     let controller = controller.watches_stream(
         watch::touched("rollout slots", watcher(leases, slots)),

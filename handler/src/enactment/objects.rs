@@ -22,7 +22,8 @@ use nmstate_api::names::{
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
     NodeNetworkConfigurationPolicy,
-    enactment::{NodeNetworkConfigurationEnactmentFields, enactment_name},
+    condition::find_condition,
+    enactment::{EnactmentConditionType as Type, NodeNetworkConfigurationEnactmentFields, enactment_name},
     labels,
 };
 use nmstate_runtime::kube_errors::{is_conflict, is_not_found};
@@ -60,7 +61,7 @@ pub async fn mark_interrupted(client: &kube::Client, node: &str) {
         let Some(mut status) = enactment.status.clone() else {
             continue;
         };
-        let progressing = nmstate_api::condition::find_condition(&status.conditions, "Progressing");
+        let progressing = find_condition(&status.conditions, Type::Progressing.as_str());
         if !progressing.is_some_and(|condition| condition.is_true()) {
             continue;
         }

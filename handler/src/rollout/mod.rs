@@ -33,7 +33,7 @@ use nmstate_api::{
 };
 use nmstate_runtime::{
     heartbeat::{Sight, live_handlers, live_until},
-    kube_errors::{is_conflict, is_not_found},
+    kube_errors::is_conflict,
     leases,
 };
 use std::{
@@ -81,14 +81,23 @@ pub fn slot_name(policy: &str, index: usize) -> String {
     leases::object_name(policy, &format!(".rollout-{index}"))
 }
 
+/// Selects every rollout slot (of every policy).
+pub fn slots_selector() -> String {
+    format!("{}={}", labels::LEASE, labels::LEASE_ROLLOUT_SLOT)
+}
+
 /// Selects a policy's rollout slots.
 pub fn slot_selector(policy: &str) -> String {
-    format!(
-        "{}={},{}={policy}",
-        labels::LEASE,
-        labels::LEASE_ROLLOUT_SLOT,
-        labels::POLICY
-    )
+    format!("{},{}={policy}", slots_selector(), labels::POLICY)
+}
+
+/// Whether a node marked `lease` failed (kept for its generation, against the budget).
+fn is_marked_failed(lease: &Lease) -> bool {
+    lease
+        .annotations()
+        .get(labels::ROLLOUT_OUTCOME)
+        .map(String::as_str)
+        == Some("failed")
 }
 
 /// What a slot is to a node that wants to apply generation `generation`.
@@ -115,9 +124,9 @@ pub fn slot_state_seen(lease: &Lease, me: &str, generation: i64, now: Timestamp,
     let Some(holder) = leases::holder(lease).filter(|holder| !holder.is_empty()) else {
         return Slot::Free;
     };
-    let annotations = lease.annotations();
-    let failed = annotations.get(labels::ROLLOUT_OUTCOME).map(String::as_str) == Some("failed");
-    let slot_generation = annotations
+    let failed = is_marked_failed(lease);
+    let slot_generation = lease
+        .annotations()
         .get(labels::POLICY_GENERATION)
         .and_then(|value| value.parse::<i64>().ok());
     if failed {
@@ -203,10 +212,22 @@ impl Rollout {
     /// Whether this node holds, and still renews, a slot in the rollout of `policy`'s
     /// `generation` (e.g. between retries): nothing to read or take then.
     pub fn holds(&self, policy: &str, generation: i64) -> bool {
-        self.held.lock().ok().and_then(|all| {
-            let held = all.get(policy)?;
-            (!held.renewal.is_finished()).then_some(held.generation)
-        }) == Some(generation)
+        self.renewing(policy)
+            && self
+                .held
+                .lock()
+                .ok()
+                .and_then(|all| Some(all.get(policy)?.generation))
+                == Some(generation)
+    }
+
+    /// Whether this node still renews its slot for `policy` (it has not lost it).
+    fn renewing(&self, policy: &str) -> bool {
+        self.held
+            .lock()
+            .ok()
+            .and_then(|all| Some(!all.get(policy)?.renewal.is_finished()))
+            .unwrap_or(false)
     }
 
     /// Takes a slot in the rollout of `policy`'s `generation`, among `limit` slots (a slot
@@ -330,23 +351,15 @@ impl Rollout {
     /// node keeps its place (and reports its failure) as after any failed probe.
     pub async fn renewed_after(&self, policy: &str, since: Timestamp) -> bool {
         loop {
-            let Some((lease, renewing)) = self.held.lock().ok().and_then(|all| {
-                let held = all.get(policy)?;
-                let lease = held.lease.lock().ok()?.clone();
-                Some((lease, !held.renewal.is_finished()))
-            }) else {
+            let Some(lease) = self.held_lease(policy) else {
                 return false;
             };
-            let renewed = lease
-                .spec
-                .as_ref()
-                .and_then(|spec| spec.renew_time.as_ref())
-                .map(|time| time.0);
-            if renewed.is_some_and(|renewed| renewed >= since) {
+            let renewed = lease.spec.as_ref().and_then(|spec| spec.renew_time.as_ref());
+            if renewed.is_some_and(|renewed| renewed.0 >= since) {
                 return true;
             }
             let lapsed = leases::expiry(&lease).is_none_or(|expiry| expiry <= Timestamp::now());
-            if !renewing || lapsed {
+            if lapsed || !self.renewing(policy) {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -357,18 +370,7 @@ impl Rollout {
     pub async fn release(&self, policy: &str) {
         let Some(lease) = self.forget(policy) else { return };
         let slot = lease.name_any();
-        let api = &self.leases;
-        let delete = move |lease: Lease| async move {
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    resource_version: lease.resource_version(),
-                    uid: lease.uid(),
-                }),
-                ..DeleteParams::default()
-            };
-            api.delete(&lease.name_any(), &params).await.map(drop)
-        };
-        match leases::write_while_held(&self.leases, lease, &self.node, delete).await {
+        match self.give_back(lease).await {
             Ok(Some(())) => info!(policy, %slot, "released the slot in the rollout"),
             Ok(None) => {} // already gone, or taken over after it expired
             Err(error) => warn!(
@@ -408,20 +410,32 @@ impl Rollout {
     /// left behind when this node no longer applies the policy. Places marked failed stay: they
     /// count against the policy's budget.
     pub async fn release_left_over(&self) {
-        let slots =
-            ListParams::default().labels(&format!("{}={}", labels::LEASE, labels::LEASE_ROLLOUT_SLOT));
-        let listed = match self.leases.list(&slots).await {
+        let listed = match self
+            .leases
+            .list(&ListParams::default().labels(&slots_selector()))
+            .await
+        {
             Ok(listed) => listed,
             Err(error) => return warn!("cannot list the rollout slots: {error}"),
         };
         for lease in listed {
-            let failed = lease
-                .annotations()
-                .get(labels::ROLLOUT_OUTCOME)
-                .is_some_and(|outcome| outcome == "failed");
-            if leases::holder(&lease) != Some(self.node.as_str()) || failed {
+            if leases::holder(&lease) != Some(self.node.as_str()) || is_marked_failed(&lease) {
                 continue;
             }
+            let slot = lease.name_any();
+            match self.give_back(lease).await {
+                Ok(Some(())) => info!(%slot, "gave back a place in a rollout the last handler held"),
+                Ok(None) => {} // already gone, or taken over after it expired
+                Err(error) => warn!(%slot, "cannot give back a place the last handler held: {error}"),
+            }
+        }
+    }
+
+    /// Deletes `lease`, a slot this node holds, at the version it holds (again on a fresh copy
+    /// while it still holds it); `Ok(None)` when it is gone or another node took it.
+    async fn give_back(&self, lease: Lease) -> Result<Option<()>, kube::Error> {
+        let api = &self.leases;
+        let delete = move |lease: Lease| async move {
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     resource_version: lease.resource_version(),
@@ -429,16 +443,9 @@ impl Rollout {
                 }),
                 ..DeleteParams::default()
             };
-            match self.leases.delete(&lease.name_any(), &params).await {
-                Ok(_) => {
-                    info!(slot = %lease.name_any(), "gave back a place in a rollout the last handler held")
-                }
-                Err(error) if is_conflict(&error) || is_not_found(&error) => {}
-                Err(error) => {
-                    warn!(slot = %lease.name_any(), "cannot give back a place the last handler held: {error}")
-                }
-            }
-        }
+            api.delete(&lease.name_any(), &params).await.map(drop)
+        };
+        leases::write_while_held(&self.leases, lease, &self.node, delete).await
     }
 
     /// Keeps the slot for this generation, marked failed: it counts against the budget.
