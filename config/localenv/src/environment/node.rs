@@ -145,6 +145,12 @@ impl SandboxNode {
         .map(|_| ())
     }
 
+    /// Listens on TCP `port` on the node's loopback, for as long as the listener lives: a
+    /// policy's `tcp` probe of `127.0.0.1:port` passes then, and is refused before.
+    pub fn listen_tcp(&self, port: u16) -> Result<std::net::TcpListener> {
+        netns::listen_tcp(&self.netns, (std::net::Ipv4Addr::LOCALHOST, port).into())
+    }
+
     /// Builds (or repairs) the node: namespace, cabling, dbus-daemon and NetworkManager with eth0
     /// configured. Waits until NetworkManager finished starting up.
     pub(crate) fn start(&self, fabric: &Fabric) -> Result<()> {
@@ -326,10 +332,15 @@ impl SandboxNode {
 
     fn write_network_manager_config(&self) -> Result<()> {
         let nm = self.dir.join("nm");
+        // `unmanaged-devices` does what NetworkManager's udev rule (85-nm-unmanaged.rules) does on
+        // a real node, where a node here has no udev: veths not named eth* (the pods' ends of
+        // the pod network) are left alone. Managed, they would be disconnected by the rollback
+        // of any checkpoint taken before their pod started, cutting the pod off.
         let conf = format!(
             "# written by localenv\n[main]\nplugins=keyfile\ndhcp=internal\ndns=default\nrc-manager=file\n\
              systemd-resolved=false\nhostname-mode=none\nauth-polkit=false\nno-auto-default=*\n\
-             firewall-backend=none\n\n[keyfile]\npath={profiles}\n\n[connectivity]\nenabled=false\n\n\
+             firewall-backend=none\n\n[keyfile]\npath={profiles}\n\
+             unmanaged-devices=driver:veth,except:interface-name:eth*\n\n[connectivity]\nenabled=false\n\n\
              [logging]\nlevel=INFO\n",
             profiles = self.profiles_dir().display()
         );
