@@ -9,6 +9,10 @@ use crate::condition::wire_strings;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// How long each probe may keep failing unless the policy (`timeoutSeconds`) or the handler's
+/// `PROBE_TIMEOUT_SECONDS` says otherwise: upstream's 120 s.
+pub const DEFAULT_TIMEOUT_SECONDS: u32 = 120;
+
 /// The longest `timeoutSeconds` a policy may set: the checkpoint NetworkManager rolls back by
 /// itself lasts four times as long, and a node waits that long when its handler dies mid-apply.
 pub const MAX_TIMEOUT_SECONDS: u32 = 900;

@@ -84,12 +84,15 @@ pub enum CrdManagement {
     NMState,
 }
 
+/// The handler's probe timeout, one of [`FORWARDED_TO_HANDLER`]; the render reads it too.
+pub const PROBE_TIMEOUT_SECONDS: &str = "PROBE_TIMEOUT_SECONDS";
+
 /// Operator environment variables copied into the handler's.
 pub const FORWARDED_TO_HANDLER: [&str; 4] = [
     "NNCP_MAX_RETRIES",
     "NNCP_INITIAL_BACKOFF_SECONDS",
     "NNCP_MAX_BACKOFF_SECONDS",
-    "PROBE_TIMEOUT_SECONDS",
+    PROBE_TIMEOUT_SECONDS,
 ];
 
 impl OperatorConfig {

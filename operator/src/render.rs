@@ -209,6 +209,21 @@ fn state_reporting_env(spec: &NMStateSpec) -> Value {
     })
 }
 
+/// How long the kubelet lets a stopping handler finish the change it is applying: its probes'
+/// timeout (the forwarded `PROBE_TIMEOUT_SECONDS`, else the default) and 30 s to commit and
+/// report. A policy's own longer `timeoutSeconds` is not waited for: killed in its probes, the
+/// handler's successor rolls the change back and applies it again.
+fn handler_grace_period_seconds(config: &OperatorConfig) -> u64 {
+    const COMMIT_AND_REPORT_SECONDS: u64 = 30;
+    let probes = config
+        .handler_env
+        .iter()
+        .find(|(name, _)| name == crate::config::PROBE_TIMEOUT_SECONDS)
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(u64::from(nmstate_api::probes::DEFAULT_TIMEOUT_SECONDS));
+    probes + COMMIT_AND_REPORT_SECONDS
+}
+
 /// The templates' input: the spec with upstream's defaults filled in.
 fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) -> Result<Value, RenderError> {
     let linux = BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())]);
@@ -251,6 +266,7 @@ fn context(spec: &NMStateSpec, config: &OperatorConfig, facts: &ClusterFacts) ->
             // Servers from 1.30 put the node's name in a pod's token, and serve
             // ValidatingAdmissionPolicy as v1.
             "nodeRestriction": facts.server_minor >= NODE_RESTRICTION_SINCE_MINOR,
+            "terminationGracePeriodSeconds": handler_grace_period_seconds(config),
             "logFilter": if debug { "debug" } else { "info" },
             "env": config.handler_env.iter().map(|(name, value)| json!({"name": name, "value": value})).collect::<Vec<_>>(),
         },

@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Upstream's timeout for each probe.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_TIMEOUT: Duration =
+    Duration::from_secs(nmstate_api::probes::DEFAULT_TIMEOUT_SECONDS as u64);
 const INTERVAL: Duration = Duration::from_secs(1);
 /// One attempt may not take longer than this: a connection over a broken path hangs. It also
 /// bounds the pre-check before the change.

@@ -299,6 +299,16 @@ fn state_reporting_reaches_the_handler_only_when_set() {
 }
 
 #[test]
+fn a_stopping_handler_has_time_for_its_probes() {
+    let objects = render(&spec(json!({})), &OperatorConfig::defaults(), &facts()).unwrap();
+    let pod = &find(&objects, "DaemonSet", "nmstate-handler")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["terminationGracePeriodSeconds"], 150,
+        "the probes' default 120 s and 30 s to commit"
+    );
+}
+
+#[test]
 fn the_operators_retry_settings_reach_the_handler() {
     let config = OperatorConfig::from_lookup(|name| match name {
         "NNCP_MAX_RETRIES" => Some("9".into()),
@@ -311,6 +321,11 @@ fn the_operators_retry_settings_reach_the_handler() {
         &find(&objects, "DaemonSet", "nmstate-handler")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(env(handler, "NNCP_MAX_RETRIES"), "9");
     assert_eq!(env(handler, "PROBE_TIMEOUT_SECONDS"), "60");
+    let pod = &find(&objects, "DaemonSet", "nmstate-handler")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["terminationGracePeriodSeconds"], 90,
+        "the probes' 60 s and 30 s to commit"
+    );
     let names: Vec<&str> = handler["env"]
         .as_array()
         .unwrap()
