@@ -16,7 +16,7 @@ use tokio::sync::OnceCell;
 static PODS: OnceCell<LocalEnv> = OnceCell::const_new();
 
 /// The real nodes of [`pods_env`], labelled as workers.
-pub const POD_NODES: [&str; 1] = ["pods01"];
+pub const POD_NODES: [&str; 2] = ["pods01", "pods02"];
 /// How long a Deployment or DaemonSet of the product may take to roll out there.
 pub const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(180);
 
