@@ -1,6 +1,6 @@
 //! A deleted policy on this node. With `deletionPolicy: Revert` (and its finalizer held), the
-//! node applies the enactment's `revertState`, with what the other live policies on the node
-//! still declare set as they declare it, through the same slot, checkpoint, probes and commit as an apply; then its
+//! node applies the enactment's `revertState`, with what the other policies Available on the
+//! node declare set as they declare it, through the same slot, checkpoint, probes and commit as an apply; then its
 //! enactment goes, and the cluster controller lets the policy go once none is left. A revert
 //! that fails is rolled back and tried again, visible in the enactment. Without a revert, a
 //! deleted policy is left alone: its enactment goes with it.
@@ -20,7 +20,10 @@ use crate::{
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
 use nmstate_api::{
-    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, enactment::enactment_name, labels,
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy,
+    condition::find_condition,
+    enactment::{EnactmentConditionType, enactment_name},
+    labels,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -154,6 +157,54 @@ async fn declared_by_other_policies(context: &Context, policy: &str) -> Result<V
                 .get(labels::POLICY)
                 .is_some_and(|other| other != policy && live.get(other) == Some(&true))
         })
-        .filter_map(|enactment| Some(enactment.status?.desired_state?.0))
+        .filter_map(applied_here)
         .collect())
+}
+
+/// What an enactment's policy set on this node: its desired state while it is Available. A
+/// policy that failed here, was rolled back or is still on its way declares nothing the node
+/// has: a revert that kept its state would apply what was refused (a change that cut the node
+/// off, say) and fail, or worse, for ever.
+fn applied_here(enactment: NodeNetworkConfigurationEnactment) -> Option<Value> {
+    let status = enactment.status?;
+    let available = find_condition(&status.conditions, EnactmentConditionType::Available.as_str())
+        .is_some_and(|condition| condition.is_true());
+    available.then_some(status.desired_state?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn enactment(condition: &str, status: &str) -> NodeNetworkConfigurationEnactment {
+        serde_json::from_value(json!({
+            "apiVersion": "nmstate.io/v1beta1", "kind": "NodeNetworkConfigurationEnactment",
+            "metadata": {"name": "node01.other"},
+            "status": {
+                "desiredState": {"interfaces": [{"name": "eth0", "type": "ethernet", "state": "up"}]},
+                "conditions": [{"type": condition, "status": status, "reason": "x", "message": ""}],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_policy_available_here_declares_what_a_revert_keeps() {
+        let cases = [
+            ("Available", "True", true),
+            ("Available", "False", false),
+            ("Failing", "True", false),
+            ("Progressing", "True", false),
+            ("Pending", "True", false),
+            ("Aborted", "True", false),
+        ];
+        for (condition, status, declares) in cases {
+            assert_eq!(
+                applied_here(enactment(condition, status)).is_some(),
+                declares,
+                "{condition}={status}"
+            );
+        }
+    }
 }

@@ -82,7 +82,7 @@ pub fn merge_earliest(kept: Option<&Value>, newer: &Value) -> Value {
     Value::Object(merged)
 }
 
-/// `revert` with each entity another live policy on the node declares set as that policy
+/// `revert` with each entity another policy Available on the node declares set as that policy
 /// declares it (the first of `declared` that does): those entities end as the other policies
 /// want them, not as they were before this one. A port of a removed bridge that another policy
 /// puts on DHCP gets DHCP; a bridge that another policy declares stays.
