@@ -1,11 +1,13 @@
-//! Churn soak: five real nodes while a seeded generator creates, updates and deletes valid and
-//! invalid policies, flips node labels, and restarts handlers and the cluster controller at
-//! random. Every minute it stops, lets the cluster settle and checks what must hold whatever
-//! happened: every policy Available or Degraded, every node's network as its policies say, no
-//! enactment, slot or finalizer left over, never more nodes applying a policy than its
-//! `maxUnavailable`, no process that died on its own. At the end it prints the operations, the
-//! applies and rollbacks, and the resident memory of each process over its longest life (the
-//! first node's handler is never restarted, so it lives through the whole run).
+//! Churn soak: five real nodes and the admission webhook while a seeded generator creates,
+//! updates and deletes valid and invalid policies, flips node labels, and restarts handlers, the
+//! cluster controller and the webhook at random. Every minute it stops, lets the cluster settle
+//! and checks what must hold whatever happened: every policy Available or Degraded, every node's
+//! network as its policies say, no enactment, slot or finalizer left over, never more nodes
+//! applying a policy than its `maxUnavailable`, no policy the webhook must refuse ever stored, no
+//! process that died on its own. At the end it prints the operations, the applies and rollbacks,
+//! and the resident memory of each process over its longest life: the first node's handler is
+//! never restarted, and the cluster controller and the webhook are restarted only in the first
+//! two thirds of the run, so that one instance of each lives through the last third.
 //!
 //! `SOAK_SECONDS` (default 120, `make soak`: 1200) and `SOAK_SEED` (printed, to replay a run).
 
@@ -14,6 +16,8 @@
 mod common;
 #[path = "rollout/fixture.rs"]
 mod fixture;
+#[path = "../webhook/tests/webhook/fixture.rs"]
+mod webhook;
 
 use fixture::{Fixture, GROUP, SERIAL};
 use futures::StreamExt;
@@ -51,6 +55,8 @@ enum Kind {
     /// Moves eth0 (the way to the API server) to an address of another network: the node is
     /// cut off until it rolls back, Degraded.
     CutsOff,
+    /// A desiredState nmstate cannot read: refused by the webhook, never stored.
+    Unreadable,
 }
 
 /// A policy the generator made and has not deleted.
@@ -78,9 +84,20 @@ struct Operations {
     label_flips: usize,
     handler_restarts: usize,
     writer_restarts: usize,
+    webhook_restarts: usize,
+    /// Unreadable policies the webhook refused, and writes refused while it was down (naming it).
+    refused_by_webhook: usize,
+    refused_webhook_down: usize,
 }
 
+/// What the API server says when it could not get an answer from the policy webhooks.
+const WEBHOOK_DOWN: &str = "failed calling webhook \"nodenetworkconfigurationpolicies-";
+
 fn desired(live: &Live) -> Value {
+    if live.kind == Kind::Unreadable {
+        // The CRD keeps desiredState open: only the webhook refuses the unknown key.
+        return json!({"interface": []});
+    }
     if live.kind == Kind::CutsOff {
         let address = if live.stp { "10.99.0.2" } else { "10.99.0.3" };
         return json!({"interfaces": [{"name": "eth0", "type": "ethernet", "state": "up",
@@ -196,8 +213,14 @@ fn policy_outcome(policy: &NodeNetworkConfigurationPolicy) -> Option<&'static st
 
 struct Soak {
     fixture: Fixture,
+    webhook: webhook::Fixture,
     writer: NodeProcess,
     writer_port: u16,
+    /// Until then the cluster controller and the webhook are restarted at random; after it, their
+    /// last instances live on and their memory is measured.
+    restarts_until: Instant,
+    /// What broke an invariant between two checks.
+    broken: Vec<String>,
     rng: fastrand::Rng,
     live: BTreeMap<String, Live>,
     labelled: Vec<bool>,
@@ -223,10 +246,14 @@ impl Soak {
             self.delete().await;
         } else if roll < 80 {
             self.flip_label().await;
-        } else if roll < 93 {
+        } else if roll < 91 {
             self.restart_handler();
-        } else {
+        } else if Instant::now() >= self.restarts_until {
+            // The last third: the cluster controller and the webhook live on.
+        } else if roll < 96 {
             self.restart_writer();
+        } else {
+            self.restart_webhook();
         }
     }
 
@@ -235,9 +262,10 @@ impl Soak {
             return;
         }
         self.counter += 1;
-        let kind = match self.rng.u32(0..8) {
+        let kind = match self.rng.u32(0..9) {
             0 => Kind::RefusedPort,
             1 => Kind::CutsOff,
+            2 => Kind::Unreadable,
             _ => Kind::Bridge,
         };
         let valid = kind == Kind::Bridge;
@@ -255,9 +283,36 @@ impl Soak {
             .limits
             .insert(name.clone(), live.max_unavailable);
         let spec = json!({"maxUnavailable": live.max_unavailable, "deletionPolicy": "Revert"});
-        self.fixture
-            .create_policy_with(&suffix, desired(&live), spec)
+        let labels = json!({webhook::SELECTOR: self.webhook.id});
+        let created = self
+            .fixture
+            .try_create_policy(&suffix, desired(&live), spec, labels)
             .await;
+        match (created, kind) {
+            (Ok(_), Kind::Unreadable) => {
+                self.broken.push(format!(
+                    "the webhook admitted {name}, whose desiredState nmstate cannot read"
+                ));
+                return;
+            }
+            (Ok(_), _) => {}
+            (Err(error), _) if error.to_string().contains(WEBHOOK_DOWN) => {
+                self.operations.refused_webhook_down += 1;
+                return;
+            }
+            (Err(error), Kind::Unreadable) => {
+                if !error.to_string().contains("desiredState") {
+                    self.broken
+                        .push(format!("{name} refused without naming desiredState: {error}"));
+                }
+                self.operations.refused_by_webhook += 1;
+                return;
+            }
+            (Err(error), _) => {
+                self.broken.push(format!("creating {name}: {error}"));
+                return;
+            }
+        }
         if valid {
             self.operations.created_valid += 1;
         } else {
@@ -273,16 +328,23 @@ impl Soak {
 
     async fn update(&mut self) {
         let name = self.pick_live();
-        let live = self.live.get_mut(&name).unwrap();
-        live.stp = !live.stp;
-        let patch = json!({"spec": {"desiredState": desired(live)}});
+        let mut changed = self.live[&name].clone();
+        changed.stp = !changed.stp;
+        let patch = json!({"spec": {"desiredState": desired(&changed)}});
         let patched = self
             .fixture
             .policies()
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await;
-        if patched.is_ok() {
-            self.operations.updated += 1;
+        match patched {
+            Ok(_) => {
+                self.live.insert(name, changed);
+                self.operations.updated += 1;
+            }
+            Err(error) if error.to_string().contains(WEBHOOK_DOWN) => {
+                self.operations.refused_webhook_down += 1;
+            }
+            Err(_) => {}
         }
     }
 
@@ -337,6 +399,20 @@ impl Soak {
         self.writer.kill();
         self.writer = self.fixture.start_cluster("writer", self.writer_port);
         self.operations.writer_restarts += 1;
+    }
+
+    /// Stops the webhook, as a pod's deletion does (SIGTERM) or a crash (SIGKILL), and starts it
+    /// again on the same port.
+    fn restart_webhook(&mut self) {
+        if let Some(mut webhook) = self.webhook.webhook.take() {
+            if self.rng.bool() {
+                webhook.kill();
+            } else {
+                webhook.terminate(Duration::from_secs(10));
+            }
+        }
+        self.webhook.start_webhook();
+        self.operations.webhook_restarts += 1;
     }
 
     /// Waits until every policy settled (and every deleted one is gone), then checks the
@@ -434,6 +510,10 @@ impl Soak {
         if !self.writer.is_running() {
             failures.push(format!("the cluster controller exited: {}", self.writer.log()));
         }
+        if !self.webhook.webhook.as_mut().is_some_and(NodeProcess::is_running) {
+            failures.push(format!("the webhook exited: {}", self.webhook.log()));
+        }
+        failures.append(&mut self.broken);
         failures
     }
 
@@ -480,6 +560,10 @@ impl Soak {
             .collect();
         let pid = self.writer.pid();
         all.insert("cluster controller".into(), (pid, proc_status_kib(pid, "VmRSS:")));
+        if let Some(webhook) = &self.webhook.webhook {
+            let pid = webhook.pid();
+            all.insert("webhook".into(), (pid, proc_status_kib(pid, "VmRSS:")));
+        }
         all
     }
 }
@@ -497,14 +581,19 @@ async fn churn_soak_keeps_every_invariant() {
     println!("soak: seed {seed} (SOAK_SEED={seed} replays the choices), {seconds} s, {NODES} nodes");
     let _serial = SERIAL.lock().await;
     let fixture = Fixture::start(NODES, true).await;
+    let webhook = webhook::Fixture::start(&[]).await;
     let writer_port = free_port();
     let writer = fixture.start_cluster("writer", writer_port);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let watch = watch_enactments(&fixture.client, &format!("{}-", fixture.namespace), seen.clone());
+    let started = Instant::now();
     let mut soak = Soak {
         fixture,
+        webhook,
         writer,
         writer_port,
+        restarts_until: started + Duration::from_secs(seconds * 2 / 3),
+        broken: Vec::new(),
         rng: fastrand::Rng::with_seed(seed),
         live: BTreeMap::new(),
         labelled: vec![true; NODES],
@@ -513,7 +602,6 @@ async fn churn_soak_keeps_every_invariant() {
         seen,
     };
 
-    let started = Instant::now();
     // Every process instance's resident memory at each round: (process, pid) -> (round, KiB).
     let mut memory: BTreeMap<(String, u32), Vec<(usize, u64)>> = BTreeMap::new();
     let mut rounds = 0;

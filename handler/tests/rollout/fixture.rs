@@ -145,19 +145,31 @@ impl Fixture {
 
     /// Creates a policy for this test's nodes with `desired`, and `spec`'s other fields.
     pub async fn create_policy_with(&mut self, suffix: &str, desired: Value, spec: Value) -> String {
+        self.try_create_policy(suffix, desired, spec, json!({}))
+            .await
+            .unwrap()
+    }
+
+    /// As [`Fixture::create_policy_with`], the policy labelled `labels`; what the API server
+    /// (or an admission webhook) refused as the error.
+    pub async fn try_create_policy(
+        &mut self,
+        suffix: &str,
+        desired: Value,
+        spec: Value,
+        labels: Value,
+    ) -> Result<String, kube::Error> {
         let name = format!("{}-{suffix}", self.namespace);
         let mut object =
             serde_json::to_value(policy(&name, json!({GROUP: self.namespace}), desired)).unwrap();
         for (field, value) in spec.as_object().unwrap() {
             object["spec"][field] = value.clone();
         }
+        object["metadata"]["labels"] = labels;
         let object: NodeNetworkConfigurationPolicy = serde_json::from_value(object).unwrap();
-        self.policies()
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap();
+        self.policies().create(&PostParams::default(), &object).await?;
         self.policies.push(name.clone());
-        name
+        Ok(name)
     }
 
     pub fn policies(&self) -> Api<NodeNetworkConfigurationPolicy> {

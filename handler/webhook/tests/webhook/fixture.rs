@@ -19,7 +19,10 @@ use nmstate_localenv::{
 use serde_json::{Value, json};
 use std::{io::Write, time::Duration};
 
-pub const WEBHOOK: &str = env!("CARGO_BIN_EXE_nmstate-webhook");
+/// The webhook program: the workspace's build (the handler's soak starts it too).
+pub fn webhook_binary() -> std::path::PathBuf {
+    nmstate_localenv::testing::workspace_binary("nmstate-webhook")
+}
 /// Policies carrying this label (value: the test's id) go through this test's webhook.
 pub const SELECTOR: &str = "nmstate-test/webhook";
 
@@ -135,7 +138,7 @@ impl Fixture {
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         );
         let log = self.env.dir().join(format!("{identity}.log"));
-        NodeProcess::start_on_host(&self.env, WEBHOOK.as_ref(), &[], &variables, log).unwrap()
+        NodeProcess::start_on_host(&self.env, &webhook_binary(), &[], &variables, log).unwrap()
     }
 
     /// Waits until a dry-run creation goes through the webhook (it carries the timestamp).
