@@ -4,7 +4,8 @@
 //! - Policy → Available: a linux-bridge over eth1 with a static address, from creating the
 //!   policy to its enactment's Available condition (watch latency, probes and status writes
 //!   included), against `nmstatectl apply` of the same desired state. Runs alternate, and the
-//!   node is reset to the same starting state before each.
+//!   node is reset to the same starting state before each. Where the time goes: the handler's
+//!   phases (`phases.rs`) and each probe's time, and nmstatectl's as far as its log shows.
 //! - Out-of-band change → NodeNetworkState: `ip link add` of a bridge in the node until the
 //!   API server's copy of the NNS lists it.
 //! - The handler's resident memory, idle and at its peak (VmHWM), and nmstatectl's peak.
@@ -17,6 +18,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod phases;
 
 use common::{AVAILABLE, policy, start_handler_with, wait_for_condition};
 use kube::{Api, api::PostParams};
@@ -50,24 +52,32 @@ fn reset() -> Value {
     ]})
 }
 
-/// Runs `nmstatectl apply` of `state` in the node; how long it took.
-fn nmstatectl_apply(node: &TestNode, nmstatectl: &str, state: &Value) -> Duration {
+/// Runs `nmstatectl apply` of `state` in the node; how long it took, and its log lines with the
+/// time each arrived at.
+fn nmstatectl_apply(node: &TestNode, nmstatectl: &str, state: &Value) -> (Duration, Vec<(Duration, String)>) {
+    use std::io::BufRead;
     let file = std::env::temp_dir().join(format!("{}-state.yaml", node.name));
     std::fs::write(&file, serde_yaml::to_string(state).unwrap()).unwrap();
     let started = Instant::now();
-    let output = node
+    let mut child = node
         .command(nmstatectl)
         .unwrap()
-        .args(["apply", file.to_str().unwrap()])
-        .output()
+        .args(["-v", "apply", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let lines: Vec<(Duration, String)> = stderr
+        .lines()
+        .map_while(Result::ok)
+        .map(|line| (started.elapsed(), line))
+        .collect();
+    let status = child.wait().unwrap();
     let took = started.elapsed();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    took
+    let text: Vec<&str> = lines.iter().map(|(_, line)| line.as_str()).collect();
+    assert!(status.success(), "{}", text.join("\n"));
+    (took, lines)
 }
 
 struct Series {
@@ -115,7 +125,8 @@ async fn main() {
     let node_name = unique_name("bench");
     let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
     let log = std::env::temp_dir().join(format!("{node_name}.log"));
-    let handler = start_handler_with(&node, &log, &[("RUST_LOG", "warn")]);
+    let filter = format!("warn,{}=debug", nmstate_handler::phases::TARGET);
+    let handler = start_handler_with(&node, &log, &[("RUST_LOG", filter.as_str())]);
     let states: Api<NodeNetworkState> = Api::all(client.clone());
     let lists_interface = |state: &NodeNetworkState, name: &str| {
         let current = state
@@ -145,16 +156,21 @@ async fn main() {
     let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
     let mut peer = Series::new("nmstatectl apply");
     let mut ours = Series::new("NNCP create -> NNCE Available");
+    let mut runs = Vec::new();
+    let mut peer_parts = phases::Breakdown::default();
+    let mut probe_times = phases::Breakdown::default();
     let this_node = json!({"kubernetes.io/hostname": node_name});
     for run in 0..RUNS {
         nmstatectl_apply(&node, &nmstatectl, &reset());
-        peer.samples
-            .push(nmstatectl_apply(&node, &nmstatectl, &desired()));
+        let (took, lines) = nmstatectl_apply(&node, &nmstatectl, &desired());
+        peer.samples.push(took);
+        phases::nmstatectl_parts(&lines, took, &mut peer_parts);
         nmstatectl_apply(&node, &nmstatectl, &reset());
         tokio::time::sleep(Duration::from_millis(500)).await;
 
         let name = format!("{node_name}-{run}");
         let started = Instant::now();
+        let created = k8s_openapi::jiff::Timestamp::now();
         policies
             .create(
                 &PostParams::default(),
@@ -170,6 +186,20 @@ async fn main() {
         )
         .await;
         ours.samples.push(started.elapsed());
+        runs.push(phases::Run {
+            created,
+            seen: k8s_openapi::jiff::Timestamp::now(),
+        });
+        let enactment = enactments.get(&format!("{node_name}.{name}")).await.unwrap();
+        for probe in enactment
+            .status
+            .and_then(|status| status.probes)
+            .unwrap_or_default()
+        {
+            if let Some(ms) = probe.duration_milliseconds {
+                probe_times.add(&format!("probe {}", probe.name), ms as f64);
+            }
+        }
         policies.delete(&name, &Default::default()).await.unwrap();
     }
     let idle_after_kib = proc_status_kib(handler.pid(), "VmRSS:");
@@ -230,6 +260,12 @@ async fn main() {
         "ratio handler / nmstatectl (medians)",
         ours.median().as_secs_f64() / peer.median().as_secs_f64()
     );
+    println!();
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    phases::Breakdown::of(&runs, &log_text).print("where the handler's time goes (its phase lines):");
+    probe_times.print("of which, each probe after the change (enactment status.probes):");
+    peer_parts.print("where nmstatectl's time goes (its log lines, as they arrive):");
+    println!();
     reported.print();
     println!("{:<44} goal <= 2000 ms", "");
     println!(

@@ -18,6 +18,8 @@ pub mod network;
 pub mod node_lock;
 /// NodeNetworkState: written when the node's state changes, and after each apply.
 pub mod node_state_reporter;
+/// How long each phase of an apply takes, logged for `make bench`.
+pub mod phases;
 /// CPU profiles and heap figures over HTTP (`ENABLE_PROFILER`).
 pub mod profiler;
 /// Slots in a policy's rollout (`maxUnavailable`), and this node's heartbeat.

@@ -15,6 +15,7 @@ use crate::network::{
     network_manager::{self, GlobalDns},
     state::{self as node_state, NodeStateError},
 };
+use crate::phases::{self, names};
 use k8s_openapi::jiff::Timestamp;
 use nmstate::{ErrorKind, NetworkState, NmstateError};
 use nmstate_api::probes::ProbeReport;
@@ -118,14 +119,14 @@ pub async fn apply(
         .await?
         .map_err(ApplyError::InvalidState)?;
 
-    if blocking(rollback_stale_checkpoint)
+    if phases::timed(names::STALE_CHECKPOINT, blocking(rollback_stale_checkpoint))
         .await?
         .map_err(ApplyError::Rollback)?
     {
         warn!("rolled back a checkpoint left uncommitted by an earlier apply");
     }
     // nmstate keeps DNS in NetworkManager's global DNS, which checkpoints do not cover.
-    let dns_before = match network_manager::global_dns(None).await {
+    let dns_before = match phases::timed(names::SAVE_DNS, network_manager::global_dns(None)).await {
         Ok(dns) => Some(dns),
         Err(error) => {
             warn!("cannot save the global DNS configuration; a rollback may not restore DNS: {error}");
@@ -137,8 +138,8 @@ pub async fn apply(
         let mut state = state;
         state.set_commit(false).set_timeout(timeout);
         state.apply().map(|_| ())
-    })
-    .await?;
+    });
+    let applied = phases::timed(names::NMSTATE_APPLY, applied).await?;
     if let Err(error) = applied {
         restore_global_dns(dns_before).await;
         return Err(ApplyError::Apply(error));
@@ -146,7 +147,7 @@ pub async fn apply(
 
     debug!("applied without commit; running the probes");
     let (run, failure) = tokio::select! {
-        outcome = probes.run() => outcome,
+        outcome = phases::timed(names::PROBES_AFTER, probes.run()) => outcome,
         () = lapsing => {
             warn!("the rollout slot could not be renewed and is about to lapse; rolling back");
             let rolled_back = Timestamp::now();
@@ -176,7 +177,7 @@ pub async fn apply(
         roll_back(dns_before).await?;
         return Err(ApplyError::LostSlot);
     }
-    blocking(|| NetworkState::checkpoint_commit(""))
+    phases::timed(names::COMMIT, blocking(|| NetworkState::checkpoint_commit("")))
         .await?
         .map_err(ApplyError::Commit)?;
     info!("desired state applied and committed");

@@ -18,6 +18,7 @@ use super::{
 use crate::{
     apply::{self, ApplyError, probes},
     network::{bridge_vlan, capture, drift, node_support, revert, state as node_state},
+    phases,
 };
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, runtime::controller::Action};
@@ -55,6 +56,7 @@ pub(super) async fn reconcile(
     if policy.metadata.deletion_timestamp.is_some() {
         return deletion::on_deletion(&policy, &context).await;
     }
+    phases::start(phases::names::RECONCILE);
 
     // dereference (client)
     let node = Api::<Node>::all(context.client.clone())
@@ -157,7 +159,11 @@ pub(super) async fn reconcile(
         .filter_map(|(name, captured)| Some((name.clone(), captured.state.as_ref()?.0.clone())))
         .collect();
     debug!(policy = %policy_name, generation, "reading the node's state");
-    let current = tokio::task::spawn_blocking(node_state::retrieve_state).await??;
+    let current = phases::timed(
+        phases::names::READ_NODE,
+        tokio::task::spawn_blocking(node_state::retrieve_state),
+    )
+    .await??;
     let resolved = match capture::resolve(&capture, &desired, &current, &cached) {
         Ok(resolved) => resolved,
         Err(error) => {
@@ -246,7 +252,8 @@ pub(super) async fn reconcile(
     }
 
     // a slot in the rollout (client)
-    if let Some(waiting) = take_slot(&policy, generation, &name, &mut status, &context, &enactments).await? {
+    let slot = take_slot(&policy, generation, &name, &mut status, &context, &enactments);
+    if let Some(waiting) = phases::timed(phases::names::TAKE_SLOT, slot).await? {
         return Ok(waiting);
     }
 
@@ -261,7 +268,11 @@ pub(super) async fn reconcile(
         }
         Err(error) => warn!(policy = %policy_name, "cannot work out what would undo this apply: {error}"),
     }
-    write_status(&enactments, &name, &status).await?;
+    phases::timed(
+        phases::names::STATUS_PROGRESSING,
+        write_status(&enactments, &name, &status),
+    )
+    .await?;
     info!(policy = %policy_name, generation, "applying");
     let applied = probed_apply(&policy, &context, &desired, &mut status).await;
     let outcome = match &applied {
@@ -288,20 +299,21 @@ pub(super) async fn reconcile(
             context.mark_in_desired_state(&policy_name, generation);
             // Reported before Available: whoever waited for the policy then reads the new
             // state in the NodeNetworkState.
-            if !context.report_now.report(REPORT_BEFORE_AVAILABLE).await {
+            let reported = context.report_now.report(REPORT_BEFORE_AVAILABLE);
+            if !phases::timed(phases::names::REPORT, reported).await {
                 warn!(
                     policy = %policy_name,
                     "the node state was not reported within {} s of the apply; it follows shortly",
                     REPORT_BEFORE_AVAILABLE.as_secs()
                 );
             }
-            let action = finish(
+            let available = finish(
                 &enactments,
                 &name,
                 &mut status,
                 EnactmentSituation::Succeeded { note },
-            )
-            .await;
+            );
+            let action = phases::timed(phases::names::STATUS_AVAILABLE, available).await;
             // Reported first, so no one sees more nodes applying than there are slots.
             context.rollout.release(&policy_name).await;
             action
@@ -346,7 +358,7 @@ pub(super) async fn probed_apply(
         client: context.client.clone(),
         node: context.config.node_name.clone(),
     };
-    let probes = probes::Probes::select(prober, plan).await;
+    let probes = phases::timed(phases::names::PROBES_BEFORE, probes::Probes::select(prober, plan)).await;
     let checkpoint = apply::checkpoint_timeout(probes.timeout());
     let policy_name = policy.name_any();
     let may_commit = context.rollout.still_held(&policy_name);

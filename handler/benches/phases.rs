@@ -1,0 +1,143 @@
+//! Where an apply's time goes, from the handler's phase lines (`nmstate_handler::phases`, at
+//! debug) and the bench's own clock (the same machine's): for each run, the time from creating
+//! the policy to the reconcile that applied it, each phase, the time between phases, and from
+//! the Available status written to the bench seeing it.
+
+use k8s_openapi::jiff::Timestamp;
+use nmstate_handler::phases::{TARGET, names};
+use std::{collections::BTreeMap, time::Duration};
+
+/// One phase line of the handler's log: the phase, when it ended, how long it took.
+#[derive(Clone, Debug)]
+struct Line {
+    phase: String,
+    ended: Timestamp,
+    ms: f64,
+}
+
+/// Reads `phase="…" ms=…` lines of the phases target from a handler log.
+fn lines(log: &str) -> Vec<Line> {
+    log.lines()
+        .filter(|line| line.contains(TARGET))
+        .filter_map(|line| {
+            let ended: Timestamp = line.split_whitespace().next()?.parse().ok()?;
+            let phase = line.split("phase=\"").nth(1)?.split('"').next()?.to_string();
+            let ms = line
+                .split(" ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(Line { phase, ended, ms })
+        })
+        .collect()
+}
+
+/// One run: the policy created at `created`, its enactment seen Available at `seen`.
+pub struct Run {
+    pub created: Timestamp,
+    pub seen: Timestamp,
+}
+
+/// Milliseconds per part of each run, by part name, in the order of an apply.
+#[derive(Default)]
+pub struct Breakdown {
+    parts: Vec<(String, Vec<f64>)>,
+}
+
+impl Breakdown {
+    pub fn add(&mut self, part: &str, ms: f64) {
+        match self.parts.iter_mut().find(|(name, _)| name == part) {
+            Some((_, samples)) => samples.push(ms),
+            None => self.parts.push((part.to_string(), vec![ms])),
+        }
+    }
+
+    /// The runs' parts, from the handler's log `log`; a run whose lines are missing is left out.
+    pub fn of(runs: &[Run], log: &str) -> Breakdown {
+        let all = lines(log);
+        let mut breakdown = Breakdown::default();
+        for run in runs {
+            let window: Vec<&Line> = all
+                .iter()
+                .filter(|line| line.ended >= run.created && line.ended <= run.seen)
+                .collect();
+            // The reconcile that applied: the last to start before nmstate's apply.
+            let Some(applied) = window.iter().position(|line| line.phase == names::NMSTATE_APPLY) else {
+                continue;
+            };
+            let Some(start) = window[..applied]
+                .iter()
+                .rposition(|line| line.phase == names::RECONCILE)
+            else {
+                continue;
+            };
+            let Some(last) = window[start..].last() else {
+                continue;
+            };
+            let ms = |from: Timestamp, to: Timestamp| to.duration_since(from).as_secs_f64() * 1000.0;
+            let reconciled = window[start].ended;
+            breakdown.add("policy created -> reconcile", ms(run.created, reconciled));
+            let mut phases: BTreeMap<&str, f64> = BTreeMap::new();
+            for line in &window[start + 1..] {
+                *phases.entry(line.phase.as_str()).or_default() += line.ms;
+            }
+            let order = [
+                names::READ_NODE,
+                names::TAKE_SLOT,
+                names::STATUS_PROGRESSING,
+                names::PROBES_BEFORE,
+                names::STALE_CHECKPOINT,
+                names::SAVE_DNS,
+                names::NMSTATE_APPLY,
+                names::PROBES_AFTER,
+                names::COMMIT,
+                names::REPORT,
+                names::STATUS_AVAILABLE,
+            ];
+            for phase in order {
+                breakdown.add(phase, phases.get(phase).copied().unwrap_or_default());
+            }
+            let timed: f64 = phases.values().sum();
+            breakdown.add("between the phases", ms(reconciled, last.ended) - timed);
+            breakdown.add("Available written -> seen", ms(last.ended, run.seen));
+            breakdown.add("total", ms(run.created, run.seen));
+        }
+        breakdown
+    }
+
+    pub fn print(&self, title: &str) {
+        println!("{title}");
+        for (part, samples) in &self.parts {
+            let mut sorted = samples.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+            let max = sorted.last().copied().unwrap_or_default();
+            println!(
+                "  {part:<34} median {median:>7.1} ms   max {max:>7.1} ms   ({} runs)",
+                samples.len()
+            );
+        }
+    }
+}
+
+/// `nmstatectl apply`'s phases as far as its log shows them: from `lines` (each line of its
+/// output with the time since its start it arrived at), the parts start → checkpoint created
+/// (its read of the node and validation), → checkpoint destroyed (apply, verification and
+/// commit), → exit (`exited`).
+pub fn nmstatectl_parts(lines: &[(Duration, String)], exited: Duration, into: &mut Breakdown) {
+    let at = |text: &str| {
+        lines
+            .iter()
+            .find(|(_, line)| line.contains(text))
+            .map(|(at, _)| at.as_secs_f64() * 1000.0)
+    };
+    let (Some(created), Some(destroyed)) = (at("Created checkpoint"), at("Destroyed checkpoint")) else {
+        return;
+    };
+    into.add("start -> checkpoint created", created);
+    into.add("-> applied, verified, committed", destroyed - created);
+    into.add("-> exited", exited.as_secs_f64() * 1000.0 - destroyed);
+    into.add("total", exited.as_secs_f64() * 1000.0);
+}
