@@ -22,7 +22,7 @@ use nmstate_localenv::{
     LocalEnv, SandboxNode, pods,
     testing::{
         POD_NODES, ROLLOUT_TIMEOUT, ReleaseImages, create_namespace, eventually, expect_no_nmstate,
-        install_crds, kubectl, pods_env, remove_nmstates,
+        install_crds, kubectl, pods_env,
     },
 };
 use nmstate_packaging::olm;
@@ -235,21 +235,11 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        remove_nmstates(&self.env, "");
         // The node is shared with the other tests on real pods.
         if let Ok(mut nmcli) = self.node.command("nmcli") {
             let _ = nmcli.args(["connection", "delete", "brup0", "brup1"]).output();
         }
-        for policy in &self.policies {
-            let _ = kubectl(&self.env)
-                .args(["delete", "nncp", policy, "--ignore-not-found", "--wait=false"])
-                .output();
-        }
-        // The namespace holds what upstream left (its handler DaemonSet) and the Leases.
-        let _ = kubectl(&self.env)
-            .args(["delete", "namespace", &self.namespace, "--wait=false"])
-            .output();
-        as_olm::delete_test_rbac(&self.env, &self.namespace);
+        as_olm::clean_up(&self.env, &self.namespace, &self.policies);
     }
 }
 

@@ -24,8 +24,8 @@ use nmstate_api::{
 use nmstate_localenv::{
     LocalEnv, SandboxNode, pods,
     testing::{
-        POD_NODES, ROLLOUT_TIMEOUT, ReleaseImages, create_namespace, eventually, expect_no_nmstate, kubectl,
-        kubectl_apply, pods_env, remove_nmstates,
+        POD_NODES, ROLLOUT_TIMEOUT, ReleaseImages, create_namespace, eventually, expect_no_nmstate,
+        kubectl_apply, pods_env,
     },
 };
 use nmstate_packaging::olm;
@@ -117,26 +117,13 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        remove_nmstates(&self.env, "");
-        let _ = kubectl(&self.env)
-            .args([
-                "delete",
-                "nncp",
-                &self.policy,
-                "--ignore-not-found",
-                "--wait=false",
-            ])
-            .output();
         // The nodes are shared with the other tests on real pods.
         for name in POD_NODES {
             if let Some(Ok(mut nmcli)) = self.env.node(name).map(|node| node.command("nmcli")) {
                 let _ = nmcli.args(["connection", "delete", BRIDGE]).output();
             }
         }
-        let _ = kubectl(&self.env)
-            .args(["delete", "namespace", &self.namespace, "--wait=false"])
-            .output();
-        as_olm::delete_test_rbac(&self.env, &self.namespace);
+        as_olm::clean_up(&self.env, &self.namespace, std::slice::from_ref(&self.policy));
     }
 }
 
@@ -259,13 +246,6 @@ async fn an_upgrade_mid_rollout_rolls_the_handlers_and_each_node_applies_once() 
         upgraded.elapsed().as_secs_f64()
     );
 
-    for name in POD_NODES {
-        let (pod, stopping) = handler_pod(&pods, name).await.unwrap();
-        let spec = pod.spec.as_ref().unwrap();
-        assert_eq!(spec.containers[0].image.as_deref(), Some(next_image.as_str()));
-        assert!(!stopping);
-        assert_eq!(restarts(&pod), 0, "the handler on {name} restarted");
-    }
     for node in &nodes {
         assert!(bridge_active(node), "{BRIDGE} is not active on {}", node.name);
     }
@@ -285,6 +265,14 @@ async fn an_upgrade_mid_rollout_rolls_the_handlers_and_each_node_applies_once() 
     )
     .await
     .unwrap_or_else(|error| panic!("{error}\n{}", pods::report(&env, &namespace)));
+    // The old pods gone: each node's handler is the new one.
+    for name in POD_NODES {
+        let (pod, stopping) = handler_pod(&pods, name).await.unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.containers[0].image.as_deref(), Some(next_image.as_str()));
+        assert!(!stopping);
+        assert_eq!(restarts(&pod), 0, "the handler on {name} restarted");
+    }
     let (started, most_at_once) = {
         let applies = applies.lock().unwrap();
         (applies.started.clone(), applies.most_at_once)

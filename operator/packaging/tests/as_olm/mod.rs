@@ -52,9 +52,20 @@ pub fn next_release(current: &release::Release) -> release::Release {
     next_release
 }
 
-/// Removes the cluster-wide RBAC [`install_csv`] created with `label`.
-pub fn delete_test_rbac(env: &LocalEnv, label: &str) {
-    let selector = format!("{TEST_LABEL}={label}");
+/// Removes what an upgrade test made, also when it failed: the NMState (its operands follow),
+/// `policies`, the test's `namespace` (what upstream left there, the Leases) and the
+/// cluster-wide RBAC [`install_csv`] created for it.
+pub fn clean_up(env: &LocalEnv, namespace: &str, policies: &[String]) {
+    nmstate_localenv::testing::remove_nmstates(env, "");
+    for policy in policies {
+        let _ = kubectl(env)
+            .args(["delete", "nncp", policy, "--ignore-not-found", "--wait=false"])
+            .output();
+    }
+    let _ = kubectl(env)
+        .args(["delete", "namespace", namespace, "--wait=false"])
+        .output();
+    let selector = format!("{TEST_LABEL}={namespace}");
     let _ = kubectl(env)
         .args([
             "delete",
