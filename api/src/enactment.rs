@@ -71,6 +71,13 @@ pub struct NodeNetworkConfigurationEnactmentStatus {
     pub revert_state: Option<NetworkStateDocument>,
 }
 
+impl NodeNetworkConfigurationEnactmentStatus {
+    /// Whether its condition `type_` is True.
+    pub fn is(&self, type_: EnactmentConditionType) -> bool {
+        crate::condition::find_condition(&self.conditions, type_.as_str()).is_some_and(Condition::is_true)
+    }
+}
+
 /// What applying the policy would do on the node, worked out without applying it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

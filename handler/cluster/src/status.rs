@@ -85,9 +85,6 @@ pub fn evaluate(
         {
             continue;
         }
-        let is_true = |type_: EnactmentType| {
-            find_condition(&status.conditions, type_.as_str()).is_some_and(Condition::is_true)
-        };
         let on_ready_node = node.is_some_and(|n| ready.contains(n.as_str()));
         let preview =
             find_condition(&status.conditions, EnactmentType::Previewed.as_str()).filter(|c| c.is_true());
@@ -100,13 +97,13 @@ pub fn evaluate(
                     _ => {}
                 }
             }
-        } else if is_true(EnactmentType::Failing) && !is_true(EnactmentType::Progressing) {
+        } else if status.is(EnactmentType::Failing) && !status.is(EnactmentType::Progressing) {
             failed += 1;
-        } else if is_true(EnactmentType::Aborted) {
+        } else if status.is(EnactmentType::Aborted) {
             aborted += 1;
-        } else if is_true(EnactmentType::Available) && on_ready_node {
+        } else if status.is(EnactmentType::Available) && on_ready_node {
             available += 1;
-        } else if is_true(EnactmentType::Pending) {
+        } else if status.is(EnactmentType::Pending) {
             pending += 1;
         }
     }

@@ -21,7 +21,6 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy,
-    condition::find_condition,
     enactment::{EnactmentConditionType, enactment_name},
     labels,
 };
@@ -167,9 +166,9 @@ async fn declared_by_other_policies(context: &Context, policy: &str) -> Result<V
 /// off, say) and fail, or worse, for ever.
 fn applied_here(enactment: NodeNetworkConfigurationEnactment) -> Option<Value> {
     let status = enactment.status?;
-    let available = find_condition(&status.conditions, EnactmentConditionType::Available.as_str())
-        .is_some_and(|condition| condition.is_true());
-    available.then_some(status.desired_state?.0)
+    status
+        .is(EnactmentConditionType::Available)
+        .then_some(status.desired_state?.0)
 }
 
 #[cfg(test)]

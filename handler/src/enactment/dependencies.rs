@@ -9,7 +9,6 @@ use super::{Context, EnactmentError};
 use kube::{Api, ResourceExt, api::ListParams};
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy,
-    condition::find_condition,
     dependencies::cycle_through,
     enactment::{EnactmentConditionType, enactment_name},
     labels,
@@ -71,8 +70,7 @@ pub async fn wait_reason(
                 let status = enactment.and_then(|enactment| enactment.status);
                 let available = status.as_ref().is_some_and(|status| {
                     status.policy_generation == Some(generation)
-                        && find_condition(&status.conditions, EnactmentConditionType::Available.as_str())
-                            .is_some_and(|c| c.is_true())
+                        && status.is(EnactmentConditionType::Available)
                 });
                 if available && context.is_in_desired_state(name, generation) {
                     Dependency::Settled

@@ -22,7 +22,6 @@ use nmstate_api::names::{
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
     NodeNetworkConfigurationPolicy,
-    condition::find_condition,
     enactment::{EnactmentConditionType as Type, NodeNetworkConfigurationEnactmentFields, enactment_name},
     labels,
 };
@@ -61,8 +60,7 @@ pub async fn mark_interrupted(client: &kube::Client, node: &str) {
         let Some(mut status) = enactment.status.clone() else {
             continue;
         };
-        let progressing = find_condition(&status.conditions, Type::Progressing.as_str());
-        if !progressing.is_some_and(|condition| condition.is_true()) {
+        if !status.is(Type::Progressing) {
             continue;
         }
         let name = enactment.name_any();

@@ -10,7 +10,6 @@
 use crate::{enactment::events, network::drift::is_empty_section, rollout::Admission};
 use nmstate_api::{
     NodeNetworkConfigurationEnactmentStatus,
-    condition::find_condition,
     enactment::{EnactmentConditionReason, EnactmentConditionType as Type},
 };
 use serde_json::Value;
@@ -45,12 +44,10 @@ pub fn entry(
             enacted: false,
         };
     }
-    let is_true =
-        |type_: Type| find_condition(&status.conditions, type_.as_str()).is_some_and(|c| c.is_true());
-    let enacted = is_true(Type::Available);
+    let enacted = status.is(Type::Available);
     if super::conditions::is_final_failure(status)
-        || is_true(Type::Aborted)
-        || is_true(Type::Previewed)
+        || status.is(Type::Aborted)
+        || status.is(Type::Previewed)
         || (enacted && known_applied)
     {
         Entry::Done

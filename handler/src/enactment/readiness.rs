@@ -18,7 +18,6 @@ use kube::{
 };
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy,
-    condition::find_condition,
     enactment::EnactmentConditionType,
     labels,
     nmstate::{NETWORK_CONFIGURED, NetworkConfiguredReason},
@@ -97,9 +96,7 @@ pub async fn update(
             .filter_map(|enactment| {
                 let policy = enactment.labels().get(labels::POLICY)?.clone();
                 let status = enactment.status?;
-                let available =
-                    find_condition(&status.conditions, EnactmentConditionType::Available.as_str())
-                        .is_some_and(|c| c.is_true());
+                let available = status.is(EnactmentConditionType::Available);
                 Some((policy, status.policy_generation.filter(|_| available)?))
             })
             .collect();

@@ -528,8 +528,7 @@ pub(super) async fn take_slot(
             .await;
     }
     let admission = context.rollout.acquire(policy, generation, limit.limit).await?;
-    let pending = find_condition(&status.conditions, EnactmentConditionType::Pending.as_str())
-        .is_some_and(|c| c.is_true());
+    let pending = status.is(EnactmentConditionType::Pending);
     match plan::on_admission(&admission, pending) {
         OnAdmission::Apply => Ok(None),
         OnAdmission::Wait { retry_after, report } => {
