@@ -212,13 +212,10 @@ impl Rollout {
     /// Whether this node holds, and still renews, a slot in the rollout of `policy`'s
     /// `generation` (e.g. between retries): nothing to read or take then.
     pub fn holds(&self, policy: &str, generation: i64) -> bool {
-        self.renewing(policy)
-            && self
-                .held
-                .lock()
-                .ok()
-                .and_then(|all| Some(all.get(policy)?.generation))
-                == Some(generation)
+        self.held.lock().ok().and_then(|all| {
+            let held = all.get(policy)?;
+            (!held.renewal.is_finished()).then_some(held.generation)
+        }) == Some(generation)
     }
 
     /// Whether this node still renews its slot for `policy` (it has not lost it).
