@@ -90,9 +90,6 @@ struct Operations {
     refused_webhook_down: usize,
 }
 
-/// What the API server says when it could not get an answer from the policy webhooks.
-const WEBHOOK_DOWN: &str = "failed calling webhook \"nodenetworkconfigurationpolicies-";
-
 fn desired(live: &Live) -> Value {
     if live.kind == Kind::Unreadable {
         // The CRD keeps desiredState open: only the webhook refuses the unknown key.
@@ -296,7 +293,7 @@ impl Soak {
                 return;
             }
             (Ok(_), _) => {}
-            (Err(error), _) if error.to_string().contains(WEBHOOK_DOWN) => {
+            (Err(error), _) if error.to_string().contains(webhook::UNREACHABLE) => {
                 self.operations.refused_webhook_down += 1;
                 return;
             }
@@ -341,7 +338,7 @@ impl Soak {
                 self.live.insert(name, changed);
                 self.operations.updated += 1;
             }
-            Err(error) if error.to_string().contains(WEBHOOK_DOWN) => {
+            Err(error) if error.to_string().contains(webhook::UNREACHABLE) => {
                 self.operations.refused_webhook_down += 1;
             }
             Err(_) => {}

@@ -25,8 +25,6 @@ const WORKERS: usize = 3;
 const BETWEEN: Duration = Duration::from_millis(1500);
 /// How long the webhook stays down, as a pod being replaced does (at least).
 const DOWN_FOR: Duration = Duration::from_millis(700);
-/// What kubectl prints when the API server could not get an answer from a webhook.
-const WEBHOOK_NAMED: &str = "failed calling webhook \"nodenetworkconfigurationpolicies-";
 
 /// One `kubectl apply` and what it said.
 struct Outcome {
@@ -110,7 +108,7 @@ async fn a_restart_during_a_burst_admits_nothing_invalid() {
         let what = match (&outcome.result, outcome.valid) {
             (Ok(_), true) => "valid, applied",
             (Ok(output), false) => panic!("{} is invalid and was admitted: {output}", outcome.name),
-            (Err(error), _) if error.contains(WEBHOOK_NAMED) => {
+            (Err(error), _) if error.contains(fixture::UNREACHABLE) => {
                 example.get_or_insert(error);
                 "failed naming the webhook"
             }

@@ -568,8 +568,7 @@ async fn an_outage_refuses_policies_with_a_clear_error() {
         .kubectl_apply(&fixture.policy("outage", bridge("br1")))
         .unwrap_err();
     assert!(
-        error.contains("failed calling webhook \"nodenetworkconfigurationpolicies-")
-            && error.contains("connection refused"),
+        error.contains(fixture::UNREACHABLE) && error.contains("connection refused"),
         "{error}"
     );
     println!("while down: {error}");

@@ -23,6 +23,8 @@ use std::{io::Write, time::Duration};
 pub fn webhook_binary() -> std::path::PathBuf {
     nmstate_localenv::testing::workspace_binary("nmstate-webhook")
 }
+/// What the API server says when it could not get an answer from the policy webhooks.
+pub const UNREACHABLE: &str = "failed calling webhook \"nodenetworkconfigurationpolicies-";
 /// Policies carrying this label (value: the test's id) go through this test's webhook.
 pub const SELECTOR: &str = "nmstate-test/webhook";
 
