@@ -83,20 +83,7 @@ impl Breakdown {
             for line in &window[start + 1..] {
                 *phases.entry(line.phase.as_str()).or_default() += line.ms;
             }
-            let order = [
-                names::READ_NODE,
-                names::TAKE_SLOT,
-                names::STATUS_PROGRESSING,
-                names::PROBES_BEFORE,
-                names::STALE_CHECKPOINT,
-                names::SAVE_DNS,
-                names::NMSTATE_APPLY,
-                names::PROBES_AFTER,
-                names::COMMIT,
-                names::REPORT,
-                names::STATUS_AVAILABLE,
-            ];
-            for phase in order {
+            for phase in names::IN_ORDER {
                 breakdown.add(phase, phases.get(phase).copied().unwrap_or_default());
             }
             let timed: f64 = phases.values().sum();

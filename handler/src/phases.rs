@@ -7,7 +7,7 @@ use tracing::debug;
 
 pub const TARGET: &str = "nmstate_handler::phases";
 
-/// The phases, in the order of an apply; each line's `phase` is one of these.
+/// The phases; each line's `phase` is one of these.
 pub mod names {
     /// The reconcile that applies starts (0 ms): the watch event's delivery is before it.
     pub const RECONCILE: &str = "reconcile";
@@ -33,6 +33,21 @@ pub mod names {
     pub const REPORT: &str = "report node state";
     /// The enactment's Available status written.
     pub const STATUS_AVAILABLE: &str = "status available";
+
+    /// Every phase after [`RECONCILE`], in the order of an apply.
+    pub const IN_ORDER: [&str; 11] = [
+        READ_NODE,
+        TAKE_SLOT,
+        STATUS_PROGRESSING,
+        PROBES_BEFORE,
+        STALE_CHECKPOINT,
+        SAVE_DNS,
+        NMSTATE_APPLY,
+        PROBES_AFTER,
+        COMMIT,
+        REPORT,
+        STATUS_AVAILABLE,
+    ];
 }
 
 /// Logs that `phase` starts now, taking no time.

@@ -59,10 +59,10 @@ fn watch_applies(client: &Client, policy: &str) -> Arc<Mutex<Applies>> {
         let mut events = watcher(api, config).applied_objects().boxed();
         while let Some(Ok(enactment)) = events.next().await {
             let node = enactment.labels().get(labels::NODE).cloned().unwrap_or_default();
-            let progressing = enactment.status.as_ref().is_some_and(|status| {
-                find_condition(&status.conditions, EnactmentConditionType::Progressing.as_str())
-                    .is_some_and(|c| c.is_true())
-            });
+            let progressing = enactment
+                .status
+                .as_ref()
+                .is_some_and(|status| status.is(EnactmentConditionType::Progressing));
             let mut applies = recorded.lock().unwrap();
             if progressing && applies.progressing.insert(node.clone()) {
                 *applies.started.entry(node).or_default() += 1;
@@ -75,17 +75,17 @@ fn watch_applies(client: &Client, policy: &str) -> Arc<Mutex<Applies>> {
     applies
 }
 
-/// The handler pod on `node`, if one runs there, and whether it is stopping.
-async fn handler_pod(pods: &Api<Pod>, node: &str) -> Option<(Pod, bool)> {
+/// The handler pod on `node`, if one runs there.
+async fn handler_pod(pods: &Api<Pod>, node: &str) -> Option<Pod> {
     let list = pods.list(&Default::default()).await.ok()?;
     list.items
         .into_iter()
         .filter(|pod| pod.name_any().starts_with(&format!("{HANDLER}-")))
         .find(|pod| pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()) == Some(node))
-        .map(|pod| {
-            let stopping = pod.metadata.deletion_timestamp.is_some();
-            (pod, stopping)
-        })
+}
+
+fn stopping(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
 }
 
 fn restarts(pod: &Pod) -> i32 {
@@ -209,7 +209,7 @@ async fn an_upgrade_mid_rollout_rolls_the_handlers_and_each_node_applies_once() 
         || async {
             handler_pod(&pods, &first)
                 .await
-                .and_then(|(_, stopping)| stopping.then_some(()))
+                .and_then(|pod| stopping(&pod).then_some(()))
         },
     )
     .await
@@ -257,9 +257,7 @@ async fn an_upgrade_mid_rollout_rolls_the_handlers_and_each_node_applies_once() 
             let list = pods.list(&Default::default()).await.ok()?;
             list.items
                 .iter()
-                .all(|pod| {
-                    pod.metadata.deletion_timestamp.is_none() && pods::is_ready(pod) && restarts(pod) == 0
-                })
+                .all(|pod| !stopping(pod) && pods::is_ready(pod) && restarts(pod) == 0)
                 .then_some(())
         },
     )
@@ -267,10 +265,10 @@ async fn an_upgrade_mid_rollout_rolls_the_handlers_and_each_node_applies_once() 
     .unwrap_or_else(|error| panic!("{error}\n{}", pods::report(&env, &namespace)));
     // The old pods gone: each node's handler is the new one.
     for name in POD_NODES {
-        let (pod, stopping) = handler_pod(&pods, name).await.unwrap();
+        let pod = handler_pod(&pods, name).await.unwrap();
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.containers[0].image.as_deref(), Some(next_image.as_str()));
-        assert!(!stopping);
+        assert!(!stopping(&pod));
         assert_eq!(restarts(&pod), 0, "the handler on {name} restarted");
     }
     let (started, most_at_once) = {
