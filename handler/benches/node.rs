@@ -20,9 +20,12 @@
 mod common;
 mod phases;
 
-use common::{AVAILABLE, policy, start_handler_with, wait_for_condition};
+use common::{policy, start_handler_with};
 use kube::{Api, api::PostParams};
-use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState};
+use nmstate_api::{
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
+    enactment::EnactmentConditionType,
+};
 use nmstate_localenv::testing::{
     ProcessUsage, TestNode, eventually, install_crds, proc_status_kib, shared_env, unique_name,
 };
@@ -50,6 +53,21 @@ fn reset() -> Value {
         {"name": "br1", "type": "linux-bridge", "state": "absent"},
         {"name": "eth1", "type": "ethernet", "state": "up", "ipv4": {"enabled": false}, "ipv6": {"enabled": false}},
     ]})
+}
+
+/// Returns once the enactment is Available, seen through a watch as `kubectl wait` sees it (a
+/// poll would add up to its interval to every run).
+async fn watch_until_available(enactments: &Api<NodeNetworkConfigurationEnactment>, name: &str) {
+    let available = |enactment: Option<&NodeNetworkConfigurationEnactment>| {
+        enactment
+            .and_then(|enactment| enactment.status.as_ref())
+            .is_some_and(|status| status.is(EnactmentConditionType::Available))
+    };
+    let condition = kube::runtime::wait::await_condition(enactments.clone(), name, available);
+    tokio::time::timeout(Duration::from_secs(60), condition)
+        .await
+        .unwrap_or_else(|_| panic!("{name} not Available within 60 s"))
+        .unwrap();
 }
 
 /// Runs `nmstatectl apply` of `state` in the node; how long it took, and its log lines with the
@@ -178,13 +196,7 @@ async fn main() {
             )
             .await
             .unwrap();
-        wait_for_condition(
-            &enactments,
-            &format!("{node_name}.{name}"),
-            AVAILABLE,
-            Duration::from_secs(60),
-        )
-        .await;
+        watch_until_available(&enactments, &format!("{node_name}.{name}")).await;
         ours.samples.push(started.elapsed());
         runs.push(phases::Run {
             created,
