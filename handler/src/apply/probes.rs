@@ -3,10 +3,11 @@
 //! [`plan`] decides, purely, which probes a policy gets from its `spec.probes` and the handler's
 //! defaults; [`Probes::select`] keeps, of the probes that look outside the node (the gateways'
 //! pings and DNS), those that pass before the change, all pre-checked at once; [`Probes::run`]
-//! runs the selected probes in turn after the change, each retried every second until it passes
-//! or its timeout runs out, and reports each.
+//! runs the selected probes after the change, all at once, each retried every second until it
+//! passes or its timeout runs out, and reports each.
 
 use crate::apply::external_probes::{self, Family};
+use futures::{StreamExt, stream::FuturesUnordered};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::{Api, Client};
 use nmstate_api::probes::{PolicyProbes, ProbeName, ProbeReport, ProbeResult, tcp_probe_name};
@@ -175,6 +176,69 @@ impl Prober {
     }
 }
 
+/// One probe's outcome after the change, and how long it took.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Attempted {
+    result: Result<(), String>,
+    took: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    /// Some probes are still needed to know.
+    Running,
+    Passed,
+    /// The probe at this index fails, and none before it in the plan's order does.
+    Failed(usize),
+}
+
+/// Whether the probes' outcomes so far decide the change, and how: the first failing probe in
+/// the plan's order, once every selected probe before it is done; a failure further down waits
+/// for those, so the probe named does not depend on which fails sooner (all of a cut-off node's
+/// probes fail, at about the same time).
+fn decided(selected: &[bool], outcomes: &[Option<Attempted>]) -> Decision {
+    for (index, (selected, outcome)) in selected.iter().zip(outcomes).enumerate() {
+        match outcome {
+            _ if !selected => {}
+            None => return Decision::Running,
+            Some(Attempted { result: Err(_), .. }) => return Decision::Failed(index),
+            Some(_) => {}
+        }
+    }
+    Decision::Passed
+}
+
+/// What the enactment shows of one probe.
+fn report(name: String, decision: &Result<(), String>, outcome: Option<Attempted>) -> ProbeReport {
+    match (decision, outcome) {
+        (Err(reason), _) => ProbeReport {
+            name,
+            selected: false,
+            message: Some(reason.clone()),
+            ..ProbeReport::default()
+        },
+        (Ok(()), None) => ProbeReport {
+            name,
+            selected: true,
+            result: Some(ProbeResult::NotRun.to_string()),
+            ..ProbeReport::default()
+        },
+        (Ok(()), Some(Attempted { result, took })) => {
+            let (result, message) = match result {
+                Ok(()) => (ProbeResult::Passed, None),
+                Err(reason) => (ProbeResult::Failed, Some(reason)),
+            };
+            ProbeReport {
+                name,
+                selected: true,
+                result: Some(result.to_string()),
+                duration_milliseconds: Some(took),
+                message,
+            }
+        }
+    }
+}
+
 /// A probe that failed after the change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeFailure {
@@ -230,52 +294,47 @@ impl Probes {
             .map(|(check, _)| check)
     }
 
-    /// Runs the selected probes in turn until one fails: a report of each probe, and the
-    /// failure, if any.
+    /// Runs the selected probes all at once: a report of each probe, and the failure, if any.
+    /// The failure is the first failing probe in the plan's order, as if they had run in turn
+    /// ([`decided`]); the probes still running then are cut short and reported as not run.
     pub async fn run(&self) -> (Vec<ProbeReport>, Option<ProbeFailure>) {
-        let mut reports = Vec::with_capacity(self.probes.len());
-        let mut failure: Option<ProbeFailure> = None;
-        for (check, decision) in &self.probes {
-            let name = check.name();
-            let report = match decision {
-                Err(reason) => ProbeReport {
-                    name,
-                    selected: false,
-                    message: Some(reason.clone()),
-                    ..ProbeReport::default()
-                },
-                Ok(()) if failure.is_some() => ProbeReport {
-                    name,
-                    selected: true,
-                    result: Some(ProbeResult::NotRun.to_string()),
-                    ..ProbeReport::default()
-                },
-                Ok(()) => {
-                    tracing::debug!(probe = %name, "probe");
-                    let started = Instant::now();
-                    let result = self.prober.run(check, self.timeout).await;
-                    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    let (result, message) = match result {
-                        Ok(()) => (ProbeResult::Passed, None),
-                        Err(reason) => {
-                            failure = Some(ProbeFailure {
-                                probe: name.clone(),
-                                reason: reason.clone(),
-                            });
-                            (ProbeResult::Failed, Some(reason))
-                        }
-                    };
-                    ProbeReport {
-                        name,
-                        selected: true,
-                        result: Some(result.to_string()),
-                        duration_milliseconds: Some(took),
-                        message,
-                    }
-                }
-            };
-            reports.push(report);
+        let mut outcomes: Vec<Option<Attempted>> = vec![None; self.probes.len()];
+        let mut running: FuturesUnordered<_> = self
+            .probes
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, decision))| decision.is_ok())
+            .map(|(index, (check, _))| async move {
+                tracing::debug!(probe = %check.name(), "probe");
+                let started = Instant::now();
+                let result = self.prober.run(check, self.timeout).await;
+                let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                (index, Attempted { result, took })
+            })
+            .collect();
+        let selected: Vec<bool> = self.probes.iter().map(|(_, decision)| decision.is_ok()).collect();
+        let mut failed = None;
+        while let Some((index, attempted)) = running.next().await {
+            outcomes[index] = Some(attempted);
+            if let Decision::Failed(index) = decided(&selected, &outcomes) {
+                failed = Some(index);
+                break;
+            }
         }
+        drop(running);
+        let failure = failed.and_then(|index| {
+            let reason = outcomes[index].as_ref()?.result.as_ref().err()?;
+            Some(ProbeFailure {
+                probe: self.probes[index].0.name(),
+                reason: reason.clone(),
+            })
+        });
+        let reports = self
+            .probes
+            .iter()
+            .zip(outcomes)
+            .map(|((check, decision), outcome)| report(check.name(), decision, outcome))
+            .collect();
         (reports, failure)
     }
 
@@ -409,6 +468,44 @@ mod tests {
         ];
         for (policy, expected) in table {
             assert_eq!(plan(Some(&policy), &defaults()), expected, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_failing_probe_in_order_decides_once_those_before_it_are_done() {
+        let passed = || {
+            Some(Attempted {
+                result: Ok(()),
+                took: 1,
+            })
+        };
+        let failed = || {
+            Some(Attempted {
+                result: Err("down".into()),
+                took: 1,
+            })
+        };
+        type Case<'a> = (&'a [bool], Vec<Option<Attempted>>, Decision);
+        let all = [true, true, true];
+        let table: [Case; 7] = [
+            (&all, vec![None, None, None], Decision::Running),
+            (&all, vec![passed(), passed(), None], Decision::Running),
+            (&all, vec![passed(), passed(), passed()], Decision::Passed),
+            (&all, vec![None, failed(), None], Decision::Running),
+            (&all, vec![passed(), failed(), None], Decision::Failed(1)),
+            (&all, vec![failed(), failed(), None], Decision::Failed(0)),
+            (
+                &[false, true, true],
+                vec![None, passed(), failed()],
+                Decision::Failed(2),
+            ),
+        ];
+        for (selected, outcomes, expected) in table {
+            assert_eq!(
+                decided(selected, &outcomes),
+                expected,
+                "{selected:?} {outcomes:?}"
+            );
         }
     }
 
