@@ -11,7 +11,7 @@ use nmstate_handler::{
         bridge_vlan,
         network_manager::{self, NetworkManagerError},
         node_support::NodeSupport,
-        state::{self as node_state, NodeStateError},
+        state::{self as node_state, NodeStateError, StateCache},
     },
     node_lock::{self, LockError},
     node_state_reporter::{self, NodeStateReporter, ReportError},
@@ -192,13 +192,15 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
+    let node_state_cache = Arc::new(StateCache::default());
     let mut reporter = NodeStateReporter::new(
         client.clone(),
         config.node_name.clone(),
         config.relationship_labels.clone(),
         network_manager.clone(),
     )
-    .with_rules(config.report.clone());
+    .with_rules(config.report.clone())
+    .with_cache(node_state_cache.clone());
     if let Some(reason) = unsupported.clone() {
         reporter = reporter.with_unsupported(reason);
     }
@@ -260,6 +262,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         config,
         support,
         report_now,
+        node_state: node_state_cache,
         in_desired_state: Default::default(),
         rollout,
         reported_invalid_max_unavailable: Default::default(),

@@ -13,7 +13,7 @@
 use crate::network::{
     filter::{ReportRules, filter_for_report},
     network_manager::{self, NetworkManagerError},
-    state::{self as node_state, NMSTATE_VERSION, NodeStateError},
+    state::{self as node_state, NMSTATE_VERSION, NodeStateError, StateCache},
     trim,
 };
 use futures::{StreamExt, TryStreamExt};
@@ -32,7 +32,7 @@ use nmstate_api::{
 use nmstate_runtime::kube_errors::is_conflict;
 use nmstate_runtime::watch;
 use serde_json::{Value, json};
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 use tokio::{
     sync::{mpsc, oneshot},
     time::{Instant, sleep_until},
@@ -110,6 +110,8 @@ pub struct NodeStateReporter {
     rules: ReportRules,
     /// The state last written (or found already reported), to skip unchanged refreshes.
     last_reported: Option<Value>,
+    /// Each read kept for the applies, and NetworkManager's signals counted against it.
+    cache: Arc<StateCache>,
 }
 
 impl NodeStateReporter {
@@ -128,7 +130,14 @@ impl NodeStateReporter {
             unsupported: None,
             rules: ReportRules::default(),
             last_reported: None,
+            cache: Arc::default(),
         }
+    }
+
+    /// Keeps each read in `cache`, and counts NetworkManager's change signals there.
+    pub fn with_cache(mut self, cache: Arc<StateCache>) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// Leaves out what `rules` exclude, and keeps the report under their size cap.
@@ -147,7 +156,9 @@ impl NodeStateReporter {
     /// missing. `force` also checks the object when the state did not change (e.g. after it was
     /// deleted). Returns whether it wrote.
     pub async fn refresh(&mut self, force: bool) -> Result<bool, ReportError> {
-        let retrieved = tokio::task::spawn_blocking(node_state::retrieve).await??;
+        let cache = self.cache.clone();
+        let read = tokio::task::spawn_blocking(move || cache.read()).await?;
+        let retrieved = node_state::without_secrets(read.map_err(NodeStateError::from)?)?;
         let state = filter_for_report(retrieved, &self.rules);
         if !force && self.last_reported.as_ref() == Some(&state) {
             return Ok(false);
@@ -369,7 +380,19 @@ pub async fn run(
     mut requests: ReportRequests,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ReportError> {
+    // Counted as they arrive, not when the loop below gets to them (it does not while it
+    // refreshes): an apply must not take a read for current that a change already outdated.
     let mut signals = network_manager::change_signals(None).await?;
+    let (signalled, mut changes) = mpsc::channel::<()>(1);
+    let mut counting = tokio::task::JoinSet::new();
+    let cache = reporter.cache.clone();
+    counting.spawn(async move {
+        while signals.next().await.is_some() {
+            cache.changed();
+            // A burst is one refresh: a signal already waiting stands for this one too.
+            let _ = signalled.try_send(());
+        }
+    });
     let config = watcher::Config::default().fields(&format!("metadata.name={}", reporter.node_name));
     let mut deletions = watch::retried(watcher(reporter.api.clone(), config))
         .try_filter_map(|event| async move { Ok(matches!(event, watcher::Event::Delete(_)).then_some(())) })
@@ -385,7 +408,7 @@ pub async fn run(
         let wake = due.map_or_else(|| Instant::now() + PERIODIC_REFRESH, |(at, _, _)| at);
         tokio::select! {
             () = &mut shutdown => return Ok(()),
-            signal = signals.next() => {
+            signal = changes.recv() => {
                 if signal.is_none() {
                     return Err(ReportError::SignalsEnded);
                 }

@@ -14,6 +14,7 @@ use kube::{
 };
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
+    enactment::EnactmentConditionType,
 };
 use nmstate_localenv::testing::{TestNode, eventually, install_crds, kubectl, shared_env, unique_name};
 use serde_json::{Value, json};
@@ -312,6 +313,43 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
         .await
         .unwrap();
     assert_eq!(static_after.resource_version(), static_before.resource_version());
+
+    // A change made outside the handler right before a policy's next generation: the read the
+    // node-state reporter kept is outdated by NetworkManager's signal, so the node is read again,
+    // found drifted, and the policy applied (a kept read taken for current would find br9 up
+    // and apply nothing).
+    let down = node
+        .command("nmcli")
+        .unwrap()
+        .args(["connection", "down", "br9"])
+        .output()
+        .unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let next = json!({"spec": {"maxUnavailable": 1}});
+    policies
+        .patch(&labelled, &PatchParams::default(), &Patch::Merge(&next))
+        .await
+        .unwrap();
+    eventually(
+        "the next generation is Available",
+        Duration::from_secs(30),
+        || async {
+            let status = enactments
+                .get(&format!("{node_name}.{labelled}"))
+                .await
+                .unwrap()
+                .status?;
+            (status.policy_generation == Some(2) && status.is(EnactmentConditionType::Available))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        show(&["ip", "-br", "link", "show", "br9"]).contains("br9"),
+        "br9 is back: {}",
+        handler.log()
+    );
 
     // Deleting a policy removes its enactment.
     policies.delete(&bridge, &Default::default()).await.unwrap();

@@ -28,7 +28,9 @@ mod reconcile;
 pub mod variables;
 
 use crate::{
-    config::HandlerConfig, network::node_support::NodeSupport, node_state_reporter::ReportNow,
+    config::HandlerConfig,
+    network::{node_support::NodeSupport, state::StateCache},
+    node_state_reporter::ReportNow,
     rollout::Rollout,
 };
 use futures::StreamExt;
@@ -95,6 +97,8 @@ pub struct Context {
     /// Reports the node state after each successful apply, before the enactment says
     /// Available.
     pub report_now: ReportNow,
+    /// The node's state as the reporter or the last apply read it, while nothing changed.
+    pub node_state: Arc<StateCache>,
     /// The generation of each policy this process has applied, or found the node already in.
     /// Checked once per process: a restarted handler re-applies a policy only if the node
     /// drifted from it, and a running one does not chase changes made by others (two policies

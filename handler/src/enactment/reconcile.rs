@@ -158,10 +158,10 @@ pub(super) async fn reconcile(
         .flatten()
         .filter_map(|(name, captured)| Some((name.clone(), captured.state.as_ref()?.0.clone())))
         .collect();
-    debug!(policy = %policy_name, generation, "reading the node's state");
+    let cache = context.node_state.clone();
     let current = phases::timed(
         phases::names::READ_NODE,
-        tokio::task::spawn_blocking(node_state::retrieve_state),
+        tokio::task::spawn_blocking(move || cache.current()),
     )
     .await??;
     let resolved = match capture::resolve(&capture, &desired, &current, &cached) {

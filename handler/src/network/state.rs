@@ -4,6 +4,13 @@
 //! and its async futures are not `Send`; callers inside tokio use `spawn_blocking`.
 
 use serde_json::Value;
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 /// The nmstate crate version this handler is built with.
 pub const NMSTATE_VERSION: &str = env!("NMSTATE_CRATE_VERSION");
@@ -28,7 +35,11 @@ impl NodeStateError {
 
 /// The node's current network state (secrets hidden), as nmstate reports it. Blocking.
 pub fn retrieve() -> Result<Value, NodeStateError> {
-    let mut state = retrieve_state()?;
+    without_secrets(retrieve_state()?)
+}
+
+/// `state` as reported: secrets hidden, as JSON.
+pub fn without_secrets(mut state: nmstate::NetworkState) -> Result<Value, NodeStateError> {
     state.hide_secrets();
     Ok(serde_json::to_value(&state)?)
 }
@@ -39,6 +50,68 @@ pub fn retrieve_state() -> Result<nmstate::NetworkState, nmstate::NmstateError> 
     let mut state = nmstate::NetworkState::new();
     state.retrieve()?;
     Ok(state)
+}
+
+/// The node's state as last read, kept while NetworkManager signals no change, so an apply
+/// does not read the node again right after the node-state reporter did (or the last apply).
+///
+/// A read counts the changes signalled before it starts; it is current while no change was
+/// signalled since. The reporter counts NetworkManager's D-Bus signals as they arrive
+/// ([`StateCache::changed`]); what NetworkManager does not signal is bounded by [`MAX_AGE`].
+#[derive(Default)]
+pub struct StateCache {
+    changes: AtomicU64,
+    last: Mutex<Option<Read>>,
+}
+
+/// How long a read is used at most, however quiet the node: the periodic refresh's interval
+/// twice, the bound on a change nothing signalled.
+pub const MAX_AGE: Duration = Duration::from_secs(120);
+
+struct Read {
+    state: nmstate::NetworkState,
+    /// The changes counted when the read started.
+    changes: u64,
+    at: Instant,
+}
+
+impl StateCache {
+    /// NetworkManager signalled a change: the last read is no longer current.
+    pub fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Reads the node's state ([`retrieve_state`]) and keeps it. Blocking.
+    pub fn read(&self) -> Result<nmstate::NetworkState, nmstate::NmstateError> {
+        let changes = self.changes.load(Ordering::SeqCst);
+        let at = Instant::now();
+        let state = retrieve_state()?;
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(Read {
+                state: state.clone(),
+                changes,
+                at,
+            });
+        }
+        Ok(state)
+    }
+
+    /// The node's state: the last read while it is current, or a new read. Blocking.
+    pub fn current(&self) -> Result<nmstate::NetworkState, nmstate::NmstateError> {
+        match self.kept() {
+            Some(state) => Ok(state),
+            None => self.read(),
+        }
+    }
+
+    /// The last read, if no change was signalled since it started and it is younger than
+    /// [`MAX_AGE`].
+    fn kept(&self) -> Option<nmstate::NetworkState> {
+        let last = self.last.lock().ok()?;
+        let read = last.as_ref()?;
+        let current = read.changes == self.changes.load(Ordering::SeqCst) && read.at.elapsed() < MAX_AGE;
+        current.then(|| read.state.clone())
+    }
 }
 
 /// What the kernel alone reports (links, addresses, routes; no NetworkManager profiles or
@@ -108,6 +181,31 @@ mod tests {
         );
         assert_eq!(filtered["dns-resolver"], json!({}));
         assert_eq!(only_interfaces(state.clone(), &[]), state);
+    }
+
+    fn kept(cache: &StateCache, changes: u64, age: Duration) {
+        *cache.last.lock().unwrap() = Some(Read {
+            state: nmstate::NetworkState::new(),
+            changes,
+            at: Instant::now() - age,
+        });
+    }
+
+    #[test]
+    fn a_read_is_kept_until_a_change_is_signalled_or_it_is_too_old() {
+        let cache = StateCache::default();
+        assert!(cache.kept().is_none(), "nothing read yet");
+        kept(&cache, 0, Duration::from_secs(1));
+        assert!(cache.kept().is_some());
+        cache.changed();
+        assert!(
+            cache.kept().is_none(),
+            "a change signalled since the read started"
+        );
+        kept(&cache, 1, Duration::from_secs(1));
+        assert!(cache.kept().is_some(), "read after the change");
+        kept(&cache, 1, MAX_AGE);
+        assert!(cache.kept().is_none(), "too old");
     }
 
     #[test]
