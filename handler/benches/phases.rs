@@ -1,7 +1,8 @@
 //! Where an apply's time goes, from the handler's phase lines (`nmstate_handler::phases`, at
 //! debug) and the bench's own clock (the same machine's): for each run, the time from creating
-//! the policy to the reconcile that applied it, each phase, the time between phases, and from
-//! the Available status written to the bench seeing it.
+//! the policy to the reconcile that applied it, each phase one after the other (and those that
+//! ran beside them), the time between phases, and from the Available status written to the
+//! bench seeing it.
 
 use k8s_openapi::jiff::Timestamp;
 use nmstate_handler::phases::{TARGET, names};
@@ -83,10 +84,18 @@ impl Breakdown {
             for line in &window[start + 1..] {
                 *phases.entry(line.phase.as_str()).or_default() += line.ms;
             }
+            let mut timed = 0.0;
             for phase in names::IN_ORDER {
-                breakdown.add(phase, phases.get(phase).copied().unwrap_or_default());
+                let ms = phases.get(phase).copied().unwrap_or_default();
+                timed += ms;
+                breakdown.add(phase, ms);
             }
-            let timed: f64 = phases.values().sum();
+            for phase in names::BESIDE {
+                breakdown.add(
+                    &format!("  beside: {phase}"),
+                    phases.get(phase).copied().unwrap_or_default(),
+                );
+            }
             breakdown.add("between the phases", ms(reconciled, last.ended) - timed);
             breakdown.add("Available written -> seen", ms(last.ended, run.seen));
             breakdown.add("total", ms(run.created, run.seen));

@@ -314,17 +314,8 @@ async fn apply_file(cli: &Cli, file: &std::path::Path, probe_timeout: Duration) 
         client,
         node: config.node_name.clone(),
     };
-    let probes = probes::Probes::select(prober, probes::plan(None, &defaults)).await;
+    let prepared = apply::prepare(probes::Probes::select(prober, probes::plan(None, &defaults))).await?;
     let mut reports = Vec::new();
-    apply::apply(
-        &desired,
-        &probes,
-        apply::checkpoint_timeout(probe_timeout),
-        std::future::ready(true),
-        std::future::pending(), // no rollout: nothing lapses
-        async |_| false,
-        &mut reports,
-    )
-    .await?;
+    apply::apply(&desired, prepared, &apply::NoRollout, || {}, &mut reports).await?;
     Ok(())
 }

@@ -15,6 +15,8 @@ pub mod names {
     pub const READ_NODE: &str = "read node";
     /// A place in the policy's rollout taken.
     pub const TAKE_SLOT: &str = "take slot";
+    /// The four below, side by side.
+    pub const PREPARE: &str = "prepare";
     /// The enactment's Progressing status written.
     pub const STATUS_PROGRESSING: &str = "status progressing";
     /// The probes chosen: those that pass before the change.
@@ -29,24 +31,33 @@ pub mod names {
     pub const PROBES_AFTER: &str = "probes after";
     /// The checkpoint committed.
     pub const COMMIT: &str = "commit";
-    /// The NodeNetworkState reported before Available.
+    /// The NodeNetworkState reported before Available, from the change on: beside the probes
+    /// and the commit.
     pub const REPORT: &str = "report node state";
+    /// What is left of [`REPORT`] after the commit.
+    pub const REPORT_WAIT: &str = "report wait";
     /// The enactment's Available status written.
     pub const STATUS_AVAILABLE: &str = "status available";
 
-    /// Every phase after [`RECONCILE`], in the order of an apply.
-    pub const IN_ORDER: [&str; 11] = [
+    /// The phases after [`RECONCILE`] one after the other, in the order of an apply: their
+    /// times add up to the apply's, with what comes between them.
+    pub const IN_ORDER: [&str; 8] = [
         READ_NODE,
         TAKE_SLOT,
+        PREPARE,
+        NMSTATE_APPLY,
+        PROBES_AFTER,
+        COMMIT,
+        REPORT_WAIT,
+        STATUS_AVAILABLE,
+    ];
+    /// The phases that run beside those, and how long each took.
+    pub const BESIDE: [&str; 5] = [
         STATUS_PROGRESSING,
         PROBES_BEFORE,
         STALE_CHECKPOINT,
         SAVE_DNS,
-        NMSTATE_APPLY,
-        PROBES_AFTER,
-        COMMIT,
         REPORT,
-        STATUS_AVAILABLE,
     ];
 }
 

@@ -100,39 +100,77 @@ impl ApplyError {
     }
 }
 
-/// Applies `desired` under a checkpoint that expires after `checkpoint`, runs `probes`, then
-/// commits, if `may_commit` still says so, or rolls back. Once `lapsing` completes (the slot can
-/// no longer be counted on), the probes stop and the change is rolled back; if the slot is then
-/// `renewed_after` the rollback, the change is what cut the node off and the apply failed. `reports` receives
-/// a report of each probe, whatever the outcome (none when the change itself failed).
-pub async fn apply(
-    desired: &Value,
-    probes: &Probes,
-    checkpoint: Duration,
-    may_commit: impl std::future::Future<Output = bool>,
-    lapsing: impl std::future::Future<Output = ()>,
-    renewed_after: impl AsyncFnOnce(Timestamp) -> bool,
-    reports: &mut Vec<ProbeReport>,
-) -> Result<(), ApplyError> {
-    let json = desired.to_string();
-    let state = blocking(move || NetworkState::new_from_json(&json))
-        .await?
-        .map_err(ApplyError::InvalidState)?;
+/// What an apply needs from the rollout it is part of; `apply FILE` is part of none
+/// ([`NoRollout`]).
+pub trait Slot {
+    /// Whether the change may still be committed: the slot is still held.
+    fn may_commit(&self) -> impl Future<Output = bool> + Send;
+    /// Completes once the slot can no longer be counted on (it could not be renewed).
+    fn lapsing(&self) -> impl Future<Output = ()> + Send;
+    /// Whether the slot was renewed after `since`, once that is known.
+    fn renewed_after(&self, since: Timestamp) -> impl Future<Output = bool> + Send;
+}
 
-    if phases::timed(names::STALE_CHECKPOINT, blocking(rollback_stale_checkpoint))
-        .await?
-        .map_err(ApplyError::Rollback)?
-    {
+/// An apply outside any rollout: it may always commit, and nothing lapses.
+pub struct NoRollout;
+
+impl Slot for NoRollout {
+    async fn may_commit(&self) -> bool {
+        true
+    }
+    async fn lapsing(&self) {
+        std::future::pending().await
+    }
+    async fn renewed_after(&self, _since: Timestamp) -> bool {
+        false
+    }
+}
+
+/// Ready for a change: its probes chosen, a checkpoint an earlier apply left rolled back, and
+/// NetworkManager's global DNS saved (checkpoints do not cover it).
+pub struct Prepared {
+    probes: Probes,
+    dns_before: Option<GlobalDns>,
+}
+
+/// Prepares a change with the probes `chosen` picks, all at once.
+pub async fn prepare(chosen: impl Future<Output = Probes>) -> Result<Prepared, ApplyError> {
+    let chosen = phases::timed(names::PROBES_BEFORE, chosen);
+    let stale = phases::timed(names::STALE_CHECKPOINT, blocking(rollback_stale_checkpoint));
+    let dns = phases::timed(names::SAVE_DNS, network_manager::global_dns(None));
+    let (probes, stale, dns) = tokio::join!(chosen, stale, dns);
+    if stale?.map_err(ApplyError::Rollback)? {
         warn!("rolled back a checkpoint left uncommitted by an earlier apply");
     }
-    // nmstate keeps DNS in NetworkManager's global DNS, which checkpoints do not cover.
-    let dns_before = match phases::timed(names::SAVE_DNS, network_manager::global_dns(None)).await {
+    let dns_before = match dns {
         Ok(dns) => Some(dns),
         Err(error) => {
             warn!("cannot save the global DNS configuration; a rollback may not restore DNS: {error}");
             None
         }
     };
+    Ok(Prepared { probes, dns_before })
+}
+
+/// Applies `desired` under a checkpoint that outlasts the probes, runs them, then commits while
+/// `slot` allows, or rolls back. `changed` is called once the change is in, before the probes
+/// (what it starts overlaps them). Once the slot is lapsing, the probes stop and the change is
+/// rolled back; if the slot is then renewed after the rollback, the change is what cut the node
+/// off and the apply failed. `reports` receives a report of each probe, whatever the outcome
+/// (none when the change itself failed).
+pub async fn apply(
+    desired: &Value,
+    prepared: Prepared,
+    slot: &impl Slot,
+    changed: impl FnOnce(),
+    reports: &mut Vec<ProbeReport>,
+) -> Result<(), ApplyError> {
+    let Prepared { probes, dns_before } = prepared;
+    let json = desired.to_string();
+    let state = blocking(move || NetworkState::new_from_json(&json))
+        .await?
+        .map_err(ApplyError::InvalidState)?;
+    let checkpoint = checkpoint_timeout(probes.timeout());
     let timeout = u32::try_from(checkpoint.as_secs()).unwrap_or(u32::MAX).max(1);
     let applied = blocking(move || {
         let mut state = state;
@@ -144,21 +182,22 @@ pub async fn apply(
         restore_global_dns(dns_before).await;
         return Err(ApplyError::Apply(error));
     }
+    changed();
 
     debug!("applied without commit; running the probes");
     let (run, failure) = tokio::select! {
         outcome = phases::timed(names::PROBES_AFTER, probes.run()) => outcome,
-        () = lapsing => {
+        () = slot.lapsing() => {
             warn!("the rollout slot could not be renewed and is about to lapse; rolling back");
             let rolled_back = Timestamp::now();
             roll_back(dns_before).await?;
             // Renewed once the change is gone: the change was what cut the node off, a failed
             // attempt like any failed probe, reported while the node still holds its place.
             // Not renewed: an outage, not the policy's doing; applied again once a slot is free.
-            if renewed_after(rolled_back).await {
+            if slot.renewed_after(rolled_back).await {
                 let reason = "the API server was out of reach until the change was rolled back \
                               (the rollout slot could not be renewed meanwhile)";
-                return Err(probe_failed(probes, "api-server".into(), reason.into()).await?);
+                return Err(probe_failed(&probes, "api-server".into(), reason.into()).await?);
             }
             return Err(ApplyError::LostSlot);
         }
@@ -170,9 +209,9 @@ pub async fn apply(
             .await?
             .map_err(ApplyError::Rollback)?;
         restore_global_dns(dns_before).await;
-        return Err(probe_failed(probes, probe, reason).await?);
+        return Err(probe_failed(&probes, probe, reason).await?);
     }
-    if !may_commit.await {
+    if !slot.may_commit().await {
         warn!("may no longer commit; rolling back");
         roll_back(dns_before).await?;
         return Err(ApplyError::LostSlot);

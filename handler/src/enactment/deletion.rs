@@ -6,12 +6,12 @@
 //! deleted policy is left alone: its enactment goes with it.
 
 use super::{
-    Context, EnactmentError, REPORT_BEFORE_AVAILABLE,
+    Context, EnactmentError,
     conditions::EnactmentSituation,
     dependencies,
-    objects::{delete_enactment, finish, write_status},
+    objects::{delete_enactment, finish},
     plan,
-    reconcile::{count_attempt, probed_apply, take_slot, wait_for_dependency},
+    reconcile::{count_attempt, enact, take_slot, wait_for_dependency},
 };
 use crate::{
     apply::ApplyError,
@@ -76,16 +76,10 @@ pub(super) async fn on_deletion(
     }
     EnactmentSituation::Reverting.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
     status.probes = None;
-    write_status(&enactments, &name, &status).await?;
     info!(policy = %policy_name, revert = %remaining, "deleted: reverting");
-    let applied = probed_apply(policy, context, &remaining, &mut status).await;
+    let applied = enact(policy, context, &enactments, &name, &remaining, &mut status).await?;
     match applied {
-        Ok(()) => {
-            if !context.report_now.report(REPORT_BEFORE_AVAILABLE).await {
-                warn!(policy = %policy_name, "the node state was not reported after the revert; it follows shortly");
-            }
-            reverted(policy, context, &enactments, &name).await
-        }
+        Ok(()) => reverted(policy, context, &enactments, &name).await,
         Err(error) => {
             let attempt = count_attempt(&mut status.retry_count, generation);
             let retry_after = plan::backoff(

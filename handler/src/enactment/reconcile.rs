@@ -18,7 +18,8 @@ use super::{
 use crate::{
     apply::{self, ApplyError, probes},
     network::{bridge_vlan, capture, drift, node_support, revert, state as node_state},
-    phases,
+    phases::{self, names},
+    rollout::Rollout,
 };
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, runtime::controller::Action};
@@ -268,13 +269,8 @@ pub(super) async fn reconcile(
         }
         Err(error) => warn!(policy = %policy_name, "cannot work out what would undo this apply: {error}"),
     }
-    phases::timed(
-        phases::names::STATUS_PROGRESSING,
-        write_status(&enactments, &name, &status),
-    )
-    .await?;
     info!(policy = %policy_name, generation, "applying");
-    let applied = probed_apply(&policy, &context, &desired, &mut status).await;
+    let applied = enact(&policy, &context, &enactments, &name, &desired, &mut status).await?;
     let outcome = match &applied {
         Ok(()) => Outcome::Applied,
         Err(ApplyError::LostSlot) => Outcome::LostSlot,
@@ -297,16 +293,6 @@ pub(super) async fn reconcile(
         AfterApply::Succeeded { note } => {
             info!(policy = %policy_name, generation, "applied");
             context.mark_in_desired_state(&policy_name, generation);
-            // Reported before Available: whoever waited for the policy then reads the new
-            // state in the NodeNetworkState.
-            let reported = context.report_now.report(REPORT_BEFORE_AVAILABLE);
-            if !phases::timed(phases::names::REPORT, reported).await {
-                warn!(
-                    policy = %policy_name,
-                    "the node state was not reported within {} s of the apply; it follows shortly",
-                    REPORT_BEFORE_AVAILABLE.as_secs()
-                );
-            }
             let available = finish(
                 &enactments,
                 &name,
@@ -344,39 +330,82 @@ pub(super) async fn reconcile(
     }
 }
 
-/// Applies `desired` as `policy` applies anything on this node (an apply, or a revert): with
-/// its probes, under a checkpoint that outlasts them, committed only while this node still
-/// holds its slot; the probes' reports go into `status`.
-pub(super) async fn probed_apply(
+/// Applies `desired` as `policy` applies anything on this node (an apply, or a revert) once
+/// `status` says so: its status written beside the apply's preparation (probes chosen, a stale
+/// checkpoint cleared, DNS saved); then under a checkpoint, with its probes, committed only
+/// while this node holds its slot; and, when it worked, the node state reported before this
+/// returns (the report overlaps the probes), so the status written next finds it current. The
+/// probes' reports go into `status`. `Err` only when `status` could not be written: nothing
+/// was applied.
+pub(super) async fn enact(
     policy: &NodeNetworkConfigurationPolicy,
     context: &Context,
+    enactments: &Api<NodeNetworkConfigurationEnactment>,
+    name: &str,
     desired: &Value,
     status: &mut NodeNetworkConfigurationEnactmentStatus,
-) -> Result<(), ApplyError> {
+) -> Result<Result<(), ApplyError>, EnactmentError> {
+    let policy_name = policy.name_any();
     let plan = probes::plan(policy.spec.probes.as_ref(), &context.config.probe_defaults);
     let prober = probes::Prober {
         client: context.client.clone(),
         node: context.config.node_name.clone(),
     };
-    let probes = phases::timed(phases::names::PROBES_BEFORE, probes::Probes::select(prober, plan)).await;
-    let checkpoint = apply::checkpoint_timeout(probes.timeout());
-    let policy_name = policy.name_any();
-    let may_commit = context.rollout.still_held(&policy_name);
-    let lapsing = context.rollout.lapsing(&policy_name);
-    let renewed_after = async |since| context.rollout.renewed_after(&policy_name, since).await;
+    let announced = phases::timed(names::STATUS_PROGRESSING, write_status(enactments, name, status));
+    let prepared = apply::prepare(probes::Probes::select(prober, plan));
+    let (announced, prepared) =
+        phases::timed(names::PREPARE, async { tokio::join!(announced, prepared) }).await;
+    announced?;
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return Ok(Err(error)),
+    };
+
+    let (changed, change_in) = tokio::sync::oneshot::channel();
+    let report_now = context.report_now.clone();
+    let report = tokio::spawn(async move {
+        change_in.await.ok()?;
+        Some(phases::timed(names::REPORT, report_now.report(REPORT_BEFORE_AVAILABLE)).await)
+    });
+    let slot = PolicySlot {
+        rollout: &context.rollout,
+        policy: &policy_name,
+    };
     let mut reports = Vec::new();
-    let applied = apply::apply(
-        desired,
-        &probes,
-        checkpoint,
-        may_commit,
-        lapsing,
-        renewed_after,
-        &mut reports,
-    )
-    .await;
+    let on_change = move || {
+        let _ = changed.send(()); // the report's task ends only with the runtime
+    };
+    let applied = apply::apply(desired, prepared, &slot, on_change, &mut reports).await;
     status.probes = (!reports.is_empty()).then_some(reports);
-    applied
+    if applied.is_ok() {
+        let reported = phases::timed(names::REPORT_WAIT, report).await;
+        if !matches!(reported, Ok(Some(true))) {
+            warn!(
+                policy = %policy_name,
+                "the node state was not reported within {} s of the apply; it follows shortly",
+                REPORT_BEFORE_AVAILABLE.as_secs()
+            );
+        }
+    }
+    Ok(applied)
+}
+
+/// A policy's slot in its rollout, as an apply sees it.
+struct PolicySlot<'a> {
+    rollout: &'a Rollout,
+    policy: &'a str,
+}
+
+impl apply::Slot for PolicySlot<'_> {
+    async fn may_commit(&self) -> bool {
+        self.rollout.still_held(self.policy).await
+    }
+    async fn lapsing(&self) {
+        self.rollout.lapsing(self.policy).await;
+    }
+    async fn renewed_after(&self, since: Timestamp) -> bool {
+        self.rollout.renewed_after(self.policy, since).await
+    }
 }
 
 /// Pending until what `message` names is done; reported (and an event recorded) once per wait,
