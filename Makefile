@@ -190,7 +190,7 @@ nmstatectl:
 bench: kube-build localenv nmstatectl
 	@$(CARGO) build -q --release --workspace --bins
 	@$(call in_cluster,$(BENCH_LOCALENV_DIR),current,export NMSTATECTL=$(NMSTATECTL); \
-	$(CARGO) bench -q -p nmstate-handler --bench node --bench rollout; \
+	$(CARGO) bench -q -p nmstate-handler --bench node --bench idle --bench rollout; \
 	$(CARGO) bench -q -p nmstate-webhook --bench webhook; \
 	$(CARGO) bench -q -p nmstate-operator --bench operator)
 

@@ -9,8 +9,6 @@
 //! - Out-of-band change → NodeNetworkState: `ip link add` of a bridge in the node until the
 //!   API server's copy of the NNS lists it.
 //! - The handler's resident memory, idle and at its peak (VmHWM), and nmstatectl's peak.
-//! - The handler idle (no policy, nothing changing): its CPU time per hour and its threads'
-//!   wake-ups per minute, over `BENCH_IDLE_SECONDS` (default 180).
 //!
 //! Needs `NMSTATE_LOCALENV_DIR` (a running local control plane) and `NMSTATECTL` (the peer).
 
@@ -27,7 +25,7 @@ use nmstate_api::{
     enactment::EnactmentConditionType,
 };
 use nmstate_localenv::testing::{
-    ProcessUsage, TestNode, eventually, install_crds, proc_status_kib, shared_env, unique_name,
+    TestNode, eventually, install_crds, proc_status_kib, shared_env, unique_name,
 };
 use serde_json::{Value, json};
 use std::{
@@ -247,17 +245,6 @@ async fn main() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
-    // Idle: no policy, nothing changing on the node; what the handler costs while it waits.
-    let idle_seconds: u64 = std::env::var("BENCH_IDLE_SECONDS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(180);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let idle_from = ProcessUsage::of(handler.pid()).unwrap();
-    tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
-    let idle_to = ProcessUsage::of(handler.pid()).unwrap();
-    let per_minute = 60.0 / idle_seconds as f64;
-
     let nmstatectl_peak_kib = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
         .map(|usage| usage.max_rss())
         .unwrap_or_default();
@@ -300,12 +287,6 @@ async fn main() {
         "{:<44} {:.1} MiB   (largest child process this run waited for)",
         "nmstatectl peak resident memory",
         mib(nmstatectl_peak_kib as u64)
-    );
-    println!(
-        "{:<44} {:.2} s CPU per hour, {:.0} wake-ups per minute, over {idle_seconds} s   (goal <= 1 s per hour)",
-        "handler idle",
-        (idle_to.cpu_seconds - idle_from.cpu_seconds) * per_minute * 60.0,
-        idle_to.wakeups_since(&idle_from) as f64 * per_minute
     );
     drop(handler);
     let _ = std::fs::remove_file(&log);

@@ -96,6 +96,8 @@ pub struct ProcessUsage {
     pub cpu_seconds: f64,
     /// Voluntary context switches per thread id.
     switches: BTreeMap<u32, u64>,
+    /// Each thread's name (`comm`).
+    names: BTreeMap<u32, String>,
 }
 
 impl ProcessUsage {
@@ -104,16 +106,20 @@ impl ProcessUsage {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let (ticks, _) = parse_stat(&stat)?;
         let mut switches = BTreeMap::new();
+        let mut names = BTreeMap::new();
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
             let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
             let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
             switches.insert(tid, status_number(&status, "voluntary_ctxt_switches:"));
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            names.insert(tid, name.trim().to_string());
         }
         Some(ProcessUsage {
             cpu_seconds: ticks as f64 / clock_ticks_per_second(),
             switches,
+            names,
         })
     }
 
@@ -124,6 +130,22 @@ impl ProcessUsage {
             .iter()
             .map(|(tid, now)| now.saturating_sub(earlier.switches.get(tid).copied().unwrap_or(0)))
             .sum()
+    }
+
+    /// [`Self::wakeups_since`] by thread name, the busiest first.
+    pub fn wakeups_by_thread_since(&self, earlier: &ProcessUsage) -> Vec<(String, u64)> {
+        let mut by_name: BTreeMap<&str, u64> = BTreeMap::new();
+        for (tid, now) in &self.switches {
+            let since = now.saturating_sub(earlier.switches.get(tid).copied().unwrap_or(0));
+            let name = self.names.get(tid).map_or("?", String::as_str);
+            *by_name.entry(name).or_default() += since;
+        }
+        let mut sorted: Vec<(String, u64)> = by_name
+            .into_iter()
+            .map(|(name, wakeups)| (name.to_string(), wakeups))
+            .collect();
+        sorted.sort_by_key(|(_, wakeups)| std::cmp::Reverse(*wakeups));
+        sorted
     }
 }
 

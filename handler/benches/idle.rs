@@ -1,0 +1,122 @@
+//! `make bench`: what the handler (release build) costs while nothing happens on its node, in two
+//! windows of `BENCH_IDLE_SECONDS` each (default 180): with no policy, once its start-up is
+//! over, and with one policy applied (the usual state of a node). For each: CPU seconds per hour
+//! and wake-ups per minute (voluntary context switches of its threads), the wake-ups by thread,
+//! and what it logged meanwhile at debug level (by target and message), which says what woke
+//! it. Figures are printed, never asserted.
+//!
+//! Needs `NMSTATE_LOCALENV_DIR` (a running local control plane).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness: failing loudly is the point
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{AVAILABLE, policy, start_handler_with, wait_for_condition};
+use kube::{Api, api::PostParams};
+use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState};
+use nmstate_localenv::testing::{
+    MachineLoad, NodeProcess, ProcessUsage, TestNode, eventually, install_crds, shared_env, unique_name,
+};
+use serde_json::json;
+use std::{collections::BTreeMap, time::Duration};
+
+/// What the handler logs while idle, to say what woke it.
+const LOG_LEVEL: &str = "info,nmstate_handler=debug,nmstate_runtime=debug";
+
+/// A log line's target and message, without its time and fields' values.
+fn gist(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once(' ')?;
+    let rest = rest.trim_start();
+    let (_level, rest) = rest.split_once(' ')?;
+    let message: String = rest.split('=').next()?.chars().take(90).collect();
+    Some(message.trim().to_string())
+}
+
+/// Prints what `handler` costs over `seconds` from now.
+async fn idle(handler: &NodeProcess, seconds: u64, what: &str) {
+    let logged_before = handler.log().lines().count();
+    let from = ProcessUsage::of(handler.pid()).unwrap();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let to = ProcessUsage::of(handler.pid()).unwrap();
+    let per_minute = 60.0 / seconds as f64;
+    println!(
+        "{:<44} {:.2} s CPU per hour, {:.0} wake-ups per minute   (goal <= 1 s per hour)",
+        format!("idle, {what}"),
+        (to.cpu_seconds - from.cpu_seconds) * per_minute * 60.0,
+        to.wakeups_since(&from) as f64 * per_minute
+    );
+    println!("  wake-ups per minute by thread:");
+    for (thread, wakeups) in to.wakeups_by_thread_since(&from) {
+        println!("    {thread:<40} {:>7.1}", wakeups as f64 * per_minute);
+    }
+    let mut logged: BTreeMap<String, usize> = BTreeMap::new();
+    for line in handler.log().lines().skip(logged_before) {
+        if let Some(gist) = gist(line) {
+            *logged.entry(gist).or_default() += 1;
+        }
+    }
+    println!("  what it logged meanwhile (debug), per minute:");
+    if logged.is_empty() {
+        println!("    nothing");
+    }
+    for (gist, count) in logged {
+        println!("    {:>6.2}  {gist}", count as f64 * per_minute);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let load = MachineLoad::start();
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let node_name = unique_name("idle");
+    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
+    let log = std::env::temp_dir().join(format!("{node_name}.log"));
+    let handler = start_handler_with(&node, &log, &[("RUST_LOG", LOG_LEVEL)]);
+    let states: Api<NodeNetworkState> = Api::all(client.clone());
+    eventually("the node state is reported", Duration::from_secs(30), || async {
+        states.get_opt(&node_name).await.unwrap()?.status?.current_state
+    })
+    .await
+    .unwrap();
+    let idle_seconds: u64 = std::env::var("BENCH_IDLE_SECONDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(180);
+    // Start-up's own work (the first reports, the blocking threads it started) settles first.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    println!();
+    println!("handler (release build) idle on one sandbox node, over {idle_seconds} s each");
+    idle(&handler, idle_seconds, "no policy").await;
+
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
+    let name = format!("{node_name}-bridge");
+    let desired = json!({"interfaces": [{
+        "name": "br1", "type": "linux-bridge", "state": "up",
+        "ipv4": {"enabled": true, "dhcp": false, "address": [{"ip": "10.77.1.50", "prefix-length": 24}]},
+        "ipv6": {"enabled": false},
+        "bridge": {"options": {"stp": {"enabled": false}}, "port": [{"name": "eth1"}]},
+    }]});
+    let selector = json!({"kubernetes.io/hostname": node_name});
+    policies
+        .create(&PostParams::default(), &policy(&name, selector, desired))
+        .await
+        .unwrap();
+    wait_for_condition(
+        &enactments,
+        &format!("{node_name}.{name}"),
+        AVAILABLE,
+        Duration::from_secs(60),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    idle(&handler, idle_seconds, "one policy applied").await;
+    policies.delete(&name, &Default::default()).await.unwrap();
+
+    drop(handler);
+    let _ = std::fs::remove_file(&log);
+    println!("\nmachine during this bench: {}", load.report());
+}
