@@ -16,6 +16,7 @@ use crate::network::{
     state::{self as node_state, NMSTATE_VERSION, NodeStateError, StateCache},
     trim,
 };
+use crate::phases::{self, names};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp};
@@ -27,7 +28,7 @@ use kube::{
 use nmstate_api::{
     Condition, ConditionStatus, NodeNetworkState,
     condition::{find_condition, set_condition},
-    state::{NodeNetworkStateFields, NodeStateConditionReason, NodeStateConditionType, StateTrimming},
+    state::{NodeNetworkStateFields, NodeNetworkStateStatus, NodeStateConditionReason, NodeStateConditionType, StateTrimming},
 };
 use nmstate_runtime::kube_errors::is_conflict;
 use nmstate_runtime::watch;
@@ -112,6 +113,9 @@ pub struct NodeStateReporter {
     last_reported: Option<Value>,
     /// Each read kept for the applies, and NetworkManager's signals counted against it.
     cache: Arc<StateCache>,
+    /// The status as this reporter last wrote or read it: a write needs no read before it
+    /// (this reporter is the status's only writer; a deletion forces a read).
+    last_status: Option<NodeNetworkStateStatus>,
 }
 
 impl NodeStateReporter {
@@ -131,6 +135,7 @@ impl NodeStateReporter {
             rules: ReportRules::default(),
             last_reported: None,
             cache: Arc::default(),
+            last_status: None,
         }
     }
 
@@ -157,19 +162,19 @@ impl NodeStateReporter {
     /// deleted). Returns whether it wrote.
     pub async fn refresh(&mut self, force: bool) -> Result<bool, ReportError> {
         let cache = self.cache.clone();
-        let read = tokio::task::spawn_blocking(move || cache.read()).await?;
+        let read = tokio::task::spawn_blocking(move || cache.read());
+        let read = phases::timed(names::REPORT_READ, read).await?;
         let retrieved = node_state::without_secrets(read.map_err(NodeStateError::from)?)?;
         let state = filter_for_report(retrieved, &self.rules);
         if !force && self.last_reported.as_ref() == Some(&state) {
             return Ok(false);
         }
+        let writing = std::time::Instant::now();
         let (trimmed_state, trimming) = trim::to_cap(state.clone(), self.rules.max_bytes);
-        let existing = match self.api.get_opt(&self.node_name).await? {
-            Some(existing) if force => self.adopt(existing, &self.node_uid().await?).await?,
-            Some(existing) => existing,
-            None => self.create().await?,
+        let status = match self.last_status.take() {
+            Some(status) if !force => status,
+            _ => self.read_or_create(force).await?.status.unwrap_or_default(),
         };
-        let status = existing.status.unwrap_or_default();
         let conditions =
             report_conditions(self.unsupported.as_deref(), trimming.as_ref(), &status.conditions);
         let unchanged = status.current_state.as_ref().map(|document| &document.0) == Some(&trimmed_state)
@@ -201,13 +206,28 @@ impl NodeStateReporter {
                 patch["status"]["conditions"] = serde_json::to_value(conditions).unwrap_or_default();
             }
             let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
-            self.api
+            let written = self
+                .api
                 .patch_status(&self.node_name, &params, &Patch::Apply(&patch))
                 .await?;
+            self.last_status = written.status;
+        } else {
+            self.last_status = Some(status);
         }
+        phases::ended(names::REPORT_WRITE, writing);
         // Compared before trimming, which is the costly part of an unchanged refresh.
         self.last_reported = Some(state);
         Ok(!unchanged)
+    }
+
+    /// The NodeNetworkState as stored, created if missing; `force` also adopts one an earlier
+    /// Node object of the same name owned.
+    async fn read_or_create(&self, force: bool) -> Result<NodeNetworkState, ReportError> {
+        Ok(match self.api.get_opt(&self.node_name).await? {
+            Some(existing) if force => self.adopt(existing, &self.node_uid().await?).await?,
+            Some(existing) => existing,
+            None => self.create().await?,
+        })
     }
 
     /// The Node's UID, which the NodeNetworkState's owner reference must carry.

@@ -34,6 +34,10 @@ pub mod names {
     /// The NodeNetworkState reported before Available, from the change on: beside the probes
     /// and the commit.
     pub const REPORT: &str = "report node state";
+    /// Of [`REPORT`]: the node read.
+    pub const REPORT_READ: &str = "report: read";
+    /// Of [`REPORT`]: the NodeNetworkState written.
+    pub const REPORT_WRITE: &str = "report: write";
     /// What is left of [`REPORT`] after the commit.
     pub const REPORT_WAIT: &str = "report wait";
     /// The enactment's Available status written.
@@ -52,12 +56,14 @@ pub mod names {
         STATUS_AVAILABLE,
     ];
     /// The phases that run beside those, and how long each took.
-    pub const BESIDE: [&str; 5] = [
+    pub const BESIDE: [&str; 7] = [
         STATUS_PROGRESSING,
         PROBES_BEFORE,
         STALE_CHECKPOINT,
         SAVE_DNS,
         REPORT,
+        REPORT_READ,
+        REPORT_WRITE,
     ];
 }
 
@@ -70,6 +76,11 @@ pub fn start(phase: &'static str) {
 pub async fn timed<T>(phase: &'static str, work: impl Future<Output = T>) -> T {
     let started = Instant::now();
     let output = work.await;
-    debug!(target: TARGET, phase, ms = started.elapsed().as_secs_f64() * 1000.0, "phase");
+    ended(phase, started);
     output
+}
+
+/// Logs that `phase`, begun at `started`, ends now.
+pub fn ended(phase: &'static str, started: Instant) {
+    debug!(target: TARGET, phase, ms = started.elapsed().as_secs_f64() * 1000.0, "phase");
 }
