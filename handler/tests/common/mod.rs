@@ -17,13 +17,15 @@ pub const HANDLER: &str = env!("CARGO_BIN_EXE_nmstate-handler");
 
 /// The handler's settings for these tests: quick retries and probes, and a DNS name the
 /// sandbox's DNS answers.
-pub const HANDLER_ENV: [(&str, &str); 6] = [
+pub const HANDLER_ENV: [(&str, &str); 7] = [
     ("NNCP_MAX_RETRIES", "2"),
     ("NNCP_INITIAL_BACKOFF_SECONDS", "1"),
     ("NNCP_MAX_BACKOFF_SECONDS", "2"),
     ("PROBE_TIMEOUT_SECONDS", "5"),
     ("PROBE_DNS_HOST", "gw.sandbox.test"),
     ("RUST_LOG", "info"),
+    // As the handler DaemonSet sets it (templates/handler/daemonset.yaml.hbs).
+    ("MALLOC_ARENA_MAX", "2"),
 ];
 
 pub fn start_handler(node: &TestNode, log: &std::path::Path) -> NodeProcess {
