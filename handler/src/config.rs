@@ -60,6 +60,9 @@ pub struct HandlerConfig {
     /// policy rollouts stay valid without renewal, i.e. how soon a dead or stalled handler's
     /// slot is given to another node.
     pub lease_duration: Duration,
+    /// `NNS_CHECK_INTERVAL_SECONDS` (default 60): how often the kernel is read for what
+    /// NetworkManager does not signal (the node state's safety net).
+    pub state_check_interval: Duration,
 }
 
 /// Where the handler's Leases live when neither `POD_NAMESPACE` nor `HANDLER_NAMESPACE` is set
@@ -108,6 +111,7 @@ impl HandlerConfig {
                 false => None,
             },
             lease_duration: seconds("LEASE_DURATION_SECONDS", 30)?,
+            state_check_interval: seconds("NNS_CHECK_INTERVAL_SECONDS", 60)?.max(Duration::from_secs(1)),
             network_readiness: boolean("NETWORK_READINESS", get("NETWORK_READINESS"))?.then(|| {
                 nmstate_api::nmstate::NetworkReadiness {
                     startup_taint: get("NETWORK_STARTUP_TAINT"),
@@ -233,6 +237,7 @@ mod tests {
         assert!(config.relationship_labels.is_empty());
         assert_eq!(config.profiler_port, None);
         assert_eq!(config.lease_duration, Duration::from_secs(30));
+        assert_eq!(config.state_check_interval, Duration::from_secs(60));
         assert_eq!(config.lease_namespace(), DEFAULT_NAMESPACE);
         assert_eq!(config.network_readiness, None);
         assert_eq!(config.report, ReportRules::default());

@@ -200,6 +200,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         network_manager.clone(),
     )
     .with_rules(config.report.clone())
+    .with_check_interval(config.state_check_interval)
     .with_cache(node_state_cache.clone());
     if let Some(reason) = unsupported.clone() {
         reporter = reporter.with_unsupported(reason);

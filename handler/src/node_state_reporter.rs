@@ -5,7 +5,9 @@
 //! only when it differs from what was last reported, so an idle node causes no API writes.
 //! Refreshes follow NetworkManager's D-Bus signals (a burst is coalesced into one refresh), a
 //! deleted NodeNetworkState is recreated at once, one left by an earlier Node object of the same
-//! name is adopted, and a periodic refresh is the safety net.
+//! name is adopted, and a periodic check is the safety net: every minute (by default) the
+//! kernel alone is read (a third of a full read's cost), and a full refresh follows when what it
+//! reports moved without a signal, and every ten checks in any case.
 //! After an apply, the enactment asks for a report and waits for it ([`ReportNow`]) before it
 //! says Available, so whoever waited for the policy reads the new state in the
 //! NodeNetworkState.
@@ -28,7 +30,10 @@ use kube::{
 use nmstate_api::{
     Condition, ConditionStatus, NodeNetworkState,
     condition::{find_condition, set_condition},
-    state::{NodeNetworkStateFields, NodeNetworkStateStatus, NodeStateConditionReason, NodeStateConditionType, StateTrimming},
+    state::{
+        NodeNetworkStateFields, NodeNetworkStateStatus, NodeStateConditionReason, NodeStateConditionType,
+        StateTrimming,
+    },
 };
 use nmstate_runtime::kube_errors::is_conflict;
 use nmstate_runtime::watch;
@@ -44,8 +49,9 @@ use nmstate_api::names::{
     HANDLER_FIELD_MANAGER as FIELD_MANAGER, HANDLER_STATUS_FIELD_MANAGER as STATUS_FIELD_MANAGER,
 };
 
-/// How often the state is read even when nothing signalled a change.
-pub const PERIODIC_REFRESH: Duration = Duration::from_secs(60);
+/// Every this many periodic checks, a full refresh anyway (what neither the kernel nor a
+/// NetworkManager signal shows, such as a setting outside NetworkManager).
+const FULL_REFRESH_EVERY: u32 = 10;
 /// A refresh waits for this long without further signals…
 const QUIET: Duration = Duration::from_millis(250);
 /// …but never longer than this after the first signal of a burst.
@@ -113,6 +119,10 @@ pub struct NodeStateReporter {
     last_reported: Option<Value>,
     /// Each read kept for the applies, and NetworkManager's signals counted against it.
     cache: Arc<StateCache>,
+    /// How often the kernel is read, for what NetworkManager does not signal.
+    check_interval: Duration,
+    /// What the kernel alone reported at the last periodic check, filtered as a report is.
+    last_kernel: Option<Value>,
     /// The status as this reporter last wrote or read it: a write needs no read before it
     /// (this reporter is the status's only writer; a deletion forces a read).
     last_status: Option<NodeNetworkStateStatus>,
@@ -135,8 +145,16 @@ impl NodeStateReporter {
             rules: ReportRules::default(),
             last_reported: None,
             cache: Arc::default(),
+            check_interval: Duration::from_secs(60),
+            last_kernel: None,
             last_status: None,
         }
+    }
+
+    /// Reads the kernel every `interval` for what NetworkManager does not signal.
+    pub fn with_check_interval(mut self, interval: Duration) -> Self {
+        self.check_interval = interval;
+        self
     }
 
     /// Keeps each read in `cache`, and counts NetworkManager's change signals there.
@@ -218,6 +236,25 @@ impl NodeStateReporter {
         // Compared before trimming, which is the costly part of an unchanged refresh.
         self.last_reported = Some(state);
         Ok(!unchanged)
+    }
+
+    /// The periodic check: reads what the kernel alone reports; whether it moved since the last
+    /// check (then a full refresh is due). Unmoved, the last full read is confirmed current for
+    /// the applies ([`StateCache::confirm`]).
+    pub async fn kernel_moved(&mut self) -> Result<bool, ReportError> {
+        let cache = self.cache.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let since = cache.changes();
+            node_state::retrieve_kernel().map(|kernel| (kernel, since))
+        });
+        let (kernel, since) = checked.await??;
+        let kernel = filter_for_report(kernel, &self.rules);
+        let moved = self.last_kernel.as_ref() != Some(&kernel);
+        if !moved {
+            self.cache.confirm(since);
+        }
+        self.last_kernel = Some(kernel);
+        Ok(moved)
     }
 
     /// The NodeNetworkState as stored, created if missing; `force` also adopts one an earlier
@@ -417,7 +454,9 @@ pub async fn run(
     let mut deletions = watch::retried(watcher(reporter.api.clone(), config))
         .try_filter_map(|event| async move { Ok(matches!(event, watcher::Event::Delete(_)).then_some(())) })
         .boxed();
-    let mut periodic = tokio::time::interval_at(Instant::now() + PERIODIC_REFRESH, PERIODIC_REFRESH);
+    let interval = reporter.check_interval;
+    let mut periodic = tokio::time::interval_at(Instant::now() + interval, interval);
+    let mut checks: u32 = 0;
     tokio::pin!(shutdown);
 
     // (when the next refresh is due, whether it must check the object, when its burst began)
@@ -425,7 +464,7 @@ pub async fn run(
     // Who asked for the refresh that is due, answered once it is reported.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
-        let wake = due.map_or_else(|| Instant::now() + PERIODIC_REFRESH, |(at, _, _)| at);
+        let wake = due.map_or_else(|| Instant::now() + interval, |(at, _, _)| at);
         tokio::select! {
             () = &mut shutdown => return Ok(()),
             signal = changes.recv() => {
@@ -450,7 +489,17 @@ pub async fn run(
                 due = Some((Instant::now(), force, Instant::now()));
             }
             _ = periodic.tick() => {
-                due.get_or_insert((Instant::now(), false, Instant::now()));
+                checks = checks.wrapping_add(1);
+                let refresh = match reporter.kernel_moved().await {
+                    Ok(moved) => moved || checks.is_multiple_of(FULL_REFRESH_EVERY),
+                    Err(error) => {
+                        debug!("the periodic check could not read the kernel, refreshing instead: {error}");
+                        true
+                    }
+                };
+                if refresh {
+                    due.get_or_insert((Instant::now(), false, Instant::now()));
+                }
             }
             () = sleep_until(wake), if due.is_some() => {
                 let force = due.is_some_and(|(_, force, _)| force);

@@ -1,6 +1,7 @@
 //! `nmstate-handler run` inside a real sandbox node reports the node's NodeNetworkState and
 //! keeps it current: created with its owner and labels, versions set, rewritten after an
-//! out-of-band change (well before the periodic refresh), untouched while nothing changes,
+//! out-of-band change (well before the periodic check), and after one NetworkManager does not
+//! signal (by the periodic check of the kernel), untouched while nothing changes,
 //! recreated after deletion; a second handler waits for the node lock; SIGTERM stops it cleanly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
@@ -36,7 +37,11 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     let node = TestNode::start(&env, &name, &BTreeMap::new()).await.unwrap();
     let states: Api<NodeNetworkState> = Api::all(client.clone());
     let log = std::env::temp_dir().join(format!("{name}.log"));
-    let handler_env = [("PART_OF", "kubernetes-nmstate"), ("RUST_LOG", "info")];
+    let handler_env = [
+        ("PART_OF", "kubernetes-nmstate"),
+        ("RUST_LOG", "info"),
+        ("NNS_CHECK_INTERVAL_SECONDS", "2"),
+    ];
     let mut handler =
         NodeProcess::start(&node, HANDLER.as_ref(), &["run"], &handler_env, log.clone()).unwrap();
 
@@ -84,7 +89,7 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     );
 
     // An out-of-band change (a link NetworkManager did not create) shows up on its own,
-    // well before the 60 s periodic refresh.
+    // well before a periodic check would have.
     let changed_at = Instant::now();
     assert!(
         node.command("ip")
@@ -112,6 +117,42 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     );
     let updated_status = updated.status.clone().unwrap();
     assert!(updated_status.last_successful_update_time > status.last_successful_update_time);
+
+    // A change NetworkManager does not signal (a sysctl): the periodic check of the kernel
+    // finds it, and a full refresh reports it.
+    let forwarding = |state: &NodeNetworkState| {
+        let current = &state.status.as_ref().unwrap().current_state.as_ref().unwrap().0;
+        current["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|interface| interface["name"] == "eth1")
+            .map(|eth1| eth1["ipv4"]["forwarding"].clone())
+    };
+    assert_eq!(forwarding(&updated), Some(serde_json::json!(false)));
+    assert!(
+        node.command("sysctl")
+            .unwrap()
+            .args(["-q", "-w", "net.ipv4.conf.eth1.forwarding=1"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let changed_at = Instant::now();
+    eventually(
+        "eth1's forwarding appears in the NodeNetworkState",
+        Duration::from_secs(20),
+        || async {
+            let state = states.get(&name).await.unwrap();
+            (forwarding(&state) == Some(serde_json::json!(true))).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error}: {}", handler.log()));
+    eprintln!(
+        "unsignalled change reported after {:.2} s (checks every 2 s)",
+        changed_at.elapsed().as_secs_f64()
+    );
 
     // Deleted: recreated (a new object, same name).
     let old_uid = updated.uid().unwrap();

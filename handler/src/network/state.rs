@@ -64,8 +64,8 @@ pub struct StateCache {
     last: Mutex<Option<Read>>,
 }
 
-/// How long a read is used at most, however quiet the node: the periodic refresh's interval
-/// twice, the bound on a change nothing signalled.
+/// How long a read is used at most, however quiet the node, unless a periodic check confirms
+/// it (every minute by default): the bound on a change nothing signalled.
 pub const MAX_AGE: Duration = Duration::from_secs(120);
 
 struct Read {
@@ -79,6 +79,26 @@ impl StateCache {
     /// NetworkManager signalled a change: the last read is no longer current.
     pub fn changed(&self) {
         self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The changes counted so far: a check that begins now passes this to [`Self::confirm`].
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// A check that began when [`Self::changes`] said `since` found nothing moved: the last
+    /// read, if no change was signalled since, counts as read now (its age is what bounds a
+    /// change nothing signalled; the check looked for those).
+    pub fn confirm(&self, since: u64) {
+        if since != self.changes() {
+            return;
+        }
+        if let Ok(mut last) = self.last.lock()
+            && let Some(read) = last.as_mut()
+            && read.changes == since
+        {
+            read.at = Instant::now();
+        }
     }
 
     /// Reads the node's state ([`retrieve_state`]) and keeps it. Blocking.
@@ -206,6 +226,24 @@ mod tests {
         assert!(cache.kept().is_some(), "read after the change");
         kept(&cache, 1, MAX_AGE);
         assert!(cache.kept().is_none(), "too old");
+        cache.confirm(1);
+        assert!(
+            cache.kept().is_some(),
+            "confirmed by a check that found nothing moved"
+        );
+
+        kept(&cache, 1, MAX_AGE);
+        cache.changed();
+        cache.confirm(1);
+        assert!(
+            cache.kept().is_none(),
+            "a check that began before a change confirms nothing"
+        );
+        cache.confirm(2);
+        assert!(
+            cache.kept().is_none(),
+            "nor a check after it: the read is older than the change"
+        );
     }
 
     #[test]
