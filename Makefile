@@ -154,13 +154,16 @@ integration: kube-build localenv
 
 # Every part runs even when an earlier one fails (and every test binary within a part), so one
 # failure never hides another; the exit status is non-zero if any part failed, and the last line
-# names those parts.
+# names those parts (the one before says how long each part took).
 TEST_PARTS := fmt-check clippy crates-check unit fuzz-short integration test-oldest
 test: deps kube-build
-	@failed=(); \
+	@failed=(); took=(); \
 	for part in $(TEST_PARTS); do \
+		started=$$(date +%s); \
 		$(MAKE) --no-print-directory $$part || failed+=($$part); \
+		took+=("$$part $$(( $$(date +%s) - started )) s"); \
 	done; \
+	echo "make test: time per part: $$(IFS=,; echo "$${took[*]}" | sed 's/,/, /g')"; \
 	if [ $${#failed[@]} -gt 0 ]; then echo "make test: failed: $${failed[*]}" >&2; exit 1; fi; \
 	echo "make test: $(TEST_PARTS) passed"
 
