@@ -107,8 +107,8 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Each crate built alone, with only the features its own dependencies ask for: a workspace build
-# unifies features, so a crate that uses one it does not ask for (nix's hostname, serde_json's
-# key order) builds in the workspace and breaks alone (`make generate`, an image build). Those
+# unifies features, so a crate that uses one it does not ask for (nix's hostname) builds in the
+# workspace and breaks alone (`make generate`, an image build). Those
 # build libraries and programs only, so tests and benches are left to the workspace's checks.
 CRATES = $(shell $(CARGO) metadata --no-deps --format-version 1 | grep -o '"name":"[^"]*","version"' | cut -d'"' -f4)
 crates-check:
