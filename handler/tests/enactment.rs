@@ -259,13 +259,16 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
         .await
         .unwrap();
     stop_handler(&mut handler);
-    let down = node
-        .command("nmcli")
-        .unwrap()
-        .args(["connection", "down", "br9"])
-        .output()
-        .unwrap();
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let take_br9_down = || {
+        let down = node
+            .command("nmcli")
+            .unwrap()
+            .args(["connection", "down", "br9"])
+            .output()
+            .unwrap();
+        assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    };
+    take_br9_down();
     let mut handler = start_handler(&node, &log);
     eventually(
         "the restarted handler puts br9 back",
@@ -318,13 +321,7 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     // node-state reporter kept is outdated by NetworkManager's signal, so the node is read again,
     // found drifted, and the policy applied (a kept read taken for current would find br9 up
     // and apply nothing).
-    let down = node
-        .command("nmcli")
-        .unwrap()
-        .args(["connection", "down", "br9"])
-        .output()
-        .unwrap();
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    take_br9_down();
     let next = json!({"spec": {"maxUnavailable": 1}});
     policies
         .patch(&labelled, &PatchParams::default(), &Patch::Merge(&next))
