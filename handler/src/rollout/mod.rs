@@ -148,10 +148,22 @@ pub fn slot_state_seen(lease: &Lease, me: &str, generation: i64, now: Timestamp,
         None => Slot::Busy {
             until: now.checked_add(SignedDuration::from_secs(1)).unwrap_or(now),
         },
-        Some(until) if until > now => Slot::Busy { until },
-        Some(_) => Slot::Free,
+        Some(until) => {
+            let until = until.checked_add(AFTER_LAPSE).unwrap_or(until);
+            if until > now {
+                Slot::Busy { until }
+            } else {
+                Slot::Free
+            }
+        }
     }
 }
+
+/// How long a lapsed slot stays busy after its lease expired. Its holder learns of the lapse
+/// when its lease expires ([`Rollout::renewed_after`]), its change already rolled back, and
+/// then says so in its enactment: the next holder takes the slot only after that, so no one
+/// sees two nodes applying at once for a moment.
+const AFTER_LAPSE: SignedDuration = SignedDuration::from_secs(1);
 
 /// Whether this node may apply now.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -73,10 +73,22 @@ fn slot(holder: &str, renewed: i64, generation: i64, failed: bool) -> Lease {
 #[test]
 fn slots_are_busy_until_they_expire_and_failed_ones_only_for_their_generation() {
     let now = Timestamp::from_second(1_000).unwrap();
-    let until = Timestamp::from_second(1_005).unwrap();
+    // A lease of 10 s renewed at 995 expires at 1005; the slot is free a second later.
+    let until = Timestamp::from_second(1_006).unwrap();
     assert_eq!(
         slot_state(&slot("node02", 995, 3, false), "node01", 3, now),
         Slot::Busy { until }
+    );
+    assert_eq!(
+        slot_state(&slot("node02", 990, 3, false), "node01", 3, now),
+        Slot::Busy {
+            until: Timestamp::from_second(1_001).unwrap()
+        },
+        "expired at 1000: its holder may still be saying it stopped"
+    );
+    assert_eq!(
+        slot_state(&slot("node02", 989, 3, false), "node01", 3, now),
+        Slot::Free
     );
     assert_eq!(
         slot_state(&slot("node02", 985, 3, false), "node01", 3, now),
@@ -107,8 +119,9 @@ fn after_an_outage_of_writes_an_expired_slot_stays_busy_for_one_lease() {
     let expired = slot("node02", 985, 3, false); // lease of 10 s, expired at 995
     let seen = |since: i64| Sight::Since(Timestamp::from_second(since).unwrap());
     assert_eq!(slot_state_seen(&expired, "node01", 3, now, seen(500)), Slot::Free);
-    // This node's writes went through again at 998: the holder gets until 1008 to renew.
-    let until = Timestamp::from_second(1_008).unwrap();
+    // This node's writes went through again at 998: the holder gets until 1008 to renew (and
+    // a second to say it stopped).
+    let until = Timestamp::from_second(1_009).unwrap();
     assert_eq!(
         slot_state_seen(&expired, "node01", 3, now, seen(998)),
         Slot::Busy { until }
