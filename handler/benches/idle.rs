@@ -13,7 +13,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{AVAILABLE, policy, start_handler_with, wait_for_condition};
+use common::{AVAILABLE, bridge_over_eth1, policy, start_handler_with, wait_for_condition};
 use kube::{Api, api::PostParams};
 use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState};
 use nmstate_localenv::testing::{
@@ -95,15 +95,12 @@ async fn main() {
     let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
     let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
     let name = format!("{node_name}-bridge");
-    let desired = json!({"interfaces": [{
-        "name": "br1", "type": "linux-bridge", "state": "up",
-        "ipv4": {"enabled": true, "dhcp": false, "address": [{"ip": "10.77.1.50", "prefix-length": 24}]},
-        "ipv6": {"enabled": false},
-        "bridge": {"options": {"stp": {"enabled": false}}, "port": [{"name": "eth1"}]},
-    }]});
     let selector = json!({"kubernetes.io/hostname": node_name});
     policies
-        .create(&PostParams::default(), &policy(&name, selector, desired))
+        .create(
+            &PostParams::default(),
+            &policy(&name, selector, bridge_over_eth1()),
+        )
         .await
         .unwrap();
     wait_for_condition(

@@ -18,7 +18,7 @@
 mod common;
 mod phases;
 
-use common::{policy, start_handler_with};
+use common::{bridge_over_eth1, policy, start_handler_with};
 use kube::{Api, api::PostParams};
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
@@ -36,15 +36,6 @@ use std::{
 /// Both tools show a slow mode (about a second more) in some runs on this NetworkManager: enough
 /// runs that the medians are not decided by it.
 const RUNS: usize = 15;
-
-fn desired() -> Value {
-    json!({"interfaces": [{
-        "name": "br1", "type": "linux-bridge", "state": "up",
-        "ipv4": {"enabled": true, "dhcp": false, "address": [{"ip": "10.77.1.50", "prefix-length": 24}]},
-        "ipv6": {"enabled": false},
-        "bridge": {"options": {"stp": {"enabled": false}}, "port": [{"name": "eth1"}]},
-    }]})
-}
 
 fn reset() -> Value {
     json!({"interfaces": [
@@ -178,7 +169,7 @@ async fn main() {
     let this_node = json!({"kubernetes.io/hostname": node_name});
     for run in 0..RUNS {
         nmstatectl_apply(&node, &nmstatectl, &reset());
-        let (took, lines) = nmstatectl_apply(&node, &nmstatectl, &desired());
+        let (took, lines) = nmstatectl_apply(&node, &nmstatectl, &bridge_over_eth1());
         peer.samples.push(took);
         phases::nmstatectl_parts(&lines, took, &mut peer_parts);
         nmstatectl_apply(&node, &nmstatectl, &reset());
@@ -190,7 +181,7 @@ async fn main() {
         policies
             .create(
                 &PostParams::default(),
-                &policy(&name, this_node.clone(), desired()),
+                &policy(&name, this_node.clone(), bridge_over_eth1()),
             )
             .await
             .unwrap();

@@ -58,6 +58,16 @@ pub fn policy(
     .unwrap()
 }
 
+/// A linux bridge `br1` over eth1 with a static address: the benches' policy.
+pub fn bridge_over_eth1() -> serde_json::Value {
+    json!({"interfaces": [{
+        "name": "br1", "type": "linux-bridge", "state": "up",
+        "ipv4": {"enabled": true, "dhcp": false, "address": [{"ip": "10.77.1.50", "prefix-length": 24}]},
+        "ipv6": {"enabled": false},
+        "bridge": {"options": {"stp": {"enabled": false}}, "port": [{"name": "eth1"}]},
+    }]})
+}
+
 pub fn true_condition(enactment: &NodeNetworkConfigurationEnactment) -> Option<Condition> {
     enactment
         .status
