@@ -75,7 +75,6 @@ pub(super) async fn on_deletion(
         return Ok(waiting);
     }
     EnactmentSituation::Reverting.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
-    status.probes = None;
     info!(policy = %policy_name, revert = %remaining, "deleted: reverting");
     let applied = enact(policy, context, &enactments, &name, &remaining, &mut status).await?;
     match applied {

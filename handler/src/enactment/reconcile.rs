@@ -260,7 +260,6 @@ pub(super) async fn reconcile(
 
     // the checkpointed apply (NetworkManager)
     EnactmentSituation::Progressing.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));
-    status.probes = None; // the last apply's, until this one's are known
     // What undoes this apply, kept before it starts: a revert goes back to before the first.
     match revert::revert(&desired, &current) {
         Ok(undo) => {
@@ -331,12 +330,12 @@ pub(super) async fn reconcile(
 }
 
 /// Applies `desired` as `policy` applies anything on this node (an apply, or a revert) once
-/// `status` says so: its status written beside the apply's preparation (probes chosen, a stale
-/// checkpoint cleared, DNS saved); then under a checkpoint, with its probes, committed only
-/// while this node holds its slot; and, when it worked, the node state reported before this
-/// returns (the report overlaps the probes), so the status written next finds it current. The
-/// probes' reports go into `status`. `Err` only when `status` could not be written: nothing
-/// was applied.
+/// `status` says so: its status written (without the last apply's probes) beside the apply's
+/// preparation (probes chosen, a stale checkpoint cleared, DNS saved); then under a checkpoint,
+/// with its probes, committed only while this node holds its slot; and, when it worked, the
+/// node state reported before this returns (the report overlaps the probes), so the status
+/// written next finds it current. The probes' reports go into `status`. `Err` only when
+/// `status` could not be written: nothing was applied.
 pub(super) async fn enact(
     policy: &NodeNetworkConfigurationPolicy,
     context: &Context,
@@ -346,6 +345,7 @@ pub(super) async fn enact(
     status: &mut NodeNetworkConfigurationEnactmentStatus,
 ) -> Result<Result<(), ApplyError>, EnactmentError> {
     let policy_name = policy.name_any();
+    status.probes = None; // the last apply's, until this one's are known
     let plan = probes::plan(policy.spec.probes.as_ref(), &context.config.probe_defaults);
     let prober = probes::Prober {
         client: context.client.clone(),
