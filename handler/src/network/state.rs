@@ -103,7 +103,7 @@ impl StateCache {
 
     /// Reads the node's state ([`retrieve_state`]) and keeps it. Blocking.
     pub fn read(&self) -> Result<nmstate::NetworkState, nmstate::NmstateError> {
-        let changes = self.changes.load(Ordering::SeqCst);
+        let changes = self.changes();
         let at = Instant::now();
         let state = retrieve_state()?;
         if let Ok(mut last) = self.last.lock() {
@@ -129,7 +129,7 @@ impl StateCache {
     fn kept(&self) -> Option<nmstate::NetworkState> {
         let last = self.last.lock().ok()?;
         let read = last.as_ref()?;
-        let current = read.changes == self.changes.load(Ordering::SeqCst) && read.at.elapsed() < MAX_AGE;
+        let current = read.changes == self.changes() && read.at.elapsed() < MAX_AGE;
         current.then(|| read.state.clone())
     }
 }
