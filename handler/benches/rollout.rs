@@ -16,12 +16,11 @@ mod common;
 #[path = "../tests/rollout/fixture.rs"]
 mod fixture;
 
-use fixture::{Fixture, Recorder, bridge};
+use fixture::{Fixture, Recorder, audit_size, bridge, writes_since};
 use nmstate_localenv::testing::free_port;
 use serde_json::{Value, json};
 use std::{
     collections::BTreeMap,
-    io::{Read, Seek},
     time::{Duration, Instant},
 };
 
@@ -29,48 +28,10 @@ use std::{
 /// rollout's own.
 const LEASE_SECONDS: &str = "30";
 
-/// API writes per kind of object, from the audit log since `offset`, on objects of `policy`
-/// (enactments, slots, events) and node states, heartbeats and the election left out.
-fn writes_since(audit: &std::path::Path, offset: u64, policy: &str) -> BTreeMap<String, usize> {
-    let mut file = std::fs::File::open(audit).unwrap();
-    file.seek(std::io::SeekFrom::Start(offset)).unwrap();
-    let mut text = String::new();
-    file.read_to_string(&mut text).unwrap();
-    let mut counts = BTreeMap::new();
-    for line in text.lines() {
-        let Ok(entry) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if entry["stage"] != "ResponseComplete" {
-            continue;
-        }
-        let object = &entry["objectRef"];
-        let resource = object["resource"].as_str().unwrap_or_default();
-        let name = object["name"].as_str().unwrap_or_default();
-        let subresource = object["subresource"]
-            .as_str()
-            .map(|s| format!("/{s}"))
-            .unwrap_or_default();
-        let related = match resource {
-            "nodenetworkconfigurationenactments" | "leases" => name.contains(policy),
-            "nodenetworkconfigurationpolicies" => name == policy && !subresource.is_empty(),
-            "events" => name.starts_with(policy),
-            "nodenetworkstates" => true,
-            _ => false,
-        };
-        if related {
-            *counts.entry(format!("{resource}{subresource}")).or_default() += 1;
-        }
-    }
-    counts
-}
-
-fn audit_size(audit: &std::path::Path) -> u64 {
-    std::fs::metadata(audit).map(|m| m.len()).unwrap_or(0)
-}
-
 struct Figures {
     wall: Duration,
+    /// The median time from a node's Available to the next node's Progressing.
+    handoff: Option<Duration>,
     apply: Duration,
     expected: Duration,
     writes: BTreeMap<String, usize>,
@@ -95,8 +56,11 @@ async fn rollout(fixture: &mut Fixture, suffix: &str, max_unavailable: Value, li
     times.sort();
     let apply = times[times.len() / 2];
     let rounds = count.div_ceil(limit);
+    let mut handoffs = observed.handoffs.clone();
+    handoffs.sort();
     Figures {
         wall,
+        handoff: handoffs.get(handoffs.len() / 2).copied(),
         apply,
         expected: apply * u32::try_from(rounds).unwrap(),
         writes: writes_since(&audit, offset, &name),
@@ -124,7 +88,17 @@ async fn main() {
         "policy status"
     );
     let mut details = Vec::new();
-    for count in [2usize, 4, 8] {
+    // BENCH_ROLLOUT_NODES=8 (a comma-separated list) runs only those sizes.
+    let sizes: Vec<usize> = std::env::var("BENCH_ROLLOUT_NODES")
+        .ok()
+        .map(|sizes| {
+            sizes
+                .split(',')
+                .filter_map(|size| size.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![2, 4, 8]);
+    for count in sizes {
         let mut fixture = Fixture::start_with_leases(count, true, LEASE_SECONDS).await;
         let _cluster = fixture.start_cluster("writer", free_port());
         // Let the handlers' start-up writes (node states) settle before counting.
@@ -155,11 +129,15 @@ async fn main() {
                 sum("nodenetworkstates") as f64 / count as f64,
                 sum("nodenetworkconfigurationpolicies"),
             );
-            details.push(format!("N={count} maxUnavailable={label}: {:?}", figures.writes));
+            let handoff = figures.handoff.map_or("none".into(), ms);
+            details.push(format!(
+                "N={count} maxUnavailable={label}: a slot from Available to the next Progressing {handoff} (median); {:?}",
+                figures.writes
+            ));
         }
         fixture.clean_up().await;
     }
-    println!("writes by kind (audit log; conflicts included):");
+    println!("handoffs, and writes by kind (audit log; conflicts included):");
     for line in details {
         println!("  {line}");
     }

@@ -21,6 +21,7 @@ use nmstate_localenv::{
 use serde_json::{Value, json};
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io::{Read, Seek},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -311,6 +312,8 @@ pub struct Observed {
     pub apply_times: Vec<Duration>,
     /// When the last node became Available.
     pub last_available: Option<std::time::Instant>,
+    /// For each node that started applying after another became Available: how long after.
+    pub handoffs: Vec<Duration>,
 }
 
 /// Records every transition of `policy`'s enactments until dropped.
@@ -395,6 +398,11 @@ fn record(observed: &mut Observed, enactment: &NodeNetworkConfigurationEnactment
     if is_true("Progressing") {
         observed.progressing_now.insert(node.clone());
         observed.ever_progressing.insert(node.clone());
+        if !observed.progressing_since.contains_key(&node)
+            && let Some(available) = observed.last_available
+        {
+            observed.handoffs.push(now - available);
+        }
         observed.progressing_since.entry(node.clone()).or_insert(now);
     } else {
         observed.progressing_now.remove(&node);
@@ -434,4 +442,57 @@ pub async fn scrape(port: u16) -> String {
 pub fn value_of(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// API writes per kind of object, from the audit log since `offset`, on objects of `policy`
+/// (enactments, slots, events) and node states, heartbeats and the election left out.
+///
+/// Keys are `<resource>[/<subresource>] <verb>`, with ` (409)` or ` (refused)` when the API
+/// server refused the write.
+pub fn writes_since(audit: &std::path::Path, offset: u64, policy: &str) -> BTreeMap<String, usize> {
+    let mut file = std::fs::File::open(audit).unwrap();
+    file.seek(std::io::SeekFrom::Start(offset)).unwrap();
+    let mut text = String::new();
+    file.read_to_string(&mut text).unwrap();
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if entry["stage"] != "ResponseComplete" {
+            continue;
+        }
+        let object = &entry["objectRef"];
+        let resource = object["resource"].as_str().unwrap_or_default();
+        let name = object["name"].as_str().unwrap_or_default();
+        let subresource = object["subresource"]
+            .as_str()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
+        let related = match resource {
+            "nodenetworkconfigurationenactments" | "leases" => name.contains(policy),
+            "nodenetworkconfigurationpolicies" => name == policy && !subresource.is_empty(),
+            "events" => name.starts_with(policy),
+            "nodenetworkstates" => true,
+            _ => false,
+        };
+        if related {
+            // A refused write (a lost race for a slot, a stale status) is counted, and named.
+            let refused = match entry["responseStatus"]["code"].as_u64() {
+                Some(409) => " (409)",
+                Some(code) if code >= 400 => " (refused)",
+                _ => "",
+            };
+            let verb = entry["verb"].as_str().unwrap_or_default();
+            *counts
+                .entry(format!("{resource}{subresource} {verb}{refused}"))
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Where the audit log ends now: [`writes_since`] counts from there.
+pub fn audit_size(audit: &std::path::Path) -> u64 {
+    std::fs::metadata(audit).map(|m| m.len()).unwrap_or(0)
 }
