@@ -11,7 +11,7 @@ mod common;
 #[path = "rollout/fixture.rs"]
 mod fixture;
 
-use fixture::{Fixture, GROUP, Recorder, SERIAL, bridge, scrape, value_of};
+use fixture::{Fixture, GROUP, Recorder, SERIAL, audit_size, bridge, scrape, value_of, writes_since};
 use k8s_openapi::{
     api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp,
 };
@@ -37,12 +37,27 @@ async fn roll_out(
 ) -> String {
     let name = format!("{}-{suffix}", fixture.namespace);
     let recorder = Recorder::start(&fixture.client, &name).await;
+    let audit = fixture.env.control_plane().dir().join("audit.log");
+    let offset = audit_size(&audit);
     fixture
         .create_policy(suffix, bridge(&format!("br-{suffix}")), max_unavailable)
         .await;
     let count = fixture.nodes.len();
     let outcomes = fixture.wait_for_rollout(&name, ROLLOUT).await;
     assert_eq!(outcomes.len(), count);
+    // Each slot freed went to one node waiting its turn: handed on (an update), none of them
+    // racing for it (a refused create or update).
+    let writes = writes_since(&audit, offset, &name);
+    let slot_writes = |kind: &str| writes.get(&format!("leases {kind}")).copied().unwrap_or(0);
+    assert_eq!(
+        slot_writes("create (409)") + slot_writes("update (409)"),
+        0,
+        "lost races: {writes:?}"
+    );
+    assert!(
+        slot_writes("create") < count,
+        "slots handed on, not given back and created again: {writes:?}"
+    );
     let observed = recorder.observed.lock().unwrap();
     println!("{suffix}: {observed:?}");
     assert!(
@@ -361,7 +376,8 @@ async fn a_slot_is_marked_failed_and_released_after_a_renewal_moved_it_on() {
             .unwrap();
     };
 
-    let granted = rollout.acquire(&policy, 1, 1).await.unwrap();
+    let survey = rollout.survey(&policy, |_, _| true).await.unwrap();
+    let granted = rollout.acquire(&policy, 1, &survey).await.unwrap();
     assert_eq!(granted, Admission::Granted);
     renewed_behind_the_holders_back().await;
     rollout.mark_failed(&name).await;
@@ -376,7 +392,8 @@ async fn a_slot_is_marked_failed_and_released_after_a_renewal_moved_it_on() {
         "{written:?}"
     );
 
-    let granted = rollout.acquire(&policy, 2, 1).await.unwrap();
+    let survey = rollout.survey(&policy, |_, _| true).await.unwrap();
+    let granted = rollout.acquire(&policy, 2, &survey).await.unwrap();
     assert_eq!(
         granted,
         Admission::Granted,

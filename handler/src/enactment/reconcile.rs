@@ -60,12 +60,11 @@ pub(super) async fn reconcile(
     phases::start(phases::names::RECONCILE);
 
     // dereference (client)
-    let node = Api::<Node>::all(context.client.clone())
-        .get(&config.node_name)
-        .await?;
+    let nodes = Api::<Node>::all(context.client.clone());
+    let (node, existing) = tokio::try_join!(nodes.get(&config.node_name), enactments.get_opt(&name))?;
     let selected = selects(&policy.spec, &config.node_name, node.labels());
     let mut status = if selected {
-        let enactment = match enactments.get_opt(&name).await? {
+        let enactment = match existing {
             Some(existing) => existing,
             None => {
                 let created = create_enactment(&enactments, &name, &policy_name, &node, config).await?;
@@ -298,9 +297,13 @@ pub(super) async fn reconcile(
                 &mut status,
                 EnactmentSituation::Succeeded { note },
             );
-            let action = phases::timed(phases::names::STATUS_AVAILABLE, available).await;
-            // Reported first, so no one sees more nodes applying than there are slots.
-            context.rollout.release(&policy_name).await;
+            // Whom the slot goes to is read meanwhile; it is handed on once Available is
+            // written, so no one sees more nodes applying than there are slots.
+            let (action, next) = tokio::join!(
+                phases::timed(phases::names::STATUS_AVAILABLE, available),
+                context.rollout.next_in_line(&policy_name)
+            );
+            context.rollout.release_to(&policy_name, next).await;
             action
         }
         AfterApply::Pending { retry_after } => {
@@ -539,10 +542,11 @@ pub(super) async fn take_slot(
     if context.rollout.holds(&policy_name, generation) {
         return Ok(None); // retrying with the slot it took
     }
-    let limit = context
+    let survey = context
         .rollout
-        .limit(policy, |node, labels| selects(&policy.spec, node, labels))
+        .survey(policy, |node, labels| selects(&policy.spec, node, labels))
         .await?;
+    let limit = &survey.limit;
     if let Some(invalid) = &limit.invalid
         && context.first_report_of_invalid_max_unavailable(&policy_name, generation)
     {
@@ -556,7 +560,7 @@ pub(super) async fn take_slot(
             .warn(policy, events::INVALID_MAX_UNAVAILABLE, events::ROLLOUT, message)
             .await;
     }
-    let admission = context.rollout.acquire(policy, generation, limit.limit).await?;
+    let admission = context.rollout.acquire(policy, generation, &survey).await?;
     let pending = status.is(EnactmentConditionType::Pending);
     match plan::on_admission(&admission, pending) {
         OnAdmission::Apply => Ok(None),

@@ -13,174 +13,72 @@
 //! generation, as upstream keeps its count: once failures fill every slot, the remaining nodes
 //! abort instead of applying a broken policy everywhere. The slot frees itself when the policy
 //! changes (new generation) or when the failed enactment goes away.
+//!
+//! Nodes take turns ([`turns`]): a free slot goes to the next node waiting, in name order, and a
+//! node done with its slot hands it to the next one in the slot's queue ([`handoff`]), so no two
+//! nodes race for a slot. The order saves writes and time; the atomic writes keep the limit.
 
+/// Handing a slot on to the next node in its queue.
+mod handoff;
 /// This node's heartbeat Lease.
 pub mod heartbeat;
+/// What a slot is to a node: free, busy, its own, kept failed (decisions, no I/O).
+pub mod slots;
+/// Whose turn it is: the order nodes take free slots in, and whom a slot is handed to.
+pub mod turns;
+
+pub use slots::{
+    Admission, MaxUnavailable, Slot, handed_over, max_unavailable, slot_name, slot_selector, slot_state,
+    slot_state_seen, slots_selector, wakes,
+};
+use slots::{fence_deadline, is_marked_failed};
 
 use crate::enactment::conditions::is_final_failure;
 use k8s_openapi::{
-    api::coordination::v1::Lease,
-    apimachinery::pkg::{apis::meta::v1::OwnerReference, util::intstr::IntOrString},
-    jiff::{SignedDuration, Timestamp},
+    api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Preconditions},
+    api::{DeleteParams, ListParams, Preconditions, VersionMatch},
 };
 use nmstate_api::{
-    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, enactment::enactment_name, labels,
-    policy::DEFAULT_MAX_UNAVAILABLE,
+    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
+    NodeNetworkConfigurationPolicy, enactment::enactment_name, labels,
 };
-use nmstate_runtime::{
-    heartbeat::{Sight, live_handlers, live_until},
-    kube_errors::is_conflict,
-    leases,
-};
+use nmstate_runtime::{heartbeat::live_handlers, kube_errors::is_conflict, leases};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tracing::{info, warn};
+use turns::Standing;
 
-/// How many nodes may apply a policy at once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MaxUnavailable {
-    pub limit: usize,
-    /// Why the policy's own value was not usable (the default was used instead).
-    pub invalid: Option<String>,
+/// What a node learns before asking for a slot in a policy's rollout, read side by side.
+pub struct Survey {
+    /// The limit, scaled over the selected nodes that run a handler.
+    pub limit: MaxUnavailable,
+    /// Those nodes, by name: the order they take turns in.
+    order: Vec<String>,
+    slots: Vec<Lease>,
+    /// Each node's enactment of the policy, by node.
+    enactments: BTreeMap<String, NodeNetworkConfigurationEnactmentStatus>,
 }
 
-/// `maxUnavailable` (a number, or a percentage of `nodes` rounded up; default 50%), at least 1,
-/// as upstream scales it.
-pub fn max_unavailable(value: Option<&IntOrString>, nodes: usize) -> MaxUnavailable {
-    let scaled = |value: &IntOrString| -> Result<usize, String> {
-        match value {
-            IntOrString::Int(count) => Ok(usize::try_from(*count).unwrap_or(0)),
-            IntOrString::String(text) => {
-                let percent: usize = text
-                    .strip_suffix('%')
-                    .and_then(|number| number.trim().parse().ok())
-                    .ok_or_else(|| format!("maxUnavailable {text:?} is neither a number nor a percentage"))?;
-                Ok((percent.saturating_mul(nodes)).div_ceil(100))
-            }
-        }
-    };
-    let default = IntOrString::String(DEFAULT_MAX_UNAVAILABLE.into());
-    let (limit, invalid) = match scaled(value.unwrap_or(&default)) {
-        Ok(limit) => (limit, None),
-        Err(error) => (scaled(&default).unwrap_or(1), Some(error)),
-    };
-    MaxUnavailable {
-        limit: limit.max(1),
-        invalid,
-    }
-}
-
-pub fn slot_name(policy: &str, index: usize) -> String {
-    leases::object_name(policy, &format!(".rollout-{index}"))
-}
-
-/// Selects every rollout slot (of every policy).
-pub fn slots_selector() -> String {
-    format!("{}={}", labels::LEASE, labels::LEASE_ROLLOUT_SLOT)
-}
-
-/// Selects a policy's rollout slots.
-pub fn slot_selector(policy: &str) -> String {
-    format!("{},{}={policy}", slots_selector(), labels::POLICY)
-}
-
-/// Whether a node marked `lease` failed (kept for its generation, against the budget).
-fn is_marked_failed(lease: &Lease) -> bool {
-    lease
-        .annotations()
-        .get(labels::ROLLOUT_OUTCOME)
-        .map(String::as_str)
-        == Some("failed")
-}
-
-/// What a slot is to a node that wants to apply generation `generation`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Slot {
-    /// This node holds it.
-    Mine,
-    /// Nobody holds it: released, expired, or failed at an older generation.
-    Free,
-    /// Another node applies with it until `until` (unless it renews).
-    Busy { until: Timestamp },
-    /// `holder` failed this generation for good.
-    Failed { holder: String },
-}
-
-pub fn slot_state(lease: &Lease, me: &str, generation: i64, now: Timestamp) -> Slot {
-    slot_state_seen(lease, me, generation, now, Sight::Since(Timestamp::UNIX_EPOCH))
-}
-
-/// [`slot_state`] for a node whose own writes have gone through since `sight`: a slot whose
-/// holder could not renew while nothing could be written stays busy until the holder has had a
-/// full lease to renew (two nodes would otherwise apply at once after an etcd outage).
-pub fn slot_state_seen(lease: &Lease, me: &str, generation: i64, now: Timestamp, sight: Sight) -> Slot {
-    let Some(holder) = leases::holder(lease).filter(|holder| !holder.is_empty()) else {
-        return Slot::Free;
-    };
-    let failed = is_marked_failed(lease);
-    let slot_generation = lease
-        .annotations()
-        .get(labels::POLICY_GENERATION)
-        .and_then(|value| value.parse::<i64>().ok());
-    if failed {
-        if slot_generation == Some(generation) {
-            return Slot::Failed {
-                holder: holder.into(),
-            };
-        }
-        return if holder == me { Slot::Mine } else { Slot::Free };
-    }
-    if holder == me {
-        return Slot::Mine;
-    }
-    if leases::expiry(lease).is_none() {
-        return Slot::Free;
-    }
-    match live_until(lease, sight) {
-        // Blind: nobody's renewals can be judged; retried shortly.
-        None => Slot::Busy {
-            until: now.checked_add(SignedDuration::from_secs(1)).unwrap_or(now),
-        },
-        Some(until) => {
-            let until = until.checked_add(AFTER_LAPSE).unwrap_or(until);
-            if until > now {
-                Slot::Busy { until }
-            } else {
-                Slot::Free
-            }
-        }
-    }
-}
-
-/// How long a lapsed slot stays busy after its lease expired. Its holder learns of the lapse
-/// when its lease expires ([`Rollout::renewed_after`]), its change already rolled back, and
-/// then says so in its enactment: the next holder takes the slot only after that, so no one
-/// sees two nodes applying at once for a moment.
-const AFTER_LAPSE: SignedDuration = SignedDuration::from_secs(1);
-
-/// Whether this node may apply now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Admission {
-    Granted,
-    /// Every slot is taken; try again after `retry_after` (or when a slot frees up).
-    Wait {
-        retry_after: Duration,
-    },
-    /// Every slot is taken by a node that failed this generation.
-    Abort,
+/// Where slot `index` of `limit` stands in the order it was taken in: whom to hand it to.
+#[derive(Clone)]
+struct Place {
+    index: Option<usize>,
+    limit: usize,
+    order: Vec<String>,
 }
 
 struct Held {
     generation: i64,
     lease: Arc<Mutex<Lease>>,
     renewal: tokio::task::AbortHandle,
+    /// None for a slot found held after a restart: given back, not handed on.
+    place: Option<Place>,
 }
 
 /// This node's slots in the rollouts of the policies it applies.
@@ -190,6 +88,12 @@ pub struct Rollout {
     node: String,
     duration: Duration,
     held: Mutex<BTreeMap<String, Held>>,
+    /// The resourceVersion of the last slot event this node's watch delivered: its slot lists
+    /// are at least that recent (see [`Rollout::saw_slot`]).
+    slots_seen: Mutex<Option<String>>,
+    /// Per policy, since when this node has seen free slots it let others take in their turn
+    /// (and for which generation): after [`turns::GRACE`] it tries them itself.
+    deferred: Mutex<BTreeMap<String, (i64, Instant)>>,
 }
 
 impl Rollout {
@@ -200,25 +104,80 @@ impl Rollout {
             node: node.to_string(),
             duration,
             held: Mutex::new(BTreeMap::new()),
+            slots_seen: Mutex::new(None),
+            deferred: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// The limit for `policy`, scaled over the nodes it selects that run a handler.
-    pub async fn limit(
+    /// What this node needs to ask for a slot in `policy`'s rollout: the nodes it selects that
+    /// run a handler (the limit scales over them), its slots, and its enactments.
+    pub async fn survey(
         &self,
         policy: &NodeNetworkConfigurationPolicy,
         selected: impl Fn(&str, &BTreeMap<String, String>) -> bool,
-    ) -> Result<MaxUnavailable, kube::Error> {
-        let live = live_handlers(&self.leases).await?;
-        let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(self.client.clone())
-            .list_metadata(&ListParams::default())
-            .await?;
-        let count = nodes
+    ) -> Result<Survey, kube::Error> {
+        let policy_name = policy.name_any();
+        let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(self.client.clone());
+        let every_node = ListParams::default().match_any();
+        let (live, nodes, slots, enactments) = tokio::try_join!(
+            live_handlers(&self.leases),
+            nodes.list_metadata(&every_node),
+            self.slots(&policy_name),
+            self.enactments(&policy_name),
+        )?;
+        let mut order: Vec<String> = nodes
             .items
             .iter()
             .filter(|node| live.contains(&node.name_any()) && selected(&node.name_any(), node.labels()))
-            .count();
-        Ok(max_unavailable(policy.spec.max_unavailable.as_ref(), count))
+            .map(ResourceExt::name_any)
+            .collect();
+        order.sort();
+        Ok(Survey {
+            limit: max_unavailable(policy.spec.max_unavailable.as_ref(), order.len()),
+            order,
+            slots,
+            enactments,
+        })
+    }
+
+    /// Notes a slot the watch of slots delivered.
+    pub fn saw_slot(&self, lease: &Lease) {
+        if let (Some(version), Ok(mut seen)) = (lease.resource_version(), self.slots_seen.lock()) {
+            *seen = Some(version);
+        }
+    }
+
+    /// `policy`'s slots, at least as recent as the last one the watch delivered (a slot handed
+    /// to this node is seen held by it). Served from the API server's cache: a consistent list
+    /// waits up to 100 ms for the cache to hear from etcd that it is current.
+    async fn slots(&self, policy: &str) -> Result<Vec<Lease>, kube::Error> {
+        let seen = self.slots_seen.lock().ok().and_then(|seen| seen.clone());
+        let params = ListParams::default().labels(&slot_selector(policy));
+        let params = match &seen {
+            Some(version) => params.at(version).matching(VersionMatch::NotOlderThan),
+            None => params,
+        };
+        Ok(self.leases.list(&params).await?.items)
+    }
+
+    /// The status of each node's enactment of `policy`, by node.
+    async fn enactments(
+        &self,
+        policy: &str,
+    ) -> Result<BTreeMap<String, NodeNetworkConfigurationEnactmentStatus>, kube::Error> {
+        let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(self.client.clone());
+        // From the API server's cache: a standing a moment old only changes whose turn it is.
+        let params = ListParams::default()
+            .labels(&format!("{}={policy}", labels::POLICY))
+            .match_any();
+        let listed = enactments.list(&params).await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|enactment| {
+                let node = enactment.labels().get(labels::NODE)?.clone();
+                Some((node, enactment.status?))
+            })
+            .collect())
     }
 
     /// Whether this node holds, and still renews, a slot in the rollout of `policy`'s
@@ -239,77 +198,151 @@ impl Rollout {
             .unwrap_or(false)
     }
 
-    /// Takes a slot in the rollout of `policy`'s `generation`, among `limit` slots (a slot
-    /// this node already holds included, see [`Rollout::holds`]).
+    /// Takes a slot in the rollout of `policy`'s `generation`, among `survey`'s limit (a slot
+    /// this node already holds included, see [`Rollout::holds`]), in its turn (see [`turns`]).
     pub async fn acquire(
         &self,
         policy: &NodeNetworkConfigurationPolicy,
         generation: i64,
-        limit: usize,
+        survey: &Survey,
     ) -> Result<Admission, kube::Error> {
         let policy_name = policy.name_any();
+        let limit = survey.limit.limit;
         let now = Timestamp::now();
-        let existing: BTreeMap<String, Lease> = self
-            .leases
-            .list(&ListParams::default().labels(&slot_selector(&policy_name)))
-            .await?
-            .into_iter()
+        let existing: BTreeMap<String, &Lease> = survey
+            .slots
+            .iter()
             .map(|lease| (lease.name_any(), lease))
             .collect();
-        // A slot this node already holds (e.g. taken before a restart) is kept.
-        let mut candidates: Vec<(String, Option<Lease>)> = existing
+        let index_of = |name: &str| (0..limit).find(|index| slot_name(&policy_name, *index) == name);
+        let place = |index: Option<usize>| Place {
+            index,
+            limit,
+            order: survey.order.clone(),
+        };
+        // A slot this node holds already (handed to it, or taken before a restart) is kept; a
+        // second one (handed to it while it took another) goes back.
+        let mine: Vec<&Lease> = existing
             .values()
+            .copied()
             .filter(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine)
-            .map(|lease| (lease.name_any(), Some(lease.clone())))
             .collect();
-        // Each node tries the slots in its own order, so nodes woken together rarely race
-        // for the same one.
-        let first = usize::try_from(leases::stable_hash(&self.node)).unwrap_or(0) % limit.max(1);
-        candidates.extend((0..limit).map(|offset| {
-            let name = slot_name(&policy_name, (first + offset) % limit);
-            let lease = existing.get(&name).cloned();
-            (name, lease)
-        }));
+        for (kept, lease) in mine.iter().enumerate() {
+            let index = index_of(&lease.name_any());
+            if kept > 0 {
+                let _ = self.give_back((*lease).clone()).await;
+                continue;
+            }
+            let taken = if handed_over(lease, &self.node, generation, now, self.duration) {
+                Ok((*lease).clone())
+            } else {
+                self.take_slot((*lease).clone(), generation, now).await
+            };
+            match taken {
+                Ok(lease) => {
+                    info!(policy = %policy_name, generation, slot = %lease.name_any(), "holds a slot in the rollout");
+                    self.hold(&policy_name, generation, lease, Some(place(index)));
+                }
+                Err(error) if is_conflict(&error) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if self.holds(&policy_name, generation) {
+            self.forget_deferral(&policy_name);
+            return Ok(Admission::Granted);
+        }
+        let mut free = Vec::new();
+        let mut holders = BTreeSet::new();
         let mut failed = 0;
         let mut next_expiry: Option<Timestamp> = None;
-        for (name, lease) in candidates {
-            let taken = match &lease {
-                None => self.create_slot(policy, &name, generation, now).await,
-                Some(lease) => {
-                    match slot_state_seen(lease, &self.node, generation, now, leases::write_sight(now)) {
-                        Slot::Mine | Slot::Free => self.take_slot(lease.clone(), generation, now).await,
-                        Slot::Failed { holder } => {
-                            if self.still_failing(&policy_name, &holder, generation).await? {
-                                failed += 1;
-                                continue;
-                            }
-                            self.take_slot(lease.clone(), generation, now).await
-                        }
-                        Slot::Busy { until } => {
-                            next_expiry = Some(next_expiry.map_or(until, |next| next.min(until)));
-                            continue;
-                        }
+        for index in 0..limit {
+            let Some(lease) = existing.get(&slot_name(&policy_name, index)) else {
+                free.push(index);
+                continue;
+            };
+            match slot_state_seen(lease, &self.node, generation, now, leases::write_sight(now)) {
+                Slot::Mine | Slot::Free => free.push(index),
+                Slot::Failed { holder } => {
+                    if self.still_failing(&policy_name, &holder, generation).await? {
+                        failed += 1;
+                    } else {
+                        free.push(index);
                     }
                 }
+                Slot::Busy { until } => {
+                    holders.extend(leases::holder(lease).map(str::to_string));
+                    next_expiry = Some(next_expiry.map_or(until, |next| next.min(until)));
+                }
+            }
+        }
+        let order: Vec<(String, Standing)> = survey
+            .order
+            .iter()
+            .map(|node| {
+                let standing =
+                    turns::standing(survey.enactments.get(node), generation, holders.contains(node));
+                (node.clone(), standing)
+            })
+            .collect();
+        let tries = if self.overdue(&policy_name, generation, !free.is_empty()) {
+            free.clone()
+        } else {
+            turns::turn(&self.node, &order, &free).into_iter().collect()
+        };
+        for index in tries {
+            let name = slot_name(&policy_name, index);
+            let taken = match existing.get(&name) {
+                None => self.create_slot(policy, &name, generation, now).await,
+                Some(lease) => self.take_slot((*lease).clone(), generation, now).await,
             };
             match taken {
                 Ok(lease) => {
                     info!(policy = %policy_name, generation, slot = %name, "took a slot in the rollout");
-                    self.hold(&policy_name, generation, lease);
+                    self.hold(&policy_name, generation, lease, Some(place(Some(index))));
+                    self.forget_deferral(&policy_name);
                     return Ok(Admission::Granted);
                 }
-                Err(error) if is_conflict(&error) => continue, // another node was faster
+                Err(error) if is_conflict(&error) => continue, // another node saw another order
                 Err(error) => return Err(error),
             }
         }
         if failed >= limit {
             return Ok(Admission::Abort);
         }
-        let retry_after = next_expiry
-            .and_then(|until| Duration::try_from(until.duration_since(now)).ok())
-            .map_or(self.duration, |left| left + Duration::from_secs(1))
-            .min(self.duration);
+        let retry_after = if free.is_empty() {
+            next_expiry
+                .and_then(|until| Duration::try_from(until.duration_since(now)).ok())
+                .map_or(self.duration, |left| left + Duration::from_secs(1))
+                .min(self.duration)
+        } else {
+            turns::GRACE
+        };
         Ok(Admission::Wait { retry_after })
+    }
+
+    /// Whether this node has let free slots of `policy`'s `generation` go to others for
+    /// [`turns::GRACE`] (it sees some now: `free`), so it may try them itself.
+    fn overdue(&self, policy: &str, generation: i64, free: bool) -> bool {
+        let Ok(mut deferred) = self.deferred.lock() else {
+            return free;
+        };
+        if !free {
+            deferred.remove(policy);
+            return false;
+        }
+        match deferred.get(policy) {
+            Some((seen, since)) if *seen == generation => since.elapsed() >= turns::GRACE,
+            _ => {
+                deferred.insert(policy.to_string(), (generation, Instant::now()));
+                false
+            }
+        }
+    }
+
+    fn forget_deferral(&self, policy: &str) {
+        if let Ok(mut deferred) = self.deferred.lock() {
+            deferred.remove(policy);
+        }
     }
 
     /// Whether this node still holds its slot for `policy`: checked right before committing,
@@ -375,31 +408,12 @@ impl Rollout {
         }
     }
 
-    /// Gives the slot back (the apply finished, or the policy no longer applies here).
-    pub async fn release(&self, policy: &str) {
-        let Some(lease) = self.forget(policy) else { return };
-        let slot = lease.name_any();
-        match self.give_back(lease).await {
-            Ok(Some(())) => info!(policy, %slot, "released the slot in the rollout"),
-            Ok(None) => {} // already gone, or taken over after it expired
-            Err(error) => warn!(
-                policy,
-                %slot,
-                "cannot release the slot in the rollout (it expires by itself): {error}"
-            ),
-        }
-    }
-
     /// Releases a slot this node holds for `policy` though it does not remember taking it
     /// (taken before a restart).
     pub async fn release_any(&self, policy: &NodeNetworkConfigurationPolicy, generation: i64) {
         let policy_name = policy.name_any();
         if self.held_lease(&policy_name).is_none() {
-            let Ok(existing) = self
-                .leases
-                .list(&ListParams::default().labels(&slot_selector(&policy_name)))
-                .await
-            else {
+            let Ok(existing) = self.slots(&policy_name).await else {
                 return;
             };
             let now = Timestamp::now();
@@ -409,7 +423,7 @@ impl Rollout {
             else {
                 return;
             };
-            self.hold(&policy_name, generation, mine);
+            self.hold(&policy_name, generation, mine, None);
         }
         self.release(&policy_name).await;
     }
@@ -459,7 +473,7 @@ impl Rollout {
 
     /// Keeps the slot for this generation, marked failed: it counts against the budget.
     pub async fn mark_failed(&self, policy: &str) {
-        let Some(lease) = self.forget(policy) else {
+        let Some((lease, _, _)) = self.forget(policy) else {
             return;
         };
         let slot = lease.name_any();
@@ -531,7 +545,7 @@ impl Rollout {
             .is_some_and(|status| status.policy_generation == Some(generation) && is_final_failure(&status)))
     }
 
-    fn hold(&self, policy: &str, generation: i64, lease: Lease) {
+    fn hold(&self, policy: &str, generation: i64, lease: Lease, place: Option<Place>) {
         let lease = Arc::new(Mutex::new(lease));
         let renewal = tokio::spawn(leases::keep_renewed(
             self.leases.clone(),
@@ -543,6 +557,7 @@ impl Rollout {
             generation,
             lease,
             renewal,
+            place,
         };
         if let Ok(mut all) = self.held.lock()
             && let Some(previous) = all.insert(policy.to_string(), held)
@@ -551,10 +566,13 @@ impl Rollout {
         }
     }
 
-    fn forget(&self, policy: &str) -> Option<Lease> {
+    /// Stops renewing this node's slot for `policy`: the slot as last written, the generation
+    /// it was taken for, and its place.
+    fn forget(&self, policy: &str) -> Option<(Lease, i64, Option<Place>)> {
         let held = self.held.lock().ok()?.remove(policy)?;
         held.renewal.abort();
-        held.lease.lock().ok().map(|lease| lease.clone())
+        let lease = held.lease.lock().ok().map(|lease| lease.clone())?;
+        Some((lease, held.generation, held.place))
     }
 
     fn held_lease(&self, policy: &str) -> Option<Lease> {
@@ -562,13 +580,3 @@ impl Rollout {
         all.get(policy)?.lease.lock().ok().map(|lease| lease.clone())
     }
 }
-
-/// When the holder of `lease` must stop counting on it: a quarter of `duration` (the time to
-/// roll back, and more than one renewal interval) before its expiry.
-fn fence_deadline(lease: &Lease, duration: Duration) -> Option<Timestamp> {
-    let margin = SignedDuration::try_from(duration / 4).ok()?;
-    leases::expiry(lease)?.checked_sub(margin).ok()
-}
-
-#[cfg(test)]
-mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeMap;
 
 #[test]
 fn a_holder_stops_counting_on_its_slot_a_quarter_of_the_lease_before_it_lapses() {
@@ -131,4 +132,44 @@ fn after_an_outage_of_writes_an_expired_slot_stays_busy_for_one_lease() {
         slot_state_seen(&expired, "node01", 3, now, Sight::Lost),
         Slot::Busy { .. }
     ));
+}
+
+#[test]
+fn a_slot_handed_over_moments_ago_is_held_without_a_write() {
+    let now = Timestamp::from_second(1_000).unwrap();
+    let lease = Duration::from_secs(10); // renewed every 3.3 s: fresh for 1.6 s
+    let handed = |holder: &str, renewed: i64, generation: i64, failed: bool| {
+        handed_over(
+            &slot(holder, renewed, generation, failed),
+            "node01",
+            3,
+            now,
+            lease,
+        )
+    };
+    assert!(handed("node01", 1_000, 3, false));
+    assert!(handed("node01", 999, 3, false));
+    assert!(
+        !handed("node01", 998, 3, false),
+        "renewed too long ago: taken with a write"
+    );
+    assert!(!handed("node02", 1_000, 3, false), "someone else's");
+    assert!(!handed("node01", 1_000, 2, false), "for another generation");
+    assert!(!handed("node01", 1_000, 3, true), "kept failed");
+}
+
+#[test]
+fn a_slot_wakes_a_waiting_node_when_freed_handed_to_it_or_kept_failed() {
+    let held = |holder: &str, failed: bool| slot(holder, 995, 3, failed);
+    assert!(wakes(&held("node01", false), "node01"), "handed to it");
+    assert!(
+        !wakes(&held("node02", false), "node01"),
+        "taken, handed on or renewed"
+    );
+    assert!(wakes(&held("node02", true), "node01"), "kept failed");
+    let mut released = held("node02", false);
+    released.spec.as_mut().unwrap().holder_identity = None;
+    assert!(wakes(&released, "node01"));
+    released.spec.as_mut().unwrap().holder_identity = Some(String::new());
+    assert!(wakes(&released, "node01"));
 }

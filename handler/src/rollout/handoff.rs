@@ -1,0 +1,105 @@
+//! Handing a slot on: a node done with its slot gives it to the next node waiting in the
+//! slot's queue ([`super::turns`]), one write where a release and a take were two.
+
+use super::{Place, Rollout, turns, turns::Standing};
+use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
+use kube::ResourceExt;
+use nmstate_api::labels;
+use nmstate_runtime::leases;
+use std::collections::BTreeSet;
+use tracing::{info, warn};
+
+impl Rollout {
+    /// Gives the slot back (the apply finished, or the policy no longer applies here): to the
+    /// next node waiting in its queue (see [`turns`]), or to no one.
+    pub async fn release(&self, policy: &str) {
+        let next = self.next_in_line(policy).await;
+        self.release_to(policy, next).await;
+    }
+
+    /// The node this node's slot for `policy` goes to when released, as things stand: read
+    /// while the last status is written.
+    pub async fn next_in_line(&self, policy: &str) -> Option<String> {
+        let (generation, place) = {
+            let all = self.held.lock().ok()?;
+            let held = all.get(policy)?;
+            (held.generation, held.place.clone()?)
+        };
+        self.successor(policy, generation, &place).await
+    }
+
+    /// Gives this node's slot for `policy` to `next` (see [`Rollout::next_in_line`]), or back
+    /// to no one.
+    pub async fn release_to(&self, policy: &str, next: Option<String>) {
+        let Some((lease, generation, _)) = self.forget(policy) else {
+            return;
+        };
+        let slot = lease.name_any();
+        if let Some(next) = next {
+            match self.hand_over(lease.clone(), &next, generation).await {
+                Ok(Some(_)) => return info!(policy, %slot, %next, "handed the slot in the rollout on"),
+                Ok(None) => return, // taken over after it expired
+                Err(error) => warn!(policy, %slot, %next, "cannot hand the slot in the rollout on: {error}"),
+            }
+        }
+        match self.give_back(lease).await {
+            Ok(Some(())) => info!(policy, %slot, "released the slot in the rollout"),
+            Ok(None) => {} // already gone, or taken over after it expired
+            Err(error) => warn!(
+                policy,
+                %slot,
+                "cannot release the slot in the rollout (it expires by itself): {error}"
+            ),
+        }
+    }
+
+    /// The node to hand `place`'s slot to, from the enactments and slots as they are now.
+    async fn successor(&self, policy: &str, generation: i64, place: &Place) -> Option<String> {
+        let listed = tokio::try_join!(self.enactments(policy), self.slots(policy));
+        let (enactments, slots) = match listed {
+            Ok(listed) => listed,
+            Err(error) => {
+                warn!(
+                    policy,
+                    "cannot tell who waits for the slot in the rollout: {error}"
+                );
+                return None;
+            }
+        };
+        let now = Timestamp::now();
+        let holders: BTreeSet<&str> = slots
+            .iter()
+            .filter_map(|lease| leases::live_holder(lease, now))
+            .collect();
+        let order: Vec<(String, Standing)> = place
+            .order
+            .iter()
+            .map(|node| {
+                let standing =
+                    turns::standing(enactments.get(node), generation, holders.contains(node.as_str()));
+                (node.clone(), standing)
+            })
+            .collect();
+        turns::successor(&self.node, &order, place.index, place.limit)
+    }
+
+    /// Hands `lease`, a slot this node holds, to `next` for `generation`; `Ok(None)` when it is
+    /// gone or another node took it.
+    async fn hand_over(
+        &self,
+        lease: Lease,
+        next: &str,
+        generation: i64,
+    ) -> Result<Option<Lease>, kube::Error> {
+        let api = &self.leases;
+        let duration = self.duration;
+        let hand = move |mut lease: Lease| async move {
+            leases::take_over(&mut lease, next, duration, Timestamp::now());
+            lease
+                .annotations_mut()
+                .insert(labels::POLICY_GENERATION.into(), generation.to_string());
+            leases::replace(api, &lease).await
+        };
+        leases::write_while_held(&self.leases, lease, &self.node, hand).await
+    }
+}
