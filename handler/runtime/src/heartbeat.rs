@@ -75,9 +75,13 @@ pub fn live_nodes_seen<'a>(
         .collect()
 }
 
-/// The nodes that run a live handler, read from the API.
+/// The nodes that run a live handler, read from the API server's cache: a heartbeat is judged
+/// by its renewal time, so a list a few milliseconds old tells the same, and a consistent list
+/// waits up to 100 ms for the cache to hear from etcd that it is current.
 pub async fn live_handlers(leases: &Api<Lease>) -> Result<BTreeSet<String>, kube::Error> {
-    let heartbeats = leases.list(&ListParams::default().labels(&selector())).await?;
+    let heartbeats = leases
+        .list(&ListParams::default().labels(&selector()).match_any())
+        .await?;
     Ok(live_nodes(&heartbeats.items, Timestamp::now()))
 }
 

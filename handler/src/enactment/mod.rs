@@ -38,7 +38,7 @@ use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
         reflector::ObjectRef,
         watcher::{self, watcher},
@@ -142,6 +142,22 @@ impl Context {
     }
 }
 
+/// What a node acts on in a policy, hashed: anything but its status.
+fn acted_on(policy: &NodeNetworkConfigurationPolicy) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = &policy.metadata;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        meta.generation,
+        meta.deletion_timestamp.as_ref().map(|time| time.0),
+        &meta.finalizers,
+        &meta.labels,
+        &meta.annotations,
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// Enacts policies on this node until `shutdown` completes.
 pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(context.client.clone());
@@ -150,6 +166,9 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
     // backoff after the API server says a resumed watch expired.
     let (store, policy_stream) =
         watch::cached("policies", watcher(policies.clone(), watcher::Config::default()));
+    // Only what a node acts on: not the status, which the cluster controller writes after
+    // every enactment change (each write woke every node to reconcile every policy).
+    let policy_stream = policy_stream.predicate_filter(acted_on, Default::default());
     let controller = Controller::for_stream(policy_stream, store.clone())
         .with_config(ControllerConfig::default().concurrency(1));
     let controller_store = store.clone();
@@ -178,18 +197,36 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
             policies
         });
 
-    // A slot freed in a policy's rollout wakes the nodes waiting for one.
+    // A slot freed in a policy's rollout, handed to this node or kept failed wakes the nodes
+    // waiting for one; a slot taken, handed to another node or renewed wakes no one (each of
+    // them woke every node of the rollout to read the policy's slots again).
     let slots = watcher::Config::default().labels(&crate::rollout::slots_selector());
     let leases = Api::<Lease>::namespaced(context.client.clone(), context.config.lease_namespace());
-    let controller = controller.watches_stream(
-        watch::touched("rollout slots", watcher(leases, slots)),
-        |lease: Lease| {
-            lease
-                .labels()
-                .get(labels::POLICY)
-                .map(|policy| ObjectRef::<NodeNetworkConfigurationPolicy>::new(policy))
-        },
-    );
+    let me = node_name.clone();
+    let rollout = context.clone();
+    let slot_events = watch::retried(watcher(leases, slots)).filter_map(move |event| {
+        if let Ok(watcher::Event::Apply(lease) | watcher::Event::Delete(lease)) = &event {
+            rollout.rollout.saw_slot(lease);
+        }
+        let woken = match event {
+            Ok(watcher::Event::Delete(lease)) => Some(lease),
+            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                crate::rollout::wakes(&lease, &me).then_some(lease)
+            }
+            Ok(_) => None,
+            Err(error) => {
+                warn!("watching rollout slots: {error}");
+                None
+            }
+        };
+        std::future::ready(woken.map(Ok))
+    });
+    let controller = controller.watches_stream(slot_events, |lease: Lease| {
+        lease
+            .labels()
+            .get(labels::POLICY)
+            .map(|policy| ObjectRef::<NodeNetworkConfigurationPolicy>::new(policy))
+    });
 
     // A policy settling here wakes the policies waiting for it (`dependsOn`).
     let settled = futures::stream::unfold(context.settled.subscribe(), |mut settled| async move {
