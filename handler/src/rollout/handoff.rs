@@ -76,7 +76,8 @@ impl Rollout {
             .iter()
             .map(|node| {
                 let standing =
-                    turns::standing(enactments.get(node), generation, holders.contains(node.as_str()));
+                    // Only a Queued node is handed a slot: a missing enactment never is.
+                    turns::standing(enactments.get(node), generation, holders.contains(node.as_str()), false);
                 (node.clone(), standing)
             })
             .collect();

@@ -61,6 +61,8 @@ pub struct Survey {
     /// Those nodes, by name: the order they take turns in.
     order: Vec<String>,
     slots: Vec<Lease>,
+    /// The policy is being deleted: its nodes revert.
+    deleting: bool,
     /// Each node's enactment of the policy, by node.
     enactments: BTreeMap<String, NodeNetworkConfigurationEnactmentStatus>,
 }
@@ -136,6 +138,7 @@ impl Rollout {
             limit: max_unavailable(policy.spec.max_unavailable.as_ref(), order.len()),
             order,
             slots,
+            deleting: policy.metadata.deletion_timestamp.is_some(),
             enactments,
         })
     }
@@ -175,7 +178,7 @@ impl Rollout {
             .into_iter()
             .filter_map(|enactment| {
                 let node = enactment.labels().get(labels::NODE)?.clone();
-                Some((node, enactment.status?))
+                Some((node, enactment.status.unwrap_or_default()))
             })
             .collect())
     }
@@ -279,8 +282,12 @@ impl Rollout {
             .order
             .iter()
             .map(|node| {
-                let standing =
-                    turns::standing(survey.enactments.get(node), generation, holders.contains(node));
+                let standing = turns::standing(
+                    survey.enactments.get(node),
+                    generation,
+                    holders.contains(node),
+                    survey.deleting,
+                );
                 (node.clone(), standing)
             })
             .collect();

@@ -35,23 +35,25 @@ pub enum Standing {
     Out,
 }
 
+/// `status` is the node's enactment's, `None` when it has none: while the policy is deleted
+/// (`deleting`), a node without one has reverted, or had nothing to revert.
 pub fn standing(
     status: Option<&NodeNetworkConfigurationEnactmentStatus>,
     generation: i64,
     holds_slot: bool,
+    deleting: bool,
 ) -> Standing {
+    if holds_slot || (status.is_none() && deleting) {
+        return Standing::Out;
+    }
     let Some(status) = status.filter(|status| status.policy_generation == Some(generation)) else {
-        return if holds_slot {
-            Standing::Out
-        } else {
-            Standing::Coming
-        };
+        return Standing::Coming;
     };
     let pending_reason =
         nmstate_api::condition::find_condition(&status.conditions, EnactmentConditionType::Pending.as_str())
             .filter(|condition| condition.is_true())
             .map(|condition| condition.reason.clone());
-    if holds_slot || status.is(EnactmentConditionType::Available) || is_final_failure(status) {
+    if status.is(EnactmentConditionType::Available) || is_final_failure(status) {
         Standing::Out
     } else if let Some(reason) = pending_reason {
         if reason == EnactmentConditionReason::MaxUnavailableLimitReached.as_str() {
@@ -143,13 +145,24 @@ mod tests {
         ] {
             let status = status(situation.clone(), generation);
             assert_eq!(
-                standing(Some(&status), 3, holds),
+                standing(Some(&status), 3, holds, false),
                 expected,
                 "{situation:?} at {generation}"
             );
         }
-        assert_eq!(standing(None, 3, false), Coming, "no enactment yet");
-        assert_eq!(standing(None, 3, true), Out);
+        assert_eq!(standing(None, 3, false, false), Coming, "no enactment yet");
+        assert_eq!(standing(None, 3, true, false), Out);
+        assert_eq!(
+            standing(None, 3, false, true),
+            Out,
+            "reverted: its enactment went"
+        );
+        let waiting = status(Some(EnactmentSituation::Pending), 3);
+        assert_eq!(
+            standing(Some(&waiting), 3, false, true),
+            Queued,
+            "waits to revert"
+        );
     }
 
     fn order(nodes: &[(&str, Standing)]) -> Vec<(String, Standing)> {
