@@ -2,8 +2,8 @@
 //! handler, against the real API server, with the cluster controller writing policy statuses:
 //! never more nodes applying than `maxUnavailable`, failures that abort the rest, handlers that
 //! are killed or paused mid-apply, a policy that selects no node, a status writer restarted
-//! mid-rollout, the metrics, and a slot marked failed or given back after a renewal cut off
-//! mid-flight moved it on.
+//! mid-rollout, the metrics, a slot marked failed or given back after a renewal cut off
+//! mid-flight moved it on, and a slot handed to a node that no longer applies given back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -401,6 +401,46 @@ async fn a_slot_is_marked_failed_and_released_after_a_renewal_moved_it_on() {
     );
     renewed_behind_the_holders_back().await;
     rollout.release(&name).await;
+    let left = leases.get_opt(&slot).await.unwrap();
+    assert!(left.is_none(), "the slot was given back: {left:?}");
+    fixture.clean_up().await;
+}
+
+/// A slot handed to a node that then no longer applies the policy (unlabelled while it waited,
+/// or already in the desired state) goes back: the soak once found one left over after the node
+/// that was handed it was unlabelled before it took it up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_handed_to_a_node_that_no_longer_applies_goes_back() {
+    let mut fixture = Fixture::start(0, true).await;
+    let name = fixture
+        .create_policy("handed", bridge("br-handed"), json!(1))
+        .await;
+    let policy = fixture.policies().get(&name).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(fixture.client.clone(), &fixture.namespace);
+    let rollout = |node: &str| {
+        Rollout::new(
+            fixture.client.clone(),
+            &fixture.namespace,
+            node,
+            Duration::from_secs(60),
+        )
+    };
+    let (giver, taker) = (rollout("node-a"), rollout("node-b"));
+    let survey = giver.survey(&policy, |_, _| true).await.unwrap();
+    assert_eq!(
+        giver.acquire(&policy, 1, &survey).await.unwrap(),
+        Admission::Granted
+    );
+    // What a handoff writes: node-b holds the slot, and its watch says so.
+    let slot = slot_name(&name, 0);
+    let handed = json!({"spec": {"holderIdentity": "node-b", "renewTime": MicroTime(Timestamp::now())}});
+    let handed = leases
+        .patch(&slot, &PatchParams::default(), &Patch::Merge(handed))
+        .await
+        .unwrap();
+    taker.saw_slot(&handed, false);
+
+    taker.release_unclaimed(&policy, 1).await;
     let left = leases.get_opt(&slot).await.unwrap();
     assert!(left.is_none(), "the slot was given back: {left:?}");
     fixture.clean_up().await;

@@ -116,6 +116,8 @@ async fn reverted(
     let policy_name = policy.name_any();
     delete_enactment(enactments, name).await?;
     context.rollout.release(&policy_name).await;
+    let generation = policy.metadata.generation.unwrap_or_default();
+    context.rollout.release_unclaimed(policy, generation).await;
     context.forget(&policy_name);
     let node = &context.config.node_name;
     info!(policy = %policy_name, "deleted: reverted on this node");

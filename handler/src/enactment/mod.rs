@@ -205,8 +205,12 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
     let me = node_name.clone();
     let rollout = context.clone();
     let slot_events = watch::retried(watcher(leases, slots)).filter_map(move |event| {
-        if let Ok(watcher::Event::Apply(lease) | watcher::Event::Delete(lease)) = &event {
-            rollout.rollout.saw_slot(lease);
+        match &event {
+            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                rollout.rollout.saw_slot(lease, false);
+            }
+            Ok(watcher::Event::Delete(lease)) => rollout.rollout.saw_slot(lease, true),
+            _ => {}
         }
         let woken = match event {
             Ok(watcher::Event::Delete(lease)) => Some(lease),

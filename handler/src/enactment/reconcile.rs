@@ -88,6 +88,8 @@ pub(super) async fn reconcile(
     let enacted = match plan::entry(selected, generation, &status, known_applied) {
         Entry::Remove => {
             context.rollout.release(&policy_name).await;
+            // A slot handed to it while it waited goes back too.
+            context.rollout.release_unclaimed(&policy, generation).await;
             // Its addresses go with the enactment (once: this runs on every change of a policy
             // that does not select the node). One left by a crash in between is reclaimed when
             // the pool runs out.
@@ -96,7 +98,10 @@ pub(super) async fn reconcile(
             }
             return Ok(Action::await_change());
         }
-        Entry::Done => return Ok(Action::await_change()),
+        Entry::Done => {
+            context.rollout.release_unclaimed(&policy, generation).await;
+            return Ok(Action::await_change());
+        }
         Entry::Enact { fresh, enacted } => {
             if fresh {
                 status.conditions.clear();
@@ -195,18 +200,21 @@ pub(super) async fn reconcile(
         BeforeApply::Refuse { reason } => {
             // Nothing is applied, so no slot in the rollout is used.
             warn!(policy = %policy_name, "not applied: {reason}");
+            context.rollout.release_unclaimed(&policy, generation).await;
             let event = events::failed_without_retries(&name);
             return fail_for_good(&policy, &name, &mut status, &context, &enactments, reason, event).await;
         }
         BeforeApply::IgnoreEmpty => {
             info!(policy = %policy_name, "Ignoring empty desired state");
             context.mark_in_desired_state(&policy_name, generation);
+            context.rollout.release_unclaimed(&policy, generation).await;
             let situation = EnactmentSituation::Succeeded { note: None };
             return finish(&enactments, &name, &mut status, situation).await;
         }
         BeforeApply::StillApplied => {
             context.mark_in_desired_state(&policy_name, generation);
             info!(policy = %policy_name, generation, "the node is still in the desired state");
+            context.rollout.release_unclaimed(&policy, generation).await;
             return Ok(Action::await_change());
         }
         BeforeApply::AlreadyApplied { note } => {

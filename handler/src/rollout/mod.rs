@@ -93,6 +93,9 @@ pub struct Rollout {
     /// The resourceVersion of the last slot event this node's watch delivered: its slot lists
     /// are at least that recent (see [`Rollout::saw_slot`]).
     slots_seen: Mutex<Option<String>>,
+    /// The slots the watch last saw this node hold, by name, with their policy (see
+    /// [`Rollout::release_unclaimed`]).
+    seen_mine: Mutex<BTreeMap<String, String>>,
     /// Per policy, since when this node has seen free slots it let others take in their turn
     /// (and for which generation): after [`turns::GRACE`] it tries them itself.
     deferred: Mutex<BTreeMap<String, (i64, Instant)>>,
@@ -107,6 +110,7 @@ impl Rollout {
             duration,
             held: Mutex::new(BTreeMap::new()),
             slots_seen: Mutex::new(None),
+            seen_mine: Mutex::new(BTreeMap::new()),
             deferred: Mutex::new(BTreeMap::new()),
         }
     }
@@ -144,9 +148,34 @@ impl Rollout {
     }
 
     /// Notes a slot the watch of slots delivered.
-    pub fn saw_slot(&self, lease: &Lease) {
+    pub fn saw_slot(&self, lease: &Lease, deleted: bool) {
         if let (Some(version), Ok(mut seen)) = (lease.resource_version(), self.slots_seen.lock()) {
             *seen = Some(version);
+        }
+        if let Ok(mut mine) = self.seen_mine.lock() {
+            if !deleted && leases::holder(lease) == Some(self.node.as_str()) {
+                let policy = lease.labels().get(labels::POLICY).cloned().unwrap_or_default();
+                mine.insert(lease.name_any(), policy);
+            } else {
+                mine.remove(&lease.name_any());
+            }
+        }
+    }
+
+    /// Gives back the slots of `policy` this node holds without having taken them, when it no
+    /// longer applies it (not selected, applied already, …): one was handed to it while it
+    /// waited. Read only when the watch last saw this node hold one it does not remember.
+    pub async fn release_unclaimed(&self, policy: &NodeNetworkConfigurationPolicy, generation: i64) {
+        let policy_name = policy.name_any();
+        if self.held_lease(&policy_name).is_some() {
+            return;
+        }
+        let suspected = self
+            .seen_mine
+            .lock()
+            .map_or(true, |mine| mine.values().any(|held| *held == policy_name));
+        if suspected {
+            self.release_any(policy, generation).await;
         }
     }
 
@@ -419,20 +448,28 @@ impl Rollout {
     /// (taken before a restart).
     pub async fn release_any(&self, policy: &NodeNetworkConfigurationPolicy, generation: i64) {
         let policy_name = policy.name_any();
-        if self.held_lease(&policy_name).is_none() {
-            let Ok(existing) = self.slots(&policy_name).await else {
-                return;
-            };
-            let now = Timestamp::now();
-            let Some(mine) = existing
-                .into_iter()
-                .find(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine)
-            else {
-                return;
-            };
-            self.hold(&policy_name, generation, mine, None);
+        if self.held_lease(&policy_name).is_some() {
+            return self.release(&policy_name).await;
         }
-        self.release(&policy_name).await;
+        let Ok(existing) = self.slots(&policy_name).await else {
+            return;
+        };
+        let now = Timestamp::now();
+        let mine = existing
+            .into_iter()
+            .filter(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine);
+        for lease in mine {
+            let slot = lease.name_any();
+            match self.give_back(lease).await {
+                Ok(Some(())) => {
+                    info!(policy = %policy_name, %slot, "gave back a slot it held but did not use")
+                }
+                Ok(None) => {} // already gone, or taken over after it expired
+                Err(error) => {
+                    warn!(policy = %policy_name, %slot, "cannot give back a slot (it expires by itself): {error}")
+                }
+            }
+        }
     }
 
     /// Gives back the places an earlier handler on this node held (it stopped mid-apply, and
