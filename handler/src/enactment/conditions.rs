@@ -8,6 +8,25 @@ use nmstate_api::{
     enactment::{EnactmentConditionReason as Reason, EnactmentConditionType as Type},
 };
 
+/// An enactment status of `generation` in `situation` (none: nothing written yet), as the agent
+/// writes it: for table tests.
+#[cfg(test)]
+pub fn status_in(
+    generation: i64,
+    situation: Option<EnactmentSituation>,
+) -> nmstate_api::NodeNetworkConfigurationEnactmentStatus {
+    let mut status = nmstate_api::NodeNetworkConfigurationEnactmentStatus {
+        policy_generation: Some(generation),
+        ..Default::default()
+    };
+    if let Some(situation) = situation {
+        let epoch =
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        situation.apply_to(&mut status.conditions, generation, &epoch);
+    }
+    status
+}
+
 /// Whether an enactment failed for good (Failing, and not retrying).
 /// Unresolved variables are not: they are looked at again until they resolve.
 pub fn is_final_failure(status: &nmstate_api::NodeNetworkConfigurationEnactmentStatus) -> bool {

@@ -101,23 +101,8 @@ pub fn successor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enactment::conditions::EnactmentSituation;
+    use crate::enactment::conditions::{EnactmentSituation, status_in};
     use Standing::{Coming, Out, Queued};
-    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-
-    fn status(
-        situation: Option<EnactmentSituation>,
-        generation: i64,
-    ) -> NodeNetworkConfigurationEnactmentStatus {
-        let mut status = NodeNetworkConfigurationEnactmentStatus {
-            policy_generation: Some(generation),
-            ..Default::default()
-        };
-        if let Some(situation) = situation {
-            situation.apply_to(&mut status.conditions, generation, &Time(Timestamp::UNIX_EPOCH));
-        }
-        status
-    }
 
     #[test]
     fn a_node_stands_by_its_enactment_at_this_generation() {
@@ -143,7 +128,7 @@ mod tests {
             (Some(EnactmentSituation::Progressing), 3, false, Coming), // its handler restarted
             (Some(EnactmentSituation::Progressing), 3, true, Out),
         ] {
-            let status = status(situation.clone(), generation);
+            let status = status_in(generation, situation.clone());
             assert_eq!(
                 standing(Some(&status), 3, holds, false),
                 expected,
@@ -157,7 +142,7 @@ mod tests {
             Out,
             "reverted: its enactment went"
         );
-        let waiting = status(Some(EnactmentSituation::Pending), 3);
+        let waiting = status_in(3, Some(EnactmentSituation::Pending));
         assert_eq!(
             standing(Some(&waiting), 3, false, true),
             Queued,

@@ -1,18 +1,5 @@
 use super::*;
-use crate::enactment::conditions::EnactmentSituation;
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-
-/// An enactment status of `generation` in `situation`, as the agent writes it.
-fn status(generation: i64, situation: Option<EnactmentSituation>) -> NodeNetworkConfigurationEnactmentStatus {
-    let mut status = NodeNetworkConfigurationEnactmentStatus {
-        policy_generation: Some(generation),
-        ..Default::default()
-    };
-    if let Some(situation) = situation {
-        situation.apply_to(&mut status.conditions, generation, &Time(Timestamp::UNIX_EPOCH));
-    }
-    status
-}
+use crate::enactment::conditions::{EnactmentSituation, status_in as status};
 
 fn failed() -> EnactmentSituation {
     EnactmentSituation::Failed {
