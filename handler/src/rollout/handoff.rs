@@ -1,10 +1,19 @@
 //! Handing a slot on: a node done with its slot gives it to the next node waiting in the
-//! slot's queue ([`super::turns`]), one write where a release and a take were two.
+//! slot's queue ([`super::turns`]), one write where a release and a take were two. And giving
+//! slots back: to no one, or those this node holds without having taken them.
 
-use super::{Place, Rollout, turns, turns::Standing};
+use super::{
+    Place, Rollout, Slot,
+    slots::{is_marked_failed, slot_state, slots_selector},
+    turns,
+    turns::Standing,
+};
 use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
-use kube::ResourceExt;
-use nmstate_api::labels;
+use kube::{
+    ResourceExt,
+    api::{DeleteParams, ListParams, Preconditions},
+};
+use nmstate_api::{NodeNetworkConfigurationPolicy, labels};
 use nmstate_runtime::leases;
 use std::collections::BTreeSet;
 use tracing::{info, warn};
@@ -102,5 +111,93 @@ impl Rollout {
             leases::replace(api, &lease).await
         };
         leases::write_while_held(&self.leases, lease, &self.node, hand).await
+    }
+
+    /// Gives back the slots of `policy` this node holds without having taken them, when it no
+    /// longer applies it (not selected, applied already, …): one was handed to it while it
+    /// waited. Read only when the watch last saw this node hold one it does not remember.
+    pub async fn release_unclaimed(&self, policy: &NodeNetworkConfigurationPolicy, generation: i64) {
+        let policy_name = policy.name_any();
+        if self.held_lease(&policy_name).is_some() {
+            return;
+        }
+        let suspected = self
+            .seen_mine
+            .lock()
+            .map_or(true, |mine| mine.values().any(|held| *held == policy_name));
+        if suspected {
+            self.release_any(policy, generation).await;
+        }
+    }
+
+    /// Releases a slot this node holds for `policy` though it does not remember taking it
+    /// (taken before a restart).
+    pub async fn release_any(&self, policy: &NodeNetworkConfigurationPolicy, generation: i64) {
+        let policy_name = policy.name_any();
+        if self.held_lease(&policy_name).is_some() {
+            return self.release(&policy_name).await;
+        }
+        let Ok(existing) = self.slots(&policy_name).await else {
+            return;
+        };
+        let now = Timestamp::now();
+        let mine = existing
+            .into_iter()
+            .filter(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine);
+        for lease in mine {
+            let slot = lease.name_any();
+            match self.give_back(lease).await {
+                Ok(Some(())) => {
+                    info!(policy = %policy_name, %slot, "gave back a slot it held but did not use")
+                }
+                Ok(None) => {} // already gone, or taken over after it expired
+                Err(error) => {
+                    warn!(policy = %policy_name, %slot, "cannot give back a slot (it expires by itself): {error}")
+                }
+            }
+        }
+    }
+
+    /// Gives back the places an earlier handler on this node held (it stopped mid-apply, and
+    /// nothing applies here now): the other nodes need not wait for them to lapse, and none is
+    /// left behind when this node no longer applies the policy. Places marked failed stay: they
+    /// count against the policy's budget.
+    pub async fn release_left_over(&self) {
+        let listed = match self
+            .leases
+            .list(&ListParams::default().labels(&slots_selector()))
+            .await
+        {
+            Ok(listed) => listed,
+            Err(error) => return warn!("cannot list the rollout slots: {error}"),
+        };
+        for lease in listed {
+            if leases::holder(&lease) != Some(self.node.as_str()) || is_marked_failed(&lease) {
+                continue;
+            }
+            let slot = lease.name_any();
+            match self.give_back(lease).await {
+                Ok(Some(())) => info!(%slot, "gave back a place in a rollout the last handler held"),
+                Ok(None) => {} // already gone, or taken over after it expired
+                Err(error) => warn!(%slot, "cannot give back a place the last handler held: {error}"),
+            }
+        }
+    }
+
+    /// Deletes `lease`, a slot this node holds, at the version it holds (again on a fresh copy
+    /// while it still holds it); `Ok(None)` when it is gone or another node took it.
+    pub(super) async fn give_back(&self, lease: Lease) -> Result<Option<()>, kube::Error> {
+        let api = &self.leases;
+        let delete = move |lease: Lease| async move {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: lease.resource_version(),
+                    uid: lease.uid(),
+                }),
+                ..DeleteParams::default()
+            };
+            api.delete(&lease.name_any(), &params).await.map(drop)
+        };
+        leases::write_while_held(&self.leases, lease, &self.node, delete).await
     }
 }

@@ -18,7 +18,7 @@
 //! node done with its slot hands it to the next one in the slot's queue ([`handoff`]), so no two
 //! nodes race for a slot. The order saves writes and time; the atomic writes keep the limit.
 
-/// Handing a slot on to the next node in its queue.
+/// Handing a slot on to the next node in its queue, or back.
 mod handoff;
 /// This node's heartbeat Lease.
 pub mod heartbeat;
@@ -27,11 +27,11 @@ pub mod slots;
 /// Whose turn it is: the order nodes take free slots in, and whom a slot is handed to.
 pub mod turns;
 
+use slots::fence_deadline;
 pub use slots::{
     Admission, MaxUnavailable, Slot, handed_over, max_unavailable, slot_name, slot_selector, slot_state,
     slot_state_seen, slots_selector, wakes,
 };
-use slots::{fence_deadline, is_marked_failed};
 
 use crate::enactment::conditions::is_final_failure;
 use k8s_openapi::{
@@ -39,7 +39,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Preconditions, VersionMatch},
+    api::{ListParams, VersionMatch},
 };
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
@@ -159,23 +159,6 @@ impl Rollout {
             } else {
                 mine.remove(&lease.name_any());
             }
-        }
-    }
-
-    /// Gives back the slots of `policy` this node holds without having taken them, when it no
-    /// longer applies it (not selected, applied already, …): one was handed to it while it
-    /// waited. Read only when the watch last saw this node hold one it does not remember.
-    pub async fn release_unclaimed(&self, policy: &NodeNetworkConfigurationPolicy, generation: i64) {
-        let policy_name = policy.name_any();
-        if self.held_lease(&policy_name).is_some() {
-            return;
-        }
-        let suspected = self
-            .seen_mine
-            .lock()
-            .map_or(true, |mine| mine.values().any(|held| *held == policy_name));
-        if suspected {
-            self.release_any(policy, generation).await;
         }
     }
 
@@ -442,77 +425,6 @@ impl Rollout {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// Releases a slot this node holds for `policy` though it does not remember taking it
-    /// (taken before a restart).
-    pub async fn release_any(&self, policy: &NodeNetworkConfigurationPolicy, generation: i64) {
-        let policy_name = policy.name_any();
-        if self.held_lease(&policy_name).is_some() {
-            return self.release(&policy_name).await;
-        }
-        let Ok(existing) = self.slots(&policy_name).await else {
-            return;
-        };
-        let now = Timestamp::now();
-        let mine = existing
-            .into_iter()
-            .filter(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine);
-        for lease in mine {
-            let slot = lease.name_any();
-            match self.give_back(lease).await {
-                Ok(Some(())) => {
-                    info!(policy = %policy_name, %slot, "gave back a slot it held but did not use")
-                }
-                Ok(None) => {} // already gone, or taken over after it expired
-                Err(error) => {
-                    warn!(policy = %policy_name, %slot, "cannot give back a slot (it expires by itself): {error}")
-                }
-            }
-        }
-    }
-
-    /// Gives back the places an earlier handler on this node held (it stopped mid-apply, and
-    /// nothing applies here now): the other nodes need not wait for them to lapse, and none is
-    /// left behind when this node no longer applies the policy. Places marked failed stay: they
-    /// count against the policy's budget.
-    pub async fn release_left_over(&self) {
-        let listed = match self
-            .leases
-            .list(&ListParams::default().labels(&slots_selector()))
-            .await
-        {
-            Ok(listed) => listed,
-            Err(error) => return warn!("cannot list the rollout slots: {error}"),
-        };
-        for lease in listed {
-            if leases::holder(&lease) != Some(self.node.as_str()) || is_marked_failed(&lease) {
-                continue;
-            }
-            let slot = lease.name_any();
-            match self.give_back(lease).await {
-                Ok(Some(())) => info!(%slot, "gave back a place in a rollout the last handler held"),
-                Ok(None) => {} // already gone, or taken over after it expired
-                Err(error) => warn!(%slot, "cannot give back a place the last handler held: {error}"),
-            }
-        }
-    }
-
-    /// Deletes `lease`, a slot this node holds, at the version it holds (again on a fresh copy
-    /// while it still holds it); `Ok(None)` when it is gone or another node took it.
-    async fn give_back(&self, lease: Lease) -> Result<Option<()>, kube::Error> {
-        let api = &self.leases;
-        let delete = move |lease: Lease| async move {
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    resource_version: lease.resource_version(),
-                    uid: lease.uid(),
-                }),
-                ..DeleteParams::default()
-            };
-            api.delete(&lease.name_any(), &params).await.map(drop)
-        };
-        leases::write_while_held(&self.leases, lease, &self.node, delete).await
     }
 
     /// Keeps the slot for this generation, marked failed: it counts against the budget.
