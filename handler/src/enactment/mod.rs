@@ -205,16 +205,13 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
     let me = node_name.clone();
     let rollout = context.clone();
     let slot_events = watch::retried(watcher(leases, slots)).filter_map(move |event| {
-        match &event {
-            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
-                rollout.rollout.saw_slot(lease, false);
-            }
-            Ok(watcher::Event::Delete(lease)) => rollout.rollout.saw_slot(lease, true),
-            _ => {}
-        }
         let woken = match event {
-            Ok(watcher::Event::Delete(lease)) => Some(lease),
+            Ok(watcher::Event::Delete(lease)) => {
+                rollout.rollout.saw_slot(&lease, true);
+                Some(lease)
+            }
             Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                rollout.rollout.saw_slot(&lease, false);
                 crate::rollout::wakes(&lease, &me).then_some(lease)
             }
             Ok(_) => None,

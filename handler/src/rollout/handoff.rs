@@ -130,8 +130,8 @@ impl Rollout {
         }
     }
 
-    /// Releases a slot this node holds for `policy` though it does not remember taking it
-    /// (taken before a restart).
+    /// Releases the slot this node holds for `policy`; or, when it remembers none, gives back
+    /// every slot of `policy` it holds all the same (taken before a restart, or handed to it).
     pub async fn release_any(&self, policy: &NodeNetworkConfigurationPolicy, generation: i64) {
         let policy_name = policy.name_any();
         if self.held_lease(&policy_name).is_some() {

@@ -245,7 +245,9 @@ impl Rollout {
         for (kept, lease) in mine.iter().enumerate() {
             let index = index_of(&lease.name_any());
             if kept > 0 {
-                let _ = self.give_back((*lease).clone()).await;
+                if let Err(error) = self.give_back((*lease).clone()).await {
+                    warn!(policy = %policy_name, slot = %lease.name_any(), "cannot give back a second slot (it expires by itself): {error}");
+                }
                 continue;
             }
             let taken = if handed_over(lease, &self.node, generation, now, self.duration) {
