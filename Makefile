@@ -14,7 +14,9 @@ SOAK_LOCALENV_DIR ?= $(CURDIR)/target/localenv-soak
 # The peer `make bench` measures against: nmstatectl 2.2 from crates.io, built once.
 NMSTATECTL_ROOT := $(HOME)/.cache/kubernetes-nmstate/nmstatectl-2.2
 NMSTATECTL := $(NMSTATECTL_ROOT)/bin/nmstatectl
-LOCALENV := $(CURDIR)/target/debug/localenv
+# Where cargo builds: CARGO_TARGET_DIR when set (.ci/run keeps one in the cache), else target/.
+BUILD_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+LOCALENV := $(BUILD_DIR)/debug/localenv
 export PATH := $(TOOLS_BIN):$(PATH)
 
 .PHONY: all test test-oldest bench soak nmstatectl deps kube-build kube-build-oldest tools localenv fmt-check clippy unit integration generate \
@@ -93,8 +95,8 @@ IMAGE_REGISTRY ?= quay.io/nmstate
 IMAGE_TAG ?= v$(shell sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' Cargo.toml)
 images: build-release
 	@command -v podman >/dev/null || { echo "make images needs podman (apt-get install podman)" >&2; exit 1; }
-	config/images/rootfs.sh target/images/operator target/release/nmstate-operator
-	config/images/rootfs.sh target/images/handler target/release/nmstate-handler target/release/nmstate-cluster target/release/nmstate-webhook
+	config/images/rootfs.sh target/images/operator $(BUILD_DIR)/release/nmstate-operator
+	config/images/rootfs.sh target/images/handler $(addprefix $(BUILD_DIR)/release/,nmstate-handler nmstate-cluster nmstate-webhook)
 	podman build -f operator/Containerfile -t $(IMAGE_REGISTRY)/kubernetes-nmstate-rs-operator:$(IMAGE_TAG) target/images/operator
 	podman build -f handler/Containerfile -t $(IMAGE_REGISTRY)/kubernetes-nmstate-rs-handler:$(IMAGE_TAG) target/images/handler
 	podman build -f bundle/bundle.Dockerfile -t $(IMAGE_REGISTRY)/kubernetes-nmstate-rs-operator-bundle:$(IMAGE_TAG) .

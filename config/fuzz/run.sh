@@ -35,6 +35,24 @@ flags=(--sanitizer none --debug-assertions --target-dir "$cache/fuzz-target")
 export PATH=$(dirname "$cargo_fuzz"):$PATH
 fuzz() { cargo fuzz "$@"; }
 
+# The project's crates lie outside the fuzz workspace, so cargo keys their builds by absolute
+# path and every clone added a copy (9.6 GB after eleven CI runs): drop each build whose sources
+# are gone, as its dep-info file (deps/*.d) names them.
+prune_gone_sources() {
+	local dir=$cache/fuzz-target/x86_64-unknown-linux-gnu/release info source hash pruned=0
+	[ -d "$dir/deps" ] || return 0
+	for info in "$dir"/deps/*.d; do
+		source=$(head -1 "$info" | cut -d: -f2 | awk '{print $1}')
+		[ -z "$source" ] || [ -e "$source" ] && continue
+		hash=${info##*-}
+		hash=${hash%.d}
+		rm -rf "$dir"/deps/*-"$hash" "$dir"/deps/*-"$hash".* "$dir"/.fingerprint/*-"$hash"
+		pruned=$((pruned + 1))
+	done
+	[ "$pruned" = 0 ] || say "pruned $pruned builds of sources no longer there"
+}
+
+prune_gone_sources
 started=$(date +%s)
 fuzz build "${flags[@]}"
 say "built the targets in $(( $(date +%s) - started )) s ($(rustc --version))"

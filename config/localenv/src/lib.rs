@@ -44,11 +44,16 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// The `localenv` program: this one, or the workspace's build when a test links this crate.
+/// The `localenv` program: this one, or, when a test links this crate, the one built with the
+/// test (tests are in `<target>/debug/deps/`, wherever `CARGO_TARGET_DIR` puts `<target>`).
 pub fn localenv_program() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .filter(|exe| exe.file_name().is_some_and(|name| name == "localenv"))
+    let exe = std::env::current_exe().ok();
+    let this = exe
+        .clone()
+        .filter(|exe| exe.file_name().is_some_and(|name| name == "localenv"));
+    let beside_the_test =
+        || Some(exe.as_deref()?.parent()?.parent()?.join("localenv")).filter(|path| path.is_file());
+    this.or_else(beside_the_test)
         .unwrap_or_else(|| workspace_dir().join("target/debug/localenv"))
 }
 
