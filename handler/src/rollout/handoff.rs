@@ -51,15 +51,7 @@ impl Rollout {
                 Err(error) => warn!(policy, %slot, %next, "cannot hand the slot in the rollout on: {error}"),
             }
         }
-        match self.give_back(lease).await {
-            Ok(Some(())) => info!(policy, %slot, "released the slot in the rollout"),
-            Ok(None) => {} // already gone, or taken over after it expired
-            Err(error) => warn!(
-                policy,
-                %slot,
-                "cannot release the slot in the rollout (it expires by itself): {error}"
-            ),
-        }
+        self.give_back_saying(lease, "the slot in the rollout").await;
     }
 
     /// The node to hand `place`'s slot to, from the enactments and slots as they are now.
@@ -145,16 +137,8 @@ impl Rollout {
             .into_iter()
             .filter(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine);
         for lease in mine {
-            let slot = lease.name_any();
-            match self.give_back(lease).await {
-                Ok(Some(())) => {
-                    info!(policy = %policy_name, %slot, "gave back a slot it held but did not use")
-                }
-                Ok(None) => {} // already gone, or taken over after it expired
-                Err(error) => {
-                    warn!(policy = %policy_name, %slot, "cannot give back a slot (it expires by itself): {error}")
-                }
-            }
+            self.give_back_saying(lease, "a slot it held but did not use")
+                .await;
         }
     }
 
@@ -175,12 +159,20 @@ impl Rollout {
             if leases::holder(&lease) != Some(self.node.as_str()) || is_marked_failed(&lease) {
                 continue;
             }
-            let slot = lease.name_any();
-            match self.give_back(lease).await {
-                Ok(Some(())) => info!(%slot, "gave back a place in a rollout the last handler held"),
-                Ok(None) => {} // already gone, or taken over after it expired
-                Err(error) => warn!(%slot, "cannot give back a place the last handler held: {error}"),
-            }
+            self.give_back_saying(lease, "a place in a rollout the last handler held")
+                .await;
+        }
+    }
+
+    /// Gives `lease` back and logs it: `what` names the slot, in "gave back {what}" and, when
+    /// the API refuses, "cannot give back {what}" (it then expires by itself). A slot already
+    /// gone, or taken over after it expired, is not logged.
+    pub(super) async fn give_back_saying(&self, lease: Lease, what: &str) {
+        let slot = lease.name_any();
+        match self.give_back(lease).await {
+            Ok(Some(())) => info!(%slot, "gave back {what}"),
+            Ok(None) => {}
+            Err(error) => warn!(%slot, "cannot give back {what} (it expires by itself): {error}"),
         }
     }
 

@@ -245,9 +245,8 @@ impl Rollout {
         for (kept, lease) in mine.iter().enumerate() {
             let index = index_of(&lease.name_any());
             if kept > 0 {
-                if let Err(error) = self.give_back((*lease).clone()).await {
-                    warn!(policy = %policy_name, slot = %lease.name_any(), "cannot give back a second slot (it expires by itself): {error}");
-                }
+                self.give_back_saying((*lease).clone(), "a second slot handed to it")
+                    .await;
                 continue;
             }
             let taken = if handed_over(lease, &self.node, generation, now, self.duration) {
