@@ -151,11 +151,12 @@ TESTED := --workspace --exclude nmstate-packaging
 
 # Against the real API server and real NetworkManager nodes. Tests start the programs of other
 # packages (the cluster controller, the webhook, the operator's operands), so every binary is
-# built first, as the tests build them. The install tests (nmstate-packaging: Helm chart, plain
+# built first, with the tests' features: `--bins` beside the tests, as `cargo test` builds only
+# the binaries of packages that have tests (not nmstate-cluster's). The install tests (nmstate-packaging: Helm chart, plain
 # manifest, OLM bundle, upgrades) run last, on real pods: their kubelet node then runs beside no
 # other test.
 integration: kube-build
-	@$(CARGO) test -q $(TESTED) --test '*' --no-run
+	@$(CARGO) build -q $(TESTED) --bins --test '*'
 	@$(call in_cluster,$(TEST_LOCALENV_DIR),current,failed=0; \
 	$(CARGO) test $(TESTED) --test '*' --no-fail-fast || failed=1; \
 	$(CARGO) test -p nmstate-packaging --test '*' --no-fail-fast || failed=1; \
@@ -195,7 +196,7 @@ test: deps kube-build
 OLDEST_TESTS := --test cluster --test reconcile --test enactment --test preview --test revert \
 	--test ordering --test webhook
 test-oldest: kube-build-oldest
-	@$(CARGO) test -q $(TESTED) --test '*' --no-run
+	@$(CARGO) build -q $(TESTED) --bins --test '*'
 	@$(call in_cluster,$(TEST_OLDEST_LOCALENV_DIR),oldest,failed=0; \
 	$(CARGO) test $(TESTED) $(OLDEST_TESTS) --no-fail-fast || failed=1; \
 	$(CARGO) test -p nmstate-packaging --test helm with_the_operator_as_a_process || failed=1; \
