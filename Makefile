@@ -152,9 +152,9 @@ TESTED := --workspace --exclude nmstate-packaging
 # Against the real API server and real NetworkManager nodes. Tests start the programs of other
 # packages (the cluster controller, the webhook, the operator's operands), so every binary is
 # built first, with the tests' features: `--bins` beside the tests, as `cargo test` builds only
-# the binaries of packages that have tests (not nmstate-cluster's). The install tests (nmstate-packaging: Helm chart, plain
-# manifest, OLM bundle, upgrades) run last, on real pods: their kubelet node then runs beside no
-# other test.
+# the binaries of packages that have tests (not nmstate-cluster's). The install tests
+# (nmstate-packaging: Helm chart, plain manifest, OLM bundle, upgrades) run last, on real pods:
+# their kubelet node then runs beside no other test.
 integration: kube-build
 	@$(CARGO) build -q $(TESTED) --bins --test '*'
 	@$(call in_cluster,$(TEST_LOCALENV_DIR),current,failed=0; \

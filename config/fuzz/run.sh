@@ -43,7 +43,9 @@ prune_gone_sources() {
 	[ -d "$dir/deps" ] || return 0
 	for info in "$dir"/deps/*.d; do
 		source=$(head -1 "$info" | cut -d: -f2 | awk '{print $1}')
-		[ -z "$source" ] || [ -e "$source" ] && continue
+		if [ -z "$source" ] || [ -e "$source" ]; then
+			continue
+		fi
 		hash=${info##*-}
 		hash=${hash%.d}
 		rm -rf "$dir"/deps/*-"$hash" "$dir"/deps/*-"$hash".* "$dir"/.fingerprint/*-"$hash"

@@ -178,7 +178,7 @@ impl Rollout {
 
     /// Deletes `lease`, a slot this node holds, at the version it holds (again on a fresh copy
     /// while it still holds it); `Ok(None)` when it is gone or another node took it.
-    pub(super) async fn give_back(&self, lease: Lease) -> Result<Option<()>, kube::Error> {
+    async fn give_back(&self, lease: Lease) -> Result<Option<()>, kube::Error> {
         let api = &self.leases;
         let delete = move |lease: Lease| async move {
             let params = DeleteParams {
