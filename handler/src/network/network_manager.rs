@@ -2,13 +2,17 @@
 //! `hostNetworkManagerVersion`, and checked against the oldest version kubernetes-nmstate
 //! supports.
 
+use futures::{Stream, StreamExt, future};
 use semver::Version;
+use std::collections::HashMap;
 
 /// The oldest NetworkManager kubernetes-nmstate supports (upstream's documented minimum).
 pub const MINIMUM_VERSION: Version = Version::new(1, 22, 0);
 
 const BUS_NAME: &str = "org.freedesktop.NetworkManager";
 const OBJECT_PATH: &str = "/org/freedesktop/NetworkManager";
+/// Where NetworkManager's checkpoint objects are (`/org/freedesktop/NetworkManager/Checkpoint/N`).
+const CHECKPOINT_PATH: &str = "/org/freedesktop/NetworkManager/Checkpoint/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkManagerError {
@@ -180,10 +184,13 @@ pub fn servers_in_use(mut entries: Vec<DnsEntry>) -> Vec<String> {
     servers
 }
 
-/// A stream with one item per D-Bus signal of NetworkManager's objects: devices added or
-/// removed, state and property changes (including links created behind its back, which it
-/// picks up from the kernel). It ends when the bus connection closes.
-pub async fn change_signals(address: Option<&str>) -> Result<zbus::MessageStream, NetworkManagerError> {
+/// A stream with one item per D-Bus signal of a change to the network from NetworkManager's
+/// objects: devices added or removed, state and property changes (including links created
+/// behind its back, which it picks up from the kernel); not its checkpoints. It ends when the
+/// bus connection closes.
+pub async fn change_signals(
+    address: Option<&str>,
+) -> Result<impl Stream<Item = ()> + Unpin + Send, NetworkManagerError> {
     let connection = connect(address).await?;
     // By object path, not by sender: signals carry NetworkManager's unique bus name, which
     // zbus's client-side matching would not equate with its well-known name.
@@ -191,7 +198,34 @@ pub async fn change_signals(address: Option<&str>) -> Result<zbus::MessageStream
         .msg_type(zbus::message::Type::Signal)
         .path_namespace(OBJECT_PATH)?
         .build();
-    Ok(zbus::MessageStream::for_match_rule(rule, &connection, Some(1024)).await?)
+    let signals = zbus::MessageStream::for_match_rule(rule, &connection, Some(1024)).await?;
+    Ok(signals.filter_map(|signal| {
+        let change = !signal.is_ok_and(|signal| about_checkpoints_only(&signal));
+        future::ready(change.then_some(()))
+    }))
+}
+
+/// Whether `signal` is only about NetworkManager's checkpoints (one created, extended, committed
+/// or rolled back): the handler's own bookkeeping around a change, not a change to the network.
+fn about_checkpoints_only(signal: &zbus::Message) -> bool {
+    let header = signal.header();
+    let Some(path) = header.path() else { return false };
+    if path.as_str().starts_with(CHECKPOINT_PATH) {
+        return true;
+    }
+    let properties_changed = header
+        .member()
+        .is_some_and(|member| member.as_str() == "PropertiesChanged");
+    if path.as_str() != OBJECT_PATH || !properties_changed {
+        return false;
+    }
+    type PropertiesChanged = (String, HashMap<String, zbus::zvariant::OwnedValue>, Vec<String>);
+    signal
+        .body()
+        .deserialize::<PropertiesChanged>()
+        .is_ok_and(|(_, changed, invalidated)| {
+            invalidated.is_empty() && changed.keys().all(|name| name == "Checkpoints")
+        })
 }
 
 async fn connect(address: Option<&str>) -> Result<zbus::Connection, zbus::Error> {
@@ -232,6 +266,66 @@ pub fn check_supported(found: &str) -> Result<Version, NetworkManagerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zbus::zvariant::Value;
+
+    #[test]
+    fn checkpoint_signals_are_not_changes_to_the_network() {
+        let properties_changed = |path: &str, changed: &[&str], invalidated: &[&str]| {
+            let changed: HashMap<&str, Value> =
+                changed.iter().map(|name| (*name, Value::from(0u32))).collect();
+            let body = ("org.freedesktop.NetworkManager", changed, invalidated.to_vec());
+            zbus::Message::signal(path, "org.freedesktop.DBus.Properties", "PropertiesChanged")
+                .unwrap()
+                .build(&body)
+                .unwrap()
+        };
+        let device_added = zbus::Message::signal(OBJECT_PATH, BUS_NAME, "DeviceAdded")
+            .unwrap()
+            .build(&(
+                zbus::zvariant::ObjectPath::try_from("/org/freedesktop/NetworkManager/Devices/3").unwrap(),
+            ))
+            .unwrap();
+        let cases = [
+            (
+                properties_changed(OBJECT_PATH, &["Checkpoints"], &[]),
+                true,
+                "a checkpoint created or gone",
+            ),
+            (
+                properties_changed(
+                    "/org/freedesktop/NetworkManager/Checkpoint/4",
+                    &["RollbackTimeout"],
+                    &[],
+                ),
+                true,
+                "a checkpoint extended",
+            ),
+            (
+                properties_changed(OBJECT_PATH, &["Checkpoints", "ActiveConnections"], &[]),
+                false,
+                "with a change beside it",
+            ),
+            (
+                properties_changed(OBJECT_PATH, &["Checkpoints"], &["Devices"]),
+                false,
+                "with a property invalidated",
+            ),
+            (
+                properties_changed(OBJECT_PATH, &["AllDevices"], &[]),
+                false,
+                "another property",
+            ),
+            (
+                properties_changed("/org/freedesktop/NetworkManager/Devices/3", &["State"], &[]),
+                false,
+                "a device",
+            ),
+            (device_added, false, "another signal at the root"),
+        ];
+        for (signal, expected, case) in cases {
+            assert_eq!(about_checkpoints_only(&signal), expected, "{case}");
+        }
+    }
 
     #[test]
     fn global_name_servers_win_and_a_negative_priority_ends_the_list() {
