@@ -3,11 +3,12 @@
 //!
 //! A refresh reads the state with nmstate, filters it ([`crate::network::filter`]) and writes it
 //! only when it differs from what was last reported, so an idle node causes no API writes.
-//! Refreshes follow NetworkManager's D-Bus signals (a burst is coalesced into one refresh), a
-//! deleted NodeNetworkState is recreated at once, one left by an earlier Node object of the same
-//! name is adopted, and a periodic check is the safety net: every minute (by default) the
-//! kernel alone is read (a third of a full read's cost), and a full refresh follows when what it
-//! reports moved without a signal, and every ten checks in any case.
+//! Refreshes follow NetworkManager's D-Bus signals (a burst is coalesced into one refresh; its
+//! checkpoints, the handler's own bookkeeping, do not count), a deleted NodeNetworkState is
+//! recreated at once, one left by an earlier Node object of the same name is adopted, and a
+//! periodic check is the safety net: every minute (by default) the kernel alone is read (a
+//! third of a full read's cost), and a full refresh follows when what it reports moved without
+//! a signal, and every ten checks in any case.
 //! After an apply, the enactment asks for a report and waits for it ([`ReportNow`]) before it
 //! says Available, so whoever waited for the policy reads the new state in the
 //! NodeNetworkState.
