@@ -550,6 +550,9 @@ pub(super) async fn take_slot(
     if context.rollout.holds(&policy_name, generation) {
         return Ok(None); // retrying with the slot it took
     }
+    if context.rollout.claim_handed(&policy_name, generation) {
+        return Ok(None); // woken by the slot handed to it
+    }
     let survey = context
         .rollout
         .survey(policy, |node, labels| selects(&policy.spec, node, labels))

@@ -4,7 +4,7 @@
 
 use super::{
     Place, Rollout, Slot,
-    slots::{is_marked_failed, slot_state, slots_selector},
+    slots::{handed_slot, is_marked_failed, slot_name, slot_state, slots_selector},
     turns,
     turns::Standing,
 };
@@ -85,6 +85,37 @@ impl Rollout {
         turns::successor(&self.node, &order, place.index, place.limit)
     }
 
+    /// Holds the slot of `policy`'s `generation` that was handed to this node, as the watch
+    /// delivered it, in the place it queued in: the survey of the rollout that taking a slot
+    /// starts with (four lists) was most of the time from one node's Available to the next
+    /// one's Progressing. False when it cannot hold one so: none handed, or more than one (one
+    /// goes back), or no place remembered (the handler restarted); [`Rollout::acquire`] then
+    /// sorts it out.
+    pub fn claim_handed(&self, policy: &str, generation: i64) -> bool {
+        let place = self.queued.lock().ok().and_then(|queued| {
+            let (queued_for, place) = queued.get(policy)?;
+            (*queued_for == generation).then(|| place.clone())
+        });
+        let Some(place) = place else {
+            return false;
+        };
+        let lease = self.seen_mine.lock().ok().and_then(|mine| {
+            let of_policy = mine
+                .values()
+                .filter(|lease| lease.labels().get(labels::POLICY).map(String::as_str) == Some(policy));
+            handed_slot(of_policy, &self.node, generation, Timestamp::now(), self.duration).cloned()
+        });
+        let Some(lease) = lease else {
+            return false;
+        };
+        let slot = lease.name_any();
+        let index = (0..place.limit).find(|index| slot_name(policy, *index) == slot);
+        info!(policy, generation, %slot, "holds the slot handed to it in the rollout");
+        self.hold(policy, generation, lease, Some(Place { index, ..place }));
+        self.forget_deferral(policy);
+        true
+    }
+
     /// Hands `lease`, a slot this node holds, to `next` for `generation`; `Ok(None)` when it is
     /// gone or another node took it.
     async fn hand_over(
@@ -113,10 +144,10 @@ impl Rollout {
         if self.held_lease(&policy_name).is_some() {
             return;
         }
-        let suspected = self
-            .seen_mine
-            .lock()
-            .map_or(true, |mine| mine.values().any(|held| *held == policy_name));
+        let suspected = self.seen_mine.lock().map_or(true, |mine| {
+            mine.values()
+                .any(|held| held.labels().get(labels::POLICY) == Some(&policy_name))
+        });
         if suspected {
             self.release_any(policy, generation).await;
         }

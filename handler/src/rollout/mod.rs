@@ -93,12 +93,15 @@ pub struct Rollout {
     /// The resourceVersion of the last slot event this node's watch delivered: its slot lists
     /// are at least that recent (see [`Rollout::saw_slot`]).
     slots_seen: Mutex<Option<String>>,
-    /// The slots the watch last saw this node hold, by name, with their policy (see
-    /// [`Rollout::release_unclaimed`]).
-    seen_mine: Mutex<BTreeMap<String, String>>,
+    /// The slots the watch last saw this node hold, by name (see
+    /// [`Rollout::release_unclaimed`], [`Rollout::claim_handed`]).
+    seen_mine: Mutex<BTreeMap<String, Lease>>,
     /// Per policy, since when this node has seen free slots it let others take in their turn
     /// (and for which generation): after [`turns::GRACE`] it tries them itself.
     deferred: Mutex<BTreeMap<String, (i64, Instant)>>,
+    /// Per policy, the place this node queued in for a slot (and for which generation): where
+    /// a slot handed to it stands (see [`Rollout::claim_handed`]).
+    queued: Mutex<BTreeMap<String, (i64, Place)>>,
 }
 
 impl Rollout {
@@ -112,6 +115,7 @@ impl Rollout {
             slots_seen: Mutex::new(None),
             seen_mine: Mutex::new(BTreeMap::new()),
             deferred: Mutex::new(BTreeMap::new()),
+            queued: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -154,8 +158,7 @@ impl Rollout {
         }
         if let Ok(mut mine) = self.seen_mine.lock() {
             if !deleted && leases::holder(lease) == Some(self.node.as_str()) {
-                let policy = lease.labels().get(labels::POLICY).cloned().unwrap_or_default();
-                mine.insert(lease.name_any(), policy);
+                mine.insert(lease.name_any(), lease.clone());
             } else {
                 mine.remove(&lease.name_any());
             }
@@ -329,6 +332,9 @@ impl Rollout {
         if failed >= limit {
             return Ok(Admission::Abort);
         }
+        if let Ok(mut queued) = self.queued.lock() {
+            queued.insert(policy_name.clone(), (generation, place(None)));
+        }
         let retry_after = if free.is_empty() {
             next_expiry
                 .and_then(|until| Duration::try_from(until.duration_since(now)).ok())
@@ -359,9 +365,13 @@ impl Rollout {
         }
     }
 
+    /// Forgets that this node waited for a slot for `policy`: it holds one.
     fn forget_deferral(&self, policy: &str) {
         if let Ok(mut deferred) = self.deferred.lock() {
             deferred.remove(policy);
+        }
+        if let Ok(mut queued) = self.queued.lock() {
+            queued.remove(policy);
         }
     }
 

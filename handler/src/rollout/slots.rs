@@ -161,6 +161,23 @@ pub fn handed_over(lease: &Lease, me: &str, generation: i64, now: Timestamp, dur
         })
 }
 
+/// The one slot among `seen` (slots as a watch last delivered them) handed to `me` moments ago
+/// for `generation`, held without a write (see [`handed_over`]); none when there is none, or
+/// more than one: a second one goes back, which takes a survey of the rollout.
+pub fn handed_slot<'a>(
+    seen: impl IntoIterator<Item = &'a Lease>,
+    me: &str,
+    generation: i64,
+    now: Timestamp,
+    duration: Duration,
+) -> Option<&'a Lease> {
+    let mut handed = seen
+        .into_iter()
+        .filter(|lease| handed_over(lease, me, generation, now, duration));
+    let first = handed.next()?;
+    handed.next().is_none().then_some(first)
+}
+
 /// Whether this node may apply now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {

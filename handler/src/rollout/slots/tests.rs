@@ -159,6 +159,34 @@ fn a_slot_handed_over_moments_ago_is_held_without_a_write() {
 }
 
 #[test]
+fn a_node_handed_one_slot_holds_it_as_the_watch_delivered_it() {
+    let now = Timestamp::from_second(1_000).unwrap();
+    let lease = Duration::from_secs(10);
+    let named = |name: &str, mut lease: Lease| {
+        lease.metadata.name = Some(name.into());
+        lease
+    };
+    let handed = named("web.rollout-0", slot("node01", 1_000, 3, false));
+    let second = named("web.rollout-1", slot("node01", 1_000, 3, false));
+    let stale = named("web.rollout-1", slot("node01", 990, 3, false));
+    let other = named("web.rollout-1", slot("node02", 1_000, 3, false));
+    let older = named("web.rollout-1", slot("node01", 1_000, 2, false));
+    let name = |seen: &[&Lease]| {
+        handed_slot(seen.iter().copied(), "node01", 3, now, lease).map(ResourceExt::name_any)
+    };
+    assert_eq!(name(&[]), None);
+    assert_eq!(name(&[&handed]), Some("web.rollout-0".into()));
+    assert_eq!(name(&[&other, &handed]), Some("web.rollout-0".into()));
+    assert_eq!(name(&[&handed, &older]), Some("web.rollout-0".into()));
+    assert_eq!(name(&[&stale]), None, "held since before: taken with a write");
+    assert_eq!(
+        name(&[&handed, &second]),
+        None,
+        "two handed at once: one goes back, after a survey"
+    );
+}
+
+#[test]
 fn a_slot_wakes_a_waiting_node_when_freed_handed_to_it_or_kept_failed() {
     let held = |holder: &str, failed: bool| slot(holder, 995, 3, failed);
     assert!(wakes(&held("node01", false), "node01"), "handed to it");
