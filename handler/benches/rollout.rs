@@ -30,6 +30,9 @@ const LEASE_SECONDS: &str = "30";
 
 struct Figures {
     wall: Duration,
+    /// From creating the policy to the first node seen Progressing: the first wave, when every
+    /// node reconciles at once.
+    first: Option<Duration>,
     /// The median time from a node's Available to the next node's Progressing.
     handoff: Option<Duration>,
     apply: Duration,
@@ -52,6 +55,11 @@ async fn rollout(fixture: &mut Fixture, suffix: &str, max_unavailable: Value, li
     tokio::time::sleep(Duration::from_secs(2)).await;
     let observed = recorder.observed.lock().unwrap();
     let wall = observed.last_available.unwrap() - started;
+    let first = observed
+        .progressing_history
+        .iter()
+        .find(|(_, progressing)| !progressing.is_empty())
+        .map(|(seen, _)| *seen - started);
     let mut times = observed.apply_times.clone();
     times.sort();
     let apply = times[times.len() / 2];
@@ -60,6 +68,7 @@ async fn rollout(fixture: &mut Fixture, suffix: &str, max_unavailable: Value, li
     handoffs.sort();
     Figures {
         wall,
+        first,
         handoff: handoffs.get(handoffs.len() / 2).copied(),
         apply,
         expected: apply * u32::try_from(rounds).unwrap(),
@@ -129,15 +138,16 @@ async fn main() {
                 sum("nodenetworkstates") as f64 / count as f64,
                 sum("nodenetworkconfigurationpolicies"),
             );
+            let first = figures.first.map_or("never".into(), ms);
             let handoff = figures.handoff.map_or("none".into(), ms);
             details.push(format!(
-                "N={count} maxUnavailable={label}: a slot from Available to the next Progressing {handoff} (median); {:?}",
+                "N={count} maxUnavailable={label}: the first node Progressing {first} after the policy's creation; a slot from Available to the next Progressing {handoff} (median); {:?}",
                 figures.writes
             ));
         }
         fixture.clean_up().await;
     }
-    println!("handoffs, and writes by kind (audit log; conflicts included):");
+    println!("the first wave, handoffs, and writes by kind (audit log; conflicts included):");
     for line in details {
         println!("  {line}");
     }
