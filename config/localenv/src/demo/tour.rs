@@ -144,6 +144,7 @@ async fn watch_rollout(env: &LocalEnv, client: &Client, policy: &str) -> Result<
             let list = enactments.list(selector).await.ok()?;
             let mut applying = Vec::new();
             let mut waiting = 0;
+            let mut finished = Finished::default();
             let mut changes = Vec::new();
             for enactment in &list.items {
                 let node = enactment
@@ -161,6 +162,9 @@ async fn watch_rollout(env: &LocalEnv, client: &Client, policy: &str) -> Result<
                 match condition.type_.as_str() {
                     "Progressing" => applying.push(node.clone()),
                     "Pending" => waiting += 1,
+                    "Available" => finished.available += 1,
+                    "Failing" => finished.failed += 1,
+                    "Aborted" => finished.aborted += 1,
                     _ => {}
                 }
                 let shown = format!("{} ({})", condition.type_, condition.reason);
@@ -177,24 +181,59 @@ async fn watch_rollout(env: &LocalEnv, client: &Client, policy: &str) -> Result<
                 ));
             }
             let conditions = current.status.map(|status| status.conditions).unwrap_or_default();
-            let done = |kind: &str| {
-                find_condition(&conditions, kind).is_some_and(|condition| {
-                    condition.is_true() && condition.observed_generation == Some(generation)
+            let done = |outcome: Outcome| {
+                find_condition(&conditions, outcome.condition()).is_some_and(|condition| {
+                    condition.is_true()
+                        && condition.observed_generation == Some(generation)
+                        && finished.counted_in(outcome, &condition.message)
                 })
             };
-            // Settled: the policy's verdict on this generation, and no node still at it.
+            // Settled: the policy's verdict on this generation, counting every node shown, and
+            // no node still at it.
             if !applying.is_empty() || waiting > 0 {
                 None
-            } else if done("Available") {
-                Some(Outcome::Available)
-            } else if done("Degraded") {
-                Some(Outcome::Degraded)
             } else {
-                None
+                [Outcome::Available, Outcome::Degraded]
+                    .into_iter()
+                    .find(|outcome| done(*outcome))
             }
         }
     })
     .await
+}
+
+impl Outcome {
+    fn condition(self) -> &'static str {
+        match self {
+            Outcome::Available => "Available",
+            Outcome::Degraded => "Degraded",
+        }
+    }
+}
+
+/// The nodes done with a generation of a policy, as their enactments show them.
+#[derive(Clone, Copy, Default)]
+struct Finished {
+    available: usize,
+    failed: usize,
+    aborted: usize,
+}
+
+impl Finished {
+    /// Whether the policy's verdict `message` (the cluster controller's, upstream's wording)
+    /// counts these nodes: it is written after the enactments change, so the last node's
+    /// outcome can be shown before the policy's status has it ("2/3 nodes failed to configure"
+    /// before ", 1 nodes aborted configuration" is added).
+    fn counted_in(self, outcome: Outcome, message: &str) -> bool {
+        match outcome {
+            Outcome::Available => message.starts_with(&format!("{}/", self.available)),
+            Outcome::Degraded => {
+                let aborted = format!(", {} nodes aborted configuration", self.aborted);
+                message.starts_with(&format!("{}/", self.failed))
+                    && (self.aborted == 0 || message.contains(&aborted))
+            }
+        }
+    }
 }
 
 /// Selects the enactments of `policy`.
@@ -331,6 +370,59 @@ fn brief_interface(iface: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verdict_is_settled_once_it_counts_every_node_shown() {
+        let finished = |available, failed, aborted| Finished {
+            available,
+            failed,
+            aborted,
+        };
+        for (outcome, message, shown, settled) in [
+            (
+                Outcome::Available,
+                "2/2 nodes successfully configured",
+                finished(2, 0, 0),
+                true,
+            ),
+            (
+                Outcome::Available,
+                "1/2 nodes successfully configured",
+                finished(2, 0, 0),
+                false,
+            ),
+            (
+                Outcome::Degraded,
+                "2/3 nodes failed to configure",
+                finished(0, 2, 0),
+                true,
+            ),
+            (
+                Outcome::Degraded,
+                "2/3 nodes failed to configure",
+                finished(0, 2, 1),
+                false,
+            ),
+            (
+                Outcome::Degraded,
+                "2/3 nodes failed to configure, 1 nodes aborted configuration",
+                finished(0, 2, 1),
+                true,
+            ),
+            (
+                Outcome::Degraded,
+                "1/3 nodes failed to configure",
+                finished(0, 2, 1),
+                false,
+            ),
+        ] {
+            assert_eq!(
+                shown.counted_in(outcome, message),
+                settled,
+                "{outcome:?} {message:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_excerpt_keeps_only_what_the_step_names() {
