@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local environment and the integration tests use: etcd,
-# NetworkManager, dnsmasq, a dbus-daemon, socat, iproute2, ping and sysctl; for nodes with real
-# kubelets runc, the CNI plugins, iptables and conntrack (kube-proxy). Installing must never change
-# the host's networking, so apt may not start any of their services (policy-rc.d), and the
-# services a package enables for the next boot are disabled again. Idempotent.
+# NetworkManager, dnsmasq, a dbus-daemon and dbus-send, socat, iproute2, ping and sysctl; for
+# nodes with real kubelets runc, the CNI plugins, iptables and conntrack (kube-proxy). Installing
+# must never change the host's networking, so apt may not start any of their services
+# (policy-rc.d), and the services a package enables for the next boot are disabled again.
+# Idempotent.
 set -euo pipefail
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { log "must run as root (apt-get)"; exit 1; }
@@ -12,7 +13,7 @@ declare -A package_of=(
     [etcd]=etcd-server [etcdctl]=etcd-client [NetworkManager]=network-manager
     [nmcli]=network-manager [dnsmasq]=dnsmasq-base [dbus-daemon]=dbus-daemon [ip]=iproute2
     [nsenter]=util-linux [unshare]=util-linux [socat]=socat [ping]=iputils-ping
-    [getent]=libc-bin [python3]=python3 [sysctl]=procps
+    [getent]=libc-bin [python3]=python3 [sysctl]=procps [dbus-send]=dbus-bin
     [runc]=runc [iptables]=iptables [conntrack]=conntrack
     # `go tool pprof` reads the handler's CPU profiles in the profiler test.
     [go]=golang-go

@@ -22,6 +22,8 @@ use std::{
 };
 
 const NM_START_TIMEOUT_SECONDS: u32 = 30;
+/// NetworkManager's well-known name on the node's bus.
+const NETWORK_MANAGER_BUS_NAME: &str = "org.freedesktop.NetworkManager";
 
 /// A sandbox node's processes and directories.
 #[derive(Clone, Debug)]
@@ -205,7 +207,36 @@ impl SandboxNode {
     pub fn restart_network_manager(&self) -> Result<()> {
         let [_, network_manager] = self.daemons();
         network_manager.stop(Duration::from_secs(10));
+        // The bus lets the old one's name go only once it has read the hang-up: a new one that
+        // asks for the name before then exits at once ("already owned"). On a busy host that
+        // took longer than the new one's start.
+        let released = wait_for(
+            || !self.bus_name_owned(NETWORK_MANAGER_BUS_NAME),
+            Duration::from_secs(5),
+        );
+        if !released {
+            return Err(LocalEnvError::Node {
+                name: self.name.clone(),
+                reason: format!("the bus still has a {NETWORK_MANAGER_BUS_NAME} 5 s after it stopped"),
+            });
+        }
         self.start_network_manager(&network_manager)
+    }
+
+    /// Whether a process owns `name` on the node's bus (unknown counts as owned).
+    fn bus_name_owned(&self, name: &str) -> bool {
+        let asked = Command::new("dbus-send")
+            .arg(format!("--bus={}", self.bus_address()))
+            .args([
+                "--print-reply",
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.NameHasOwner",
+            ])
+            .arg(format!("string:{name}"))
+            .output();
+        !matches!(asked, Ok(output) if output.status.success()
+            && String::from_utf8_lossy(&output.stdout).contains("boolean false"))
     }
 
     fn start_network_manager(&self, network_manager: &Daemon) -> Result<()> {
@@ -371,7 +402,8 @@ mkdir -p /run/NetworkManager
 mount --bind {d}/run /run/NetworkManager
 mount --bind {d}/lib /var/lib/NetworkManager
 hostname {name}
-exec NetworkManager --no-daemon --log-level=INFO \
+# --debug: its log goes to stderr (NetworkManager.log) as well as to syslog, which nothing reads here.
+exec NetworkManager --debug --log-level=INFO \
   --config={d}/etc/NetworkManager.conf --config-dir={d}/etc/conf.d \
   --system-config-dir={d}/etc/conf.d --intern-config={d}/lib/NetworkManager-intern.conf \
   --state-file={d}/lib/NetworkManager.state --pid-file={d}/run/NetworkManager.pid
