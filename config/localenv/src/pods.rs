@@ -1,12 +1,12 @@
 //! Looking at the product's pods as a user would, for `make demo` and the tests that install
-//! it on real nodes: `kubectl rollout status`, the pods that are not ready with their last log
-//! lines, and `NMState` Available.
+//! it on real nodes: `kubectl rollout status`, the pods that are not ready or do not stop with
+//! their last log lines, and `NMState` Available.
 
 use crate::{LocalEnv, LocalEnvError, Result, daemon::run, testing::kubectl};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use nmstate_api::NMState;
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 /// Waits for `workload` (`deployment/NAME`, `daemonset/NAME`) in `namespace` to roll out, its
 /// pods ready as the kubelet probes them; when it does not, the error says what its pods say.
@@ -18,28 +18,47 @@ pub fn rollout_status(env: &LocalEnv, namespace: &str, workload: &str, timeout: 
 }
 
 /// The pods of `namespace`, and for each one not ready why its container waits (an image it
-/// cannot pull, a crash loop) and its last log lines: what a user would look at first.
+/// cannot pull, a crash loop), and for each one stopping since when: each with its last log
+/// lines, what a user would look at first.
 pub fn report(env: &LocalEnv, namespace: &str) -> String {
     let mut report =
         run(kubectl(env).args(["get", "pods", "-n", namespace, "-o", "wide"])).unwrap_or_default();
+    let pods_where = |template: &str| {
+        run(kubectl(env).args([
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-o",
+            &format!("jsonpath={template}"),
+        ]))
+        .unwrap_or_default()
+    };
     // One line per pod not ready: its name, then why its first container waits, if it does.
-    let not_ready = run(kubectl(env).args([
-        "get",
-        "pods",
-        "-n",
-        namespace,
-        "-o",
-        r#"jsonpath={range .items[?(@.status.containerStatuses[0].ready==false)]}{.metadata.name}{"\t"}{.status.containerStatuses[0].state.waiting.reason}{" "}{.status.containerStatuses[0].state.waiting.message}{"\n"}{end}"#,
-    ]))
-    .unwrap_or_default();
-    for line in not_ready.lines().filter(|line| !line.is_empty()) {
-        let (pod, waiting) = line.split_once('\t').unwrap_or((line, ""));
-        report.push_str(&format!("\n{pod}:"));
-        if !waiting.trim().is_empty() {
-            report.push_str(&format!(" waiting: {}", waiting.trim()));
+    let not_ready = pods_where(
+        r#"{range .items[?(@.status.containerStatuses[0].ready==false)]}{.metadata.name}{"\t"}waiting: {.status.containerStatuses[0].state.waiting.reason}{" "}{.status.containerStatuses[0].state.waiting.message}{"\n"}{end}"#,
+    );
+    // One line per pod being deleted: a container that does not stop holds it there.
+    let stopping = pods_where(
+        r#"{range .items[?(@.metadata.deletionTimestamp)]}{.metadata.name}{"\t"}stopping since {.metadata.deletionTimestamp}{"\n"}{end}"#,
+    );
+    // By pod, what is wrong with it: waiting, stopping, or both.
+    let mut troubled: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in not_ready.lines().chain(stopping.lines()) {
+        let (pod, why) = line.split_once('\t').unwrap_or((line, ""));
+        let why = why.trim();
+        let reasons = troubled.entry(pod).or_default();
+        if why != "waiting:" {
+            reasons.push(why);
         }
-        let logs = run(kubectl(env).args(["logs", "-n", namespace, pod, "--all-containers", "--tail=5"]))
-            .or_else(|_| run(kubectl(env).args(["logs", "-n", namespace, pod, "--previous", "--tail=5"])));
+    }
+    for (pod, reasons) in troubled.into_iter().filter(|(pod, _)| !pod.is_empty()) {
+        report.push_str(&format!("\n{pod}:"));
+        if !reasons.is_empty() {
+            report.push_str(&format!(" {}", reasons.join("; ")));
+        }
+        let logs = run(kubectl(env).args(["logs", "-n", namespace, pod, "--all-containers", "--tail=10"]))
+            .or_else(|_| run(kubectl(env).args(["logs", "-n", namespace, pod, "--previous", "--tail=10"])));
         if let Ok(logs) = logs
             && !logs.trim().is_empty()
         {
