@@ -152,12 +152,59 @@ fn show(interfaces: &[String]) -> Result<(), HandlerError> {
 }
 
 async fn run(cli: &Cli) -> Result<(), HandlerError> {
+    // First: until it listens, the handler (its container's PID 1) ignores SIGTERM, and its
+    // start-up may wait a long time (for the node's lock, the API server, NetworkManager).
+    let shutdown = process::shutdown_signal();
+    tokio::pin!(shutdown);
+    let running = tokio::select! {
+        running = start(cli) => running?,
+        () = &mut shutdown => {
+            info!("stopped during start-up");
+            return Ok(());
+        }
+    };
+    running.serve(shutdown).await
+}
+
+/// The handler once started: what it runs, and what it holds while it does.
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    reporting: tokio::task::JoinHandle<Result<(), ReportError>>,
+    enacting: tokio::task::JoinHandle<()>,
+    _heartbeat: Option<AbortOnDrop>,
+    _node_lock: node_lock::NodeLock,
+}
+
+impl Running {
+    /// Runs until `shutdown` completes, or until a part stops on its own (an error).
+    async fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<(), HandlerError> {
+        tokio::select! {
+            () = shutdown => info!("stopping: finishing the change in progress, if any"),
+            result = &mut self.reporting => return result?.map_err(Into::into),
+            result = &mut self.enacting => {
+                result?;
+                return Err(HandlerError::Ended("policy enactment"));
+            }
+        }
+        let _ = self.stop.send(true);
+        // A change in progress is committed or rolled back before the handler exits, so a
+        // graceful stop leaves no uncommitted checkpoint behind.
+        (&mut self.enacting).await?;
+        (&mut self.reporting).await??;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Starts the handler: the node's lock, a checkpoint left behind, the API server and
+/// NetworkManager, then the node-state reporter and the policies' enactment.
+async fn start(cli: &Cli) -> Result<Running, HandlerError> {
     let config = HandlerConfig::from_lookup(|name| std::env::var(name).ok())?;
     info!(node = %config.node_name, version = VERSION, "starting");
     if let Some(port) = config.profiler_port {
         tokio::spawn(nmstate_handler::profiler::serve(port, &ALLOCATOR));
     }
-    let _node_lock = node_lock::acquire(std::path::Path::new(&config.lock_file)).await?;
+    let node_lock = node_lock::acquire(std::path::Path::new(&config.lock_file)).await?;
     // A checkpoint still open now was left by a handler that died mid-apply (this one holds
     // the node's lock): its change was never committed and may be what cuts the node off from
     // the API server. Rolled back before anything else, not when NetworkManager's own timeout
@@ -206,7 +253,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         reporter = reporter.with_unsupported(reason);
     }
     let (report_now, report_requests) = node_state_reporter::ReportNow::channel();
-    let mut reporting = tokio::spawn(node_state_reporter::run(
+    let reporting = tokio::spawn(node_state_reporter::run(
         reporter,
         report_requests,
         stopped(stopping.clone()),
@@ -242,7 +289,7 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
     );
     rollout.release_left_over().await;
     // Only a node that applies policies counts as running a handler.
-    let _heartbeat = unsupported.is_none().then(|| {
+    let heartbeat = unsupported.is_none().then(|| {
         let heartbeat = heartbeat::run(
             client.clone(),
             config.lease_namespace().to_string(),
@@ -269,25 +316,17 @@ async fn run(cli: &Cli) -> Result<(), HandlerError> {
         reported_invalid_max_unavailable: Default::default(),
         settled: tokio::sync::broadcast::Sender::new(64),
     });
-    let mut enacting = match unsupported {
+    let enacting = match unsupported {
         None => tokio::spawn(enactment::run(context, stopped(stopping))),
         Some(_) => tokio::spawn(stopped(stopping)),
     };
-    tokio::select! {
-        () = process::shutdown_signal() => info!("stopping: finishing the change in progress, if any"),
-        result = &mut reporting => return result?.map_err(Into::into),
-        result = &mut enacting => {
-            result?;
-            return Err(HandlerError::Ended("policy enactment"));
-        }
-    }
-    let _ = stop.send(true);
-    // A change in progress is committed or rolled back before the handler exits, so a graceful
-    // stop leaves no uncommitted checkpoint behind.
-    enacting.await?;
-    reporting.await??;
-    info!("stopped");
-    Ok(())
+    Ok(Running {
+        stop,
+        reporting,
+        enacting,
+        _heartbeat: heartbeat,
+        _node_lock: node_lock,
+    })
 }
 
 /// Stops a background task when the handler stops.

@@ -171,9 +171,12 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     .await
     .unwrap();
 
-    // A second handler on the same node waits for the node lock instead of acting.
+    // A second handler on the same node waits for the node lock instead of acting; SIGTERM
+    // stops it there, cleanly. It listens for SIGTERM before its start-up: as its container's
+    // PID 1 it would otherwise ignore it, left Terminating for the whole grace period (here
+    // the default action, killed by the signal, would fail the exit status).
     let second_log = std::env::temp_dir().join(format!("{name}-second.log"));
-    let second = NodeProcess::start(&node, HANDLER.as_ref(), &["run"], &[], second_log.clone()).unwrap();
+    let mut second = NodeProcess::start(&node, HANDLER.as_ref(), &["run"], &[], second_log.clone()).unwrap();
     eventually(
         "the second handler waits for the node lock",
         Duration::from_secs(20),
@@ -186,6 +189,19 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     )
     .await
     .unwrap();
+    let stopped = second
+        .terminate(Duration::from_secs(5))
+        .expect("the waiting handler exits within 5 s of SIGTERM");
+    assert!(
+        stopped.success(),
+        "the waiting handler exited with {stopped}\n{}",
+        second.log()
+    );
+    assert!(
+        second.log().contains("stopped during start-up"),
+        "{}",
+        second.log()
+    );
     drop(second);
 
     // SIGTERM: a clean, prompt exit.

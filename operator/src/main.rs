@@ -76,6 +76,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), MainError> {
+    // First: a PID 1 ignores SIGTERM until it listens for it (see `shutdown_signal`).
+    let shutdown = process::shutdown_signal();
     let config = OperatorConfig::from_lookup(|name| std::env::var(name).ok())?;
     info!(namespace = %config.handler_namespace, image = %config.handler_image, "starting");
     let client = process::kube_client(cli.replica.kubeconfig.clone()).await?;
@@ -122,14 +124,7 @@ async fn run(cli: Cli) -> Result<(), MainError> {
         metrics,
     });
     let lead = || controller::run(context.clone(), std::future::pending());
-    let result = nmstate_runtime::election::run_while_leading(
-        client,
-        &election,
-        process::shutdown_signal(),
-        lead,
-        || {},
-    )
-    .await;
+    let result = nmstate_runtime::election::run_while_leading(client, &election, shutdown, lead, || {}).await;
     health.abort();
     info!("stopped");
     Ok(result?)

@@ -65,6 +65,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), MainError> {
+    // First: a PID 1 ignores SIGTERM until it listens for it (see `shutdown_signal`).
+    let shutdown = process::shutdown_signal();
     let client = process::kube_client(cli.replica.kubeconfig.clone()).await?;
     let metrics = Arc::new(ClusterMetrics::default());
     let address = cli.metrics_bind_address;
@@ -79,7 +81,7 @@ async fn run(cli: Cli) -> Result<(), MainError> {
             .election(names::CLUSTER_LEASE, "writing policy statuses"),
         revert_timeout: std::time::Duration::from_secs(cli.revert_timeout_seconds),
     };
-    let result = controller::run(client, settings, metrics, process::shutdown_signal()).await;
+    let result = controller::run(client, settings, metrics, shutdown).await;
     server.abort();
     info!("stopped");
     Ok(result?)

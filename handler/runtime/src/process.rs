@@ -51,18 +51,27 @@ pub fn init_tracing(default: &str) {
         .init();
 }
 
-/// Completes on SIGTERM (how Kubernetes stops a pod) or SIGINT.
-pub async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// Completes on SIGTERM (how Kubernetes stops a pod) or SIGINT. It listens from the call on,
+/// not from the first poll: as its container's PID 1 a process ignores the signals it has no
+/// handler for, and the kubelet then waits out the whole grace period before it kills it, so
+/// each program calls this first thing, before its start-up (which may wait: for the node's
+/// lock, the API server, NetworkManager).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
             }
-        }
-        Err(error) => {
-            warn!("cannot listen for SIGTERM ({error}); stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
+            (Err(error), _) | (_, Err(error)) => {
+                warn!("cannot listen for SIGTERM and SIGINT ({error}); stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

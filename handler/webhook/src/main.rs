@@ -98,6 +98,8 @@ fn serving_names(cli: &Cli) -> Vec<String> {
 }
 
 async fn run(cli: Cli) -> Result<(), MainError> {
+    // First: a PID 1 ignores SIGTERM until it listens for it (see `shutdown_signal`).
+    let shutdown = process::shutdown_signal();
     // Checked before anything starts, so a bad NMState.spec.selfSignConfiguration is reported
     // at once and by name.
     let rotation = RotationConfig::from_settings(
@@ -123,7 +125,7 @@ async fn run(cli: Cli) -> Result<(), MainError> {
     }));
     let certificates = async {
         if !cli.manage_certificates {
-            process::shutdown_signal().await;
+            shutdown.await;
             return Ok(());
         }
         let settings = CertSettings {
@@ -138,7 +140,7 @@ async fn run(cli: Cli) -> Result<(), MainError> {
             .replica
             .election(names::WEBHOOK_CERTS, "rotating the webhook certificates");
         let lead = || certs::manager::run(client.clone(), settings.clone());
-        election::run_while_leading(client.clone(), &election, process::shutdown_signal(), lead, || {}).await
+        election::run_while_leading(client.clone(), &election, shutdown, lead, || {}).await
     };
     let elected = certificates.await;
     let _ = stop.send(true);
