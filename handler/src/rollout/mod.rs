@@ -27,11 +27,11 @@ pub mod slots;
 /// Whose turn it is: the order nodes take free slots in, and whom a slot is handed to.
 pub mod turns;
 
-use slots::fence_deadline;
 pub use slots::{
     Admission, MaxUnavailable, Slot, handed_over, max_unavailable, slot_name, slot_selector, slot_state,
     slot_state_seen, slots_selector, wakes,
 };
+use slots::{fence_deadline, still_counts};
 
 use crate::enactment::conditions::is_final_failure;
 use k8s_openapi::{
@@ -198,12 +198,14 @@ impl Rollout {
             .collect())
     }
 
-    /// Whether this node holds, and still renews, a slot in the rollout of `policy`'s
-    /// `generation` (e.g. between retries): nothing to read or take then.
+    /// Whether this node holds, renews and can still count on a slot in the rollout of
+    /// `policy`'s `generation` (e.g. between retries): nothing to read or take then.
     pub fn holds(&self, policy: &str, generation: i64) -> bool {
+        let now = Timestamp::now();
         self.held.lock().ok().and_then(|all| {
             let held = all.get(policy)?;
-            (!held.renewal.is_finished()).then_some(held.generation)
+            let lease = held.lease.lock().ok()?;
+            still_counts(&lease, !held.renewal.is_finished(), self.duration, now).then_some(held.generation)
         }) == Some(generation)
     }
 

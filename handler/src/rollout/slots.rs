@@ -197,5 +197,13 @@ pub(super) fn fence_deadline(lease: &Lease, duration: Duration) -> Option<Timest
     leases::expiry(lease)?.checked_sub(margin).ok()
 }
 
+/// Whether the holder of `lease`, which it renews or not (`renewing`), may still count on it at
+/// `now`: only before its fence deadline. A renewal that kept trying through an outage of the
+/// API server does not make the slot its holder's again: it lapsed meanwhile, and another node
+/// may have taken it (two nodes applied at once after an etcd restart).
+pub(super) fn still_counts(lease: &Lease, renewing: bool, duration: Duration, now: Timestamp) -> bool {
+    renewing && fence_deadline(lease, duration).is_some_and(|deadline| now < deadline)
+}
+
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,29 @@ fn a_holder_stops_counting_on_its_slot_a_quarter_of_the_lease_before_it_lapses()
     assert_eq!(fence_deadline(&released, Duration::from_secs(4)), None);
 }
 
+#[test]
+fn a_holder_counts_on_its_slot_while_it_renews_it_until_the_fence_deadline() {
+    let at = |seconds: f64| Timestamp::from_millisecond((seconds * 1000.0) as i64).unwrap();
+    let duration = Duration::from_secs(4);
+    let lease = leases::held_by("p.rollout-0", BTreeMap::new(), "node01", duration, at(100.0));
+    let mut released = lease.clone();
+    released.spec.as_mut().unwrap().holder_identity = None;
+    for (lease, renewing, now, counts) in [
+        (&lease, true, 100.5, true),
+        (&lease, true, 102.9, true),
+        (&lease, false, 100.5, false), // lost: someone else wrote it
+        (&lease, true, 103.0, false),  // renewing in vain through an outage
+        (&lease, true, 120.0, false),
+        (&released, true, 100.5, false),
+    ] {
+        assert_eq!(
+            still_counts(lease, renewing, duration, at(now)),
+            counts,
+            "renewing {renewing}, at {now}"
+        );
+    }
+}
+
 fn percent(text: &str) -> IntOrString {
     IntOrString::String(text.into())
 }
