@@ -378,39 +378,31 @@ mod tests {
             failed,
             aborted,
         };
+        let (available, degraded) = (Outcome::Available, Outcome::Degraded);
+        let aborted_too = "2/3 nodes failed to configure, 1 nodes aborted configuration";
         for (outcome, message, shown, settled) in [
             (
-                Outcome::Available,
+                available,
                 "2/2 nodes successfully configured",
                 finished(2, 0, 0),
                 true,
             ),
             (
-                Outcome::Available,
+                available,
                 "1/2 nodes successfully configured",
                 finished(2, 0, 0),
                 false,
             ),
+            (degraded, "2/3 nodes failed to configure", finished(0, 2, 0), true),
             (
-                Outcome::Degraded,
-                "2/3 nodes failed to configure",
-                finished(0, 2, 0),
-                true,
-            ),
-            (
-                Outcome::Degraded,
+                degraded,
                 "2/3 nodes failed to configure",
                 finished(0, 2, 1),
                 false,
             ),
+            (degraded, aborted_too, finished(0, 2, 1), true),
             (
-                Outcome::Degraded,
-                "2/3 nodes failed to configure, 1 nodes aborted configuration",
-                finished(0, 2, 1),
-                true,
-            ),
-            (
-                Outcome::Degraded,
+                degraded,
                 "1/3 nodes failed to configure",
                 finished(0, 2, 1),
                 false,
