@@ -36,20 +36,21 @@ pub fn report(env: &LocalEnv, namespace: &str) -> String {
     };
     // One line per pod not ready: its name, then why its first container waits, if it does.
     let not_ready = pods_where(
-        r#"{range .items[?(@.status.containerStatuses[0].ready==false)]}{.metadata.name}{"\t"}waiting: {.status.containerStatuses[0].state.waiting.reason}{" "}{.status.containerStatuses[0].state.waiting.message}{"\n"}{end}"#,
+        r#"{range .items[?(@.status.containerStatuses[0].ready==false)]}{.metadata.name}{"\t"}{.status.containerStatuses[0].state.waiting.reason}{" "}{.status.containerStatuses[0].state.waiting.message}{"\n"}{end}"#,
     );
     // One line per pod being deleted: a container that does not stop holds it there.
     let stopping = pods_where(
         r#"{range .items[?(@.metadata.deletionTimestamp)]}{.metadata.name}{"\t"}stopping since {.metadata.deletionTimestamp}{"\n"}{end}"#,
     );
     // By pod, what is wrong with it: waiting, stopping, or both.
-    let mut troubled: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for line in not_ready.lines().chain(stopping.lines()) {
-        let (pod, why) = line.split_once('\t').unwrap_or((line, ""));
-        let why = why.trim();
-        let reasons = troubled.entry(pod).or_default();
-        if why != "waiting:" {
-            reasons.push(why);
+    let mut troubled: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (lines, label) in [(&not_ready, "waiting: "), (&stopping, "")] {
+        for line in lines.lines() {
+            let (pod, why) = line.split_once('\t').unwrap_or((line, ""));
+            let reasons = troubled.entry(pod).or_default();
+            if !why.trim().is_empty() {
+                reasons.push(format!("{label}{}", why.trim()));
+            }
         }
     }
     for (pod, reasons) in troubled.into_iter().filter(|(pod, _)| !pod.is_empty()) {

@@ -4,7 +4,7 @@
 
 use super::{
     Place, Rollout, Slot,
-    slots::{handed_slot, is_marked_failed, slot_name, slot_state, slots_selector},
+    slots::{handed_slot, is_marked_failed, slot_index, slot_state, slots_selector},
     turns,
     turns::Standing,
 };
@@ -99,19 +99,14 @@ impl Rollout {
         let Some(place) = place else {
             return false;
         };
-        let lease = self.seen_mine.lock().ok().and_then(|mine| {
-            let of_policy = mine
-                .values()
-                .filter(|lease| lease.labels().get(labels::POLICY).map(String::as_str) == Some(policy));
-            handed_slot(of_policy, &self.node, generation, Timestamp::now(), self.duration).cloned()
-        });
-        let Some(lease) = lease else {
+        let seen = self.seen_held(policy).unwrap_or_default();
+        let Some(lease) = handed_slot(&seen, &self.node, generation, Timestamp::now(), self.duration) else {
             return false;
         };
         let slot = lease.name_any();
-        let index = (0..place.limit).find(|index| slot_name(policy, *index) == slot);
+        let index = slot_index(policy, &slot, place.limit);
         info!(policy, generation, %slot, "holds the slot handed to it in the rollout");
-        self.hold(policy, generation, lease, Some(Place { index, ..place }));
+        self.hold(policy, generation, lease.clone(), Some(Place { index, ..place }));
         self.forget_deferral(policy);
         true
     }
@@ -144,10 +139,7 @@ impl Rollout {
         if self.held_lease(&policy_name).is_some() {
             return;
         }
-        let suspected = self.seen_mine.lock().map_or(true, |mine| {
-            mine.values()
-                .any(|held| held.labels().get(labels::POLICY) == Some(&policy_name))
-        });
+        let suspected = self.seen_held(&policy_name).is_none_or(|held| !held.is_empty());
         if suspected {
             self.release_any(policy, generation).await;
         }

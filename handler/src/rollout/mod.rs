@@ -31,7 +31,7 @@ pub use slots::{
     Admission, MaxUnavailable, Slot, handed_over, max_unavailable, slot_name, slot_selector, slot_state,
     slot_state_seen, slots_selector, wakes,
 };
-use slots::{fence_deadline, still_counts};
+use slots::{fence_deadline, slot_index, still_counts};
 
 use crate::enactment::conditions::is_final_failure;
 use k8s_openapi::{
@@ -165,6 +165,14 @@ impl Rollout {
         }
     }
 
+    /// The slots of `policy` the watch last saw this node hold; `None` when that cannot be told.
+    fn seen_held(&self, policy: &str) -> Option<Vec<Lease>> {
+        let mine = self.seen_mine.lock().ok()?;
+        let of_policy =
+            |lease: &&Lease| lease.labels().get(labels::POLICY).map(String::as_str) == Some(policy);
+        Some(mine.values().filter(of_policy).cloned().collect())
+    }
+
     /// `policy`'s slots, at least as recent as the last one the watch delivered (a slot handed
     /// to this node is seen held by it). Served from the API server's cache: a consistent list
     /// waits up to 100 ms for the cache to hear from etcd that it is current.
@@ -234,7 +242,6 @@ impl Rollout {
             .iter()
             .map(|lease| (lease.name_any(), lease))
             .collect();
-        let index_of = |name: &str| (0..limit).find(|index| slot_name(&policy_name, *index) == name);
         let place = |index: Option<usize>| Place {
             index,
             limit,
@@ -248,7 +255,7 @@ impl Rollout {
             .filter(|lease| slot_state(lease, &self.node, generation, now) == Slot::Mine)
             .collect();
         for (kept, lease) in mine.iter().enumerate() {
-            let index = index_of(&lease.name_any());
+            let index = slot_index(&policy_name, &lease.name_any(), limit);
             if kept > 0 {
                 self.give_back_saying((*lease).clone(), "a second slot handed to it")
                     .await;

@@ -52,6 +52,11 @@ pub fn slot_name(policy: &str, index: usize) -> String {
     leases::object_name(policy, &format!(".rollout-{index}"))
 }
 
+/// Which of `policy`'s `limit` slots `name` is, if any.
+pub fn slot_index(policy: &str, name: &str, limit: usize) -> Option<usize> {
+    (0..limit).find(|index| slot_name(policy, *index) == name)
+}
+
 /// Selects every rollout slot (of every policy).
 pub fn slots_selector() -> String {
     format!("{}={}", labels::LEASE, labels::LEASE_ROLLOUT_SLOT)

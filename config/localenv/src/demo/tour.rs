@@ -379,34 +379,18 @@ mod tests {
             aborted,
         };
         let (available, degraded) = (Outcome::Available, Outcome::Degraded);
-        let aborted_too = "2/3 nodes failed to configure, 1 nodes aborted configuration";
+        let all_configured = "2/2 nodes successfully configured";
+        let one_configured = "1/2 nodes successfully configured";
+        let two_failed = "2/3 nodes failed to configure";
+        let one_failed = "1/3 nodes failed to configure";
+        let two_failed_one_aborted = "2/3 nodes failed to configure, 1 nodes aborted configuration";
         for (outcome, message, shown, settled) in [
-            (
-                available,
-                "2/2 nodes successfully configured",
-                finished(2, 0, 0),
-                true,
-            ),
-            (
-                available,
-                "1/2 nodes successfully configured",
-                finished(2, 0, 0),
-                false,
-            ),
-            (degraded, "2/3 nodes failed to configure", finished(0, 2, 0), true),
-            (
-                degraded,
-                "2/3 nodes failed to configure",
-                finished(0, 2, 1),
-                false,
-            ),
-            (degraded, aborted_too, finished(0, 2, 1), true),
-            (
-                degraded,
-                "1/3 nodes failed to configure",
-                finished(0, 2, 1),
-                false,
-            ),
+            (available, all_configured, finished(2, 0, 0), true),
+            (available, one_configured, finished(2, 0, 0), false),
+            (degraded, two_failed, finished(0, 2, 0), true),
+            (degraded, two_failed, finished(0, 2, 1), false),
+            (degraded, two_failed_one_aborted, finished(0, 2, 1), true),
+            (degraded, one_failed, finished(0, 2, 1), false),
         ] {
             assert_eq!(
                 shown.counted_in(outcome, message),
