@@ -2,9 +2,13 @@
 //! `NMSTATE_CRATE_VERSION`; node states report it as `handlerNmstateVersion`.
 
 fn main() {
-    let lock_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock");
+    // Read when the script runs, not when it is compiled (`env!`): a script built in one
+    // checkout and reused from a shared target directory by another read the first one's
+    // lock file, or none once that checkout was gone ("unknown").
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let lock_path = format!("{manifest_dir}/../Cargo.lock");
     println!("cargo::rerun-if-changed={lock_path}");
-    let lock = std::fs::read_to_string(lock_path).unwrap_or_default();
+    let lock = std::fs::read_to_string(&lock_path).unwrap_or_default();
     let version = lock
         .split("[[package]]")
         .find(|package| package.lines().any(|line| line.trim() == "name = \"nmstate\""))
