@@ -19,9 +19,11 @@ use std::collections::BTreeSet;
 use tracing::{info, warn};
 
 impl Rollout {
-    /// Gives the slot back (the apply finished, or the policy no longer applies here): to the
-    /// next node waiting in its queue (see [`turns`]), or to no one.
+    /// Gives the slot back (the policy no longer applies here, or is gone): to the next node
+    /// waiting in its queue (see [`turns`]), or to no one. What this node remembered of waiting
+    /// for a slot of `policy` goes too, so a deleted policy leaves nothing behind.
     pub async fn release(&self, policy: &str) {
+        self.forget_deferral(policy);
         let next = self.next_in_line(policy).await;
         self.release_to(policy, next).await;
     }
@@ -214,5 +216,36 @@ impl Rollout {
             api.delete(&lease.name_any(), &params).await.map(drop)
         };
         leases::write_while_held(&self.leases, lease, &self.node, delete).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn place() -> Place {
+        Place {
+            index: None,
+            limit: 1,
+            order: vec!["n0".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn releasing_a_policy_forgets_that_this_node_waited_for_it() {
+        // Nothing held, so no request is sent: the client points nowhere.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let rollout = Rollout::new(client, "default", "n0", Duration::from_secs(30));
+        assert!(!rollout.overdue("gone", 1, true), "a deferral starts");
+        rollout.queued.lock().unwrap().insert("gone".into(), (1, place()));
+        rollout.queued.lock().unwrap().insert("kept".into(), (1, place()));
+
+        rollout.release("gone").await;
+
+        assert!(rollout.deferred.lock().unwrap().is_empty());
+        let queued: Vec<String> = rollout.queued.lock().unwrap().keys().cloned().collect();
+        assert_eq!(queued, ["kept"]);
     }
 }
