@@ -11,7 +11,8 @@ use super::{
     dependencies,
     objects::{delete_enactment, finish},
     plan,
-    reconcile::{count_attempt, enact, take_slot, wait_for_dependency},
+    reconcile::{count_attempt, enact},
+    waiting::{take_slot, wait_for_dependency},
 };
 use crate::{
     apply::ApplyError,

@@ -26,6 +26,8 @@ pub mod readiness;
 mod reconcile;
 /// A policy's variables on this node: values from the Node, and addresses from pools.
 pub mod variables;
+/// Waiting until a policy can be applied: for its dependencies, its variables, a rollout slot.
+mod waiting;
 
 use crate::{
     config::HandlerConfig,

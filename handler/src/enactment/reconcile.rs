@@ -5,15 +5,16 @@
 //! (NetworkManager) → [`plan::before_apply`] (a preview ends here) → the revert finalizer, a
 //! slot in the rollout (client) → [`plan::on_admission`] → what undoes the apply, kept; the
 //! checkpointed apply (NetworkManager) → [`plan::after_apply`] → the enactment's status and the
-//! slot (client).
+//! slot (client). What waits (a dependency, the variables, a slot) is in [`super::waiting`].
 
 use super::{
     Context, EnactmentError, REPORT_BEFORE_AVAILABLE,
     conditions::EnactmentSituation,
     deletion, dependencies, events,
     objects::{self, create_enactment, delete_enactment, finish, write_status},
-    plan::{self, AfterApply, BeforeApply, Drift, Entry, Findings, OnAdmission, Outcome, Preview, Retries},
+    plan::{self, AfterApply, BeforeApply, Drift, Entry, Findings, Outcome, Preview, Retries},
     variables::{self, Resolution, Unresolved},
+    waiting::{DEPENDENCY_RECHECK, take_slot, unresolved_variables, wait_for_dependency},
 };
 use crate::{
     apply::{self, ApplyError, probes},
@@ -27,20 +28,13 @@ use nmstate::NetworkState;
 use nmstate_api::{
     NetworkStateDocument, NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
     NodeNetworkConfigurationPolicy,
-    condition::find_condition,
-    enactment::{CapturedState, EnactmentConditionType, EnactmentPreview, StateMetaInfo, enactment_name},
+    enactment::{CapturedState, EnactmentPreview, StateMetaInfo, enactment_name},
     selection::selects,
 };
 use serde_json::Value;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use tracing::{debug, info, warn};
 
-/// How soon a policy waiting for a dependency looks again by itself (a dependency settling on
-/// this node wakes it at once).
-const DEPENDENCY_RECHECK: Duration = Duration::from_secs(10);
-/// How soon a policy whose variables did not resolve looks again (a pool address may be freed,
-/// a label added).
-const UNRESOLVED_RECHECK: Duration = Duration::from_secs(10);
 /// How soon a policy that reverts on deletion looks again for its finalizer (the finalizer's
 /// arrival, a policy update, wakes it sooner).
 const FINALIZER_WAIT: Duration = Duration::from_secs(5);
@@ -419,73 +413,6 @@ impl apply::Slot for PolicySlot<'_> {
     }
 }
 
-/// Pending until what `message` names is done; reported (and an event recorded) once per wait,
-/// looked at again on every change of a policy this node enacts, and at least every
-/// [`DEPENDENCY_RECHECK`].
-pub(super) async fn wait_for_dependency(
-    policy: &NodeNetworkConfigurationPolicy,
-    name: &str,
-    status: &mut NodeNetworkConfigurationEnactmentStatus,
-    context: &Context,
-    enactments: &Api<NodeNetworkConfigurationEnactment>,
-    message: String,
-) -> Result<Action, EnactmentError> {
-    let reported = find_condition(&status.conditions, EnactmentConditionType::Pending.as_str())
-        .is_some_and(|condition| condition.is_true() && condition.message == message);
-    if !reported {
-        info!(policy = %policy.name_any(), "{message}");
-        (context.events)
-            .normal(
-                policy,
-                events::WAITING_FOR_DEPENDENCY,
-                events::APPLY,
-                format!("{name}: {message}"),
-            )
-            .await;
-        finish(
-            enactments,
-            name,
-            status,
-            EnactmentSituation::WaitingForDependency { message },
-        )
-        .await?;
-    }
-    Ok(Action::requeue(DEPENDENCY_RECHECK))
-}
-
-/// Failing with why the variables have no value here, reported once per reason (with an
-/// event); looked at again every [`UNRESOLVED_RECHECK`].
-async fn unresolved_variables(
-    policy: &NodeNetworkConfigurationPolicy,
-    name: &str,
-    status: &mut NodeNetworkConfigurationEnactmentStatus,
-    context: &Context,
-    enactments: &Api<NodeNetworkConfigurationEnactment>,
-    unresolved: Unresolved,
-) -> Result<Action, EnactmentError> {
-    let reported =
-        find_condition(&status.conditions, EnactmentConditionType::Failing.as_str()).is_some_and(|c| {
-            c.is_true() && c.reason == unresolved.reason.as_str() && c.message == unresolved.message
-        });
-    if !reported {
-        warn!(policy = %policy.name_any(), reason = unresolved.reason.as_str(), "not applied: {}", unresolved.message);
-        (context.events)
-            .warn(
-                policy,
-                events::RECONCILE_FAILED,
-                events::APPLY,
-                format!("{name}: {}", unresolved.message),
-            )
-            .await;
-        let situation = EnactmentSituation::Unresolved {
-            reason: unresolved.reason,
-            message: unresolved.message,
-        };
-        finish(enactments, name, status, situation).await?;
-    }
-    Ok(Action::requeue(UNRESOLVED_RECHECK))
-}
-
 /// How the node stands against `desired`.
 fn drift_from(desired: &Value, current: &NetworkState) -> Drift {
     match drift::pending_changes(desired, current) {
@@ -534,70 +461,6 @@ fn failure(applied: &Result<(), ApplyError>) -> String {
 
 fn category(applied: &Result<(), ApplyError>) -> &'static str {
     applied.as_ref().err().map_or("none", ApplyError::category)
-}
-
-/// Takes a slot in the policy's rollout; when there is none, the enactment is marked Pending
-/// (or Aborted, when failures used up every slot) and the action to take instead is returned.
-pub(super) async fn take_slot(
-    policy: &NodeNetworkConfigurationPolicy,
-    generation: i64,
-    name: &str,
-    status: &mut NodeNetworkConfigurationEnactmentStatus,
-    context: &Context,
-    enactments: &Api<NodeNetworkConfigurationEnactment>,
-) -> Result<Option<Action>, EnactmentError> {
-    let policy_name = policy.name_any();
-    if context.rollout.holds(&policy_name, generation) {
-        return Ok(None); // retrying with the slot it took
-    }
-    if context.rollout.claim_handed(&policy_name, generation) {
-        return Ok(None); // woken by the slot handed to it
-    }
-    let survey = context
-        .rollout
-        .survey(policy, |node, labels| selects(&policy.spec, node, labels))
-        .await?;
-    let limit = &survey.limit;
-    if let Some(invalid) = &limit.invalid
-        && context.first_report_of_invalid_max_unavailable(&policy_name, generation)
-    {
-        let message = format!(
-            "{invalid}; using the default {} ({} nodes at once)",
-            nmstate_api::policy::DEFAULT_MAX_UNAVAILABLE,
-            limit.limit
-        );
-        warn!(policy = %policy_name, "{message}");
-        (context.events)
-            .warn(policy, events::INVALID_MAX_UNAVAILABLE, events::ROLLOUT, message)
-            .await;
-    }
-    let admission = context.rollout.acquire(policy, generation, &survey).await?;
-    let pending = status.is(EnactmentConditionType::Pending);
-    match plan::on_admission(&admission, pending) {
-        OnAdmission::Apply => Ok(None),
-        OnAdmission::Wait { retry_after, report } => {
-            if report {
-                info!(policy = %policy_name, generation, limit = limit.limit, "waiting for a slot in the rollout");
-                finish(enactments, name, status, EnactmentSituation::Pending).await?;
-            }
-            Ok(Some(Action::requeue(retry_after)))
-        }
-        OnAdmission::Abort => {
-            warn!(policy = %policy_name, generation, "aborted: failed nodes hold every slot in the rollout");
-            (context.events)
-                .warn(
-                    policy,
-                    events::RECONCILE_FAILED,
-                    events::ROLLOUT,
-                    events::aborted(name),
-                )
-                .await;
-            let situation = EnactmentSituation::Aborted {
-                enactment: name.to_string(),
-            };
-            Ok(Some(finish(enactments, name, status, situation).await?))
-        }
-    }
 }
 
 /// Failing for good, for `reason`: upstream's message in the enactment, and `event` on the policy.
