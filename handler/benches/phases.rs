@@ -35,10 +35,32 @@ fn lines(log: &str) -> Vec<Line> {
         .collect()
 }
 
+/// The log target of nmstate's "Retrying on: …" lines (its verification, or a NetworkManager
+/// call, tried again after a second or two).
+pub const NMSTATE_RETRY_TARGET: &str = "nmstate::query_apply::net_state";
+const RETRY: &str = "Retrying on:";
+
 /// One run: the policy created at `created`, its enactment seen Available at `seen`.
 pub struct Run {
     pub created: Timestamp,
     pub seen: Timestamp,
+}
+
+impl Run {
+    /// Whether the handler's log `log` shows nmstate retrying within this run.
+    pub fn retried(&self, log: &str) -> bool {
+        log.lines().filter(|line| line.contains(RETRY)).any(|line| {
+            line.split_whitespace()
+                .next()
+                .and_then(|stamp| stamp.parse::<Timestamp>().ok())
+                .is_some_and(|at| at >= self.created && at <= self.seen)
+        })
+    }
+}
+
+/// Whether `nmstatectl -v`'s lines show nmstate retrying.
+pub fn nmstatectl_retried(lines: &[(Duration, String)]) -> bool {
+    lines.iter().any(|(_, line)| line.contains(RETRY))
 }
 
 /// Milliseconds per part of each run, by part name, in the order of an apply.
