@@ -40,6 +40,9 @@ fn lines(log: &str) -> Vec<Line> {
 pub const NMSTATE_RETRY_TARGET: &str = "nmstate::query_apply::net_state";
 const RETRY: &str = "Retrying on:";
 
+/// How long after the bench saw Available the handler's line for writing it may come.
+const LOGGED_AFTER: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_millis(100);
+
 /// One run: the policy created at `created`, its enactment seen Available at `seen`.
 pub struct Run {
     pub created: Timestamp,
@@ -82,9 +85,11 @@ impl Breakdown {
         let all = lines(log);
         let mut breakdown = Breakdown::default();
         for run in runs {
+            // The bench can see Available before the handler has logged its write's end.
+            let logged = run.seen.checked_add(LOGGED_AFTER).unwrap_or(run.seen);
             let window: Vec<&Line> = all
                 .iter()
-                .filter(|line| line.ended >= run.created && line.ended <= run.seen)
+                .filter(|line| line.ended >= run.created && line.ended <= logged)
                 .collect();
             // The reconcile that applied: the last to start before nmstate's apply.
             let Some(applied) = window.iter().position(|line| line.phase == names::NMSTATE_APPLY) else {
@@ -96,14 +101,18 @@ impl Breakdown {
             else {
                 continue;
             };
-            let Some(last) = window[start..].last() else {
-                continue;
-            };
+            // The apply ends with its Available status written (the window may hold later lines).
+            let end = window
+                .iter()
+                .rposition(|line| line.phase == names::STATUS_AVAILABLE)
+                .filter(|end| *end > start)
+                .unwrap_or(window.len() - 1);
+            let last = window[end];
             let ms = |from: Timestamp, to: Timestamp| to.duration_since(from).as_secs_f64() * 1000.0;
             let reconciled = window[start].ended;
             breakdown.add("policy created -> reconcile", ms(run.created, reconciled));
             let mut phases: BTreeMap<&str, f64> = BTreeMap::new();
-            for line in &window[start + 1..] {
+            for line in &window[start + 1..=end] {
                 *phases.entry(line.phase.as_str()).or_default() += line.ms;
             }
             let mut timed = 0.0;
@@ -119,7 +128,7 @@ impl Breakdown {
                 );
             }
             breakdown.add("between the phases", ms(reconciled, last.ended) - timed);
-            breakdown.add("Available written -> seen", ms(last.ended, run.seen));
+            breakdown.add("Available written -> seen", ms(last.ended, run.seen).max(0.0));
             breakdown.add("total", ms(run.created, run.seen));
         }
         breakdown
