@@ -171,6 +171,10 @@ impl Rollout {
     /// nothing applies here now): the other nodes need not wait for them to lapse, and none is
     /// left behind when this node no longer applies the policy. Places marked failed stay: they
     /// count against the policy's budget.
+    ///
+    /// The list is consistent, and its version bounds the slot lists after it (see
+    /// [`Rollout::slots`]): the first survey after start-up need not make a consistent list of
+    /// its own, one per node at once in a rollout's first wave.
     pub async fn release_left_over(&self) {
         let listed = match self
             .leases
@@ -180,6 +184,11 @@ impl Rollout {
             Ok(listed) => listed,
             Err(error) => return warn!("cannot list the rollout slots: {error}"),
         };
+        if let (Some(version), Ok(mut seen)) =
+            (listed.metadata.resource_version.clone(), self.slots_seen.lock())
+        {
+            seen.get_or_insert(version);
+        }
         for lease in listed {
             if leases::holder(&lease) != Some(self.node.as_str()) || is_marked_failed(&lease) {
                 continue;

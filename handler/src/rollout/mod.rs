@@ -174,7 +174,8 @@ impl Rollout {
     }
 
     /// `policy`'s slots, at least as recent as the last one the watch delivered (a slot handed
-    /// to this node is seen held by it). Served from the API server's cache: a consistent list
+    /// to this node is seen held by it), or the list of every slot at start-up
+    /// ([`Rollout::release_left_over`]). Served from the API server's cache: a consistent list
     /// waits up to 100 ms for the cache to hear from etcd that it is current.
     async fn slots(&self, policy: &str) -> Result<Vec<Lease>, kube::Error> {
         let seen = self.slots_seen.lock().ok().and_then(|seen| seen.clone());
