@@ -189,11 +189,28 @@ impl Running {
         let _ = self.stop.send(true);
         // A change in progress is committed or rolled back before the handler exits, so a
         // graceful stop leaves no uncommitted checkpoint behind.
-        (&mut self.enacting).await?;
-        (&mut self.reporting).await??;
+        let (enacting, reporting) = tokio::join!(
+            finish(&mut self.enacting, "the policy enactment (a change in progress)"),
+            finish(&mut self.reporting, "the node-state reporter"),
+        );
+        enacting?;
+        reporting??;
         info!("stopped");
         Ok(())
     }
+}
+
+/// How long a part may take to stop before the log says the handler waits for it.
+const STOP_NOTICE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Awaits `part`, saying once that the stop waits for `what` when it takes longer than
+/// [`STOP_NOTICE`]: a stop that hangs names what it hangs on.
+async fn finish<T>(part: &mut tokio::task::JoinHandle<T>, what: &str) -> Result<T, tokio::task::JoinError> {
+    tokio::select! {
+        result = &mut *part => return result,
+        () = tokio::time::sleep(STOP_NOTICE) => info!("stopping: still waiting for {what}"),
+    }
+    part.await
 }
 
 /// Starts the handler: the node's lock, a checkpoint left behind, the API server and

@@ -418,7 +418,11 @@ pub async fn run(
             }
             _ = periodic.tick() => {
                 checks = checks.wrapping_add(1);
-                let refresh = match reporter.kernel_moved().await {
+                let moved = tokio::select! {
+                    moved = reporter.kernel_moved() => moved,
+                    () = &mut shutdown => return Ok(()),
+                };
+                let refresh = match moved {
                     Ok(moved) => moved || checks.is_multiple_of(FULL_REFRESH_EVERY),
                     Err(error) => {
                         debug!("the periodic check could not read the kernel, refreshing instead: {error}");
@@ -432,7 +436,11 @@ pub async fn run(
             () = sleep_until(wake), if due.is_some() => {
                 let force = due.is_some_and(|(_, force, _)| force);
                 due = None;
-                let refreshed = reporter.refresh(force).await;
+                // A stop does not wait for a read or a write in progress: either is safe to drop.
+                let refreshed = tokio::select! {
+                    refreshed = reporter.refresh(force) => refreshed,
+                    () = &mut shutdown => return Ok(()),
+                };
                 if refreshed.is_ok() {
                     for reply in waiting.drain(..) {
                         let _ = reply.send(()); // the asker may have stopped waiting
