@@ -109,7 +109,6 @@ impl Rollout {
         let index = slot_index(policy, &slot, place.limit);
         info!(policy, generation, %slot, "holds the slot handed to it in the rollout");
         self.hold(policy, generation, lease.clone(), Some(Place { index, ..place }));
-        self.forget_deferral(policy);
         true
     }
 

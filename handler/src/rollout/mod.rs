@@ -90,8 +90,9 @@ pub struct Rollout {
     node: String,
     duration: Duration,
     held: Mutex<BTreeMap<String, Held>>,
-    /// The resourceVersion of the last slot event this node's watch delivered: its slot lists
-    /// are at least that recent (see [`Rollout::saw_slot`]).
+    /// The resourceVersion of the last slot event this node's watch delivered, or before any,
+    /// of the start-up list of slots: its slot lists are at least that recent (see
+    /// [`Rollout::saw_slot`], [`Rollout::release_left_over`]).
     slots_seen: Mutex<Option<String>>,
     /// The slots the watch last saw this node hold, by name (see
     /// [`Rollout::release_unclaimed`], [`Rollout::claim_handed`]).
@@ -277,7 +278,6 @@ impl Rollout {
             }
         }
         if self.holds(&policy_name, generation) {
-            self.forget_deferral(&policy_name);
             return Ok(Admission::Granted);
         }
         let mut free = Vec::new();
@@ -332,7 +332,6 @@ impl Rollout {
                 Ok(lease) => {
                     info!(policy = %policy_name, generation, slot = %name, "took a slot in the rollout");
                     self.hold(&policy_name, generation, lease, Some(place(Some(index))));
-                    self.forget_deferral(&policy_name);
                     return Ok(Admission::Granted);
                 }
                 Err(error) if is_conflict(&error) => continue, // another node saw another order
@@ -375,7 +374,7 @@ impl Rollout {
         }
     }
 
-    /// Forgets that this node waited for a slot for `policy`: it holds one.
+    /// Forgets that this node waited for a slot for `policy`: it holds one, or no longer wants one.
     fn forget_deferral(&self, policy: &str) {
         if let Ok(mut deferred) = self.deferred.lock() {
             deferred.remove(policy);
@@ -522,7 +521,10 @@ impl Rollout {
             .is_some_and(|status| status.policy_generation == Some(generation) && is_final_failure(&status)))
     }
 
+    /// Holds `lease` as this node's slot for `policy` and keeps it renewed; the node no longer
+    /// waits for one.
     fn hold(&self, policy: &str, generation: i64, lease: Lease, place: Option<Place>) {
+        self.forget_deferral(policy);
         let lease = Arc::new(Mutex::new(lease));
         let renewal = tokio::spawn(leases::keep_renewed(
             self.leases.clone(),

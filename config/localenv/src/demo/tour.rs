@@ -8,7 +8,8 @@ use kube::{Api, Client, ResourceExt, api::ListParams};
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy,
     condition::{Condition, find_condition},
-    policy::DEFAULT_MAX_UNAVAILABLE,
+    enactment::EnactmentConditionType,
+    policy::{DEFAULT_MAX_UNAVAILABLE, PolicyConditionType},
 };
 use serde_json::{Value, json};
 use std::{cell::RefCell, collections::BTreeMap, path::Path, time::Instant};
@@ -159,12 +160,12 @@ async fn watch_rollout(env: &LocalEnv, client: &Client, policy: &str) -> Result<
                 let Some(condition) = true_condition(&status.conditions) else {
                     continue;
                 };
-                match condition.type_.as_str() {
-                    "Progressing" => applying.push(node.clone()),
-                    "Pending" => waiting += 1,
-                    "Available" => finished.available += 1,
-                    "Failing" => finished.failed += 1,
-                    "Aborted" => finished.aborted += 1,
+                match EnactmentConditionType::from_wire(&condition.type_) {
+                    Some(EnactmentConditionType::Progressing) => applying.push(node.clone()),
+                    Some(EnactmentConditionType::Pending) => waiting += 1,
+                    Some(EnactmentConditionType::Available) => finished.available += 1,
+                    Some(EnactmentConditionType::Failing) => finished.failed += 1,
+                    Some(EnactmentConditionType::Aborted) => finished.aborted += 1,
                     _ => {}
                 }
                 let shown = format!("{} ({})", condition.type_, condition.reason);
@@ -182,7 +183,7 @@ async fn watch_rollout(env: &LocalEnv, client: &Client, policy: &str) -> Result<
             }
             let conditions = current.status.map(|status| status.conditions).unwrap_or_default();
             let done = |outcome: Outcome| {
-                find_condition(&conditions, outcome.condition()).is_some_and(|condition| {
+                find_condition(&conditions, outcome.condition().as_str()).is_some_and(|condition| {
                     condition.is_true()
                         && condition.observed_generation == Some(generation)
                         && finished.counted_in(outcome, &condition.message)
@@ -203,10 +204,11 @@ async fn watch_rollout(env: &LocalEnv, client: &Client, policy: &str) -> Result<
 }
 
 impl Outcome {
-    fn condition(self) -> &'static str {
+    /// The policy condition that says so.
+    fn condition(self) -> PolicyConditionType {
         match self {
-            Outcome::Available => "Available",
-            Outcome::Degraded => "Degraded",
+            Outcome::Available => PolicyConditionType::Available,
+            Outcome::Degraded => PolicyConditionType::Degraded,
         }
     }
 }
