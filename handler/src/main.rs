@@ -130,12 +130,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long the exit waits for blocking work still running once `work` is done. By then a
+/// change in progress was finished; what can be left is a read of the node (nmstate's, in a
+/// blocking thread, that a stop gave up on), and dropping the runtime would wait for it without
+/// end: nmstate sets no timeout on its D-Bus calls, so a hung NetworkManager held up the exit
+/// until the kubelet's SIGKILL.
+const EXIT_WAIT: Duration = Duration::from_secs(1);
+
 fn in_runtime(work: impl std::future::Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(HandlerError::Runtime)?
-        .block_on(work)
+        .map_err(HandlerError::Runtime)?;
+    let result = runtime.block_on(work);
+    runtime.shutdown_timeout(EXIT_WAIT);
+    result
 }
 
 fn init_tracing(level: LogLevel) {

@@ -2,13 +2,15 @@
 //! `systemctl restart NetworkManager` does), between two applies and in the middle of one:
 //! the handler stays up, follows the new NetworkManager's signals (an out-of-band change
 //! reaches the NodeNetworkState well before the periodic refresh), and the policy it was
-//! applying, as the next one, ends Available with the node's network as it says.
+//! applying, as the next one, ends Available with the node's network as it says. And
+//! NetworkManager hung (it holds its bus name and answers nothing) while the handler reads the
+//! node: the handler still stops within seconds of SIGTERM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 mod common;
 
-use common::{AVAILABLE, policy, start_handler, stop_handler, wait_for_condition};
+use common::{AVAILABLE, policy, start_handler_with, stop_handler, wait_for_condition};
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
@@ -50,13 +52,18 @@ struct Node {
 
 impl Node {
     async fn start(prefix: &str) -> Node {
+        Node::start_with(prefix, &[]).await
+    }
+
+    /// As [`Node::start`], the handler's environment with `overrides`.
+    async fn start_with(prefix: &str, overrides: &[(&str, &str)]) -> Node {
         let env = shared_env().await.unwrap();
         let client = env.client().await.unwrap();
         install_crds(&client).await.unwrap();
         let name = unique_name(prefix);
         let node = TestNode::start(&env, &name, &BTreeMap::new()).await.unwrap();
         let log = std::env::temp_dir().join(format!("{name}.log"));
-        let handler = start_handler(&node, &log);
+        let handler = start_handler_with(&node, &log, overrides);
         Node {
             name,
             node,
@@ -229,4 +236,69 @@ async fn a_network_manager_restart_mid_apply_ends_with_the_policy_applied() {
     assert!(handler.is_running(), "the handler exited: {handler_log}");
     let _ = policies.delete(&policy_name, &DeleteParams::default()).await;
     stop_handler(&mut handler);
+}
+
+/// Sends SIGCONT to NetworkManager when dropped, the test passing or not: a stopped daemon
+/// would hold up the node's teardown.
+struct Resume(nix::unistd::Pid);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_handler_stops_while_network_manager_hangs() {
+    // The kernel checked every second: a link added there starts a read within seconds.
+    let Node {
+        name,
+        node,
+        mut handler,
+        states,
+        ..
+    } = Node::start_with("nmhang", &[("NNS_CHECK_INTERVAL_SECONDS", "1")]).await;
+    eventually("the node state reported", Duration::from_secs(30), || async {
+        reports(&states, &name, "eth0").await.then_some(())
+    })
+    .await
+    .unwrap();
+
+    // SIGSTOP: NetworkManager keeps its bus name and answers nothing, as a hung daemon does.
+    let network_manager = nix::unistd::Pid::from_raw(node.network_manager_pid().unwrap() as i32);
+    nix::sys::signal::kill(network_manager, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let _resume = Resume(network_manager);
+    let added = node
+        .command("ip")
+        .unwrap()
+        .args(["link", "add", "br-hang", "type", "bridge"])
+        .status()
+        .unwrap();
+    assert!(added.success());
+    // The next kernel check sees the bridge; the read of the node it starts then waits on
+    // NetworkManager (nmstate sets no timeout on its D-Bus calls).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !reports(&states, &name, "br-hang").await,
+        "the node was read although NetworkManager was stopped"
+    );
+
+    let stopping = Instant::now();
+    let status = handler.terminate(Duration::from_secs(10));
+    let took = stopping.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "the handler did not stop within 10 s of SIGTERM while NetworkManager hung:\n{}",
+            handler.log()
+        )
+    });
+    assert!(
+        status.success(),
+        "the handler exited with {status}: {}",
+        handler.log()
+    );
+    println!(
+        "NetworkManager hung: the handler stopped {:.2} s after SIGTERM",
+        took.as_secs_f64()
+    );
 }
