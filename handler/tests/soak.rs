@@ -16,22 +16,20 @@
 mod common;
 #[path = "rollout/fixture.rs"]
 mod fixture;
+#[path = "soak/observed.rs"]
+mod observed;
 #[path = "../webhook/tests/webhook/fixture.rs"]
 mod webhook;
 
 use fixture::{Fixture, GROUP, SERIAL};
-use futures::StreamExt;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
-    runtime::{WatchStreamExt, watcher},
 };
-use nmstate_api::{
-    NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState,
-    condition::find_condition, labels,
-};
+use nmstate_api::{NodeNetworkConfigurationPolicy, NodeNetworkState, condition::find_condition, labels};
 use nmstate_localenv::testing::{NodeProcess, eventually, free_port, proc_status_kib};
+use observed::{Seen, eth0_addresses, interfaces, policy_outcome, watch_enactments};
 use serde_json::{Value, json};
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -107,105 +105,6 @@ fn desired(live: &Live) -> Value {
     };
     json!({"interfaces": [{"name": live.bridge, "type": "linux-bridge", "state": "up",
         "bridge": {"options": {"stp": {"enabled": live.stp}}, "port": ports}}]})
-}
-
-/// What a watcher of every enactment of this run saw: nodes applying each policy at once
-/// (against the limits the generator set), and the applies that ended Available.
-#[derive(Debug, Default)]
-struct Seen {
-    progressing: BTreeMap<String, BTreeSet<String>>,
-    limits: BTreeMap<String, usize>,
-    over_limit: Vec<String>,
-    applied: BTreeSet<(String, i64)>,
-    failed: BTreeSet<(String, i64)>,
-}
-
-fn watch_enactments(client: &Client, prefix: &str, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
-    let api: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
-    let prefix = prefix.to_string();
-    tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
-        while let Some(event) = events.next().await {
-            let (enactment, deleted) = match event {
-                Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) => (e, false),
-                Ok(watcher::Event::Delete(e)) => (e, true),
-                _ => continue,
-            };
-            let (Some(policy), Some(node)) = (
-                enactment.labels().get(labels::POLICY).cloned(),
-                enactment.labels().get(labels::NODE).cloned(),
-            ) else {
-                continue;
-            };
-            if !policy.starts_with(&prefix) {
-                continue;
-            }
-            let status = enactment.status.clone().unwrap_or_default();
-            let is_true =
-                |type_: &str| find_condition(&status.conditions, type_).is_some_and(|c| c.is_true());
-            let mut seen = seen.lock().unwrap();
-            let generation = status.policy_generation.unwrap_or_default();
-            if !deleted && is_true("Available") {
-                seen.applied.insert((enactment.name_any(), generation));
-            }
-            if !deleted && is_true("Failing") {
-                seen.failed.insert((enactment.name_any(), generation));
-            }
-            let applying = seen.progressing.entry(policy.clone()).or_default();
-            if !deleted && is_true("Progressing") {
-                applying.insert(node);
-            } else {
-                applying.remove(&node);
-            }
-            let count = applying.len();
-            let limit = seen.limits.get(&policy).copied().unwrap_or(usize::MAX);
-            if count > limit {
-                let message = format!("{count} nodes applied {policy} at once (maxUnavailable {limit})");
-                seen.over_limit.push(message);
-            }
-        }
-    })
-}
-
-fn interfaces(state: &NodeNetworkState) -> BTreeSet<String> {
-    let current = state
-        .status
-        .as_ref()
-        .and_then(|status| status.current_state.as_ref());
-    current
-        .and_then(|document| document.0["interfaces"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|interface| interface["name"].as_str().map(str::to_string))
-        .collect()
-}
-
-fn eth0_addresses(state: &NodeNetworkState) -> Vec<String> {
-    let current = state
-        .status
-        .as_ref()
-        .and_then(|status| status.current_state.as_ref());
-    let interfaces = current
-        .and_then(|document| document.0["interfaces"].as_array().cloned())
-        .unwrap_or_default();
-    interfaces
-        .iter()
-        .filter(|interface| interface["name"] == "eth0")
-        .flat_map(|interface| {
-            interface["ipv4"]["address"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|address| address["ip"].as_str().map(str::to_string))
-        .collect()
-}
-
-fn policy_outcome(policy: &NodeNetworkConfigurationPolicy) -> Option<&'static str> {
-    let conditions = &policy.status.as_ref()?.conditions;
-    ["Available", "Degraded"]
-        .into_iter()
-        .find(|type_| find_condition(conditions, type_).is_some_and(|c| c.is_true()))
 }
 
 struct Soak {
