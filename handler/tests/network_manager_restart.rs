@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{AVAILABLE, policy, start_handler_with, stop_handler, wait_for_condition};
+use common::{AVAILABLE, add_kernel_bridge, policy, start_handler_with, stop_handler, wait_for_condition};
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
@@ -110,13 +110,7 @@ async fn after_a_network_manager_restart_the_handler_reports_and_applies_again()
     assert_ne!(node.network_manager_pid(), before, "NetworkManager was restarted");
 
     // A change nobody asked for: the new NetworkManager's signals bring it to the node state.
-    let added = node
-        .command("ip")
-        .unwrap()
-        .args(["link", "add", "br-oob", "type", "bridge"])
-        .status()
-        .unwrap();
-    assert!(added.success());
+    add_kernel_bridge(&node, "br-oob");
     eventually(
         "the out-of-band bridge reported",
         Duration::from_secs(30),
@@ -268,13 +262,7 @@ async fn the_handler_stops_while_network_manager_hangs() {
     let network_manager = nix::unistd::Pid::from_raw(node.network_manager_pid().unwrap() as i32);
     nix::sys::signal::kill(network_manager, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let _resume = Resume(network_manager);
-    let added = node
-        .command("ip")
-        .unwrap()
-        .args(["link", "add", "br-hang", "type", "bridge"])
-        .status()
-        .unwrap();
-    assert!(added.success());
+    add_kernel_bridge(&node, "br-hang");
     // The next kernel check sees the bridge; the read of the node it starts then waits on
     // NetworkManager (nmstate sets no timeout on its D-Bus calls).
     tokio::time::sleep(Duration::from_secs(4)).await;

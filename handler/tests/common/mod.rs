@@ -38,6 +38,22 @@ pub fn start_handler_with(node: &TestNode, log: &std::path::Path, overrides: &[(
     NodeProcess::start(node, HANDLER.as_ref(), &["run"], &env, log.to_path_buf()).unwrap()
 }
 
+/// Adds a bridge `name` in the node's kernel, behind NetworkManager's back: an out-of-band
+/// change.
+pub fn add_kernel_bridge(node: &TestNode, name: &str) {
+    let added = node
+        .command("ip")
+        .unwrap()
+        .args(["link", "add", name, "type", "bridge"])
+        .status()
+        .unwrap();
+    assert!(
+        added.success(),
+        "ip link add {name} type bridge failed on {}",
+        node.node.name
+    );
+}
+
 pub fn stop_handler(handler: &mut NodeProcess) {
     let status = handler
         .terminate(Duration::from_secs(20))
