@@ -131,10 +131,11 @@ fn main() -> ExitCode {
 }
 
 /// How long the exit waits for blocking work still running once `work` is done. By then a
-/// change in progress was finished; what can be left is a read of the node (nmstate's, in a
-/// blocking thread, that a stop gave up on), and dropping the runtime would wait for it without
-/// end: nmstate sets no timeout on its D-Bus calls, so a hung NetworkManager held up the exit
-/// until the kubelet's SIGKILL.
+/// change in progress was finished; what can be left is a call to NetworkManager that a stop
+/// gave up on (nmstate's, in a blocking thread): a read of the node, or at start-up the rollback
+/// of a checkpoint left behind, which the next start does again if it did not happen. Dropping
+/// the runtime would wait for it without end: nmstate sets no timeout on its D-Bus calls, so a
+/// hung NetworkManager held up the exit until the kubelet's SIGKILL.
 const EXIT_WAIT: Duration = Duration::from_secs(1);
 
 fn in_runtime(work: impl std::future::Future<Output = Result<(), HandlerError>>) -> Result<(), HandlerError> {
