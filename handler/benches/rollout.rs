@@ -16,7 +16,7 @@ mod common;
 #[path = "../tests/rollout/fixture.rs"]
 mod fixture;
 
-use fixture::{Fixture, Recorder, audit_size, bridge, writes_since};
+use fixture::{Fixture, Recorder, audit_size, bridge, completed_since, writes_since};
 use nmstate_localenv::testing::free_port;
 use serde_json::{Value, json};
 use std::{
@@ -87,14 +87,12 @@ async fn rollout(fixture: &mut Fixture, suffix: &str, max_unavailable: Value, li
 /// From the policy's create to the first create of one of its slots, as the API server
 /// completed each (the audit log's `stageTimestamp`).
 fn first_slot(audit: &std::path::Path, offset: u64, policy: &str) -> Option<Duration> {
-    let text = std::fs::read_to_string(audit).ok()?;
-    let completed = |resource: &str, name: &dyn Fn(&str) -> bool| {
-        text.get(usize::try_from(offset).ok()?..)?
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+    let entries = completed_since(audit, offset);
+    let created = |resource: &str, name: &dyn Fn(&str) -> bool| {
+        entries
+            .iter()
             .find(|entry| {
-                entry["stage"] == "ResponseComplete"
-                    && entry["verb"] == "create"
+                entry["verb"] == "create"
                     && entry["responseStatus"]["code"] == 201
                     && entry["objectRef"]["resource"] == resource
                     && name(entry["objectRef"]["name"].as_str().unwrap_or_default())
@@ -106,10 +104,10 @@ fn first_slot(audit: &std::path::Path, offset: u64, policy: &str) -> Option<Dura
                     .ok()
             })
     };
-    let created = completed("nodenetworkconfigurationpolicies", &|name| name == policy)?;
+    let policy_created = created("nodenetworkconfigurationpolicies", &|name| name == policy)?;
     let slot_prefix = format!("{policy}.");
-    let slot = completed("leases", &|name| name.starts_with(&slot_prefix))?;
-    Duration::try_from(slot.duration_since(created)).ok()
+    let slot_created = created("leases", &|name| name.starts_with(&slot_prefix))?;
+    Duration::try_from(slot_created.duration_since(policy_created)).ok()
 }
 
 fn ms(duration: Duration) -> String {

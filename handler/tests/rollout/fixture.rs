@@ -450,18 +450,8 @@ pub fn value_of(text: &str, series: &str) -> Option<f64> {
 /// Keys are `<resource>[/<subresource>] <verb>`, with ` (409)` or ` (refused)` when the API
 /// server refused the write.
 pub fn writes_since(audit: &std::path::Path, offset: u64, policy: &str) -> BTreeMap<String, usize> {
-    let mut file = std::fs::File::open(audit).unwrap();
-    file.seek(std::io::SeekFrom::Start(offset)).unwrap();
-    let mut text = String::new();
-    file.read_to_string(&mut text).unwrap();
     let mut counts = BTreeMap::new();
-    for line in text.lines() {
-        let Ok(entry) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if entry["stage"] != "ResponseComplete" {
-            continue;
-        }
+    for entry in completed_since(audit, offset) {
         let object = &entry["objectRef"];
         let resource = object["resource"].as_str().unwrap_or_default();
         let name = object["name"].as_str().unwrap_or_default();
@@ -492,7 +482,19 @@ pub fn writes_since(audit: &std::path::Path, offset: u64, policy: &str) -> BTree
     counts
 }
 
-/// Where the audit log ends now: [`writes_since`] counts from there.
+/// The requests the API server completed, from the audit log since `offset` (one entry each).
+pub fn completed_since(audit: &std::path::Path, offset: u64) -> Vec<Value> {
+    let mut file = std::fs::File::open(audit).unwrap();
+    file.seek(std::io::SeekFrom::Start(offset)).unwrap();
+    let mut text = String::new();
+    file.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| entry["stage"] == "ResponseComplete")
+        .collect()
+}
+
+/// Where the audit log ends now: [`writes_since`] and [`completed_since`] read from there.
 pub fn audit_size(audit: &std::path::Path) -> u64 {
     std::fs::metadata(audit).map(|m| m.len()).unwrap_or(0)
 }
