@@ -10,7 +10,10 @@
 
 mod common;
 
-use common::{AVAILABLE, add_kernel_bridge, policy, start_handler_with, stop_handler, wait_for_condition};
+use common::{
+    AVAILABLE, add_kernel_bridge, policy, start_handler_with, stop_handler, stop_handler_within,
+    wait_for_condition,
+};
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
@@ -271,7 +274,7 @@ async fn the_handler_stops_while_network_manager_hangs() {
         "the node was read although NetworkManager was stopped"
     );
 
-    let took = stops_promptly(&mut handler, "while NetworkManager hung");
+    let took = stop_handler_within(&mut handler, Duration::from_secs(10));
 
     // Started again meanwhile (as the kubelet restarts it), a handler waits in its start-up: it
     // first looks for a checkpoint left behind, over D-Bus. It stops as promptly.
@@ -288,7 +291,7 @@ async fn the_handler_stops_while_network_manager_hangs() {
         "the handler got past NetworkManager although it was stopped:\n{}",
         again.log()
     );
-    let took_starting = stops_promptly(&mut again, "in its start-up while NetworkManager hung");
+    let took_starting = stop_handler_within(&mut again, Duration::from_secs(10));
     assert!(again.log().contains("stopped during start-up"), "{}", again.log());
     println!(
         "NetworkManager hung: the handler stopped {:.2} s after SIGTERM, {:.2} s in its start-up",
@@ -296,24 +299,4 @@ async fn the_handler_stops_while_network_manager_hangs() {
         took_starting.as_secs_f64()
     );
     let _ = std::fs::remove_file(log);
-}
-
-/// SIGTERM, and how long `handler` took to exit; fails unless it exited, successfully, within
-/// 10 s (`when`: what the node was doing).
-fn stops_promptly(handler: &mut NodeProcess, when: &str) -> Duration {
-    let stopping = Instant::now();
-    let status = handler.terminate(Duration::from_secs(10));
-    let took = stopping.elapsed();
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "the handler did not stop within 10 s of SIGTERM {when}:\n{}",
-            handler.log()
-        )
-    });
-    assert!(
-        status.success(),
-        "the handler exited with {status} {when}: {}",
-        handler.log()
-    );
-    took
 }

@@ -55,10 +55,19 @@ pub fn add_kernel_bridge(node: &TestNode, name: &str) {
 }
 
 pub fn stop_handler(handler: &mut NodeProcess) {
+    stop_handler_within(handler, Duration::from_secs(20));
+}
+
+/// SIGTERM; how long `handler` took to exit, which it must, successfully, within `within` (its
+/// log is printed when it does not: [`NodeProcess`] prints it on a panic).
+pub fn stop_handler_within(handler: &mut NodeProcess, within: Duration) -> Duration {
+    let stopping = std::time::Instant::now();
     let status = handler
-        .terminate(Duration::from_secs(20))
-        .expect("the handler stops within 20 s of SIGTERM");
+        .terminate(within)
+        .unwrap_or_else(|| panic!("the handler did not stop within {within:?} of SIGTERM"));
+    let took = stopping.elapsed();
     assert!(status.success(), "the handler exited with {status}");
+    took
 }
 
 pub fn policy(
