@@ -200,8 +200,8 @@ impl Running {
         // A change in progress is committed or rolled back before the handler exits, so a
         // graceful stop leaves no uncommitted checkpoint behind.
         let (enacting, reporting) = tokio::join!(
-            finish(&mut self.enacting, "the policy enactment (a change in progress)"),
-            finish(&mut self.reporting, "the node-state reporter"),
+            await_stop(&mut self.enacting, "the policy enactment (a change in progress)"),
+            await_stop(&mut self.reporting, "the node-state reporter"),
         );
         enacting?;
         reporting??;
@@ -215,7 +215,10 @@ const STOP_NOTICE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Awaits `part`, saying once that the stop waits for `what` when it takes longer than
 /// [`STOP_NOTICE`]: a stop that hangs names what it hangs on.
-async fn finish<T>(part: &mut tokio::task::JoinHandle<T>, what: &str) -> Result<T, tokio::task::JoinError> {
+async fn await_stop<T>(
+    part: &mut tokio::task::JoinHandle<T>,
+    what: &str,
+) -> Result<T, tokio::task::JoinError> {
     tokio::select! {
         result = &mut *part => return result,
         () = tokio::time::sleep(STOP_NOTICE) => info!("stopping: still waiting for {what}"),
