@@ -493,7 +493,8 @@ impl ControlPlane {
                 "UNIX-LISTEN:{},fork,unlink-early,mode=600",
                 self.api_socket().display()
             ))
-            .arg(format!("TCP:127.0.0.1:{apiserver_port}"));
+            // Without Nagle's algorithm, as the fabric's end (`Fabric::api_forward`).
+            .arg(format!("TCP:127.0.0.1:{apiserver_port},nodelay"));
         command
     }
 
