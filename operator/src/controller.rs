@@ -7,7 +7,7 @@ use crate::{
     render::{self, ClusterFacts, RenderError},
     status,
 };
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::{
     api::{
         admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration},
@@ -87,7 +87,8 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
     });
     let shutdown = async move {
         let _ = stopped.await;
-    };
+    }
+    .shared();
     let client = context.client.clone();
     // Every watch through the same retries (a Controller's own would wait out a backoff after
     // the API server says a resumed watch expired); of what it applied, only objects carrying
@@ -96,7 +97,8 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         "NMState",
         watcher(Api::<NMState>::all(client.clone()), watcher::Config::default()),
     );
-    Controller::for_stream(nmstate_stream, nmstates)
+    let unlisted = watch::stopped_before_listed(nmstates.clone(), shutdown.clone());
+    let controller = Controller::for_stream(nmstate_stream, nmstates)
         .watches_stream(applied::<DaemonSet>(&client, "daemon sets"), owner_of)
         .watches_stream(applied::<Deployment>(&client, "deployments"), owner_of)
         .watches_stream(applied::<Service>(&client, "services"), owner_of)
@@ -118,8 +120,11 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         )
         .graceful_shutdown_on(shutdown)
         .run(measured_reconcile, error_policy, context)
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    tokio::select! {
+        () = controller => {}
+        () = unlisted => {}
+    }
 }
 
 /// The objects of kind `K` the operator applied (carrying its label), as they change.

@@ -144,6 +144,25 @@ where
     (store, touched(what, reflector::reflector(writer, events)))
 }
 
+/// Completes when `shutdown` does before `store` was first filled, and never otherwise: for a
+/// `select!` beside a Controller stopped gracefully on `shutdown`. kube's runner holds every
+/// reconcile until its store's first list, and keeps waiting for that list after a stop (it
+/// answers Pending while not ready, even once nothing is left to schedule), which the stopped
+/// watch never delivers: a program stopped in its first moments ran until SIGKILL. No
+/// reconcile ran before the first list, so nothing is left half done.
+pub async fn stopped_before_listed<K>(store: Store<K>, shutdown: impl Future<Output = ()>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    shutdown.await;
+    // Filled (or its writer gone, which ends the runner too): the Controller ends by itself.
+    if store.wait_until_ready().now_or_never().is_some() {
+        std::future::pending::<()>().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +234,60 @@ mod tests {
             let seen: Vec<bool> = gaps.iter().map(|gap| !gap.is_zero()).collect();
             assert_eq!(seen, waited, "{case}: {gaps:?}");
         }
+    }
+
+    /// kube's Controller, stopped before its store's first list: it does not end by itself
+    /// (what [`stopped_before_listed`] is for); once the store was filled, it does.
+    #[tokio::test]
+    async fn a_controller_stopped_before_its_first_list_is_let_go() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use kube::runtime::{Controller, controller::Action};
+        use std::{convert::Infallible, sync::Arc};
+
+        let controller = |store: Store<ConfigMap>| {
+            Controller::for_stream(
+                futures::stream::pending::<Result<ConfigMap, watcher::Error>>(),
+                store,
+            )
+            .graceful_shutdown_on(std::future::ready(()))
+            .run(
+                |_, _: Arc<()>| async { Ok::<_, Infallible>(Action::await_change()) },
+                |_, _, _| Action::await_change(),
+                Arc::new(()),
+            )
+            .for_each(|_| async {})
+        };
+        let wait = Duration::from_millis(500);
+
+        let (unlisted, _writer) = reflector::store::<ConfigMap>();
+        let alone = tokio::time::timeout(wait, controller(unlisted.clone())).await;
+        assert!(
+            alone.is_err(),
+            "kube's Controller now ends by itself: the guard may go"
+        );
+        let guarded = async {
+            tokio::select! {
+                () = controller(unlisted.clone()) => {}
+                () = stopped_before_listed(unlisted, std::future::ready(())) => {}
+            }
+        };
+        assert!(
+            tokio::time::timeout(wait, guarded).await.is_ok(),
+            "the guard lets it go"
+        );
+
+        let (listed, mut writer) = reflector::store::<ConfigMap>();
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert!(
+            tokio::time::timeout(wait, controller(listed.clone()))
+                .await
+                .is_ok(),
+            "a Controller whose store was filled ends by itself"
+        );
+        let guard = stopped_before_listed(listed, std::future::ready(()));
+        assert!(
+            tokio::time::timeout(wait, guard).await.is_err(),
+            "the guard leaves a filled store's Controller to end by itself"
+        );
     }
 }

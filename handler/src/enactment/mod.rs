@@ -35,7 +35,7 @@ use crate::{
     node_state_reporter::ReportNow,
     rollout::Rollout,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node};
 use kube::{
     Api, Client, ResourceExt,
@@ -162,6 +162,7 @@ fn acted_on(policy: &NodeNetworkConfigurationPolicy) -> Option<u64> {
 
 /// Enacts policies on this node until `shutdown` completes.
 pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let shutdown = shutdown.shared();
     let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(context.client.clone());
     let node_name = context.config.node_name.clone();
     // Through the same retries as every other watch: a Controller's own watch would wait out a
@@ -255,6 +256,7 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
 
     let cleanup = remove_enactments_of_deleted_policies(context.clone());
     let gate = (context.clone(), readiness_store.clone());
+    let unlisted = watch::stopped_before_listed(readiness_store.clone(), shutdown.clone());
     let reconciler = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context.clone())
@@ -284,6 +286,7 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         () = reconciler => {}
         () = cleanup => {}
         () = periodic => {}
+        () = unlisted => {}
     }
 }
 
