@@ -11,9 +11,9 @@ pub const TARGET: &str = "nmstate_handler::phases";
 pub mod names {
     /// The reconcile that applies starts (0 ms): the watch event's delivery is before it.
     pub const RECONCILE: &str = "reconcile";
-    /// This Node and the policy's enactment read; for a policy new to the node, its enactment
-    /// created and the policy read again (it may have gone meanwhile).
-    pub const READ_OBJECTS: &str = "read objects";
+    /// The reconcile's objects: this Node and the policy's enactment read; for a policy new to
+    /// the node, its enactment created and the policy read again (it may have gone meanwhile).
+    pub const DEREFERENCE: &str = "dereference";
     /// The node's current state read through nmstate.
     pub const READ_NODE: &str = "read node";
     /// A place in the policy's rollout taken.
@@ -49,7 +49,7 @@ pub mod names {
     /// The phases after [`RECONCILE`] one after the other, in the order of an apply: their
     /// times add up to the apply's, with what comes between them.
     pub const IN_ORDER: [&str; 9] = [
-        READ_OBJECTS,
+        DEREFERENCE,
         READ_NODE,
         TAKE_SLOT,
         PREPARE,

@@ -56,19 +56,19 @@ pub(super) async fn reconcile(
     // dereference (client)
     let nodes = Api::<Node>::all(context.client.clone());
     let read = async { tokio::try_join!(nodes.get(&config.node_name), enactments.get_opt(&name)) };
-    let (node, existing) = phases::timed(names::READ_OBJECTS, read).await?;
+    let (node, existing) = phases::timed(names::DEREFERENCE, read).await?;
     let selected = selects(&policy.spec, &config.node_name, node.labels());
     let mut status = if selected {
         let enactment = match existing {
             Some(existing) => existing,
             None => {
                 let created = create_enactment(&enactments, &name, &policy_name, &node, config);
-                let created = phases::timed(names::READ_OBJECTS, created).await?;
+                let created = phases::timed(names::DEREFERENCE, created).await?;
                 // This reconcile may work from a cache that still holds a policy just deleted
                 // (a related Lease woke it): checked after the create, so an enactment made for
                 // a deleted policy goes again, whichever side of the check the deletion falls.
                 let exists = objects::policy_still_exists(&context.client, &policy);
-                if !phases::timed(names::READ_OBJECTS, exists).await? {
+                if !phases::timed(names::DEREFERENCE, exists).await? {
                     delete_enactment(&enactments, &name).await?;
                     return Ok(Action::await_change());
                 }
