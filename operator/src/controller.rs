@@ -97,7 +97,6 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         "NMState",
         watcher(Api::<NMState>::all(client.clone()), watcher::Config::default()),
     );
-    let unlisted = watch::stopped_before_listed(nmstates.clone(), shutdown.clone());
     let controller = Controller::for_stream(nmstate_stream, nmstates)
         .watches_stream(applied::<DaemonSet>(&client, "daemon sets"), owner_of)
         .watches_stream(applied::<Deployment>(&client, "deployments"), owner_of)
@@ -117,7 +116,9 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         .watches_stream(
             applied::<ValidatingWebhookConfiguration>(&client, "validating webhooks"),
             owner_of,
-        )
+        );
+    let unlisted = watch::stopped_before_listed(controller.store(), shutdown.clone());
+    let controller = controller
         .graceful_shutdown_on(shutdown)
         .run(measured_reconcile, error_policy, context)
         .for_each(|_| async {});

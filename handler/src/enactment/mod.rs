@@ -256,7 +256,7 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
 
     let cleanup = remove_enactments_of_deleted_policies(context.clone());
     let gate = (context.clone(), readiness_store.clone());
-    let unlisted = watch::stopped_before_listed(readiness_store.clone(), shutdown.clone());
+    let unlisted = watch::stopped_before_listed(controller.store(), shutdown.clone());
     let reconciler = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context.clone())
