@@ -21,7 +21,7 @@ export PATH := $(TOOLS_BIN):$(PATH)
 
 .PHONY: all test test-oldest bench soak nmstatectl deps kube-build kube-build-oldest tools localenv fmt-check clippy unit integration generate \
         crates-check generate-check crds cluster-up cluster-down cluster-status build build-release release images help \
-        demo demo-down fuzz fuzz-short
+        demo demo-down fuzz fuzz-short third-party-check
 
 all: build
 
@@ -116,6 +116,13 @@ CRATES = $(shell $(CARGO) metadata --no-deps --format-version 1 | grep -o '"name
 crates-check:
 	@for crate in $(CRATES); do $(CARGO) check -q -p $$crate || exit 1; done
 
+# third_party/nmstate is nmstate 2.2.62 as crates.io publishes it (a checksum of each of its
+# files) with third_party/nmstate.patch applied, and nothing else (third_party/README.md).
+third-party-check:
+	@copy=$$(mktemp -d) && trap 'rm -rf "$$copy"' EXIT && cp -r third_party/nmstate/. "$$copy" && \
+	(cd "$$copy" && git apply -R "$(CURDIR)/third_party/nmstate.patch" && find . -type f | LC_ALL=C sort | xargs sha256sum) | \
+	diff -u third_party/nmstate-2.2.62.sha256 - && echo "third_party/nmstate: nmstate 2.2.62 and third_party/nmstate.patch"
+
 # Pure and fast: no API server, no NetworkManager.
 unit:
 	$(CARGO) test --workspace --lib --bins --no-fail-fast
@@ -168,7 +175,7 @@ integration: kube-build
 # beside the integration tests at the lowest CPU priority (nice 19): those mostly wait on
 # NetworkManager and the API server (58% of this 2-core machine busy on average), and what they
 # leave builds and runs the fuzzers, 3 minutes on their own. Its output follows theirs.
-TEST_PARTS := fmt-check clippy crates-check unit integration test-oldest
+TEST_PARTS := fmt-check clippy crates-check third-party-check unit integration test-oldest
 BESIDE_INTEGRATION := fuzz-short
 test: deps kube-build
 	@failed=(); took=(); mkdir -p target; beside=target/$(BESIDE_INTEGRATION); rm -f $$beside.status; \

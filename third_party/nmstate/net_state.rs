@@ -303,6 +303,18 @@ impl NetworkState {
         ))
     }
 
+    #[cfg(not(feature = "query_apply"))]
+    pub fn apply_over(
+        &self,
+        _current: Option<NetworkState>,
+    ) -> Result<Option<NetworkState>, NmstateError> {
+        Err(NmstateError::new(
+            ErrorKind::DependencyError,
+            "NetworkState::apply_over() need `query_apply` feature enabled"
+                .into(),
+        ))
+    }
+
     #[cfg(not(feature = "gen_conf"))]
     pub fn gen_conf(
         &self,

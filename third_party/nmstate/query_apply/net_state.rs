@@ -169,6 +169,38 @@ impl NetworkState {
     /// Apply the `NetworkState`.
     /// Only available for feature `query_apply`.
     pub async fn apply_async(&self) -> Result<(), NmstateError> {
+        self.apply_over_async(None).await.map(|_| ())
+    }
+
+    /// Apply the `NetworkState` as [`NetworkState::apply`] does, over
+    /// `current`: the state of the host as retrieved just before, secrets
+    /// included, which the apply then does not read again. Returns the state
+    /// the verification read (`None` when the change is not verified, or in
+    /// kernel-only mode).
+    /// Only available for feature `query_apply`.
+    pub fn apply_over(
+        &self,
+        current: Option<NetworkState>,
+    ) -> Result<Option<NetworkState>, NmstateError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| {
+                NmstateError::new(
+                    ErrorKind::Bug,
+                    format!("tokio::runtime::Builder failed with {e}"),
+                )
+            })?;
+        rt.block_on(self.apply_over_async(current))
+    }
+
+    /// Apply the `NetworkState` over `current`, see [`NetworkState::apply_over`].
+    /// Only available for feature `query_apply`.
+    pub async fn apply_over_async(
+        &self,
+        current: Option<NetworkState>,
+    ) -> Result<Option<NetworkState>, NmstateError> {
         if self.interfaces.kernel_ifaces.len()
             + self.interfaces.user_ifaces.len()
             >= MAX_SUPPORTED_INTERFACES
@@ -199,19 +231,29 @@ impl NetworkState {
         }
 
         if !self.kernel_only {
-            self.apply_with_nm_backend().await
+            self.apply_with_nm_backend(current).await
         } else {
             // TODO: Need checkpoint for kernel only mode
-            self.apply_without_nm_backend().await
+            self.apply_without_nm_backend().await.map(|()| None)
         }
     }
 
-    async fn apply_with_nm_backend(&self) -> Result<(), NmstateError> {
+    async fn apply_with_nm_backend(
+        &self,
+        current: Option<NetworkState>,
+    ) -> Result<Option<NetworkState>, NmstateError> {
+        // What the last successful verification read.
+        let verified: std::sync::Mutex<Option<NetworkState>> =
+            std::sync::Mutex::new(None);
+        let verified = &verified;
         let mut merged_state = None;
-        let mut cur_net_state = NetworkState::new();
+        let given = current.is_some();
+        let mut cur_net_state = current.unwrap_or_default();
         cur_net_state.set_kernel_only(self.kernel_only);
         cur_net_state.set_include_secrets(true);
-        if let Err(e) = cur_net_state.retrieve_async().await {
+        if given {
+            log::debug!("Applying over the given current state");
+        } else if let Err(e) = cur_net_state.retrieve_async().await {
             if e.kind().can_retry() {
                 log::info!("Retrying on: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(
@@ -286,6 +328,7 @@ impl NetworkState {
                     &checkpoint,
                     verify_count,
                     timeout,
+                    verified,
                 )
                 .await?;
                 // Refresh current state
@@ -320,12 +363,13 @@ impl NetworkState {
                 &checkpoint,
                 verify_count,
                 timeout,
+                verified,
             )
             .await
         })
         .await?;
 
-        Ok(())
+        Ok(verified.lock().ok().and_then(|mut state| state.take()))
     }
 
     async fn apply_with_nm_backend_and_under_checkpoint(
@@ -335,6 +379,7 @@ impl NetworkState {
         checkpoint: &str,
         retry_count: usize,
         timeout: u32,
+        verified: &std::sync::Mutex<Option<NetworkState>>,
     ) -> Result<(), NmstateError> {
         // NM might have unknown race problem found by verify stage,
         // we try to apply the state again if so.
@@ -366,7 +411,11 @@ impl NetworkState {
                             let mut new_cur_net_state = cur_net_state.clone();
                             new_cur_net_state.set_include_secrets(true);
                             new_cur_net_state.retrieve_async().await?;
-                            merged_state.verify(&new_cur_net_state)
+                            merged_state.verify(&new_cur_net_state)?;
+                            if let Ok(mut state) = verified.lock() {
+                                *state = Some(new_cur_net_state);
+                            }
+                            Ok(())
                         },
                     )
                     .await
