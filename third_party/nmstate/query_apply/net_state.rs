@@ -252,7 +252,7 @@ impl NetworkState {
         cur_net_state.set_kernel_only(self.kernel_only);
         cur_net_state.set_include_secrets(true);
         if given {
-            log::debug!("Applying over the given current state");
+            log::info!("Using the given current state instead of retrieving it");
         } else if let Err(e) = cur_net_state.retrieve_async().await {
             if e.kind().can_retry() {
                 log::info!("Retrying on: {e}");
