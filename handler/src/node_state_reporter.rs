@@ -125,6 +125,9 @@ pub struct NodeStateReporter {
     /// The status as this reporter last wrote or read it: a write needs no read before it
     /// (this reporter is the status's only writer; a deletion forces a read).
     last_status: Option<NodeNetworkStateStatus>,
+    /// A state read after a change (nmstate's verification read it), which the next refresh
+    /// reports instead of reading the node ([`ReportNow::report`]).
+    read_after_change: Option<nmstate::NetworkState>,
 }
 
 impl NodeStateReporter {
@@ -147,6 +150,7 @@ impl NodeStateReporter {
             check_interval: Duration::from_secs(60),
             last_kernel: None,
             last_status: None,
+            read_after_change: None,
         }
     }
 
@@ -178,10 +182,17 @@ impl NodeStateReporter {
     /// missing. `force` also checks the object when the state did not change (e.g. after it was
     /// deleted). Returns whether it wrote.
     pub async fn refresh(&mut self, force: bool) -> Result<bool, ReportError> {
-        let cache = self.cache.clone();
-        let read = tokio::task::spawn_blocking(move || cache.read());
-        let read = phases::timed(names::REPORT_READ, read).await?;
-        let retrieved = node_state::without_secrets(read.map_err(NodeStateError::from)?)?;
+        let read = match self.read_after_change.take() {
+            Some(state) => state,
+            None => {
+                let cache = self.cache.clone();
+                let read = tokio::task::spawn_blocking(move || cache.read());
+                phases::timed(names::REPORT_READ, read)
+                    .await?
+                    .map_err(NodeStateError::from)?
+            }
+        };
+        let retrieved = node_state::without_secrets(read)?;
         let state = filter_for_report(retrieved, &self.rules);
         if !force && self.last_reported.as_ref() == Some(&state) {
             return Ok(false);
@@ -338,10 +349,14 @@ fn owned_by(state: &NodeNetworkState, uid: &str) -> bool {
 
 /// Asks the running reporter ([`run`]) to report the node's state now.
 #[derive(Clone, Debug)]
-pub struct ReportNow(mpsc::Sender<oneshot::Sender<()>>);
+pub struct ReportNow(mpsc::Sender<Request>);
 
 /// The reporter's end of [`ReportNow`].
-pub struct ReportRequests(mpsc::Receiver<oneshot::Sender<()>>);
+pub struct ReportRequests(mpsc::Receiver<Request>);
+
+/// A report asked for: of a state read after a change, or of a new read (None); answered once
+/// it is in the NodeNetworkState.
+type Request = (Option<nmstate::NetworkState>, oneshot::Sender<()>);
 
 impl ReportNow {
     pub fn channel() -> (ReportNow, ReportRequests) {
@@ -350,10 +365,14 @@ impl ReportNow {
     }
 
     /// Returns once the state read after this call is in the NodeNetworkState, or after
-    /// `timeout` (false; the reporter goes on retrying by itself).
-    pub async fn report(&self, timeout: Duration) -> bool {
+    /// `timeout` (false; the reporter goes on retrying by itself). `read_after_change`
+    /// (secrets included), when given, stands for that read: the one nmstate's verification
+    /// made after a change, so the node is not read twice. The reporter still reads the node
+    /// once it is quiet ([`QUIET`]), for what NetworkManager did after that read.
+    pub async fn report(&self, read_after_change: Option<nmstate::NetworkState>, timeout: Duration) -> bool {
         let (reply, reported) = oneshot::channel();
-        let requested = async { self.0.send(reply).await.is_ok() && reported.await.is_ok() };
+        let request = (read_after_change, reply);
+        let requested = async { self.0.send(request).await.is_ok() && reported.await.is_ok() };
         tokio::time::timeout(timeout, requested).await.unwrap_or(false)
     }
 }
@@ -391,6 +410,8 @@ pub async fn run(
     let mut due: Option<(Instant, bool, Instant)> = Some((Instant::now(), true, Instant::now()));
     // Who asked for the refresh that is due, answered once it is reported.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    // Whether the refresh that is due reports a state read after a change: a read follows.
+    let mut read_again = false;
     loop {
         let wake = due.map_or_else(|| Instant::now() + interval, |(at, _, _)| at);
         tokio::select! {
@@ -411,7 +432,11 @@ pub async fn run(
                 Some(Err(error)) => warn!("watching the NodeNetworkState: {error}"),
                 None => warn!("the NodeNetworkState watch ended"),
             },
-            Some(reply) = requests.0.recv() => {
+            Some((read, reply)) = requests.0.recv() => {
+                if read.is_some() {
+                    reporter.read_after_change = read;
+                    read_again = true;
+                }
                 waiting.push(reply);
                 let force = due.is_some_and(|(_, force, _)| force);
                 due = Some((Instant::now(), force, Instant::now()));
@@ -454,6 +479,13 @@ pub async fn run(
                         let retry_at = Instant::now() + RETRY;
                         due = Some((retry_at, force, retry_at));
                     }
+                }
+                // A state read after a change may predate what NetworkManager did next (the
+                // signals counted meanwhile were folded into this refresh): the node is read
+                // again once it is quiet, which also keeps a read for the next apply.
+                if std::mem::take(&mut read_again) && due.is_none() {
+                    let now = Instant::now();
+                    due = Some((now + QUIET, false, now));
                 }
             }
         }

@@ -153,8 +153,10 @@ pub async fn prepare(chosen: impl Future<Output = Probes>) -> Result<Prepared, A
 }
 
 /// Applies `desired` under a checkpoint that outlasts the probes, runs them, then commits while
-/// `slot` allows, or rolls back. `changed` is called once the change is in, before the probes
-/// (what it starts overlaps them). Once the slot is lapsing, the probes stop and the change is
+/// `slot` allows, or rolls back. `over` is the node's state read just before, secrets included
+/// ([`crate::network::state::StateCache::for_apply`]): nmstate merges over it instead of reading
+/// the node first (None: it reads). `changed` is called once the change is in, before the
+/// probes (what it starts overlaps them), with the state nmstate's verification read after it. Once the slot is lapsing, the probes stop and the change is
 /// rolled back; if the slot is then renewed after the rollback, the change is what cut the node
 /// off and the apply failed. `reports` receives a report of each probe, whatever the outcome
 /// (none when the change itself failed).
@@ -162,7 +164,8 @@ pub async fn apply(
     desired: &Value,
     prepared: Prepared,
     slot: &impl Slot,
-    changed: impl FnOnce(),
+    over: Option<NetworkState>,
+    changed: impl FnOnce(Option<NetworkState>),
     reports: &mut Vec<ProbeReport>,
 ) -> Result<(), ApplyError> {
     let Prepared { probes, dns_before } = prepared;
@@ -175,14 +178,16 @@ pub async fn apply(
     let applied = blocking(move || {
         let mut state = state;
         state.set_commit(false).set_timeout(timeout);
-        state.apply().map(|_| ())
+        state.apply_over(over)
     });
-    let applied = phases::timed(names::NMSTATE_APPLY, applied).await?;
-    if let Err(error) = applied {
-        restore_global_dns(dns_before).await;
-        return Err(ApplyError::Apply(error));
-    }
-    changed();
+    let verified = match phases::timed(names::NMSTATE_APPLY, applied).await? {
+        Ok(verified) => verified,
+        Err(error) => {
+            restore_global_dns(dns_before).await;
+            return Err(ApplyError::Apply(error));
+        }
+    };
+    changed(verified);
 
     debug!("applied without commit; running the probes");
     let (run, failure) = tokio::select! {

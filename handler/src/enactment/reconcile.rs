@@ -341,8 +341,8 @@ pub(super) async fn reconcile(
 /// `status` says so: its status written (without the last apply's probes) beside the apply's
 /// preparation (probes chosen, a stale checkpoint cleared, DNS saved); then under a checkpoint,
 /// with its probes, committed only while this node holds its slot; and, when it worked, the
-/// node state reported before this returns (the report overlaps the probes), so the status
-/// written next finds it current. The probes' reports go into `status`. `Err` only when
+/// node state reported before this returns (the state nmstate's verification read; the report
+/// overlaps the probes), so the status written next finds it current. The probes' reports go into `status`. `Err` only when
 /// `status` could not be written: nothing was applied.
 pub(super) async fn enact(
     policy: &NodeNetworkConfigurationPolicy,
@@ -369,21 +369,32 @@ pub(super) async fn enact(
         Err(error) => return Ok(Err(error)),
     };
 
-    let (changed, change_in) = tokio::sync::oneshot::channel();
+    let (changed, change_in) = tokio::sync::oneshot::channel::<Option<NetworkState>>();
     let report_now = context.report_now.clone();
     let report = tokio::spawn(async move {
-        change_in.await.ok()?;
-        Some(phases::timed(names::REPORT, report_now.report(REPORT_BEFORE_AVAILABLE)).await)
+        let verified = change_in.await.ok()?;
+        Some(
+            phases::timed(
+                names::REPORT,
+                report_now.report(verified, REPORT_BEFORE_AVAILABLE),
+            )
+            .await,
+        )
     });
     let slot = PolicySlot {
         rollout: &context.rollout,
         policy: &policy_name,
     };
     let mut reports = Vec::new();
-    let on_change = move || {
-        let _ = changed.send(()); // the report's task ends only with the runtime
+    let on_change = move |verified| {
+        let _ = changed.send(verified); // the report's task ends only with the runtime
     };
-    let applied = apply::apply(desired, prepared, &slot, on_change, &mut reports).await;
+    // Taken once the preparation is done: a stale checkpoint it rolled back outdates it.
+    let over = context.node_state.for_apply();
+    if over.is_none() {
+        debug!(policy = %policy_name, "no read of the node is current: nmstate reads it before the change");
+    }
+    let applied = apply::apply(desired, prepared, &slot, over, on_change, &mut reports).await;
     status.probes = (!reports.is_empty()).then_some(reports);
     if applied.is_ok() {
         let reported = phases::timed(names::REPORT_WAIT, report).await;

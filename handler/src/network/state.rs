@@ -44,16 +44,17 @@ pub fn without_secrets(mut state: nmstate::NetworkState) -> Result<Value, NodeSt
     Ok(serde_json::to_value(&state)?)
 }
 
-/// The node's current network state as nmstate's type (secrets included), e.g. for captures.
-/// Blocking.
+/// The node's current network state as nmstate's type, secrets included, as nmstate's apply
+/// reads it before a change. Blocking.
 pub fn retrieve_state() -> Result<nmstate::NetworkState, nmstate::NmstateError> {
     let mut state = nmstate::NetworkState::new();
-    state.retrieve()?;
+    state.set_include_secrets(true).retrieve()?;
     Ok(state)
 }
 
 /// The node's state as last read, kept while NetworkManager signals no change, so an apply
-/// does not read the node again right after the node-state reporter did (or the last apply).
+/// does not read the node again right after the node-state reporter did: neither the handler
+/// ([`StateCache::current`]) nor nmstate's apply ([`StateCache::for_apply`]).
 ///
 /// A read counts the changes signalled before it starts; it is current while no change was
 /// signalled since. The reporter counts NetworkManager's D-Bus signals as they arrive
@@ -101,7 +102,7 @@ impl StateCache {
         }
     }
 
-    /// Reads the node's state ([`retrieve_state`]) and keeps it. Blocking.
+    /// Reads the node's state ([`retrieve_state`], secrets included) and keeps it. Blocking.
     pub fn read(&self) -> Result<nmstate::NetworkState, nmstate::NmstateError> {
         let changes = self.changes();
         let at = Instant::now();
@@ -116,12 +117,21 @@ impl StateCache {
         Ok(state)
     }
 
-    /// The node's state: the last read while it is current, or a new read. Blocking.
+    /// The node's state, secrets hidden: the last read while it is current, or a new read.
+    /// Blocking.
     pub fn current(&self) -> Result<nmstate::NetworkState, nmstate::NmstateError> {
-        match self.kept() {
-            Some(state) => Ok(state),
-            None => self.read(),
-        }
+        let mut state = match self.kept() {
+            Some(state) => state,
+            None => self.read()?,
+        };
+        state.hide_secrets();
+        Ok(state)
+    }
+
+    /// The last read while it is current, secrets included, for nmstate's apply to merge the
+    /// desired state over instead of reading the node again. None: nmstate reads it.
+    pub fn for_apply(&self) -> Option<nmstate::NetworkState> {
+        self.kept()
     }
 
     /// The last read, if no change was signalled since it started and it is younger than
@@ -204,11 +214,41 @@ mod tests {
     }
 
     fn kept(cache: &StateCache, changes: u64, age: Duration) {
+        keep(cache, nmstate::NetworkState::new(), changes, age);
+    }
+
+    fn keep(cache: &StateCache, state: nmstate::NetworkState, changes: u64, age: Duration) {
         *cache.last.lock().unwrap() = Some(Read {
-            state: nmstate::NetworkState::new(),
+            state,
             changes,
             at: Instant::now() - age,
         });
+    }
+
+    #[test]
+    fn a_read_keeps_its_secrets_for_the_apply_alone() {
+        let cache = StateCache::default();
+        assert!(cache.for_apply().is_none(), "nothing read: nmstate reads");
+        let read = nmstate::NetworkState::new_from_json(
+            &json!({"interfaces": [{
+                "name": "eth1", "type": "ethernet", "state": "up",
+                "802.1x": {"identity": "node", "eap-methods": ["peap"], "password": "s3cret"},
+            }]})
+            .to_string(),
+        )
+        .unwrap();
+        keep(&cache, read, 0, Duration::from_secs(1));
+        let text = |state: nmstate::NetworkState| serde_json::to_string(&state).unwrap();
+        let current = text(cache.current().unwrap());
+        assert!(!current.contains("s3cret"), "for captures and reports: {current}");
+        assert!(current.contains("<_password_hid_by_nmstate>"), "{current}");
+        let for_apply = text(cache.for_apply().unwrap());
+        assert!(
+            for_apply.contains("s3cret"),
+            "for nmstate to merge over: {for_apply}"
+        );
+        cache.changed();
+        assert!(cache.for_apply().is_none(), "a change signalled since the read");
     }
 
     #[test]
