@@ -200,6 +200,7 @@ async fn main() {
     let mut peer = Series::new("nmstatectl apply");
     let mut ours = Series::new("NNCP create -> NNCE Available");
     let mut runs = Vec::new();
+    let mut over_given = 0;
     let mut peer_parts = phases::Breakdown::default();
     let mut probe_times = phases::Breakdown::default();
     let this_node = json!({"kubernetes.io/hostname": node_name});
@@ -228,10 +229,9 @@ async fn main() {
             created,
             seen: k8s_openapi::jiff::Timestamp::now(),
         };
-        ours.push(
-            took,
-            run.retried(&std::fs::read_to_string(&log).unwrap_or_default()),
-        );
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        ours.push(took, run.retried(&log_text));
+        over_given += usize::from(run.over_given_state(&log_text));
         runs.push(run);
         let enactment = enactments.get(&format!("{node_name}.{name}")).await.unwrap();
         for probe in enactment
@@ -297,6 +297,10 @@ async fn main() {
         "runs in which nmstate retried (1 s or more)",
         peer.retries(),
         ours.retries()
+    );
+    println!(
+        "{:<44} {over_given} of {RUNS} runs (else nmstate read it first)",
+        "nmstate merged over the handler's read",
     );
     if let (Some((peer_fast, peer_count)), Some((ours_fast, ours_count))) =
         (peer.median_without_retries(), ours.median_without_retries())

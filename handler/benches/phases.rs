@@ -39,6 +39,9 @@ fn lines(log: &str) -> Vec<Line> {
 /// call, tried again after a second or two).
 pub const NMSTATE_RETRY_TARGET: &str = "nmstate::query_apply::net_state";
 const RETRY: &str = "Retrying on:";
+/// What nmstate logs (the project's patch, third_party/README.md) when it merges over the state
+/// the handler hands it instead of reading the node first.
+const GIVEN_STATE: &str = "Using the given current state instead of retrieving it";
 
 /// How long after the bench saw Available the handler's line for writing it may come.
 const LOGGED_AFTER: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_millis(100);
@@ -52,7 +55,17 @@ pub struct Run {
 impl Run {
     /// Whether the handler's log `log` shows nmstate retrying within this run.
     pub fn retried(&self, log: &str) -> bool {
-        log.lines().filter(|line| line.contains(RETRY)).any(|line| {
+        self.logged(log, RETRY)
+    }
+
+    /// Whether nmstate merged over the handler's read of the node in this run, rather than
+    /// reading the node first.
+    pub fn over_given_state(&self, log: &str) -> bool {
+        self.logged(log, GIVEN_STATE)
+    }
+
+    fn logged(&self, log: &str, text: &str) -> bool {
+        log.lines().filter(|line| line.contains(text)).any(|line| {
             line.split_whitespace()
                 .next()
                 .and_then(|stamp| stamp.parse::<Timestamp>().ok())
