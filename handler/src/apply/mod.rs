@@ -156,9 +156,9 @@ pub async fn prepare(chosen: impl Future<Output = Probes>) -> Result<Prepared, A
 /// `slot` allows, or rolls back. `over` is the node's state read just before, secrets included
 /// ([`crate::network::state::StateCache::for_apply`]): nmstate merges over it instead of reading
 /// the node first (None: it reads). `changed` is called once the change is in, before the
-/// probes (what it starts overlaps them), with the state nmstate's verification read after it. Once the slot is lapsing, the probes stop and the change is
-/// rolled back; if the slot is then renewed after the rollback, the change is what cut the node
-/// off and the apply failed. `reports` receives a report of each probe, whatever the outcome
+/// probes (what it starts overlaps them), with the state nmstate's verification read after it.
+/// Once the slot is lapsing, the probes stop and the change is rolled back; if the slot is then
+/// renewed after the rollback, the change is what cut the node off and the apply failed. `reports` receives a report of each probe, whatever the outcome
 /// (none when the change itself failed).
 pub async fn apply(
     desired: &Value,

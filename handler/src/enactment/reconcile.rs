@@ -342,8 +342,8 @@ pub(super) async fn reconcile(
 /// preparation (probes chosen, a stale checkpoint cleared, DNS saved); then under a checkpoint,
 /// with its probes, committed only while this node holds its slot; and, when it worked, the
 /// node state reported before this returns (the state nmstate's verification read; the report
-/// overlaps the probes), so the status written next finds it current. The probes' reports go into `status`. `Err` only when
-/// `status` could not be written: nothing was applied.
+/// overlaps the probes), so the status written next finds it current. The probes' reports go
+/// into `status`. `Err` only when `status` could not be written: nothing was applied.
 pub(super) async fn enact(
     policy: &NodeNetworkConfigurationPolicy,
     context: &Context,
