@@ -410,8 +410,6 @@ pub async fn run(
     let mut due: Option<(Instant, bool, Instant)> = Some((Instant::now(), true, Instant::now()));
     // Who asked for the refresh that is due, answered once it is reported.
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    // Whether the refresh that is due reports a state read after a change: a read follows.
-    let mut read_again = false;
     loop {
         let wake = due.map_or_else(|| Instant::now() + interval, |(at, _, _)| at);
         tokio::select! {
@@ -435,7 +433,6 @@ pub async fn run(
             Some((read, reply)) = requests.0.recv() => {
                 if read.is_some() {
                     reporter.read_after_change = read;
-                    read_again = true;
                 }
                 waiting.push(reply);
                 let force = due.is_some_and(|(_, force, _)| force);
@@ -461,6 +458,7 @@ pub async fn run(
             () = sleep_until(wake), if due.is_some() => {
                 let force = due.is_some_and(|(_, force, _)| force);
                 due = None;
+                let read_again = reporter.read_after_change.is_some();
                 // A stop does not wait for a read or a write in progress: either is safe to drop.
                 let refreshed = tokio::select! {
                     refreshed = reporter.refresh(force) => refreshed,
@@ -483,7 +481,7 @@ pub async fn run(
                 // A state read after a change may predate what NetworkManager did next (the
                 // signals counted meanwhile were folded into this refresh): the node is read
                 // again once it is quiet, which also keeps a read for the next apply.
-                if std::mem::take(&mut read_again) && due.is_none() {
+                if read_again && due.is_none() {
                     let now = Instant::now();
                     due = Some((now + QUIET, false, now));
                 }
