@@ -116,12 +116,14 @@ CRATES = $(shell $(CARGO) metadata --no-deps --format-version 1 | grep -o '"name
 crates-check:
 	@for crate in $(CRATES); do $(CARGO) check -q -p $$crate || exit 1; done
 
-# third_party/nmstate is nmstate 2.2.62 as crates.io publishes it (a checksum of each of its
-# files) with third_party/nmstate.patch applied, and nothing else (third_party/README.md).
+# third_party/nmstate is nmstate $(NMSTATE_VENDORED) as crates.io publishes it (a checksum of each
+# of its files) with third_party/nmstate.patch applied, and nothing else (third_party/README.md).
+NMSTATE_VENDORED := 2.2.62
 third-party-check:
 	@copy=$$(mktemp -d) && trap 'rm -rf "$$copy"' EXIT && cp -r third_party/nmstate/. "$$copy" && \
 	(cd "$$copy" && git apply -R "$(CURDIR)/third_party/nmstate.patch" && find . -type f | LC_ALL=C sort | xargs sha256sum) | \
-	diff -u third_party/nmstate-2.2.62.sha256 - && echo "third_party/nmstate: nmstate 2.2.62 and third_party/nmstate.patch"
+	diff -u third_party/nmstate-$(NMSTATE_VENDORED).sha256 - && \
+	echo "third_party/nmstate: nmstate $(NMSTATE_VENDORED) and third_party/nmstate.patch"
 
 # Pure and fast: no API server, no NetworkManager.
 unit:
