@@ -45,7 +45,7 @@ impl NetworkManagerError {
 /// (`DBUS_SYSTEM_BUS_ADDRESS` if set) when `address` is `None`.
 pub async fn version(address: Option<&str>) -> Result<String, NetworkManagerError> {
     let connection = connect(address).await?;
-    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
+    let proxy = proxy(&connection, OBJECT_PATH, BUS_NAME).await?;
     Ok(proxy.get_property::<String>("Version").await?)
 }
 
@@ -83,7 +83,7 @@ impl Capabilities {
 /// NetworkManager's capabilities; none where it is too old to announce them.
 pub async fn capabilities(address: Option<&str>) -> Result<Capabilities, NetworkManagerError> {
     let connection = connect(address).await?;
-    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
+    let proxy = proxy(&connection, OBJECT_PATH, BUS_NAME).await?;
     match proxy.get_property::<Vec<u32>>("VersionInfo").await {
         Ok(version_info) => Ok(Capabilities::from_version_info(&version_info)),
         // Before 1.42 there is no such property.
@@ -96,7 +96,7 @@ pub async fn capabilities(address: Option<&str>) -> Result<Capabilities, Network
 /// not yet committed: NetworkManager rolls it back when its timeout expires.
 pub async fn checkpoints(address: Option<&str>) -> Result<Vec<String>, NetworkManagerError> {
     let connection = connect(address).await?;
-    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
+    let proxy = proxy(&connection, OBJECT_PATH, BUS_NAME).await?;
     let paths: Vec<zbus::zvariant::OwnedObjectPath> = proxy.get_property("Checkpoints").await?;
     Ok(paths.into_iter().map(|path| path.to_string()).collect())
 }
@@ -108,13 +108,13 @@ pub type GlobalDns = std::collections::HashMap<String, zbus::zvariant::OwnedValu
 
 pub async fn global_dns(address: Option<&str>) -> Result<GlobalDns, NetworkManagerError> {
     let connection = connect(address).await?;
-    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
+    let proxy = proxy(&connection, OBJECT_PATH, BUS_NAME).await?;
     Ok(proxy.get_property("GlobalDnsConfiguration").await?)
 }
 
 pub async fn set_global_dns(address: Option<&str>, value: GlobalDns) -> Result<(), NetworkManagerError> {
     let connection = connect(address).await?;
-    let proxy = zbus::Proxy::new(&connection, BUS_NAME, OBJECT_PATH, BUS_NAME).await?;
+    let proxy = proxy(&connection, OBJECT_PATH, BUS_NAME).await?;
     proxy
         .set_property("GlobalDnsConfiguration", value)
         .await
@@ -138,7 +138,7 @@ pub async fn running_dns_servers(address: Option<&str>) -> Result<Vec<String>, N
     let connection = connect(address).await?;
     let interface = "org.freedesktop.NetworkManager.DnsManager";
     let path = "/org/freedesktop/NetworkManager/DnsManager";
-    let proxy = zbus::Proxy::new(&connection, BUS_NAME, path, interface).await?;
+    let proxy = proxy(&connection, path, interface).await?;
     let entries: Vec<Entry> = proxy.get_property("Configuration").await?;
     let text = |entry: &Entry, key: &str| -> Option<String> {
         entry
@@ -191,7 +191,8 @@ pub fn servers_in_use(mut entries: Vec<DnsEntry>) -> Vec<String> {
 pub async fn change_signals(
     address: Option<&str>,
 ) -> Result<impl Stream<Item = ()> + Unpin + Send, NetworkManagerError> {
-    let connection = connect(address).await?;
+    // Its own connection: the stream ends when it closes, and no call shares its queue.
+    let connection = connect_new(address).await?;
     // By object path, not by sender: signals carry NetworkManager's unique bus name, which
     // zbus's client-side matching would not equate with its well-known name.
     let rule = zbus::MatchRule::builder()
@@ -228,7 +229,44 @@ fn about_checkpoints_only(signal: &zbus::Message) -> bool {
         })
 }
 
+/// A proxy for `interface` of NetworkManager's object at `path` that reads each property as it
+/// is now. zbus's default proxy caches properties: its first read fetches every property of
+/// the object (`GetAll`, a large reply for NetworkManager's main object) and subscribes to
+/// their changes, several round trips for the one property each call here reads once.
+async fn proxy<'a>(
+    connection: &zbus::Connection,
+    path: &'a str,
+    interface: &'a str,
+) -> Result<zbus::Proxy<'a>, zbus::Error> {
+    let builder = zbus::proxy::Builder::<zbus::Proxy<'a>>::new(connection)
+        .destination(BUS_NAME)?
+        .path(path)?
+        .interface(interface)?
+        .cache_properties(zbus::proxy::CacheProperties::No);
+    builder.build().await
+}
+
+/// The system bus connection the calls here share. Connecting (the socket, authentication,
+/// `Hello`) costs more than the one property most calls read, and an apply makes several. A
+/// closed one (the bus restarted) is replaced at the next call.
+static SYSTEM_BUS: tokio::sync::Mutex<Option<zbus::Connection>> = tokio::sync::Mutex::const_new(None);
+
+/// A connection to the bus at `address`, or the shared one to the system bus.
 async fn connect(address: Option<&str>) -> Result<zbus::Connection, zbus::Error> {
+    if address.is_some() {
+        return connect_new(address).await;
+    }
+    let mut shared = SYSTEM_BUS.lock().await;
+    if let Some(connection) = shared.as_ref().filter(|connection| !connection.is_closed()) {
+        return Ok(connection.clone());
+    }
+    let connection = connect_new(None).await?;
+    *shared = Some(connection.clone());
+    Ok(connection)
+}
+
+/// A connection of its own to the bus at `address`, or to the system bus.
+async fn connect_new(address: Option<&str>) -> Result<zbus::Connection, zbus::Error> {
     match address {
         Some(address) => zbus::connection::Builder::address(address)?.build().await,
         None => zbus::Connection::system().await,
