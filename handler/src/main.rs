@@ -239,7 +239,7 @@ async fn start(cli: &Cli) -> Result<Running, HandlerError> {
     // the node's lock): its change was never committed and may be what cuts the node off from
     // the API server. Rolled back before anything else, not when NetworkManager's own timeout
     // runs out (four probe timeouts: 8 minutes by default).
-    match tokio::task::spawn_blocking(apply::rollback_stale_checkpoint).await? {
+    match apply::rollback_stale_checkpoint().await {
         Ok(true) => warn!("rolled back a change an earlier handler left uncommitted"),
         Ok(false) => {}
         Err(error) => warn!("cannot roll back a checkpoint an earlier handler may have left: {error}"),

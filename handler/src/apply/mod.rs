@@ -136,10 +136,10 @@ pub struct Prepared {
 /// Prepares a change with the probes `chosen` picks, all at once.
 pub async fn prepare(chosen: impl Future<Output = Probes>) -> Result<Prepared, ApplyError> {
     let chosen = phases::timed(names::PROBES_BEFORE, chosen);
-    let stale = phases::timed(names::STALE_CHECKPOINT, blocking(rollback_stale_checkpoint));
+    let stale = phases::timed(names::STALE_CHECKPOINT, rollback_stale_checkpoint());
     let dns = phases::timed(names::SAVE_DNS, network_manager::global_dns(None));
     let (probes, stale, dns) = tokio::join!(chosen, stale, dns);
-    if stale?.map_err(ApplyError::Rollback)? {
+    if stale? {
         warn!("rolled back a checkpoint left uncommitted by an earlier apply");
     }
     let dns_before = match dns {
@@ -265,9 +265,16 @@ async fn restore_global_dns(before: Option<GlobalDns>) {
 }
 
 /// Rolls back a checkpoint an earlier apply left (e.g. a handler killed mid-apply); returns
-/// whether there was one.
-pub fn rollback_stale_checkpoint() -> Result<bool, NmstateError> {
-    match NetworkState::checkpoint_rollback("") {
+/// whether there was one. NetworkManager's list of checkpoints is read first: one property,
+/// where nmstate's rollback sets up its own connection and runtime to find there is none.
+pub async fn rollback_stale_checkpoint() -> Result<bool, ApplyError> {
+    if network_manager::checkpoints(None)
+        .await
+        .is_ok_and(|held| held.is_empty())
+    {
+        return Ok(false);
+    }
+    let rolled_back = blocking(|| match NetworkState::checkpoint_rollback("") {
         Ok(()) => Ok(true),
         Err(error)
             if error.msg().contains("Not active checkpoint") || error.msg().contains("No checkpoint") =>
@@ -275,7 +282,8 @@ pub fn rollback_stale_checkpoint() -> Result<bool, NmstateError> {
             Ok(false)
         }
         Err(error) => Err(error),
-    }
+    });
+    rolled_back.await?.map_err(ApplyError::Rollback)
 }
 
 async fn blocking<T: Send + 'static>(
