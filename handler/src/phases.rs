@@ -18,9 +18,10 @@ pub mod names {
     pub const READ_NODE: &str = "read node";
     /// A place in the policy's rollout taken.
     pub const TAKE_SLOT: &str = "take slot";
-    /// The four below, side by side.
+    /// The three after [`STATUS_PROGRESSING`], side by side.
     pub const PREPARE: &str = "prepare";
-    /// The enactment's Progressing status written.
+    /// The enactment's Progressing status written, beside the preparation and the change (the
+    /// commit waits for it).
     pub const STATUS_PROGRESSING: &str = "status progressing";
     /// The probes chosen: those that pass before the change.
     pub const PROBES_BEFORE: &str = "probes before";

@@ -153,13 +153,7 @@ pub async fn prepare(chosen: impl Future<Output = Probes>) -> Result<Prepared, A
 }
 
 /// Applies `desired` under a checkpoint that outlasts the probes, runs them, then commits while
-/// `slot` allows, or rolls back. `over` is the node's state read just before, secrets included
-/// ([`crate::network::state::StateCache::for_apply`]): nmstate merges over it instead of reading
-/// the node first (None: it reads). `changed` is called once the change is in, before the
-/// probes (what it starts overlaps them), with the state nmstate's verification read after it.
-/// Once the slot is lapsing, the probes stop and the change is rolled back; if the slot is then
-/// renewed after the rollback, the change is what cut the node off and the apply failed. `reports` receives a report of each probe, whatever the outcome
-/// (none when the change itself failed).
+/// `slot` allows, or rolls back: [`change`], then [`Uncommitted::commit`].
 pub async fn apply(
     desired: &Value,
     prepared: Prepared,
@@ -168,6 +162,36 @@ pub async fn apply(
     changed: impl FnOnce(Option<NetworkState>),
     reports: &mut Vec<ProbeReport>,
 ) -> Result<(), ApplyError> {
+    change(desired, prepared, slot, over, changed, reports)
+        .await?
+        .commit(slot)
+        .await
+}
+
+/// A change in, its probes passed, under a checkpoint not yet committed: it is committed or
+/// rolled back next (dropped, NetworkManager rolls it back when the checkpoint times out).
+#[must_use = "an uncommitted change is rolled back when its checkpoint times out"]
+pub struct Uncommitted {
+    dns_before: Option<GlobalDns>,
+}
+
+/// Applies `desired` under a checkpoint that outlasts the probes and runs them; rolls back when
+/// one fails. `over` is the node's state read just before, secrets included
+/// ([`crate::network::state::StateCache::for_apply`]): nmstate merges over it instead of reading
+/// the node first (None: it reads). `changed` is called once the change is in, before the
+/// probes (what it starts overlaps them), with the state nmstate's verification read after it.
+/// Once the slot is lapsing, the probes stop and the change is rolled back; if the slot is then
+/// renewed after the rollback, the change is what cut the node off and the apply failed.
+/// `reports` receives a report of each probe, whatever the outcome (none when the change itself
+/// failed).
+pub async fn change(
+    desired: &Value,
+    prepared: Prepared,
+    slot: &impl Slot,
+    over: Option<NetworkState>,
+    changed: impl FnOnce(Option<NetworkState>),
+    reports: &mut Vec<ProbeReport>,
+) -> Result<Uncommitted, ApplyError> {
     let Prepared { probes, dns_before } = prepared;
     let json = desired.to_string();
     let state = blocking(move || NetworkState::new_from_json(&json))
@@ -216,16 +240,28 @@ pub async fn apply(
         restore_global_dns(dns_before).await;
         return Err(probe_failed(&probes, probe, reason).await?);
     }
-    if !slot.may_commit().await {
-        warn!("may no longer commit; rolling back");
-        roll_back(dns_before).await?;
-        return Err(ApplyError::LostSlot);
+    Ok(Uncommitted { dns_before })
+}
+
+impl Uncommitted {
+    /// Commits the change while `slot` is still held; otherwise rolls it back.
+    pub async fn commit(self, slot: &impl Slot) -> Result<(), ApplyError> {
+        if !slot.may_commit().await {
+            warn!("may no longer commit; rolling back");
+            roll_back(self.dns_before).await?;
+            return Err(ApplyError::LostSlot);
+        }
+        phases::timed(names::COMMIT, blocking(|| NetworkState::checkpoint_commit("")))
+            .await?
+            .map_err(ApplyError::Commit)?;
+        info!("desired state applied and committed");
+        Ok(())
     }
-    phases::timed(names::COMMIT, blocking(|| NetworkState::checkpoint_commit("")))
-        .await?
-        .map_err(ApplyError::Commit)?;
-    info!("desired state applied and committed");
-    Ok(())
+
+    /// Rolls the change back, DNS included.
+    pub async fn roll_back(self) -> Result<(), ApplyError> {
+        roll_back(self.dns_before).await
+    }
 }
 
 /// The failure of `probe` after the change was rolled back, with the state the node is left in

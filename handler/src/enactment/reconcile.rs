@@ -339,11 +339,13 @@ pub(super) async fn reconcile(
 
 /// Applies `desired` as `policy` applies anything on this node (an apply, or a revert) once
 /// `status` says so: its status written (without the last apply's probes) beside the apply's
-/// preparation (probes chosen, a stale checkpoint cleared, DNS saved); then under a checkpoint,
-/// with its probes, committed only while this node holds its slot; and, when it worked, the
-/// node state reported before this returns (the state nmstate's verification read; the report
-/// overlaps the probes), so the status written next finds it current. The probes' reports go
-/// into `status`. `Err` only when `status` could not be written: nothing was applied.
+/// preparation (probes chosen, a stale checkpoint cleared, DNS saved) and the change itself,
+/// which is committed only once that write is done (nothing is committed that the status did
+/// not announce); the change under a checkpoint, with its probes, committed only while this
+/// node holds its slot; and, when it worked, the node state reported before this returns (the
+/// state nmstate's verification read; the report overlaps the probes), so the status written
+/// next finds it current. The probes' reports go into `status`. `Err` only when `status` could
+/// not be written: nothing was committed.
 pub(super) async fn enact(
     policy: &NodeNetworkConfigurationPolicy,
     context: &Context,
@@ -359,16 +361,6 @@ pub(super) async fn enact(
         client: context.client.clone(),
         node: context.config.node_name.clone(),
     };
-    let announced = phases::timed(names::STATUS_PROGRESSING, write_status(enactments, name, status));
-    let prepared = apply::prepare(probes::Probes::select(prober, plan));
-    let (announced, prepared) =
-        phases::timed(names::PREPARE, async { tokio::join!(announced, prepared) }).await;
-    announced?;
-    let prepared = match prepared {
-        Ok(prepared) => prepared,
-        Err(error) => return Ok(Err(error)),
-    };
-
     let (changed, change_in) = tokio::sync::oneshot::channel::<Option<NetworkState>>();
     let report_now = context.report_now.clone();
     let report = tokio::spawn(async move {
@@ -389,13 +381,36 @@ pub(super) async fn enact(
     let on_change = move |verified| {
         let _ = changed.send(verified); // the report's task ends only with the runtime
     };
-    // Taken once the preparation is done: a stale checkpoint it rolled back outdates it.
-    let over = context.node_state.for_apply();
-    if over.is_none() {
-        debug!(policy = %policy_name, "no read of the node is current: nmstate reads it before the change");
-    }
-    let applied = apply::apply(desired, prepared, &slot, over, on_change, &mut reports).await;
+    let announced = phases::timed(names::STATUS_PROGRESSING, write_status(enactments, name, status));
+    let change = async {
+        let chosen = probes::Probes::select(prober, plan);
+        let prepared = phases::timed(names::PREPARE, apply::prepare(chosen)).await?;
+        // Taken once the preparation is done: a stale checkpoint it rolled back outdates it.
+        let over = context.node_state.for_apply();
+        if over.is_none() {
+            debug!(policy = %policy_name, "no read of the node is current: nmstate reads it before the change");
+        }
+        apply::change(desired, prepared, &slot, over, on_change, &mut reports).await
+    };
+    let (announced, changed) = tokio::join!(announced, change);
     status.probes = (!reports.is_empty()).then_some(reports);
+    let applied = match (announced, changed) {
+        (Ok(()), Ok(uncommitted)) => uncommitted.commit(&slot).await,
+        (Ok(()), Err(error)) => Err(error),
+        (Err(unannounced), changed) => {
+            if let Ok(uncommitted) = changed {
+                match uncommitted.roll_back().await {
+                    Ok(()) => {
+                        warn!(policy = %policy_name, "the enactment's status could not be written ({unannounced}): the change was rolled back")
+                    }
+                    Err(error) => {
+                        warn!(policy = %policy_name, "the enactment's status could not be written ({unannounced}), nor the change rolled back: {error}")
+                    }
+                }
+            }
+            return Err(unannounced);
+        }
+    };
     if applied.is_ok() {
         let reported = phases::timed(names::REPORT_WAIT, report).await;
         if !matches!(reported, Ok(Some(true))) {
