@@ -4,10 +4,17 @@
 //! the gateway from the kernel's routes, the servers from NetworkManager's running DNS
 //! configuration (both cheap to repeat).
 
-use crate::network::{network_manager, state as node_state};
-use serde_json::Value;
+use crate::network::network_manager;
+use futures::TryStreamExt;
+use rtnetlink::{
+    RouteMessageBuilder,
+    packet_route::{
+        link::LinkAttribute,
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
+    },
+};
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -19,13 +26,6 @@ pub enum Family {
 }
 
 impl Family {
-    fn default_destination(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "0.0.0.0/0",
-            Family::Ipv6 => "::/0",
-        }
-    }
-
     fn name(self) -> &'static str {
         match self {
             Family::Ipv4 => "IPv4",
@@ -34,37 +34,88 @@ impl Family {
     }
 }
 
-/// The `family` default route's gateway and interface, in the main table.
-pub fn default_gateway(state: &Value, family: Family) -> Option<(IpAddr, String)> {
-    let routes = state.pointer("/routes/running")?.as_array()?;
-    routes.iter().find_map(|route| {
-        let in_main_table = route
-            .get("table-id")
-            .and_then(Value::as_u64)
-            .is_none_or(|table| table == 254);
-        if route.get("destination").and_then(Value::as_str) != Some(family.default_destination())
-            || !in_main_table
-        {
-            return None;
-        }
-        let gateway = route.get("next-hop-address")?.as_str()?.parse().ok()?;
-        let interface = route.get("next-hop-interface")?.as_str()?.to_string();
-        Some((gateway, interface))
-    })
+/// The gateway and outgoing interface (its index) of `route` when it is a default route of
+/// the main table; of its first next hop when it has several.
+fn default_route(route: &RouteMessage) -> Option<(IpAddr, u32)> {
+    let header = &route.header;
+    let table = route
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(header.table));
+    if header.destination_prefix_length != 0
+        || header.kind != RouteType::Unicast
+        || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+    {
+        return None;
+    }
+    let gateway = |attributes: &[RouteAttribute]| {
+        attributes.iter().find_map(|attribute| match attribute {
+            RouteAttribute::Gateway(RouteAddress::Inet(address)) => Some(IpAddr::V4(*address)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(address)) => Some(IpAddr::V6(*address)),
+            _ => None,
+        })
+    };
+    let interface = route.attributes.iter().find_map(|attribute| match attribute {
+        RouteAttribute::Oif(index) => Some(*index),
+        _ => None,
+    });
+    match (gateway(&route.attributes), interface) {
+        (Some(gateway), Some(interface)) => Some((gateway, interface)),
+        _ => route.attributes.iter().find_map(|attribute| match attribute {
+            RouteAttribute::MultiPath(hops) => hops
+                .iter()
+                .find_map(|hop| Some((gateway(&hop.attributes)?, hop.interface_index))),
+            _ => None,
+        }),
+    }
 }
 
-/// The kernel's view of the node now (routes included): no NetworkManager round trips.
-async fn kernel_state() -> Result<Value, String> {
-    match tokio::task::spawn_blocking(node_state::retrieve_kernel).await {
-        Ok(state) => state.map_err(|error| error.to_string()),
-        Err(error) => Err(error.to_string()),
-    }
+/// The `family` default route's gateway and the name of its interface, in the main table, as
+/// the kernel has them now: one dump of the family's routes and one link looked up, not a
+/// whole kernel state (every link with its addresses, each route protocol apart, the rules),
+/// which took most of a ping probe's time.
+async fn default_gateway(family: Family) -> Result<Option<(IpAddr, String)>, String> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(|error| error.to_string())?;
+    let driver = tokio::spawn(connection);
+    let query = match family {
+        Family::Ipv4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        Family::Ipv6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    };
+    let found = async {
+        let routes: Vec<RouteMessage> = handle.route().get(query).execute().try_collect().await?;
+        let Some((gateway, index)) = routes.iter().find_map(default_route) else {
+            return Ok(None);
+        };
+        let links: Vec<_> = handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await?;
+        let name = links
+            .iter()
+            .flat_map(|link| &link.attributes)
+            .find_map(|attribute| match attribute {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+        Ok(name.map(|name| (gateway, name)))
+    };
+    let found: Result<_, rtnetlink::Error> = found.await;
+    driver.abort();
+    found.map_err(|error| error.to_string())
 }
 
 /// Pings the node's `family` default gateway through its interface once.
 pub async fn ping_default_gateway(family: Family, timeout: Duration) -> Result<(), String> {
-    let state = kernel_state().await?;
-    let (gateway, interface) = default_gateway(&state, family)
+    let (gateway, interface) = default_gateway(family)
+        .await
+        .map_err(|error| format!("cannot read the kernel's {} routes: {error}", family.name()))?
         .ok_or_else(|| format!("the node has no {} default route", family.name()))?;
     let kind = match family {
         Family::Ipv4 => surge_ping::ICMP::V4,
@@ -198,27 +249,64 @@ async fn query(server: SocketAddr, name: &str, record_type: u16, timeout: Durati
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use rtnetlink::packet_route::route::RouteNextHop;
+
+    /// A route of `table` to `destination`/`prefix` through `gateway` on interface `oif`.
+    fn route(destination: IpAddr, prefix: u8, gateway: IpAddr, oif: u32, table: u32) -> RouteMessage {
+        let mut route = RouteMessage::default();
+        route.header.destination_prefix_length = prefix;
+        route.header.kind = RouteType::Unicast;
+        route.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        route.attributes = vec![
+            RouteAttribute::Destination(destination.into()),
+            RouteAttribute::Gateway(gateway.into()),
+            RouteAttribute::Oif(oif),
+            RouteAttribute::Table(table),
+        ];
+        route
+    }
 
     #[test]
-    fn each_familys_default_gateway_is_its_default_route_in_the_main_table() {
-        let state = json!({"routes": {"running": [
-            {"destination": "0.0.0.0/0", "next-hop-address": "10.0.0.254", "next-hop-interface": "eth3", "table-id": 200},
-            {"destination": "10.77.0.0/24", "next-hop-address": "0.0.0.0", "next-hop-interface": "eth0", "table-id": 254},
-            {"destination": "::/0", "next-hop-address": "fd00::1", "next-hop-interface": "eth1", "table-id": 254},
-            {"destination": "0.0.0.0/0", "next-hop-address": "10.77.0.1", "next-hop-interface": "eth0", "table-id": 254},
-        ]}});
+    fn a_default_gateway_is_a_default_route_of_the_main_table() {
+        let any4: IpAddr = "0.0.0.0".parse().unwrap();
+        let gateway: IpAddr = "10.77.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let main = u32::from(RouteHeader::RT_TABLE_MAIN);
         assert_eq!(
-            default_gateway(&state, Family::Ipv4),
-            Some(("10.77.0.1".parse().unwrap(), "eth0".to_string()))
+            default_route(&route(any4, 0, gateway, 2, main)),
+            Some((gateway, 2))
         );
         assert_eq!(
-            default_gateway(&state, Family::Ipv6),
-            Some(("fd00::1".parse().unwrap(), "eth1".to_string()))
+            default_route(&route("::".parse().unwrap(), 0, v6, 3, main)),
+            Some((v6, 3))
         );
-        let none = json!({"routes": {"running": []}});
-        assert_eq!(default_gateway(&none, Family::Ipv4), None);
-        assert_eq!(default_gateway(&none, Family::Ipv6), None);
+        // Another table, a subnet's route, a route that is not unicast: none is.
+        assert_eq!(default_route(&route(any4, 0, gateway, 2, 200)), None);
+        assert_eq!(default_route(&route(any4, 0, gateway, 2, 1000)), None);
+        assert_eq!(
+            default_route(&route("10.77.0.0".parse().unwrap(), 24, gateway, 2, main)),
+            None
+        );
+        let mut blackhole = route(any4, 0, gateway, 2, main);
+        blackhole.header.kind = RouteType::BlackHole;
+        assert_eq!(default_route(&blackhole), None);
+        // Several next hops: the first with a gateway.
+        let second: IpAddr = "10.77.0.2".parse().unwrap();
+        let hop = |gateway: Option<IpAddr>, interface_index| {
+            let mut hop = RouteNextHop::default();
+            hop.interface_index = interface_index;
+            hop.attributes = gateway
+                .map(|gateway| RouteAttribute::Gateway(gateway.into()))
+                .into_iter()
+                .collect();
+            hop
+        };
+        let mut multipath = route(any4, 0, gateway, 2, main);
+        multipath.attributes = vec![
+            RouteAttribute::Table(main),
+            RouteAttribute::MultiPath(vec![hop(None, 4), hop(Some(second), 5)]),
+        ];
+        assert_eq!(default_route(&multipath), Some((second, 5)));
     }
 
     #[test]
