@@ -24,3 +24,5 @@ pub mod phases;
 pub mod profiler;
 /// Slots in a policy's rollout (`maxUnavailable`), and this node's heartbeat.
 pub mod rollout;
+/// The statuses only this agent writes, written whole by a JSON patch.
+pub mod status_patch;

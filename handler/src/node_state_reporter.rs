@@ -23,10 +23,11 @@ use crate::network::{
     trim,
 };
 use crate::phases::{self, names};
+use crate::status_patch::replacing_status;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp};
 use kube::{
-    Api, Client, Resource,
+    Api, Client,
     api::{Patch, PatchParams, PostParams},
     runtime::watcher,
 };
@@ -214,29 +215,28 @@ impl NodeStateReporter {
             if let Some(trimming) = &trimming {
                 warn!(node = %self.node_name, "{}", trimmed_message(trimming));
             }
-            let mut patch = json!({
-                "apiVersion": NodeNetworkState::api_version(&()),
-                "kind": NodeNetworkState::kind(&()),
-                "status": {
-                    "currentState": trimmed_state,
-                    "lastSuccessfulUpdateTime": Timestamp::now().to_string(),
-                    "hostNetworkManagerVersion": self.network_manager_version,
-                    "handlerNmstateVersion": NMSTATE_VERSION,
-                },
+            let mut whole = json!({
+                "currentState": trimmed_state,
+                "lastSuccessfulUpdateTime": Timestamp::now().to_string(),
+                "hostNetworkManagerVersion": self.network_manager_version,
+                "handlerNmstateVersion": NMSTATE_VERSION,
             });
-            // Left out when empty: an apply without them also drops what this manager wrote
-            // before (e.g. NetworkManager has since been upgraded, the state fits again).
+            // Left out when empty: the status is replaced whole, so what was written before
+            // goes (e.g. NetworkManager has since been upgraded, the state fits again).
             if let Some(trimming) = &trimming {
-                patch["status"]["trimmed"] = serde_json::to_value(trimming).unwrap_or_default();
+                whole["trimmed"] = serde_json::to_value(trimming).unwrap_or_default();
             }
             let conditions = conditions.unwrap_or(status.conditions);
             if !conditions.is_empty() {
-                patch["status"]["conditions"] = serde_json::to_value(conditions).unwrap_or_default();
+                whole["conditions"] = serde_json::to_value(conditions).unwrap_or_default();
             }
-            let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
+            let params = PatchParams {
+                field_manager: Some(STATUS_FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
             let written = self
                 .api
-                .patch_status(&self.node_name, &params, &Patch::Apply(&patch))
+                .patch_status(&self.node_name, &params, &replacing_status(whole))
                 .await?;
             self.last_status = written.status;
         } else {

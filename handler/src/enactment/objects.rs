@@ -1,6 +1,7 @@
 //! The enactment objects of this node: creating, writing the status of, and removing
 //! `<node>.<policy>`.
 
+use crate::status_patch::replacing_status;
 use crate::{
     config::HandlerConfig,
     enactment::{Context, conditions::EnactmentSituation},
@@ -12,8 +13,8 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, PatchParams, PostParams},
     runtime::{controller::Action, watcher},
 };
 use nmstate_api::names::{
@@ -27,7 +28,6 @@ use nmstate_api::{
 };
 use nmstate_runtime::kube_errors::{is_conflict, is_not_found};
 use nmstate_runtime::watch;
-use serde_json::json;
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -80,18 +80,12 @@ pub async fn write_status(
     name: &str,
     status: &NodeNetworkConfigurationEnactmentStatus,
 ) -> Result<(), EnactmentError> {
-    let patch = json!({
-        "apiVersion": NodeNetworkConfigurationEnactment::api_version(&()),
-        "kind": NodeNetworkConfigurationEnactment::kind(&()),
-        "status": serde_json::to_value(status)?,
-    });
-    enactments
-        .patch_status(
-            name,
-            &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+    let patch = replacing_status(serde_json::to_value(status)?);
+    let params = PatchParams {
+        field_manager: Some(STATUS_FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    enactments.patch_status(name, &params, &patch).await?;
     Ok(())
 }
 
