@@ -386,6 +386,7 @@ async fn apply_file(cli: &Cli, file: &std::path::Path, probe_timeout: Duration) 
     };
     let prepared = apply::prepare(probes::Probes::select(prober, probes::plan(None, &defaults))).await?;
     let mut reports = Vec::new();
-    apply::apply(&desired, prepared, &apply::NoRollout, None, |_| {}, &mut reports).await?;
+    let changed = apply::change(&desired, prepared, &apply::NoRollout, None, |_| {}, &mut reports).await?;
+    changed.commit(&apply::NoRollout).await?;
     Ok(())
 }

@@ -3,6 +3,10 @@
 //! and the checkpoint is then committed, or rolled back when a probe fails. If the handler dies
 //! in between, NetworkManager rolls the change back by itself when the checkpoint times out.
 //!
+//! [`prepare`], then [`change`] (the change in, its probes passed), then
+//! [`Uncommitted::commit`] or [`Uncommitted::roll_back`]: the caller may wait in between (an
+//! enactment commits only once its status says Progressing).
+//!
 //! nmstate's blocking calls run on tokio's blocking pool (they build a runtime of their own and
 //! their futures are not `Send`).
 
@@ -150,22 +154,6 @@ pub async fn prepare(chosen: impl Future<Output = Probes>) -> Result<Prepared, A
         }
     };
     Ok(Prepared { probes, dns_before })
-}
-
-/// Applies `desired` under a checkpoint that outlasts the probes, runs them, then commits while
-/// `slot` allows, or rolls back: [`change`], then [`Uncommitted::commit`].
-pub async fn apply(
-    desired: &Value,
-    prepared: Prepared,
-    slot: &impl Slot,
-    over: Option<NetworkState>,
-    changed: impl FnOnce(Option<NetworkState>),
-    reports: &mut Vec<ProbeReport>,
-) -> Result<(), ApplyError> {
-    change(desired, prepared, slot, over, changed, reports)
-        .await?
-        .commit(slot)
-        .await
 }
 
 /// A change in, its probes passed, under a checkpoint not yet committed: it is committed or

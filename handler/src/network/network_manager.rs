@@ -248,7 +248,8 @@ async fn proxy<'a>(
 
 /// The system bus connection the calls here share. Connecting (the socket, authentication,
 /// `Hello`) costs more than the one property most calls read, and an apply makes several. A
-/// closed one (the bus restarted) is replaced at the next call.
+/// closed one (the bus restarted) is replaced at the next call. A task of the runtime that
+/// first connects drives it: the handler has one runtime for its life.
 static SYSTEM_BUS: tokio::sync::Mutex<Option<zbus::Connection>> = tokio::sync::Mutex::const_new(None);
 
 /// A connection to the bus at `address`, or the shared one to the system bus.
