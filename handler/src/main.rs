@@ -345,6 +345,7 @@ async fn start(cli: &Cli) -> Result<Running, HandlerError> {
         rollout,
         reported_invalid_max_unavailable: Default::default(),
         settled: tokio::sync::broadcast::Sender::new(64),
+        status_refused: Default::default(),
     });
     let enacting = match unsupported {
         None => tokio::spawn(enactment::run(context, stopped(stopping))),

@@ -1,8 +1,9 @@
 //! The handler writes an enactment's `Progressing` status beside the change, not before it, and
 //! commits the change only once that write is done: here the API server refuses the write (a
 //! ValidatingAdmissionPolicy, on this node's enactments only), and the change, already in under
-//! its checkpoint, is rolled back at once instead of committed. Once the API server takes the
-//! write again, the policy is applied and Available.
+//! its checkpoint, is rolled back at once instead of committed. The retries then write the status
+//! before the change, so a refusal that lasts changes the node once, not at every retry. Once
+//! the API server takes the write again, the policy is applied and Available.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
@@ -138,6 +139,25 @@ async fn a_change_whose_progressing_status_is_refused_is_rolled_back_not_committ
         checkpoints(Some(&node.bus_address())).await.unwrap().is_empty(),
         "no checkpoint is left open"
     );
+    // The retries that follow (the failure itself logs once) write the status first: refused,
+    // they change nothing on the node.
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let count = |text: &str, what: &str| text.lines().filter(|line| line.contains(what)).count();
+    eventually(
+        "two retries after the rollback",
+        Duration::from_secs(30),
+        || async {
+            let text = log_text();
+            let after = text.split_once(rolled_back).map(|(_, after)| after.to_string());
+            let after = after.unwrap_or_default();
+            (count(&after, "reconcile failed, retrying") >= 3).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let text = log_text();
+    assert_eq!(count(&text, rolled_back), 1, "one change rolled back, no more");
+    assert_eq!(count(&text, "Created checkpoint"), 1, "one change made, no more");
     let enactment = format!("{node_name}.{name}");
     let status = enactments
         .get(&enactment)

@@ -51,7 +51,7 @@ use nmstate_runtime::{events::Events, watch};
 use objects::remove_enactments_of_deleted_policies;
 use reconcile::reconcile;
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     future::Future,
     sync::{Arc, Mutex},
     time::Duration,
@@ -113,6 +113,9 @@ pub struct Context {
     /// The names of policies as the node settles in them: wakes the policies that depend on
     /// them (`dependsOn`).
     pub settled: tokio::sync::broadcast::Sender<String>,
+    /// The enactments whose last Progressing write was refused: their next apply waits for
+    /// that write before the change (see [`reconcile::enact`]).
+    pub status_refused: Mutex<BTreeSet<String>>,
 }
 
 impl Context {
@@ -135,6 +138,21 @@ impl Context {
         }
         // No receiver only while the controller is not running: nothing to wake then.
         let _ = self.settled.send(policy.to_string());
+    }
+
+    /// Whether the last Progressing write of enactment `name` was refused.
+    fn status_was_refused(&self, name: &str) -> bool {
+        self.status_refused.lock().is_ok_and(|names| names.contains(name))
+    }
+
+    fn note_status_refused(&self, name: &str, refused: bool) {
+        if let Ok(mut names) = self.status_refused.lock() {
+            if refused {
+                names.insert(name.to_string());
+            } else {
+                names.remove(name);
+            }
+        }
     }
 
     pub(crate) fn forget(&self, policy: &str) {

@@ -22,6 +22,7 @@ use crate::{
     phases::{self, names},
     rollout::Rollout,
 };
+use futures::future::Either;
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, runtime::controller::Action};
 use nmstate::NetworkState;
@@ -361,7 +362,8 @@ pub(super) async fn reconcile(
 /// node holds its slot; and, when it worked, the node state reported before this returns (the
 /// state nmstate's verification read; the report overlaps the probes), so the status written
 /// next finds it current. The probes' reports go into `status`. `Err` only when `status` could
-/// not be written: nothing was committed.
+/// not be written: nothing was committed (and the next apply of this enactment writes its
+/// status before the change).
 pub(super) async fn enact(
     policy: &NodeNetworkConfigurationPolicy,
     context: &Context,
@@ -397,7 +399,17 @@ pub(super) async fn enact(
     let on_change = move |verified| {
         let _ = changed.send(verified); // the report's task ends only with the runtime
     };
-    let announced = phases::timed(names::STATUS_PROGRESSING, write_status(enactments, name, status));
+    let write = phases::timed(names::STATUS_PROGRESSING, write_status(enactments, name, status));
+    // After a refused write, the next apply waits for its write first: a status the API server
+    // keeps refusing (its RBAC, an admission policy) then changes nothing on the node, where
+    // each retry would apply the change and roll it back.
+    let announced = if context.status_was_refused(name) {
+        write.await?;
+        context.note_status_refused(name, false);
+        Either::Left(std::future::ready(Ok(())))
+    } else {
+        Either::Right(write)
+    };
     let change = async {
         let chosen = probes::Probes::select(prober, plan);
         let prepared = phases::timed(names::PREPARE, apply::prepare(chosen)).await?;
@@ -414,6 +426,7 @@ pub(super) async fn enact(
         (Ok(()), Ok(uncommitted)) => uncommitted.commit(&slot).await,
         (Ok(()), Err(error)) => Err(error),
         (Err(unannounced), changed) => {
+            context.note_status_refused(name, true);
             if let Ok(uncommitted) = changed {
                 match uncommitted.roll_back().await {
                     Ok(()) => {
