@@ -12,13 +12,11 @@ pub mod names {
     /// The reconcile that applies starts (0 ms): the watch event's delivery is before it.
     pub const RECONCILE: &str = "reconcile";
     /// The reconcile's objects: this Node and the policy's enactment read; for a policy new to
-    /// the node, its enactment created and the policy read again (it may have gone meanwhile),
-    /// with the rollout surveyed beside that read (see [`TAKE_SLOT`]).
+    /// the node, its enactment created and the policy read again (it may have gone meanwhile).
     pub const DEREFERENCE: &str = "dereference";
     /// The node's current state read through nmstate.
     pub const READ_NODE: &str = "read node";
-    /// A place in the policy's rollout taken: the rollout surveyed (unless it was beside the
-    /// dereference), then a slot written.
+    /// A place in the policy's rollout taken.
     pub const TAKE_SLOT: &str = "take slot";
     /// The three after [`STATUS_PROGRESSING`], side by side.
     pub const PREPARE: &str = "prepare";

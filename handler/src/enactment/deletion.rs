@@ -72,9 +72,7 @@ pub(super) async fn on_deletion(
     if let Some(message) = dependencies::revert_wait_reason(policy, context).await? {
         return wait_for_dependency(policy, &name, &mut status, context, &enactments, message).await;
     }
-    if let Some(waiting) =
-        take_slot(policy, generation, &name, &mut status, context, &enactments, None).await?
-    {
+    if let Some(waiting) = take_slot(policy, generation, &name, &mut status, context, &enactments).await? {
         return Ok(waiting);
     }
     EnactmentSituation::Reverting.apply_to(&mut status.conditions, generation, &Time(Timestamp::now()));

@@ -14,7 +14,7 @@ use super::{
     objects::{self, create_enactment, delete_enactment, finish, write_status},
     plan::{self, AfterApply, BeforeApply, Drift, Entry, Findings, Outcome, Preview, Retries},
     variables::{self, Resolution, Unresolved},
-    waiting::{DEPENDENCY_RECHECK, survey, take_slot, unresolved_variables, wait_for_dependency},
+    waiting::{DEPENDENCY_RECHECK, take_slot, unresolved_variables, wait_for_dependency},
 };
 use crate::{
     apply::{self, ApplyError, probes},
@@ -59,8 +59,6 @@ pub(super) async fn reconcile(
     let read = async { tokio::try_join!(nodes.get(&config.node_name), enactments.get_opt(&name)) };
     let (node, existing) = phases::timed(names::DEREFERENCE, read).await?;
     let selected = selects(&policy.spec, &config.node_name, node.labels());
-    // The rollout as surveyed beside the dereference, when that was worth it.
-    let mut surveyed = None;
     let mut status = if selected {
         let enactment = match existing {
             Some(existing) => existing,
@@ -70,17 +68,11 @@ pub(super) async fn reconcile(
                 // This reconcile may work from a cache that still holds a policy just deleted
                 // (a related Lease woke it): checked after the create, so an enactment made for
                 // a deleted policy goes again, whichever side of the check the deletion falls.
-                // A policy new to this node is about to ask for a slot: the rollout is surveyed
-                // meanwhile (reads only; a survey a few milliseconds old only guides the turns,
-                // the slot itself is taken by an atomic write).
                 let exists = objects::policy_still_exists(&context.client, &policy);
-                let both = async { tokio::join!(exists, survey(&policy, &context)) };
-                let (exists, survey) = phases::timed(names::DEREFERENCE, both).await;
-                if !exists? {
+                if !phases::timed(names::DEREFERENCE, exists).await? {
                     delete_enactment(&enactments, &name).await?;
                     return Ok(Action::await_change());
                 }
-                surveyed = survey.ok();
                 created
             }
         };
@@ -266,15 +258,7 @@ pub(super) async fn reconcile(
     }
 
     // a slot in the rollout (client)
-    let slot = take_slot(
-        &policy,
-        generation,
-        &name,
-        &mut status,
-        &context,
-        &enactments,
-        surveyed,
-    );
+    let slot = take_slot(&policy, generation, &name, &mut status, &context, &enactments);
     if let Some(waiting) = phases::timed(phases::names::TAKE_SLOT, slot).await? {
         return Ok(waiting);
     }

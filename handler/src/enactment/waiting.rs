@@ -10,14 +10,13 @@ use super::{
     plan::{self, OnAdmission},
     variables::Unresolved,
 };
-use crate::rollout::Survey;
 use kube::{Api, ResourceExt, runtime::controller::Action};
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
     NodeNetworkConfigurationPolicy, condition::find_condition, enactment::EnactmentConditionType,
     selection::selects,
 };
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 use tracing::{info, warn};
 
 /// How soon a policy waiting for a dependency looks again by itself (a dependency settling on
@@ -94,18 +93,8 @@ pub(super) async fn unresolved_variables(
     Ok(Action::requeue(UNRESOLVED_RECHECK))
 }
 
-/// What this node needs to ask for a slot in `policy`'s rollout ([`Rollout::survey`]).
-pub(super) async fn survey(
-    policy: &NodeNetworkConfigurationPolicy,
-    context: &Context,
-) -> Result<Survey, kube::Error> {
-    let selected = |node: &str, labels: &BTreeMap<String, String>| selects(&policy.spec, node, labels);
-    context.rollout.survey(policy, selected).await
-}
-
-/// Takes a slot in the policy's rollout, asking with `surveyed` when the rollout was surveyed
-/// already (else it is surveyed now); when there is none, the enactment is marked Pending (or
-/// Aborted, when failures used up every slot) and the action to take instead is returned.
+/// Takes a slot in the policy's rollout; when there is none, the enactment is marked Pending
+/// (or Aborted, when failures used up every slot) and the action to take instead is returned.
 pub(super) async fn take_slot(
     policy: &NodeNetworkConfigurationPolicy,
     generation: i64,
@@ -113,7 +102,6 @@ pub(super) async fn take_slot(
     status: &mut NodeNetworkConfigurationEnactmentStatus,
     context: &Context,
     enactments: &Api<NodeNetworkConfigurationEnactment>,
-    surveyed: Option<Survey>,
 ) -> Result<Option<Action>, EnactmentError> {
     let policy_name = policy.name_any();
     if context.rollout.holds(&policy_name, generation) {
@@ -122,10 +110,10 @@ pub(super) async fn take_slot(
     if context.rollout.claim_handed(&policy_name, generation) {
         return Ok(None); // woken by the slot handed to it
     }
-    let survey = match surveyed {
-        Some(survey) => survey,
-        None => survey(policy, context).await?,
-    };
+    let survey = context
+        .rollout
+        .survey(policy, |node, labels| selects(&policy.spec, node, labels))
+        .await?;
     let limit = &survey.limit;
     if let Some(invalid) = &limit.invalid
         && context.first_report_of_invalid_max_unavailable(&policy_name, generation)
