@@ -23,7 +23,7 @@ use crate::network::{
     trim,
 };
 use crate::phases::{self, names};
-use crate::status_patch::replacing_status;
+use crate::status_patch::write_whole;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp};
 use kube::{
@@ -45,9 +45,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use nmstate_api::names::{
-    HANDLER_FIELD_MANAGER as FIELD_MANAGER, HANDLER_STATUS_FIELD_MANAGER as STATUS_FIELD_MANAGER,
-};
+use nmstate_api::names::HANDLER_FIELD_MANAGER as FIELD_MANAGER;
 
 /// Every this many periodic checks, a full refresh anyway (what neither the kernel nor a
 /// NetworkManager signal shows, such as a setting outside NetworkManager).
@@ -230,14 +228,7 @@ impl NodeStateReporter {
             if !conditions.is_empty() {
                 whole["conditions"] = serde_json::to_value(conditions).unwrap_or_default();
             }
-            let params = PatchParams {
-                field_manager: Some(STATUS_FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            };
-            let written = self
-                .api
-                .patch_status(&self.node_name, &params, &replacing_status(whole))
-                .await?;
+            let written = write_whole(&self.api, &self.node_name, whole).await?;
             self.last_status = written.status;
         } else {
             self.last_status = Some(status);

@@ -8,11 +8,27 @@
 //! one else's field to keep.
 
 use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
+use kube::{Api, api::PatchParams};
+use nmstate_api::names::HANDLER_STATUS_FIELD_MANAGER;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+/// Makes `status` the whole status of `name`, as the agent's status writer; the object as
+/// written.
+pub async fn write_whole<K>(api: &Api<K>, name: &str, status: Value) -> Result<K, kube::Error>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let params = PatchParams {
+        field_manager: Some(HANDLER_STATUS_FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(name, &params, &replacing_status(status)).await
+}
 
 /// A JSON patch that makes `status` the object's whole status (`add` replaces a member that
 /// exists, and creates one that does not).
-pub fn replacing_status(status: Value) -> kube::api::Patch<()> {
+fn replacing_status(status: Value) -> kube::api::Patch<()> {
     kube::api::Patch::Json(Patch(vec![PatchOperation::Add(AddOperation {
         path: PointerBuf::from_tokens(["status"]),
         value: status,

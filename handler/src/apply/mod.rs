@@ -222,10 +222,7 @@ pub async fn change(
     *reports = run;
     if let Some(ProbeFailure { probe, reason }) = failure {
         warn!(%probe, %reason, "probe failed after the change; rolling back");
-        blocking(|| NetworkState::checkpoint_rollback(""))
-            .await?
-            .map_err(ApplyError::Rollback)?;
-        restore_global_dns(dns_before).await;
+        roll_back(dns_before).await?;
         return Err(probe_failed(&probes, probe, reason).await?);
     }
     Ok(Uncommitted { dns_before })

@@ -1,7 +1,7 @@
 //! The enactment objects of this node: creating, writing the status of, and removing
 //! `<node>.<policy>`.
 
-use crate::status_patch::replacing_status;
+use crate::status_patch::write_whole;
 use crate::{
     config::HandlerConfig,
     enactment::{Context, conditions::EnactmentSituation},
@@ -14,12 +14,10 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
     runtime::{controller::Action, watcher},
 };
-use nmstate_api::names::{
-    HANDLER_FIELD_MANAGER as FIELD_MANAGER, HANDLER_STATUS_FIELD_MANAGER as STATUS_FIELD_MANAGER,
-};
+use nmstate_api::names::HANDLER_FIELD_MANAGER as FIELD_MANAGER;
 use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationEnactmentStatus,
     NodeNetworkConfigurationPolicy,
@@ -80,12 +78,7 @@ pub async fn write_status(
     name: &str,
     status: &NodeNetworkConfigurationEnactmentStatus,
 ) -> Result<(), EnactmentError> {
-    let patch = replacing_status(serde_json::to_value(status)?);
-    let params = PatchParams {
-        field_manager: Some(STATUS_FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    enactments.patch_status(name, &params, &patch).await?;
+    write_whole(enactments, name, serde_json::to_value(status)?).await?;
     Ok(())
 }
 
