@@ -21,6 +21,7 @@ use crate::{
 
 const DEFAULT_ROLLBACK_TIMEOUT: u32 = 60;
 const VERIFY_RETRY_INTERVAL_MILLISECONDS: u64 = 1000;
+const VERIFY_FIRST_RETRY_MILLISECONDS: u64 = 50;
 const VERIFY_RETRY_COUNT_DEFAULT: usize = 5;
 const VERIFY_RETRY_COUNT_OVS: usize = 10;
 const VERIFY_RETRY_COUNT_SRIOV_MIN: usize = 30;
@@ -402,22 +403,18 @@ impl NetworkState {
                 persist_alt_name_config(&merged_state.interfaces).await?;
 
                 if !self.no_verify {
-                    with_retry(
-                        VERIFY_RETRY_INTERVAL_MILLISECONDS,
-                        retry_count,
-                        |_| async {
-                            nm_checkpoint_timeout_extend(checkpoint, timeout)
-                                .await?;
-                            let mut new_cur_net_state = cur_net_state.clone();
-                            new_cur_net_state.set_include_secrets(true);
-                            new_cur_net_state.retrieve_async().await?;
-                            merged_state.verify(&new_cur_net_state)?;
-                            if let Ok(mut state) = verified.lock() {
-                                *state = Some(new_cur_net_state);
-                            }
-                            Ok(())
-                        },
-                    )
+                    with_verify_retry(retry_count, || async {
+                        nm_checkpoint_timeout_extend(checkpoint, timeout)
+                            .await?;
+                        let mut new_cur_net_state = cur_net_state.clone();
+                        new_cur_net_state.set_include_secrets(true);
+                        new_cur_net_state.retrieve_async().await?;
+                        merged_state.verify(&new_cur_net_state)?;
+                        if let Ok(mut state) = verified.lock() {
+                            *state = Some(new_cur_net_state);
+                        }
+                        Ok(())
+                    })
                     .await
                 } else {
                     Ok(())
@@ -604,6 +601,77 @@ where
         }
     }
     Ok(())
+}
+
+/// Runs the verification `func` until it passes, as [`with_retry`] does with
+/// `VERIFY_RETRY_INTERVAL_MILLISECONDS` and `count`, in the same time, with
+/// shorter pauses first ([`verify_retry_pauses`]): a verification that read
+/// the host a moment before NetworkManager was done (a bridge port not yet
+/// attached) passes at the next read instead of a second later.
+async fn with_verify_retry<T, Fut>(
+    count: usize,
+    func: T,
+) -> Result<(), NmstateError>
+where
+    T: Fn() -> Fut,
+    Fut: Future<Output = Result<(), NmstateError>>,
+{
+    let mut pauses = verify_retry_pauses(count);
+    loop {
+        let Err(e) = func().await else {
+            return Ok(());
+        };
+        let pause = if e.kind().can_retry() { pauses.next() } else { None };
+        let Some(pause) = pause else {
+            return if e.kind().can_ignore() { Ok(()) } else { Err(e) };
+        };
+        log::info!("Retrying on: {e}");
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    }
+}
+
+/// The pauses, in milliseconds, between the verifications of one apply: they
+/// add up to upstream's `count - 1` pauses of
+/// `VERIFY_RETRY_INTERVAL_MILLISECONDS`, the first is
+/// `VERIFY_FIRST_RETRY_MILLISECONDS`, and each is twice the one before, up to
+/// the interval.
+fn verify_retry_pauses(count: usize) -> impl Iterator<Item = u64> {
+    let mut left =
+        VERIFY_RETRY_INTERVAL_MILLISECONDS * count.saturating_sub(1) as u64;
+    let mut next = VERIFY_FIRST_RETRY_MILLISECONDS;
+    std::iter::from_fn(move || {
+        let pause = next.min(left);
+        left -= pause;
+        next = (next * 2).min(VERIFY_RETRY_INTERVAL_MILLISECONDS);
+        (pause > 0).then_some(pause)
+    })
+}
+
+#[cfg(test)]
+mod verify_retry_tests {
+    use super::*;
+
+    #[test]
+    fn the_pauses_start_short_and_add_up_to_upstreams() {
+        let pauses: Vec<u64> =
+            verify_retry_pauses(VERIFY_RETRY_COUNT_DEFAULT).collect();
+        assert_eq!(pauses, [50, 100, 200, 400, 800, 1000, 1000, 450]);
+        for count in [
+            VERIFY_RETRY_COUNT_DEFAULT,
+            VERIFY_RETRY_COUNT_OVS,
+            VERIFY_RETRY_COUNT_SRIOV_MIN,
+            VERIFY_RETRY_COUNT_SRIOV_MAX,
+        ] {
+            let pauses: Vec<u64> = verify_retry_pauses(count).collect();
+            let upstream = VERIFY_RETRY_INTERVAL_MILLISECONDS * (count as u64 - 1);
+            assert_eq!(pauses.iter().sum::<u64>(), upstream, "count {count}");
+            assert!(
+                pauses.iter().all(|p| *p <= VERIFY_RETRY_INTERVAL_MILLISECONDS),
+                "count {count}: {pauses:?}"
+            );
+        }
+        assert_eq!(verify_retry_pauses(1).count(), 0, "one try, no pause");
+    }
 }
 
 impl MergedNetworkState {
