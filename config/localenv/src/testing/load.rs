@@ -1,7 +1,10 @@
 //! What else the machine is doing while a benchmark measures: printed beside its figures, so a
 //! noisy run shows as noisy instead of passing for a regression.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 /// A process's CPU time so far, in clock ticks, and its name.
 fn cpu_ticks() -> BTreeMap<u32, (u64, String)> {
@@ -43,6 +46,34 @@ pub struct MachineLoad {
     started: Instant,
     loadavg: String,
     ticks: BTreeMap<u32, (u64, String)>,
+    /// [`fixed_work`]'s time at the start.
+    speed: Duration,
+}
+
+/// How long one thread takes for a fixed piece of work (JSON written and read back, as the
+/// programs measured do all the time), the best of five tries: the machine's speed during a
+/// run. A process's CPU time for the same work varied 2.5–3.5 times within an hour on the 2-core
+/// machine this project is built on (docs/benchmarks.md, the idle handler); printed beside the
+/// figures, a slow spell shows as one instead of passing for a regression.
+pub fn fixed_work() -> Duration {
+    let document = serde_json::Value::Array(
+        (0..200)
+            .map(|i| serde_json::json!({"name": format!("eth{i}"), "type": "ethernet", "state": "up",
+                "mtu": 1500 + i, "ipv4": {"enabled": true, "address": [{"ip": format!("10.0.{}.{}", i / 250, i % 250), "prefix-length": 24}]}}))
+            .collect(),
+    );
+    (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..20 {
+                let text = serde_json::to_string(std::hint::black_box(&document)).unwrap_or_default();
+                let read: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                std::hint::black_box(read);
+            }
+            started.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
 }
 
 impl MachineLoad {
@@ -51,11 +82,13 @@ impl MachineLoad {
             started: Instant::now(),
             loadavg: loadavg(),
             ticks: cpu_ticks(),
+            speed: fixed_work(),
         }
     }
 
     /// For example `load average 0.41 0.38 0.52 at the start, 1.90 0.80 0.61 at the end; busy
-    /// over 42 s: kube-apiserver 31%, cc1plus 12%`.
+    /// over 42 s: kube-apiserver 31%, cc1plus 12%; a fixed piece of work (testing::fixed_work)
+    /// took 14.2 ms at the start, 14.6 ms at the end`.
     pub fn report(&self) -> String {
         let window = self.started.elapsed().as_secs_f64().max(0.001);
         let hertz = clock_ticks_per_second();
@@ -75,15 +108,19 @@ impl MachineLoad {
             .iter()
             .map(|(share, name)| format!("{name} {:.0}%", share * 100.0))
             .collect();
+        let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
         format!(
-            "load average {} at the start, {} at the end; busy over {window:.0} s: {}",
+            "load average {} at the start, {} at the end; busy over {window:.0} s: {}; a fixed \
+             piece of work (testing::fixed_work) took {:.1} ms at the start, {:.1} ms at the end",
             self.loadavg,
             loadavg(),
             if busy.is_empty() {
                 "nothing".to_string()
             } else {
                 busy.join(", ")
-            }
+            },
+            ms(self.speed),
+            ms(fixed_work()),
         )
     }
 }
@@ -234,5 +271,10 @@ mod tests {
         let _ = spinner.wait();
         assert!(report.starts_with("load average "), "{report}");
         assert!(report.contains("sh "), "{report}");
+        assert!(
+            report.contains("a fixed piece of work (testing::fixed_work) took "),
+            "{report}"
+        );
+        println!("{report}");
     }
 }

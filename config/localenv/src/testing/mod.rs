@@ -10,7 +10,7 @@ use tokio::sync::OnceCell;
 
 mod load;
 mod pods;
-pub use load::{MachineLoad, ProcessUsage};
+pub use load::{MachineLoad, ProcessUsage, fixed_work};
 pub use pods::{DeployedOperator, POD_NODES, ROLLOUT_TIMEOUT, ReleaseImages, operand_name, pods_env};
 
 static SHARED: OnceCell<LocalEnv> = OnceCell::const_new();
