@@ -135,7 +135,6 @@ impl Series {
     }
 
     fn print(&self) {
-        let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
         let min = self.samples.iter().min().copied().unwrap_or_default();
         let max = self.samples.iter().max().copied().unwrap_or_default();
         println!(
@@ -147,6 +146,10 @@ impl Series {
             self.samples.len()
         );
     }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -303,7 +306,6 @@ async fn main() {
         "{:<44} {over_given} of {RUNS} runs (else nmstate read it first)",
         "nmstate merged over the handler's read",
     );
-    let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
     let of_retried = |series: &Series| {
         series
             .median_where(true)
