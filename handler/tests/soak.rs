@@ -370,33 +370,13 @@ impl Soak {
                 failures.push(format!("{name} ({live:?}) is {outcome:?}, not {expected}"));
             }
         }
-        // Every enactment belongs to a live policy and a selected node.
-        let selected: BTreeSet<String> = (0..NODES)
-            .filter(|index| self.labelled[*index])
-            .map(|index| self.fixture.node_name(index))
-            .collect();
-        for enactment in enactments.list(&ListParams::default()).await.unwrap().items {
-            let (Some(policy), Some(node)) = (
-                enactment.labels().get(labels::POLICY),
-                enactment.labels().get(labels::NODE),
-            ) else {
-                continue;
-            };
-            if policy.starts_with(&prefix) && (!self.live.contains_key(policy) || !selected.contains(node)) {
-                failures.push(format!("enactment {} left over", enactment.name_any()));
-            }
-        }
-        // Rollout slots: only failed ones of Degraded policies stay.
-        let leases: Api<Lease> = Api::namespaced(self.fixture.client.clone(), &self.fixture.namespace);
-        let slots =
-            ListParams::default().labels(&format!("{}={}", labels::LEASE, labels::LEASE_ROLLOUT_SLOT));
-        for lease in leases.list(&slots).await.unwrap().items {
-            let policy = lease.labels().get(labels::POLICY).cloned().unwrap_or_default();
-            let degraded = self.live.get(&policy).is_some_and(|live| !live.valid());
-            if !degraded {
-                failures.push(format!("slot {} left over", lease.name_any()));
-            }
-        }
+        // What a deleted policy leaves goes with it, by its handlers or the garbage collector
+        // (its owner references), seconds after the policy itself may be gone.
+        let _ = eventually("nothing left over", Duration::from_secs(30), || async {
+            self.leftovers().await.is_empty().then_some(())
+        })
+        .await;
+        failures.extend(self.leftovers().await);
         failures.append(&mut self.seen.lock().unwrap().over_limit);
         for handler in self.fixture.handlers.iter_mut().flatten() {
             if !handler.is_running() {
@@ -410,6 +390,46 @@ impl Soak {
             failures.push(format!("the webhook exited: {}", self.webhook.log()));
         }
         failures.append(&mut self.broken);
+        failures
+    }
+
+    /// What no live policy accounts for: an enactment of a deleted policy or of an unselected
+    /// node, a rollout slot of a policy that is not Degraded (only failed slots stay).
+    async fn leftovers(&self) -> Vec<String> {
+        let prefix = self.prefix();
+        let mut failures = Vec::new();
+        let selected: BTreeSet<String> = (0..NODES)
+            .filter(|index| self.labelled[*index])
+            .map(|index| self.fixture.node_name(index))
+            .collect();
+        for enactment in self
+            .fixture
+            .enactments()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+        {
+            let (Some(policy), Some(node)) = (
+                enactment.labels().get(labels::POLICY),
+                enactment.labels().get(labels::NODE),
+            ) else {
+                continue;
+            };
+            if policy.starts_with(&prefix) && (!self.live.contains_key(policy) || !selected.contains(node)) {
+                failures.push(format!("enactment {} left over", enactment.name_any()));
+            }
+        }
+        let leases: Api<Lease> = Api::namespaced(self.fixture.client.clone(), &self.fixture.namespace);
+        let slots =
+            ListParams::default().labels(&format!("{}={}", labels::LEASE, labels::LEASE_ROLLOUT_SLOT));
+        for lease in leases.list(&slots).await.unwrap().items {
+            let policy = lease.labels().get(labels::POLICY).cloned().unwrap_or_default();
+            let degraded = self.live.get(&policy).is_some_and(|live| !live.valid());
+            if !degraded {
+                failures.push(format!("slot {} left over", lease.name_any()));
+            }
+        }
         failures
     }
 
