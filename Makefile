@@ -181,22 +181,27 @@ integration: kube-build
 # beside the integration tests at the lowest CPU priority (nice 19): those mostly wait on
 # NetworkManager and the API server (58% of this 2-core machine busy on average), and what they
 # leave builds and runs the fuzzers, 3 minutes on their own. Its output follows theirs.
+# A failing test's own words (its panic, its assertion) are printed again at the end, from each
+# part's output kept in target/test-output: a run's log is long, and whoever reads only its
+# tail should still read why it failed.
 TEST_PARTS := fmt-check clippy crates-check third-party-check unit integration test-oldest
 BESIDE_INTEGRATION := fuzz-short
+TEST_OUTPUT := target/test-output
 test: deps kube-build
-	@failed=(); took=(); mkdir -p target; beside=target/$(BESIDE_INTEGRATION); rm -f $$beside.status; \
+	@failed=(); took=(); rm -rf $(TEST_OUTPUT); mkdir -p $(TEST_OUTPUT); beside=$(TEST_OUTPUT)/$(BESIDE_INTEGRATION); \
 	for part in $(TEST_PARTS); do \
 		started=$$(date +%s); \
 		if [ $$part = integration ]; then \
 			{ nice -n 19 $(MAKE) --no-print-directory $(BESIDE_INTEGRATION) > $$beside.log 2>&1; \
 			  echo "$$? $$(( $$(date +%s) - started ))" > $$beside.status; } & \
 		fi; \
-		$(MAKE) --no-print-directory $$part || failed+=($$part); \
+		set -o pipefail; $(MAKE) --no-print-directory $$part 2>&1 | tee $(TEST_OUTPUT)/$$part.log || failed+=($$part); \
 		took+=("$$part $$(( $$(date +%s) - started )) s"); \
 	done; \
 	wait; cat $$beside.log; read -r status seconds < $$beside.status; \
 	took+=("$(BESIDE_INTEGRATION) $$seconds s (beside integration)"); \
 	[ "$$status" = 0 ] || failed+=($(BESIDE_INTEGRATION)); \
+	for part in "$${failed[@]}"; do [ ! -f $(TEST_OUTPUT)/$$part.log ] || config/test-failures.sh $(TEST_OUTPUT)/$$part.log; done; \
 	echo "make test: time per part: $$(IFS=,; echo "$${took[*]}" | sed 's/,/, /g')"; \
 	if [ $${#failed[@]} -gt 0 ]; then echo "make test: failed: $${failed[*]}" >&2; exit 1; fi; \
 	echo "make test: $(TEST_PARTS) $(BESIDE_INTEGRATION) passed"
