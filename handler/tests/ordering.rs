@@ -195,13 +195,22 @@ async fn dependent_policies_wait_apply_in_order_and_revert_in_reverse() {
     fixture
         .delete_policies(&[&bridge_name, &route_policy], SETTLE)
         .await;
-    let log = std::fs::read_to_string(fixture.log(&node)).unwrap();
-    assert_eq!(
+    // The handler says a policy was reverted after it removed the enactment, which is what
+    // lets the policy go: the line may come a moment after the policy is gone.
+    let reverted = || {
+        let log = std::fs::read_to_string(fixture.log(&node)).unwrap();
         order_in_log(
             &log[log_before..],
             "deleted: reverted on this node",
-            &[&route_policy, &bridge_name]
-        ),
+            &[&route_policy, &bridge_name],
+        )
+    };
+    let _ = eventually("both reverts logged", Duration::from_secs(10), || async {
+        (reverted().len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        reverted(),
         [route_policy.clone(), bridge_name.clone()],
         "reverted in reverse order"
     );
