@@ -346,13 +346,14 @@ impl Soak {
             failures.push(format!("{error:?}"));
         }
         // The node states follow within seconds (a rollback's report comes after the status).
-        let _ = eventually(
-            "the node states as the policies say",
-            Duration::from_secs(30),
-            || async { self.node_state_failures().await.is_empty().then_some(()) },
-        )
-        .await;
-        failures.extend(self.node_state_failures().await);
+        failures.extend(
+            until_none(
+                "the node states as the policies say",
+                Duration::from_secs(30),
+                || self.node_state_failures(),
+            )
+            .await,
+        );
 
         let all_policies: BTreeMap<String, NodeNetworkConfigurationPolicy> = policies
             .list(&ListParams::default())
@@ -372,11 +373,7 @@ impl Soak {
         }
         // What a deleted policy leaves goes with it, by its handlers or the garbage collector
         // (its owner references), seconds after the policy itself may be gone.
-        let _ = eventually("nothing left over", Duration::from_secs(30), || async {
-            self.leftovers().await.is_empty().then_some(())
-        })
-        .await;
-        failures.extend(self.leftovers().await);
+        failures.extend(until_none("nothing left over", Duration::from_secs(30), || self.leftovers()).await);
         failures.append(&mut self.seen.lock().unwrap().over_limit);
         for handler in self.fixture.handlers.iter_mut().flatten() {
             if !handler.is_running() {
@@ -481,6 +478,24 @@ impl Soak {
             all.insert("webhook".into(), (pid, proc_status_kib(pid, "VmRSS:")));
         }
         all
+    }
+}
+
+/// Checks again with `check` until it finds nothing, for at most `timeout`; what it found at
+/// the last check (nothing when it came to nothing in time).
+async fn until_none<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Vec<String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    let nothing = eventually(what, timeout, || {
+        let found = check();
+        async { found.await.is_empty().then_some(()) }
+    })
+    .await;
+    match nothing {
+        Ok(()) => Vec::new(),
+        Err(_) => check().await,
     }
 }
 
