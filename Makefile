@@ -188,14 +188,14 @@ TEST_PARTS := fmt-check clippy crates-check third-party-check unit integration t
 BESIDE_INTEGRATION := fuzz-short
 TEST_OUTPUT := target/test-output
 test: deps kube-build
-	@failed=(); took=(); rm -rf $(TEST_OUTPUT); mkdir -p $(TEST_OUTPUT); beside=$(TEST_OUTPUT)/$(BESIDE_INTEGRATION); \
+	@set -o pipefail; failed=(); took=(); rm -rf $(TEST_OUTPUT); mkdir -p $(TEST_OUTPUT); beside=$(TEST_OUTPUT)/$(BESIDE_INTEGRATION); \
 	for part in $(TEST_PARTS); do \
 		started=$$(date +%s); \
 		if [ $$part = integration ]; then \
 			{ nice -n 19 $(MAKE) --no-print-directory $(BESIDE_INTEGRATION) > $$beside.log 2>&1; \
 			  echo "$$? $$(( $$(date +%s) - started ))" > $$beside.status; } & \
 		fi; \
-		set -o pipefail; $(MAKE) --no-print-directory $$part 2>&1 | tee $(TEST_OUTPUT)/$$part.log || failed+=($$part); \
+		$(MAKE) --no-print-directory $$part 2>&1 | tee $(TEST_OUTPUT)/$$part.log || failed+=($$part); \
 		took+=("$$part $$(( $$(date +%s) - started )) s"); \
 	done; \
 	wait; if [ -f $$beside.status ]; then \
