@@ -12,7 +12,10 @@ mod fixture;
 
 use common::stdout_of;
 use fixture::{Fixture, SERIAL};
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::{
+    api::coordination::v1::Lease,
+    jiff::{self, Timestamp},
+};
 use kube::{Api, api::ListParams};
 use nmstate_api::{NodeNetworkConfigurationEnactment, condition::find_condition};
 use nmstate_handler::rollout::slot_selector;
@@ -40,6 +43,14 @@ fn order_in_log(log: &str, what: &str, policies: &[&str]) -> Vec<String> {
         }
     }
     order
+}
+
+/// When the handler's log first says it did `what` for `policy`.
+fn logged_at(log: &str, what: &str, policy: &str) -> Option<Timestamp> {
+    let line = log
+        .lines()
+        .find(|line| line.contains(what) && line.contains(&format!("policy={policy}")))?;
+    line.split_whitespace().next()?.parse().ok()
 }
 
 #[tokio::test]
@@ -213,6 +224,20 @@ async fn dependent_policies_wait_apply_in_order_and_revert_in_reverse() {
         reverted(),
         [route_policy.clone(), bridge_name.clone()],
         "reverted in reverse order"
+    );
+    // The route's revert wakes the bridge's at once, not its own recheck 10 s later.
+    let log = std::fs::read_to_string(fixture.log(&node)).unwrap();
+    let route_reverted = logged_at(
+        &log[log_before..],
+        "deleted: reverted on this node",
+        &route_policy,
+    )
+    .unwrap();
+    let bridge_reverting = logged_at(&log[log_before..], "deleted: reverting", &bridge_name).unwrap();
+    let waited = route_reverted.duration_until(bridge_reverting);
+    assert!(
+        waited < jiff::SignedDuration::from_secs(5),
+        "the bridge's revert began {waited:#} after the route's ended"
     );
     assert!(!stdout_of(&fixture.nodes[0], &["ip", "-br", "link"]).contains("br-dep"));
     fixture.clean_up().await;

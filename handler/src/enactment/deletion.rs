@@ -6,7 +6,7 @@
 //! deleted policy is left alone: its enactment goes with it.
 
 use super::{
-    Context, EnactmentError,
+    Context, EnactmentError, Settled,
     conditions::EnactmentSituation,
     dependencies,
     objects::{delete_enactment, finish},
@@ -120,6 +120,7 @@ async fn reverted(
     let generation = policy.metadata.generation.unwrap_or_default();
     context.rollout.release_unclaimed(policy, generation).await;
     context.forget(&policy_name);
+    context.wake_waiting(Settled::Reverted(policy.spec.dependencies().to_vec()));
     let node = &context.config.node_name;
     info!(policy = %policy_name, "deleted: reverted on this node");
     (context.events)

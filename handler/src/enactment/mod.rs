@@ -110,12 +110,22 @@ pub struct Context {
     pub rollout: Rollout,
     /// The generation of each policy whose unusable `maxUnavailable` was already reported.
     pub reported_invalid_max_unavailable: Mutex<BTreeMap<String, i64>>,
-    /// The names of policies as the node settles in them: wakes the policies that depend on
-    /// them (`dependsOn`).
-    pub settled: tokio::sync::broadcast::Sender<String>,
+    /// The policies as the node settles in them or reverts them: wakes the policies waiting
+    /// for that (`dependsOn`).
+    pub settled: tokio::sync::broadcast::Sender<Settled>,
     /// The enactments whose last Progressing write was refused: their next apply waits for
     /// that write before the change (see [`reconcile::enact`]).
     pub status_refused: Mutex<BTreeSet<String>>,
+}
+
+/// What the node did with a policy that other policies on the node may be waiting for.
+#[derive(Clone, Debug)]
+pub enum Settled {
+    /// In its desired state: the policies that depend on it apply next.
+    Applied(String),
+    /// Reverted after its deletion: the policies it depended on (named here: it may be gone
+    /// from the store) revert next, in the reverse order of the applies.
+    Reverted(Vec<String>),
 }
 
 impl Context {
@@ -136,8 +146,13 @@ impl Context {
         if let Ok(mut known) = self.in_desired_state.lock() {
             known.insert(policy.to_string(), generation);
         }
+        self.wake_waiting(Settled::Applied(policy.to_string()));
+    }
+
+    /// Wakes the policies waiting for what `settled` says.
+    fn wake_waiting(&self, settled: Settled) {
         // No receiver only while the controller is not running: nothing to wake then.
-        let _ = self.settled.send(policy.to_string());
+        let _ = self.settled.send(settled);
     }
 
     /// Whether the last Progressing write of enactment `name` was refused.
@@ -250,7 +265,7 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
             .map(|policy| ObjectRef::<NodeNetworkConfigurationPolicy>::new(policy))
     });
 
-    // A policy settling here wakes the policies waiting for it (`dependsOn`).
+    // A policy settling or reverted here wakes the policies waiting for it (`dependsOn`).
     let settled = futures::stream::unfold(context.settled.subscribe(), |mut settled| async move {
         loop {
             match settled.recv().await {
@@ -261,14 +276,17 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
         }
     });
     let dependents_store = controller_store.clone();
-    let wakes = settled.flat_map(move |policy| {
-        let dependents: Vec<ObjectRef<NodeNetworkConfigurationPolicy>> = dependents_store
-            .state()
-            .iter()
-            .filter(|other| other.spec.dependencies().contains(&policy))
-            .map(|other| ObjectRef::from_obj(&**other))
-            .collect();
-        futures::stream::iter(dependents)
+    let wakes = settled.flat_map(move |settled| {
+        let woken: Vec<ObjectRef<NodeNetworkConfigurationPolicy>> = match settled {
+            Settled::Applied(policy) => dependents_store
+                .state()
+                .iter()
+                .filter(|other| other.spec.dependencies().contains(&policy))
+                .map(|other| ObjectRef::from_obj(&**other))
+                .collect(),
+            Settled::Reverted(dependencies) => dependencies.iter().map(|name| ObjectRef::new(name)).collect(),
+        };
+        futures::stream::iter(woken)
     });
     let controller = controller.reconcile_on(wakes);
 
