@@ -6,9 +6,16 @@
 //! Refreshes follow NetworkManager's D-Bus signals (a burst is coalesced into one refresh; its
 //! checkpoints, the handler's own bookkeeping, do not count), a deleted NodeNetworkState is
 //! recreated at once, one left by an earlier Node object of the same name is adopted, and a
-//! periodic check is the safety net: every minute (by default) the kernel alone is read (a
-//! third of a full read's cost), and a full refresh follows when what it reports moved without
-//! a signal, and every ten checks in any case.
+//! periodic check is the safety net for what NetworkManager does not signal: every minute (by
+//! default) it looks whether the kernel moved, and a full refresh follows when it did, and
+//! every ten checks in any case. The kernel tells it: its change notifications are counted as
+//! they come ([`kernel_notifications`]), so an idle node is not read at all. Only without them
+//! (the socket could not be opened, or closed) does the check read the kernel alone, a third
+//! of a full read's cost.
+//!
+//! Kernel notifications alone do not trigger a refresh: a node's routing daemon may change
+//! routes all the time, and a refresh per burst would then read the node every second. They
+//! wait for the next check, as a kernel read's findings did.
 //! After an apply, the enactment asks for a report and waits for it ([`ReportNow`]) before it
 //! says Available, so whoever waited for the policy reads the new state in the
 //! NodeNetworkState.
@@ -18,6 +25,7 @@ pub use conditions::{report_conditions, trimmed_message};
 
 use crate::network::{
     filter::{ReportRules, filter_for_report},
+    kernel_notifications,
     network_manager::{self, NetworkManagerError},
     state::{self as node_state, NMSTATE_VERSION, NodeStateError, StateCache},
     trim,
@@ -38,7 +46,15 @@ use nmstate_api::{
 use nmstate_runtime::kube_errors::is_conflict;
 use nmstate_runtime::watch;
 use serde_json::{Value, json};
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 use tokio::{
     sync::{mpsc, oneshot},
     time::{Instant, sleep_until},
@@ -119,8 +135,13 @@ pub struct NodeStateReporter {
     cache: Arc<StateCache>,
     /// How often the kernel is read, for what NetworkManager does not signal.
     check_interval: Duration,
-    /// What the kernel alone reported at the last periodic check, filtered as a report is.
+    /// What the kernel alone reported at the last periodic check that read it, filtered as a
+    /// report is.
     last_kernel: Option<Value>,
+    /// The kernel's change notifications, counted as they come.
+    notified: Arc<Notified>,
+    /// The notifications counted at the last periodic check.
+    last_notified: u64,
     /// The status as this reporter last wrote or read it: a write needs no read before it
     /// (this reporter is the status's only writer; a deletion forces a read).
     last_status: Option<NodeNetworkStateStatus>,
@@ -148,6 +169,8 @@ impl NodeStateReporter {
             cache: Arc::default(),
             check_interval: Duration::from_secs(60),
             last_kernel: None,
+            notified: Arc::default(),
+            last_notified: 0,
             last_status: None,
             read_after_change: None,
         }
@@ -239,10 +262,25 @@ impl NodeStateReporter {
         Ok(!unchanged)
     }
 
-    /// The periodic check: reads what the kernel alone reports; whether it moved since the last
-    /// check (then a full refresh is due). Unmoved, the last full read is confirmed current for
-    /// the applies ([`StateCache::confirm`]).
+    /// The periodic check: whether the kernel moved since the last check (then a full refresh
+    /// is due). While its notifications are listened to, whether any came; otherwise what the
+    /// kernel alone reports is read and compared with the last check's. Unmoved, the last full
+    /// read is confirmed current for the applies ([`StateCache::confirm`]).
     pub async fn kernel_moved(&mut self) -> Result<bool, ReportError> {
+        if self.notified.listening.load(Ordering::SeqCst) {
+            let since = self.cache.changes();
+            let count = self.notified.count.load(Ordering::SeqCst);
+            let moved = std::mem::replace(&mut self.last_notified, count) != count;
+            if moved {
+                debug!("periodic check: the kernel notified a change since the last check");
+            } else {
+                debug!("periodic check: nothing notified since the last check");
+                self.cache.confirm(since);
+            }
+            // Read again if the notifications stop: a comparison with an old read is void.
+            self.last_kernel = None;
+            return Ok(moved);
+        }
         let cache = self.cache.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let since = cache.changes();
@@ -251,6 +289,7 @@ impl NodeStateReporter {
         let (kernel, since) = checked.await??;
         let kernel = filter_for_report(kernel, &self.rules);
         let moved = self.last_kernel.as_ref() != Some(&kernel);
+        debug!(moved, "periodic check: the kernel read");
         if !moved {
             self.cache.confirm(since);
         }
@@ -338,6 +377,14 @@ fn owned_by(state: &NodeNetworkState, uid: &str) -> bool {
         .any(|owner| owner.kind == "Node" && owner.uid == uid)
 }
 
+/// The kernel's change notifications, counted by the reporter's listening task.
+#[derive(Default)]
+struct Notified {
+    count: AtomicU64,
+    /// Whether the task listens: the periodic check reads the kernel when not.
+    listening: AtomicBool,
+}
+
 /// Asks the running reporter ([`run`]) to report the node's state now.
 #[derive(Clone, Debug)]
 pub struct ReportNow(mpsc::Sender<Request>);
@@ -388,6 +435,27 @@ pub async fn run(
             let _ = signalled.try_send(());
         }
     });
+    match kernel_notifications::change_notifications() {
+        Ok(mut notifications) => {
+            let (cache, notified) = (reporter.cache.clone(), reporter.notified.clone());
+            notified.listening.store(true, Ordering::SeqCst);
+            counting.spawn(async move {
+                while notifications.next().await.is_some() {
+                    cache.changed();
+                    notified.count.fetch_add(1, Ordering::SeqCst);
+                }
+                notified.listening.store(false, Ordering::SeqCst);
+                warn!(
+                    "the kernel's change notifications stopped; the periodic check reads the kernel instead"
+                );
+            });
+        }
+        Err(error) => {
+            warn!(
+                "cannot listen to the kernel's change notifications, the periodic check reads the kernel instead: {error}"
+            );
+        }
+    }
     let config = watcher::Config::default().fields(&format!("metadata.name={}", reporter.node_name));
     let mut deletions = watch::retried(watcher(reporter.api.clone(), config))
         .try_filter_map(|event| async move { Ok(matches!(event, watcher::Event::Delete(_)).then_some(())) })

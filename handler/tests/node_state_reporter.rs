@@ -39,7 +39,7 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     let log = std::env::temp_dir().join(format!("{name}.log"));
     let handler_env = [
         ("PART_OF", "kubernetes-nmstate"),
-        ("RUST_LOG", "info"),
+        ("RUST_LOG", "info,nmstate_handler::node_state_reporter=debug"),
         ("NNS_CHECK_INTERVAL_SECONDS", "2"),
     ];
     let mut handler =
@@ -118,8 +118,9 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     let updated_status = updated.status.clone().unwrap();
     assert!(updated_status.last_successful_update_time > status.last_successful_update_time);
 
-    // A change NetworkManager does not signal (a sysctl): the periodic check of the kernel
-    // finds it, and a full refresh reports it.
+    // A change NetworkManager does not signal (a sysctl): the kernel notifies it, the next
+    // periodic check finds it notified (without reading the kernel), and a full refresh
+    // reports it.
     let forwarding = |state: &NodeNetworkState| {
         let current = &state.status.as_ref().unwrap().current_state.as_ref().unwrap().0;
         current["interfaces"]
@@ -130,6 +131,20 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
             .map(|eth1| eth1["ipv4"]["forwarding"].clone())
     };
     assert_eq!(forwarding(&updated), Some(serde_json::json!(false)));
+    // Once the node is quiet (a check found nothing notified), from here on in the log.
+    let quiet_from = handler.log().len();
+    eventually(
+        "a check finds nothing notified",
+        Duration::from_secs(20),
+        || async {
+            handler.log()[quiet_from..]
+                .contains("periodic check: nothing notified")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error}: {}", handler.log()));
+    let before_sysctl = handler.log().len();
     assert!(
         node.command("sysctl")
             .unwrap()
@@ -152,6 +167,15 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     eprintln!(
         "unsignalled change reported after {:.2} s (checks every 2 s)",
         changed_at.elapsed().as_secs_f64()
+    );
+    let handler_log = handler.log()[before_sysctl..].to_string();
+    assert!(
+        handler_log.contains("periodic check: the kernel notified a change"),
+        "the change was not found through the kernel's notifications:\n{handler_log}"
+    );
+    assert!(
+        !handler_log.contains("periodic check: the kernel read"),
+        "a periodic check read the kernel although it notifies changes:\n{handler_log}"
     );
 
     // Deleted: recreated (a new object, same name).

@@ -9,6 +9,8 @@ pub mod capture;
 pub mod drift;
 /// What a node state report leaves out: upstream's filter and the user's exclusions.
 pub mod filter;
+/// The kernel's notifications of a change to the network (rtnetlink multicast).
+pub mod kernel_notifications;
 /// The link kinds a desired state creates, and whether the kernel has them.
 pub mod link_kinds;
 /// NetworkManager's version, capabilities, checkpoints and global DNS, over D-Bus.

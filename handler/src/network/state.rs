@@ -57,8 +57,9 @@ pub fn retrieve_state() -> Result<nmstate::NetworkState, nmstate::NmstateError> 
 /// ([`StateCache::current`]) nor nmstate's apply ([`StateCache::for_apply`]).
 ///
 /// A read counts the changes signalled before it starts; it is current while no change was
-/// signalled since. The reporter counts NetworkManager's D-Bus signals as they arrive
-/// ([`StateCache::changed`]); what NetworkManager does not signal is bounded by [`MAX_AGE`].
+/// signalled since. The reporter counts NetworkManager's D-Bus signals and the kernel's change
+/// notifications as they arrive ([`StateCache::changed`]); what neither tells is bounded by
+/// [`MAX_AGE`].
 #[derive(Default)]
 pub struct StateCache {
     changes: AtomicU64,
@@ -77,7 +78,7 @@ struct Read {
 }
 
 impl StateCache {
-    /// NetworkManager signalled a change: the last read is no longer current.
+    /// NetworkManager or the kernel signalled a change: the last read is no longer current.
     pub fn changed(&self) {
         self.changes.fetch_add(1, Ordering::SeqCst);
     }
