@@ -6,6 +6,11 @@
 //! and what it logged meanwhile at debug level (by target and message), which says what woke
 //! it. Figures are printed, never asserted.
 //!
+//! `BENCH_IDLE_BASELINE`, the path of another handler binary (an earlier commit's release
+//! build), runs it on a second sandbox node over the same windows: the machine's speed varies
+//! from one hour to the next by more than a change gains, so a comparison needs both side by
+//! side.
+//!
 //! Needs `NMSTATE_LOCALENV_DIR` (a running local control plane).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness: failing loudly is the point
@@ -13,7 +18,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{AVAILABLE, bridge_over_eth1, policy, start_handler_with, wait_for_condition};
+use common::{AVAILABLE, HANDLER, bridge_over_eth1, policy, start_handler_binary, wait_for_condition};
 use kube::{Api, api::PostParams};
 use nmstate_api::{NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, NodeNetworkState};
 use nmstate_localenv::testing::{
@@ -34,21 +39,63 @@ fn gist(line: &str) -> Option<String> {
     Some(message.trim().to_string())
 }
 
-/// Prints what `handler` costs over `seconds` from now.
-async fn idle(handler: &NodeProcess, seconds: u64, what: &str) {
-    let logged_before = handler.log().lines().count();
-    let from = ProcessUsage::of(handler.pid()).unwrap();
+/// A handler under measurement, on its own sandbox node.
+struct Subject {
+    /// Which binary: "this build", or the baseline's path.
+    label: String,
+    node_name: String,
+    /// Stopped when dropped, before its node goes.
+    handler: NodeProcess,
+    /// Its sandbox node, removed when dropped.
+    _node: TestNode,
+    log: std::path::PathBuf,
+}
+
+impl Subject {
+    async fn start(env: &nmstate_localenv::LocalEnv, binary: Option<&str>, label: String) -> Subject {
+        let node_name = unique_name("idle");
+        let node = TestNode::start(env, &node_name, &BTreeMap::new()).await.unwrap();
+        let log = std::env::temp_dir().join(format!("{node_name}.log"));
+        let overrides = [("RUST_LOG", LOG_LEVEL)];
+        let handler = start_handler_binary(binary.unwrap_or(HANDLER), &node, &log, &overrides);
+        Subject {
+            label,
+            node_name,
+            _node: node,
+            handler,
+            log,
+        }
+    }
+}
+
+/// Prints what each subject costs over the same `seconds` from now.
+async fn idle(subjects: &[Subject], seconds: u64, what: &str) {
+    let before: Vec<_> = subjects
+        .iter()
+        .map(|subject| {
+            let logged = subject.handler.log().lines().count();
+            (logged, ProcessUsage::of(subject.handler.pid()).unwrap())
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
+    for (subject, (logged_before, from)) in subjects.iter().zip(before) {
+        usage(subject, logged_before, &from, seconds, what);
+    }
+}
+
+/// Prints what `subject` cost since `from`.
+fn usage(subject: &Subject, logged_before: usize, from: &ProcessUsage, seconds: u64, what: &str) {
+    let handler = &subject.handler;
     let to = ProcessUsage::of(handler.pid()).unwrap();
     let per_minute = 60.0 / seconds as f64;
     println!(
         "{:<44} {:.2} s CPU per hour, {:.0} wake-ups per minute   (goal <= 1 s per hour)",
-        format!("idle, {what}"),
+        format!("idle, {what}, {}", subject.label),
         (to.cpu_seconds - from.cpu_seconds) * per_minute * 60.0,
-        to.wakeups_since(&from) as f64 * per_minute
+        to.wakeups_since(from) as f64 * per_minute
     );
     println!("  wake-ups per minute by thread:");
-    for (thread, wakeups) in to.wakeups_by_thread_since(&from) {
+    for (thread, wakeups) in to.wakeups_by_thread_since(from) {
         println!("    {thread:<40} {:>7.1}", wakeups as f64 * per_minute);
     }
     let mut logged: BTreeMap<String, usize> = BTreeMap::new();
@@ -72,16 +119,23 @@ async fn main() {
     let env = shared_env().await.unwrap();
     let client = env.client().await.unwrap();
     install_crds(&client).await.unwrap();
-    let node_name = unique_name("idle");
-    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
-    let log = std::env::temp_dir().join(format!("{node_name}.log"));
-    let handler = start_handler_with(&node, &log, &[("RUST_LOG", LOG_LEVEL)]);
+    let mut subjects = vec![Subject::start(&env, None, "this build".into()).await];
+    if let Ok(baseline) = std::env::var("BENCH_IDLE_BASELINE") {
+        subjects.push(Subject::start(&env, Some(&baseline), baseline.clone()).await);
+    }
     let states: Api<NodeNetworkState> = Api::all(client.clone());
-    eventually("the node state is reported", Duration::from_secs(30), || async {
-        states.get_opt(&node_name).await.unwrap()?.status?.current_state
-    })
-    .await
-    .unwrap();
+    for subject in &subjects {
+        eventually("the node state is reported", Duration::from_secs(30), || async {
+            states
+                .get_opt(&subject.node_name)
+                .await
+                .unwrap()?
+                .status?
+                .current_state
+        })
+        .await
+        .unwrap();
+    }
     let idle_seconds: u64 = std::env::var("BENCH_IDLE_SECONDS")
         .ok()
         .and_then(|value| value.parse().ok())
@@ -89,34 +143,28 @@ async fn main() {
     // Start-up's own work (the first reports, the blocking threads it started) settles first.
     tokio::time::sleep(Duration::from_secs(15)).await;
     println!();
-    println!("handler (release build) idle on one sandbox node, over {idle_seconds} s each");
-    idle(&handler, idle_seconds, "no policy").await;
+    println!("handler (release build) idle on one sandbox node each, over {idle_seconds} s each");
+    idle(&subjects, idle_seconds, "no policy").await;
 
     let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
     let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
-    let name = format!("{node_name}-bridge");
-    let selector = json!({"kubernetes.io/hostname": node_name});
-    policies
-        .create(
-            &PostParams::default(),
-            &policy(&name, selector, bridge_over_eth1()),
-        )
-        .await
-        .unwrap();
-    wait_for_condition(
-        &enactments,
-        &format!("{node_name}.{name}"),
-        AVAILABLE,
-        Duration::from_secs(60),
-    )
-    .await;
+    for subject in &subjects {
+        let node_name = &subject.node_name;
+        let name = format!("{node_name}-bridge");
+        let selector = json!({"kubernetes.io/hostname": node_name});
+        let bridge = policy(&name, selector, bridge_over_eth1());
+        policies.create(&PostParams::default(), &bridge).await.unwrap();
+        let enactment = format!("{node_name}.{name}");
+        wait_for_condition(&enactments, &enactment, AVAILABLE, Duration::from_secs(60)).await;
+    }
     // The first periodic check after the change sees the kernel moved and refreshes once (a
     // minute at most): steady state begins after it.
     tokio::time::sleep(Duration::from_secs(75)).await;
-    idle(&handler, idle_seconds, "one policy applied").await;
-    policies.delete(&name, &Default::default()).await.unwrap();
-
-    drop(handler);
-    let _ = std::fs::remove_file(&log);
+    idle(&subjects, idle_seconds, "one policy applied").await;
+    for subject in subjects {
+        let name = format!("{}-bridge", subject.node_name);
+        policies.delete(&name, &Default::default()).await.unwrap();
+        let _ = std::fs::remove_file(&subject.log);
+    }
     println!("\nmachine during this bench: {}", load.report());
 }

@@ -34,8 +34,18 @@ pub fn start_handler(node: &TestNode, log: &std::path::Path) -> NodeProcess {
 
 /// The handler with [`HANDLER_ENV`], and `overrides` taking precedence.
 pub fn start_handler_with(node: &TestNode, log: &std::path::Path, overrides: &[(&str, &str)]) -> NodeProcess {
+    start_handler_binary(HANDLER, node, log, overrides)
+}
+
+/// [`start_handler_with`] for another handler binary (a bench's baseline).
+pub fn start_handler_binary(
+    binary: &str,
+    node: &TestNode,
+    log: &std::path::Path,
+    overrides: &[(&str, &str)],
+) -> NodeProcess {
     let env: Vec<(&str, &str)> = HANDLER_ENV.iter().chain(overrides).copied().collect();
-    NodeProcess::start(node, HANDLER.as_ref(), &["run"], &env, log.to_path_buf()).unwrap()
+    NodeProcess::start(node, binary.as_ref(), &["run"], &env, log.to_path_buf()).unwrap()
 }
 
 /// Adds a bridge `name` in the node's kernel, behind NetworkManager's back: an out-of-band
