@@ -60,8 +60,8 @@ pub struct HandlerConfig {
     /// policy rollouts stay valid without renewal, i.e. how soon a dead or stalled handler's
     /// slot is given to another node.
     pub lease_duration: Duration,
-    /// `NNS_CHECK_INTERVAL_SECONDS` (default 60): how often the kernel is read for what
-    /// NetworkManager does not signal (the node state's safety net).
+    /// `NNS_CHECK_INTERVAL_SECONDS` (default 60): how often the node state's safety net looks
+    /// for what NetworkManager does not signal (whether the kernel notified a change).
     pub state_check_interval: Duration,
 }
 

@@ -133,7 +133,7 @@ pub struct NodeStateReporter {
     last_reported: Option<Value>,
     /// Each read kept for the applies, and NetworkManager's signals counted against it.
     cache: Arc<StateCache>,
-    /// How often the kernel is read, for what NetworkManager does not signal.
+    /// How often the periodic check runs, for what NetworkManager does not signal.
     check_interval: Duration,
     /// What the kernel alone reported at the last periodic check that read it, filtered as a
     /// report is.
@@ -176,7 +176,7 @@ impl NodeStateReporter {
         }
     }
 
-    /// Reads the kernel every `interval` for what NetworkManager does not signal.
+    /// Runs the periodic check every `interval`, for what NetworkManager does not signal.
     pub fn with_check_interval(mut self, interval: Duration) -> Self {
         self.check_interval = interval;
         self
