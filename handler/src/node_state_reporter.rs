@@ -7,11 +7,11 @@
 //! checkpoints, the handler's own bookkeeping, do not count), a deleted NodeNetworkState is
 //! recreated at once, one left by an earlier Node object of the same name is adopted, and a
 //! periodic check is the safety net for what NetworkManager does not signal: every minute (by
-//! default) it looks whether the kernel moved, and a full refresh follows when it did, and
-//! every ten checks in any case. The kernel tells it: its change notifications are counted as
-//! they come ([`kernel_notifications`]), so an idle node is not read at all. Only without them
-//! (the socket could not be opened, or closed) does the check read the kernel alone, a third
-//! of a full read's cost.
+//! default) it reads the kernel alone (a third of a full read's cost), and a full refresh
+//! follows when what it reports moved, and every ten checks in any case. The kernel's change
+//! notifications are counted as they come ([`kernel_notifications`]), and the check reads the
+//! kernel only if one came, so an idle node is not read at all. Without them (the socket could
+//! not be opened, or closed) the check reads the kernel every time.
 //!
 //! Kernel notifications alone do not trigger a refresh: a node's routing daemon may change
 //! routes all the time, and a refresh per burst would then read the node every second. They
@@ -263,24 +263,24 @@ impl NodeStateReporter {
     }
 
     /// The periodic check: whether the kernel moved since the last check (then a full refresh
-    /// is due). While its notifications are listened to, whether any came; otherwise what the
-    /// kernel alone reports is read and compared with the last check's. Unmoved, the last full
-    /// read is confirmed current for the applies ([`StateCache::confirm`]).
+    /// is due). What the kernel alone reports is read and compared with the last check's read,
+    /// but while its notifications are listened to, only if one came: a notification of
+    /// nothing the report shows (an address's lifetimes renewed) costs that read, not a full
+    /// one. Unmoved, the last full read is confirmed current for the applies
+    /// ([`StateCache::confirm`]).
     pub async fn kernel_moved(&mut self) -> Result<bool, ReportError> {
-        if self.notified.listening.load(Ordering::SeqCst) {
+        if self.notified.listening.load(Ordering::SeqCst) && self.last_kernel.is_some() {
             let since = self.cache.changes();
             let count = self.notified.count.load(Ordering::SeqCst);
-            let moved = std::mem::replace(&mut self.last_notified, count) != count;
-            if moved {
-                debug!("periodic check: the kernel notified a change since the last check");
-            } else {
+            if self.last_notified == count {
                 debug!("periodic check: nothing notified since the last check");
                 self.cache.confirm(since);
+                return Ok(false);
             }
-            // Read again if the notifications stop: a comparison with an old read is void.
-            self.last_kernel = None;
-            return Ok(moved);
+            debug!("periodic check: the kernel notified a change since the last check");
         }
+        // Counted before the read: what is notified during it is looked at by the next check.
+        self.last_notified = self.notified.count.load(Ordering::SeqCst);
         let cache = self.cache.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let since = cache.changes();
