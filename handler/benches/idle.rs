@@ -66,6 +66,11 @@ impl Subject {
             log,
         }
     }
+
+    /// The policy applied on its node for the second window.
+    fn policy_name(&self) -> String {
+        format!("{}-bridge", self.node_name)
+    }
 }
 
 /// Prints what each subject costs over the same `seconds` from now.
@@ -150,7 +155,7 @@ async fn main() {
     let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
     for subject in &subjects {
         let node_name = &subject.node_name;
-        let name = format!("{node_name}-bridge");
+        let name = subject.policy_name();
         let selector = json!({"kubernetes.io/hostname": node_name});
         let bridge = policy(&name, selector, bridge_over_eth1());
         policies.create(&PostParams::default(), &bridge).await.unwrap();
@@ -162,8 +167,10 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(75)).await;
     idle(&subjects, idle_seconds, "one policy applied").await;
     for subject in subjects {
-        let name = format!("{}-bridge", subject.node_name);
-        policies.delete(&name, &Default::default()).await.unwrap();
+        policies
+            .delete(&subject.policy_name(), &Default::default())
+            .await
+            .unwrap();
         let _ = std::fs::remove_file(&subject.log);
     }
     println!("\nmachine during this bench: {}", load.report());

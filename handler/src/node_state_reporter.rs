@@ -269,18 +269,18 @@ impl NodeStateReporter {
     /// one. Unmoved, the last full read is confirmed current for the applies
     /// ([`StateCache::confirm`]).
     pub async fn kernel_moved(&mut self) -> Result<bool, ReportError> {
+        // Counted before the read: what is notified during it is looked at by the next check.
+        let count = self.notified.count.load(Ordering::SeqCst);
         if self.notified.listening.load(Ordering::SeqCst) && self.last_kernel.is_some() {
-            let since = self.cache.changes();
-            let count = self.notified.count.load(Ordering::SeqCst);
             if self.last_notified == count {
+                let since = self.cache.changes();
                 debug!("periodic check: nothing notified since the last check");
                 self.cache.confirm(since);
                 return Ok(false);
             }
             debug!("periodic check: the kernel notified a change since the last check");
         }
-        // Counted before the read: what is notified during it is looked at by the next check.
-        self.last_notified = self.notified.count.load(Ordering::SeqCst);
+        self.last_notified = count;
         let cache = self.cache.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let since = cache.changes();

@@ -133,21 +133,17 @@ async fn the_handler_reports_its_node_state_and_keeps_it_current() {
     assert_eq!(forwarding(&updated), Some(serde_json::json!(false)));
     // Once the node is quiet (a check found nothing notified), from here on in the log.
     let quiet_from = handler.log().len();
-    eventually(
+    let quiet = eventually(
         "a check finds nothing notified",
         Duration::from_secs(20),
         || async {
             handler.log()[quiet_from..]
-                .contains("periodic check: nothing notified")
-                .then_some(())
+                .find("periodic check: nothing notified")
+                .map(|at| quiet_from + at)
         },
     )
     .await
     .unwrap_or_else(|error| panic!("{error}: {}", handler.log()));
-    let quiet = handler.log()[quiet_from..]
-        .find("periodic check: nothing notified")
-        .map(|at| quiet_from + at)
-        .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_log = handler.log()[quiet..].to_string();
     assert!(

@@ -2,7 +2,7 @@
 //! monitor` listens): what the node-state reporter used to find by reading the kernel every
 //! minute, told instead, so an idle node is not read at all.
 //!
-//! The datagrams are counted, not parsed: what changed is read with the next full refresh, and
+//! The datagrams are counted, not parsed: what changed is read by the next periodic check, and
 //! netlink-packet-route has no type for some of them (netconf, the IP sysctls), which a parsed
 //! stream drops.
 
