@@ -109,7 +109,7 @@ impl Fixture {
             .copied()
             .chain([
                 ("POD_NAMESPACE", self.namespace.as_str()),
-                ("LEASE_DURATION_SECONDS", LEASE_SECONDS),
+                ("LEASE_DURATION_SECONDS", self.lease_seconds),
             ])
             .collect();
         let log = self.log(&self.nodes[index].name);
