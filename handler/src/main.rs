@@ -261,6 +261,17 @@ async fn start(cli: &Cli) -> Result<Running, HandlerError> {
     if let Some(reason) = &unsupported {
         warn!("{reason}; the node's network state is reported, but no policy is applied on it");
     }
+    // Before the node is first read: the probe's bridge comes and goes, and a change notified
+    // during that read would leave the read unused by the first apply.
+    let vlan_filtering = bridge_vlan::kernel_supports_vlan_filtering()
+        .await
+        .unwrap_or_else(|error| {
+            warn!("cannot tell whether the kernel filters VLANs on bridges ({error}); assuming it does not");
+            false
+        });
+    if !vlan_filtering {
+        warn!("{}", bridge_vlan::SKIPPED_NOTE);
+    }
     let state = tokio::task::spawn_blocking(node_state::retrieve).await??;
     let interfaces = state["interfaces"].as_array().map_or(0, Vec::len);
     info!(interfaces, "read the node's network state from NetworkManager");
@@ -288,15 +299,6 @@ async fn start(cli: &Cli) -> Result<Running, HandlerError> {
         report_requests,
         stopped(stopping.clone()),
     ));
-    let vlan_filtering = bridge_vlan::kernel_supports_vlan_filtering()
-        .await
-        .unwrap_or_else(|error| {
-            warn!("cannot tell whether the kernel filters VLANs on bridges ({error}); assuming it does not");
-            false
-        });
-    if !vlan_filtering {
-        warn!("{}", bridge_vlan::SKIPPED_NOTE);
-    }
     let capabilities = network_manager::capabilities(None).await?;
     if !capabilities.ipv4_forwarding {
         info!(

@@ -371,3 +371,52 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     }
     let _ = std::fs::remove_file(&log);
 }
+
+/// What nmstate logs (the project's patch, third_party/README.md) when it merges the desired
+/// state over the read the handler hands it instead of reading the node first.
+const OVER_THE_HANDLERS_READ: &str = "Using the given current state instead of retrieving it";
+
+/// The first policy after the handler started merges over the read the handler reported, not
+/// over a read of its own on the apply's path: nothing the handler does at start (its probe of
+/// the kernel's VLAN filtering adds and removes a bridge) outdates that read.
+#[tokio::test]
+async fn the_first_apply_merges_over_the_state_the_handler_reported_at_start() {
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let node_name = unique_name("first-apply");
+    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
+    let log = std::env::temp_dir().join(format!("{node_name}.log"));
+    let mut handler = start_handler(&node, &log);
+    let states: Api<nmstate_api::NodeNetworkState> = Api::all(client.clone());
+    eventually("the node state reported", Duration::from_secs(30), || async {
+        let state = states.get_opt(&node_name).await.unwrap()?;
+        state.status?.current_state
+    })
+    .await
+    .unwrap();
+
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
+    let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
+    let name = format!("{node_name}-bridge");
+    let desired = json!({"interfaces": [{
+        "name": "br5", "type": "linux-bridge", "state": "up",
+        "bridge": {"options": {"stp": {"enabled": false}}, "port": []},
+    }]});
+    let this_node = json!({"kubernetes.io/hostname": node_name});
+    policies
+        .create(&PostParams::default(), &policy(&name, this_node, desired))
+        .await
+        .unwrap();
+    let enactment = format!("{node_name}.{name}");
+    wait_for_condition(&enactments, &enactment, AVAILABLE, Duration::from_secs(60)).await;
+    stop_handler(&mut handler);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(OVER_THE_HANDLERS_READ),
+        "nmstate read the node itself: the handler's read at start was outdated (log: {})",
+        log.display()
+    );
+    policies.delete(&name, &Default::default()).await.unwrap();
+    let _ = std::fs::remove_file(&log);
+}
