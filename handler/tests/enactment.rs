@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    AVAILABLE, FAILING, policy, start_handler, stdout_of, stop_handler, true_condition, wait_for_condition,
+    AVAILABLE, FAILING, policy, start_handler, start_handler_with, stdout_of, stop_handler, true_condition,
+    wait_for_condition,
 };
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::{
@@ -16,6 +17,7 @@ use nmstate_api::{
     NodeNetworkConfigurationEnactment, NodeNetworkConfigurationPolicy, condition::find_condition,
     enactment::EnactmentConditionType,
 };
+use nmstate_handler::network::state::READ_ON_THE_PATH;
 use nmstate_localenv::testing::{TestNode, eventually, install_crds, kubectl, shared_env, unique_name};
 use serde_json::{Value, json};
 use std::{collections::BTreeMap, time::Duration};
@@ -372,22 +374,19 @@ async fn policies_selecting_the_node_are_enacted_and_reported() {
     let _ = std::fs::remove_file(&log);
 }
 
-/// What nmstate logs (the project's patch, third_party/README.md) when it merges the desired
-/// state over the read the handler hands it instead of reading the node first.
-const OVER_THE_HANDLERS_READ: &str = "Using the given current state instead of retrieving it";
-
-/// The first policy after the handler started merges over the read the handler reported, not
-/// over a read of its own on the apply's path: nothing the handler does at start (its probe of
+/// The first policy after the handler started is applied over the read the handler made at
+/// start, not over a read on the apply's path: nothing the handler does at start (its probe of
 /// the kernel's VLAN filtering adds and removes a bridge) outdates that read.
 #[tokio::test]
-async fn the_first_apply_merges_over_the_state_the_handler_reported_at_start() {
+async fn the_first_apply_merges_over_the_state_the_handler_read_at_start() {
     let env = shared_env().await.unwrap();
     let client = env.client().await.unwrap();
     install_crds(&client).await.unwrap();
     let node_name = unique_name("first-apply");
     let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
     let log = std::env::temp_dir().join(format!("{node_name}.log"));
-    let mut handler = start_handler(&node, &log);
+    let rust_log = "info,nmstate_handler::network::state=debug";
+    let mut handler = start_handler_with(&node, &log, &[("RUST_LOG", rust_log)]);
     let states: Api<nmstate_api::NodeNetworkState> = Api::all(client.clone());
     eventually("the node state reported", Duration::from_secs(30), || async {
         let state = states.get_opt(&node_name).await.unwrap()?;
@@ -413,8 +412,8 @@ async fn the_first_apply_merges_over_the_state_the_handler_reported_at_start() {
     stop_handler(&mut handler);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains(OVER_THE_HANDLERS_READ),
-        "nmstate read the node itself: the handler's read at start was outdated (log: {})",
+        !text.contains(READ_ON_THE_PATH),
+        "the apply read the node on its path: the read made at start was outdated (log: {})",
         log.display()
     );
     policies.delete(&name, &Default::default()).await.unwrap();

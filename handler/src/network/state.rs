@@ -11,6 +11,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use tracing::debug;
 
 /// The nmstate crate version this handler is built with.
 pub const NMSTATE_VERSION: &str = env!("NMSTATE_CRATE_VERSION");
@@ -65,6 +66,10 @@ pub struct StateCache {
     changes: AtomicU64,
     last: Mutex<Option<Read>>,
 }
+
+/// Logged (at debug) when [`StateCache::current`] reads the node because no current read is
+/// kept: the caller (an apply) waits for that read.
+pub const READ_ON_THE_PATH: &str = "no current read of the node is kept: reading it";
 
 /// How long a read is used at most, however quiet the node, unless a periodic check confirms
 /// it (every minute by default): the bound on a change nothing signalled.
@@ -123,7 +128,10 @@ impl StateCache {
     pub fn current(&self) -> Result<nmstate::NetworkState, nmstate::NmstateError> {
         let mut state = match self.kept() {
             Some(state) => state,
-            None => self.read()?,
+            None => {
+                debug!("{READ_ON_THE_PATH}");
+                self.read()?
+            }
         };
         state.hide_secrets();
         Ok(state)
