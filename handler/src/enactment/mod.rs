@@ -233,23 +233,26 @@ pub async fn run(context: Arc<Context>, shutdown: impl Future<Output = ()> + Sen
             policies
         });
 
-    // A slot freed in a policy's rollout, handed to this node or kept failed wakes the nodes
-    // waiting for one; a slot taken, handed to another node or renewed wakes no one (each of
-    // them woke every node of the rollout to read the policy's slots again).
+    // A slot handed to this node wakes it; a slot freed, deleted or kept failed wakes it while
+    // it waits for one of that policy's slots; a slot taken, handed to another node or renewed
+    // wakes no one (each of them woke every node of the rollout to read the policy's slots
+    // again).
     let slots = watcher::Config::default().labels(&crate::rollout::slots_selector());
     let leases = Api::<Lease>::namespaced(context.client.clone(), context.config.lease_namespace());
     let me = node_name.clone();
     let rollout = context.clone();
     let slot_events = watch::retried(watcher(leases, slots)).filter_map(move |event| {
+        let seen = |lease: Lease, deleted: bool| {
+            rollout.rollout.saw_slot(&lease, deleted);
+            let waiting = lease
+                .labels()
+                .get(labels::POLICY)
+                .is_none_or(|policy| rollout.rollout.waits_for_slot(policy));
+            crate::rollout::wakes(&lease, &me, deleted, waiting).then_some(lease)
+        };
         let woken = match event {
-            Ok(watcher::Event::Delete(lease)) => {
-                rollout.rollout.saw_slot(&lease, true);
-                Some(lease)
-            }
-            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
-                rollout.rollout.saw_slot(&lease, false);
-                crate::rollout::wakes(&lease, &me).then_some(lease)
-            }
+            Ok(watcher::Event::Delete(lease)) => seen(lease, true),
+            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => seen(lease, false),
             Ok(_) => None,
             Err(error) => {
                 warn!("watching rollout slots: {error}");

@@ -355,6 +355,14 @@ impl Rollout {
         Ok(Admission::Wait { retry_after })
     }
 
+    /// Whether this node waits for a slot in `policy`'s rollout: it was told to wait and has
+    /// not taken one or given up on one since. True when that cannot be told.
+    pub fn waits_for_slot(&self, policy: &str) -> bool {
+        self.queued
+            .lock()
+            .map_or(true, |queued| queued.contains_key(policy))
+    }
+
     /// Whether this node has let free slots of `policy`'s `generation` go to others for
     /// [`turns::GRACE`] (it sees some now: `free`), so it may try them itself.
     fn overdue(&self, policy: &str, generation: i64, free: bool) -> bool {

@@ -76,13 +76,17 @@ pub(super) fn is_marked_failed(lease: &Lease) -> bool {
         == Some("failed")
 }
 
-/// Whether a change of `lease`, a slot, concerns `me` while it waits for one: the slot was given
-/// back, handed to `me`, or kept failed (the failures may now fill every slot).
-pub fn wakes(lease: &Lease, me: &str) -> bool {
-    match leases::holder(lease) {
-        None | Some("") => true,
-        Some(holder) => holder == me || is_marked_failed(lease),
+/// Whether a change of `lease`, a slot, concerns `me`: the slot was handed to `me`, or, while
+/// `me` waits for one of its policy's slots (`waiting`), it was given back, deleted or kept
+/// failed (the failures may now fill every slot). Nodes that do not wait are not woken: at the
+/// end of a rollout each slot given back woke every node to read the policy again, while the
+/// last nodes still applied.
+pub fn wakes(lease: &Lease, me: &str, deleted: bool, waiting: bool) -> bool {
+    let holder = leases::holder(lease).filter(|holder| !holder.is_empty());
+    if !deleted && holder == Some(me) {
+        return true;
     }
+    waiting && (deleted || holder.is_none() || is_marked_failed(lease))
 }
 
 /// What a slot is to a node that wants to apply generation `generation`.

@@ -212,15 +212,53 @@ fn a_node_handed_one_slot_holds_it_as_the_watch_delivered_it() {
 #[test]
 fn a_slot_wakes_a_waiting_node_when_freed_handed_to_it_or_kept_failed() {
     let held = |holder: &str, failed: bool| slot(holder, 995, 3, failed);
-    assert!(wakes(&held("node01", false), "node01"), "handed to it");
-    assert!(
-        !wakes(&held("node02", false), "node01"),
-        "taken, handed on or renewed"
-    );
-    assert!(wakes(&held("node02", true), "node01"), "kept failed");
     let mut released = held("node02", false);
     released.spec.as_mut().unwrap().holder_identity = None;
-    assert!(wakes(&released, "node01"));
-    released.spec.as_mut().unwrap().holder_identity = Some(String::new());
-    assert!(wakes(&released, "node01"));
+    let mut emptied = held("node02", false);
+    emptied.spec.as_mut().unwrap().holder_identity = Some(String::new());
+    for (lease, deleted, waiting, expected, what) in [
+        (held("node01", false), false, false, true, "handed to it"),
+        (
+            held("node01", false),
+            false,
+            true,
+            true,
+            "handed to it while it waits",
+        ),
+        (
+            held("node02", false),
+            false,
+            true,
+            false,
+            "taken, handed on or renewed",
+        ),
+        (held("node02", true), false, true, true, "kept failed"),
+        (
+            held("node02", true),
+            false,
+            false,
+            false,
+            "kept failed, nobody waiting here",
+        ),
+        (released.clone(), false, true, true, "given back"),
+        (emptied, false, true, true, "given back (empty holder)"),
+        (released, false, false, false, "given back, nobody waiting here"),
+        (held("node02", false), true, true, true, "deleted"),
+        (
+            held("node01", false),
+            true,
+            true,
+            true,
+            "its own, deleted, while it waits",
+        ),
+        (
+            held("node02", false),
+            true,
+            false,
+            false,
+            "deleted, nobody waiting here",
+        ),
+    ] {
+        assert_eq!(wakes(&lease, "node01", deleted, waiting), expected, "{what}");
+    }
 }
