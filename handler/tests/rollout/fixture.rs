@@ -35,6 +35,10 @@ pub fn cluster_binary() -> std::path::PathBuf {
 pub const LEASE_SECONDS: &str = "4";
 /// A node that cannot revert a deleted policy holds its deletion this long here.
 pub const REVERT_TIMEOUT_SECONDS: u64 = 5;
+/// The handlers' log filter: the rollout bench counts the applies that read the node on their
+/// path (`network::state`), a test looks for the reporter's refreshes (`node_state_reporter`).
+pub const HANDLER_LOG: &str =
+    "info,nmstate_handler::network::state=debug,nmstate_handler::node_state_reporter=debug";
 /// The label every node of one test carries (value: the test's namespace).
 pub const GROUP: &str = "nmstate-test/rollout";
 
@@ -110,6 +114,7 @@ impl Fixture {
             .chain([
                 ("POD_NAMESPACE", self.namespace.as_str()),
                 ("LEASE_DURATION_SECONDS", self.lease_seconds),
+                ("RUST_LOG", HANDLER_LOG),
             ])
             .collect();
         let log = self.log(&self.nodes[index].name);
@@ -314,6 +319,11 @@ pub struct Observed {
     pub last_available: Option<std::time::Instant>,
     /// For each node that started applying after another became Available: how long after.
     pub handoffs: Vec<Duration>,
+    /// When each node was first seen holding a slot of the policy's rollout.
+    slot_since: BTreeMap<String, std::time::Instant>,
+    /// How long each node held its slot before it was seen Available: its apply as the rollout
+    /// sees it, whenever its Progressing status lands (it is written beside the change).
+    pub slot_times: Vec<Duration>,
 }
 
 /// Records every transition of `policy`'s enactments until dropped.
@@ -344,21 +354,49 @@ impl Recorder {
         .unwrap()
     }
 
-    /// Watches the enactments of `policy` (started before the policy exists).
+    /// Watches the enactments of `policy` and its rollout's slots (started before the policy
+    /// exists).
     pub async fn start(client: &Client, policy: &str) -> Recorder {
         let observed = Arc::new(Mutex::new(Observed::default()));
         let api: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
         let config = watcher::Config::default().labels(&format!("{}={policy}", labels::POLICY));
+        let slots = watcher(Api::<Lease>::all(client.clone()), config.clone())
+            .default_backoff()
+            .boxed();
         let (ready, ready_rx) = tokio::sync::oneshot::channel();
         let seen = observed.clone();
         let task = tokio::spawn(async move {
             let mut ready = Some(ready);
-            let mut events = watcher(api, config).default_backoff().boxed();
+            // Ready once both watches have listed what there is.
+            let mut listing = 2;
+            let enactments = watcher(api, config)
+                .default_backoff()
+                .map(|event| Watched::Enactment(Box::new(event)));
+            let slots = slots.map(|event| Watched::Slot(Box::new(event)));
+            let mut events = futures::stream::select(enactments, slots).boxed();
             while let Some(event) = events.next().await {
+                let event = match event {
+                    Watched::Enactment(event) => *event,
+                    Watched::Slot(slot) => match *slot {
+                        Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                            if let Some(holder) = nmstate_runtime::leases::holder(&lease) {
+                                let mut seen = seen.lock().unwrap();
+                                let now = std::time::Instant::now();
+                                seen.slot_since.entry(holder.to_string()).or_insert(now);
+                            }
+                            continue;
+                        }
+                        Ok(watcher::Event::InitDone) => Ok(watcher::Event::InitDone),
+                        _ => continue,
+                    },
+                };
                 let Ok(event) = event else { continue };
                 match event {
                     watcher::Event::InitDone => {
-                        if let Some(ready) = ready.take() {
+                        listing -= 1;
+                        if listing == 0
+                            && let Some(ready) = ready.take()
+                        {
                             let _ = ready.send(());
                         }
                     }
@@ -381,6 +419,12 @@ impl Recorder {
         ready_rx.await.unwrap();
         Recorder { observed, task }
     }
+}
+
+/// An event of one of the recorder's two watches.
+enum Watched {
+    Enactment(Box<Result<watcher::Event<NodeNetworkConfigurationEnactment>, watcher::Error>>),
+    Slot(Box<Result<watcher::Event<Lease>, watcher::Error>>),
 }
 
 fn record(observed: &mut Observed, enactment: &NodeNetworkConfigurationEnactment) {
@@ -414,6 +458,9 @@ fn record(observed: &mut Observed, enactment: &NodeNetworkConfigurationEnactment
     }
     if is_true("Available") {
         observed.last_available = Some(now);
+        if let Some(since) = observed.slot_since.remove(&node) {
+            observed.slot_times.push(now - since);
+        }
     }
     if is_true("Pending") {
         observed.ever_pending.insert(node);
