@@ -385,12 +385,33 @@ struct Notified {
     listening: AtomicBool,
 }
 
-/// Asks the running reporter ([`run`]) to report the node's state now.
+/// Logged (at debug) when a refresh of the NodeNetworkState begins, with `asked=true` when an
+/// apply asked for it ([`ReportNow::report`]).
+pub const REFRESHING: &str = "refreshing the node state";
+
+/// Asks the running reporter ([`run`]) to report the node's state now, and tells it while a
+/// change is applied.
 #[derive(Clone, Debug)]
-pub struct ReportNow(mpsc::Sender<Request>);
+pub struct ReportNow {
+    requests: mpsc::Sender<Request>,
+    /// How many applies are under way on the node.
+    applying: Arc<tokio::sync::watch::Sender<usize>>,
+}
 
 /// The reporter's end of [`ReportNow`].
-pub struct ReportRequests(mpsc::Receiver<Request>);
+pub struct ReportRequests {
+    requests: mpsc::Receiver<Request>,
+    applying: tokio::sync::watch::Receiver<usize>,
+}
+
+/// Held while a change is applied ([`ReportNow::applying`]).
+pub struct Applying(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for Applying {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count = count.saturating_sub(1));
+    }
+}
 
 /// A report asked for: of a state read after a change, or of a new read (None); answered once
 /// it is in the NodeNetworkState.
@@ -399,7 +420,25 @@ type Request = (Option<nmstate::NetworkState>, oneshot::Sender<()>);
 impl ReportNow {
     pub fn channel() -> (ReportNow, ReportRequests) {
         let (sender, receiver) = mpsc::channel(16);
-        (ReportNow(sender), ReportRequests(receiver))
+        let (applying, applies) = tokio::sync::watch::channel(0);
+        let now = ReportNow {
+            requests: sender,
+            applying: Arc::new(applying),
+        };
+        let requests = ReportRequests {
+            requests: receiver,
+            applying: applies,
+        };
+        (now, requests)
+    }
+
+    /// A change is applied on the node until the guard is dropped: the refreshes NetworkManager's
+    /// signals and the periodic check call for wait until then. A read in the middle of an
+    /// apply reports a state on its way, takes CPU from the apply, and, while it runs, holds up
+    /// the report the apply asks for at its end, which reports the state after it anyway.
+    pub fn applying(&self) -> Applying {
+        self.applying.send_modify(|count| *count += 1);
+        Applying(self.applying.clone())
     }
 
     /// Returns once the state read after this call is in the NodeNetworkState, or after
@@ -410,7 +449,7 @@ impl ReportNow {
     pub async fn report(&self, read_after_change: Option<nmstate::NetworkState>, timeout: Duration) -> bool {
         let (reply, reported) = oneshot::channel();
         let request = (read_after_change, reply);
-        let requested = async { self.0.send(request).await.is_ok() && reported.await.is_ok() };
+        let requested = async { self.requests.send(request).await.is_ok() && reported.await.is_ok() };
         tokio::time::timeout(timeout, requested).await.unwrap_or(false)
     }
 }
@@ -471,6 +510,8 @@ pub async fn run(
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let wake = due.map_or_else(|| Instant::now() + interval, |(at, _, _)| at);
+        // A refresh asked for goes ahead during an apply; one that signals call for waits.
+        let may_refresh = *requests.applying.borrow() == 0 || !waiting.is_empty();
         tokio::select! {
             () = &mut shutdown => return Ok(()),
             signal = changes.recv() => {
@@ -489,7 +530,8 @@ pub async fn run(
                 Some(Err(error)) => warn!("watching the NodeNetworkState: {error}"),
                 None => warn!("the NodeNetworkState watch ended"),
             },
-            Some((read, reply)) = requests.0.recv() => {
+            Ok(()) = requests.applying.changed() => {} // looks again whether it may refresh
+            Some((read, reply)) = requests.requests.recv() => {
                 if read.is_some() {
                     reporter.read_after_change = read;
                 }
@@ -514,10 +556,11 @@ pub async fn run(
                     due.get_or_insert((Instant::now(), false, Instant::now()));
                 }
             }
-            () = sleep_until(wake), if due.is_some() => {
+            () = sleep_until(wake), if due.is_some() && may_refresh => {
                 let force = due.is_some_and(|(_, force, _)| force);
                 due = None;
                 let read_again = reporter.read_after_change.is_some();
+                debug!(asked = !waiting.is_empty(), "{REFRESHING}");
                 // A stop does not wait for a read or a write in progress: either is safe to drop.
                 let refreshed = tokio::select! {
                     refreshed = reporter.refresh(force) => refreshed,

@@ -11,6 +11,7 @@ mod common;
 mod fixture;
 
 use fixture::{Fixture, Recorder, SERIAL, bridge};
+use nmstate_handler::node_state_reporter::REFRESHING;
 use nmstate_localenv::SandboxNode;
 use nmstate_localenv::testing::{eventually, free_port};
 use serde_json::json;
@@ -223,9 +224,42 @@ async fn a_policy_that_cuts_its_node_off_is_rolled_back_and_fails() {
     let address = fixture.nodes[0].address();
     let eth0 = common::stdout_of(&fixture.nodes[0], &["ip", "-4", "-o", "address", "show", "eth0"]);
     assert!(eth0.contains(&address), "eth0 keeps {address}: {eth0}");
+    // NetworkManager signalled the change seconds before the rollback: the node state was
+    // refreshed in between only as the apply asked (with the state nmstate verified), not for
+    // the signals, while the change was not yet decided.
+    let log = fixture.handlers[0].as_ref().unwrap().log();
+    let attempts = undecided_changes(&log);
+    assert!(!attempts.is_empty(), "no change found in the log: {log}");
+    for attempt in &attempts {
+        assert!(
+            !attempt
+                .iter()
+                .any(|line| line.contains(REFRESHING) && line.contains("asked=false")),
+            "the node state was refreshed while the change was undecided:\n{}",
+            attempt.join("\n")
+        );
+    }
     println!(
         "a policy that cut its node off: Failing after {:.1} s ({outcomes:?})",
         failed.as_secs_f64()
     );
     fixture.clean_up().await;
+}
+
+/// The log lines of each change from its checkpoint to the decision to roll it back.
+fn undecided_changes(log: &str) -> Vec<Vec<&str>> {
+    let mut attempts = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in log.lines() {
+        if line.contains("Created checkpoint") {
+            current = Some(Vec::new());
+        } else if line.contains("is about to lapse; rolling back")
+            && let Some(attempt) = current.take()
+        {
+            attempts.push(attempt);
+        } else if let Some(attempt) = current.as_mut() {
+            attempt.push(line);
+        }
+    }
+    attempts
 }

@@ -357,6 +357,9 @@ pub(super) async fn enact(
     status: &mut NodeNetworkConfigurationEnactmentStatus,
 ) -> Result<Result<(), ApplyError>, EnactmentError> {
     let policy_name = policy.name_any();
+    // Until the change is committed or rolled back and reported: the node-state reporter
+    // leaves the node alone meanwhile, and reports once asked below.
+    let _applying = context.report_now.applying();
     status.probes = None; // the last apply's, until this one's are known
     let plan = probes::plan(policy.spec.probes.as_ref(), &context.config.probe_defaults);
     let prober = probes::Prober {
