@@ -301,7 +301,22 @@ pub async fn install_crds(client: &kube::Client) -> Result<Vec<String>> {
             &Patch::Apply(&crd),
         )
         .await?;
-        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
+        // The wait's list is tried again after an error of the server's own (5xx): kube-apiserver
+        // 1.20 once answered it, while eight tests installed the CRDs at once right after it
+        // started, with `rpc error: code = Internal desc = unexpected EOF` from etcd.
+        let established = async {
+            loop {
+                match await_condition(crds.clone(), &name, conditions::is_crd_established()).await {
+                    Err(error) if is_server_error(&error) => {
+                        eprintln!(
+                            "install_crds: waiting for {name} to be established: {error}; trying again"
+                        );
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    result => return result,
+                }
+            }
+        };
         match tokio::time::timeout(std::time::Duration::from_secs(30), established).await {
             Ok(result) => {
                 result.map_err(|error| crate::LocalEnvError::Kube(kube::Error::Service(Box::new(error))))?;
@@ -317,6 +332,17 @@ pub async fn install_crds(client: &kube::Client) -> Result<Vec<String>> {
         names.push(name);
     }
     Ok(names)
+}
+
+/// Whether a wait failed on an error the API server answered with a 5xx status.
+fn is_server_error(error: &kube::runtime::wait::Error) -> bool {
+    use kube::runtime::{wait::Error, watcher::Error as Watch};
+    match error {
+        Error::ProbeFailed(
+            Watch::InitialListFailed(kube::Error::Api(status)) | Watch::WatchFailed(kube::Error::Api(status)),
+        ) => status.code >= 500,
+        _ => false,
+    }
 }
 
 /// `what` did not happen within the time allowed.
