@@ -65,12 +65,7 @@ impl Run {
     }
 
     fn logged(&self, log: &str, text: &str) -> bool {
-        log.lines().filter(|line| line.contains(text)).any(|line| {
-            line.split_whitespace()
-                .next()
-                .and_then(|stamp| stamp.parse::<Timestamp>().ok())
-                .is_some_and(|at| at >= self.created && at <= self.seen)
-        })
+        crate::common::logged_between(log, text, self.created, self.seen)
     }
 }
 

@@ -85,13 +85,11 @@ async fn rollout(fixture: &mut Fixture, suffix: &str, max_unavailable: Value, li
     };
     let apply = median(&observed.apply_times).unwrap();
     let rounds = u32::try_from(count.div_ceil(limit)).unwrap();
-    let mut handoffs = observed.handoffs.clone();
-    handoffs.sort();
     Figures {
         wall,
         first,
         first_slot: first_slot(&audit, offset, &name),
-        handoff: handoffs.get(handoffs.len() / 2).copied(),
+        handoff: median(&observed.handoffs),
         apply,
         expected: apply * rounds,
         in_slot: median(&observed.slot_times),
@@ -102,14 +100,7 @@ async fn rollout(fixture: &mut Fixture, suffix: &str, max_unavailable: Value, li
             .iter()
             .filter(|node| {
                 let log = std::fs::read_to_string(fixture.log(&node.name)).unwrap_or_default();
-                log.lines().any(|line| {
-                    line.contains(READ_ON_THE_PATH)
-                        && line
-                            .split_whitespace()
-                            .next()
-                            .and_then(|stamp| stamp.parse::<Timestamp>().ok())
-                            .is_some_and(|at| at >= began && at <= ended)
-                })
+                common::logged_between(&log, READ_ON_THE_PATH, began, ended)
             })
             .count(),
     }

@@ -64,6 +64,22 @@ pub fn add_kernel_bridge(node: &TestNode, name: &str) {
     );
 }
 
+/// Whether a line of `log` containing `text` was logged from `from` to `to` (inclusive), by the
+/// timestamp each of the handler's log lines starts with.
+pub fn logged_between(
+    log: &str,
+    text: &str,
+    from: k8s_openapi::jiff::Timestamp,
+    to: k8s_openapi::jiff::Timestamp,
+) -> bool {
+    log.lines().filter(|line| line.contains(text)).any(|line| {
+        line.split_whitespace()
+            .next()
+            .and_then(|stamp| stamp.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .is_some_and(|at| at >= from && at <= to)
+    })
+}
+
 pub fn stop_handler(handler: &mut NodeProcess) {
     stop_handler_within(handler, Duration::from_secs(20));
 }
