@@ -51,7 +51,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -131,16 +131,16 @@ pub struct NodeStateReporter {
     rules: ReportRules,
     /// The state last written (or found already reported), to skip unchanged refreshes.
     last_reported: Option<Value>,
-    /// Each read kept for the applies, and NetworkManager's signals counted against it.
+    /// Each read kept for the applies, and the signals and notifications counted against it.
     cache: Arc<StateCache>,
     /// How often the periodic check runs, for what NetworkManager does not signal.
     check_interval: Duration,
     /// What the kernel alone reported at the last periodic check that read it, filtered as a
     /// report is.
     last_kernel: Option<Value>,
-    /// The kernel's change notifications, counted as they come.
-    notified: Arc<Notified>,
-    /// The notifications counted at the last periodic check.
+    /// Whether the kernel's change notifications are listened to (and counted in `cache`).
+    listening: Arc<AtomicBool>,
+    /// The notifications counted at the last periodic check that read the kernel.
     last_notified: u64,
     /// The status as this reporter last wrote or read it: a write needs no read before it
     /// (this reporter is the status's only writer; a deletion forces a read).
@@ -169,7 +169,7 @@ impl NodeStateReporter {
             cache: Arc::default(),
             check_interval: Duration::from_secs(60),
             last_kernel: None,
-            notified: Arc::default(),
+            listening: Arc::default(),
             last_notified: 0,
             last_status: None,
             read_after_change: None,
@@ -182,7 +182,8 @@ impl NodeStateReporter {
         self
     }
 
-    /// Keeps each read in `cache`, and counts NetworkManager's change signals there.
+    /// Keeps each read in `cache`, and counts NetworkManager's signals and the kernel's
+    /// notifications there.
     pub fn with_cache(mut self, cache: Arc<StateCache>) -> Self {
         self.cache = cache;
         self
@@ -208,7 +209,7 @@ impl NodeStateReporter {
             Some(state) => state,
             None => {
                 let cache = self.cache.clone();
-                let read = tokio::task::spawn_blocking(move || cache.read());
+                let read = tokio::task::spawn_blocking(move || cache.read_with_kernel());
                 phases::timed(names::REPORT_READ, read)
                     .await?
                     .map_err(NodeStateError::from)?
@@ -266,31 +267,32 @@ impl NodeStateReporter {
     /// is due). What the kernel alone reports is read and compared with the last check's read,
     /// but while its notifications are listened to, only if one came: a notification of
     /// nothing the report shows (an address's lifetimes renewed) costs that read, not a full
-    /// one. Unmoved, the last full read is confirmed current for the applies
-    /// ([`StateCache::confirm`]).
+    /// one. The last full read is confirmed current for the applies when nothing was notified
+    /// ([`StateCache::confirm`]), or when the kernel is as it was at that read
+    /// ([`StateCache::confirm_kernel`]).
     pub async fn kernel_moved(&mut self) -> Result<bool, ReportError> {
         // Counted before the read: what is notified during it is looked at by the next check.
-        let count = self.notified.count.load(Ordering::SeqCst);
-        if self.notified.listening.load(Ordering::SeqCst) && self.last_kernel.is_some() {
-            if self.last_notified == count {
-                let since = self.cache.changes();
+        let since = self.cache.changes();
+        if self.listening.load(Ordering::SeqCst) && self.last_kernel.is_some() {
+            if self.last_notified == since.notified {
                 debug!("periodic check: nothing notified since the last check");
                 self.cache.confirm(since);
                 return Ok(false);
             }
             debug!("periodic check: the kernel notified a change since the last check");
         }
-        self.last_notified = count;
         let cache = self.cache.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let since = cache.changes();
             node_state::retrieve_kernel().map(|kernel| (kernel, since))
         });
         let (kernel, since) = checked.await??;
+        self.last_notified = since.notified;
+        let kept = self.cache.confirm_kernel(since, kernel.clone());
         let kernel = filter_for_report(kernel, &self.rules);
         let moved = self.last_kernel.as_ref() != Some(&kernel);
-        debug!(moved, "periodic check: the kernel read");
-        if !moved {
+        debug!(moved, kept, "periodic check: the kernel read");
+        if !moved && !kept {
             self.cache.confirm(since);
         }
         self.last_kernel = Some(kernel);
@@ -377,14 +379,6 @@ fn owned_by(state: &NodeNetworkState, uid: &str) -> bool {
         .any(|owner| owner.kind == "Node" && owner.uid == uid)
 }
 
-/// The kernel's change notifications, counted by the reporter's listening task.
-#[derive(Default)]
-struct Notified {
-    count: AtomicU64,
-    /// Whether the task listens: the periodic check reads the kernel when not.
-    listening: AtomicBool,
-}
-
 /// Logged (at debug) when a refresh of the NodeNetworkState begins, with `asked=true` when an
 /// apply asked for it ([`ReportNow::report`]).
 pub const REFRESHING: &str = "refreshing the node state";
@@ -469,21 +463,20 @@ pub async fn run(
     let cache = reporter.cache.clone();
     counting.spawn(async move {
         while signals.next().await.is_some() {
-            cache.changed();
+            cache.signalled();
             // A burst is one refresh: a signal already waiting stands for this one too.
             let _ = signalled.try_send(());
         }
     });
     match kernel_notifications::change_notifications() {
         Ok(mut notifications) => {
-            let (cache, notified) = (reporter.cache.clone(), reporter.notified.clone());
-            notified.listening.store(true, Ordering::SeqCst);
+            let (cache, listening) = (reporter.cache.clone(), reporter.listening.clone());
+            listening.store(true, Ordering::SeqCst);
             counting.spawn(async move {
                 while notifications.next().await.is_some() {
-                    cache.changed();
-                    notified.count.fetch_add(1, Ordering::SeqCst);
+                    cache.notified();
                 }
-                notified.listening.store(false, Ordering::SeqCst);
+                listening.store(false, Ordering::SeqCst);
                 warn!(
                     "the kernel's change notifications stopped; the periodic check reads the kernel instead"
                 );

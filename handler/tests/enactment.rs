@@ -387,14 +387,101 @@ async fn the_first_apply_merges_over_the_state_the_handler_read_at_start() {
     let log = std::env::temp_dir().join(format!("{node_name}.log"));
     let rust_log = "info,nmstate_handler::network::state=debug";
     let mut handler = start_handler_with(&node, &log, &[("RUST_LOG", rust_log)]);
-    let states: Api<nmstate_api::NodeNetworkState> = Api::all(client.clone());
-    eventually("the node state reported", Duration::from_secs(30), || async {
-        let state = states.get_opt(&node_name).await.unwrap()?;
-        state.status?.current_state
+    wait_for_the_report(&client, &node_name).await;
+
+    let policy = apply_a_bridge(&client, &node_name).await;
+    stop_handler(&mut handler);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains(READ_ON_THE_PATH),
+        "the apply read the node on its path: the read made at start was outdated (log: {})",
+        log.display()
+    );
+    delete_policy(&client, &policy).await;
+    let _ = std::fs::remove_file(&log);
+}
+
+/// The kernel notifies a change NetworkManager does not signal, undone before the next periodic
+/// check (a sysctl set and set back): the check reads the kernel alone, finds it as it was at
+/// the handler's last full read, and keeps that read for the next apply, which then does not
+/// read the node on its path. (A router advertisement renewing an address's lifetimes, or a
+/// container's veth come and gone, notifies the same way.)
+#[tokio::test]
+async fn a_kernel_notification_of_nothing_that_stayed_changed_keeps_the_read_for_the_apply() {
+    let env = shared_env().await.unwrap();
+    let client = env.client().await.unwrap();
+    install_crds(&client).await.unwrap();
+    let node_name = unique_name("notified");
+    let node = TestNode::start(&env, &node_name, &BTreeMap::new()).await.unwrap();
+    let log = std::env::temp_dir().join(format!("{node_name}.log"));
+    let rust_log = "info,nmstate_handler::network::state=debug,nmstate_handler::node_state_reporter=debug";
+    let mut handler = start_handler_with(
+        &node,
+        &log,
+        &[("RUST_LOG", rust_log), ("NNS_CHECK_INTERVAL_SECONDS", "2")],
+    );
+    wait_for_the_report(&client, &node_name).await;
+    let logged_since = |from: usize, line: &'static str| {
+        let handler = &handler;
+        async move { handler.log()[from..].find(line).map(|at| from + at) }
+    };
+    eventually("a check finds nothing notified", Duration::from_secs(20), || {
+        logged_since(0, "periodic check: nothing notified")
     })
     .await
     .unwrap();
 
+    let flapped = handler.log().len();
+    for value in ["1", "0"] {
+        let sysctl = format!("net.ipv4.conf.eth1.forwarding={value}");
+        let set = node
+            .command("sysctl")
+            .unwrap()
+            .args(["-q", "-w", &sysctl])
+            .status()
+            .unwrap();
+        assert!(set.success(), "sysctl -w {sysctl}: {set}");
+    }
+    let checked = eventually("a check reads the kernel", Duration::from_secs(20), || {
+        logged_since(flapped, "periodic check: the kernel read")
+    })
+    .await
+    .unwrap();
+    let log_after_check = &handler.log()[checked..];
+    assert!(
+        log_after_check
+            .lines()
+            .next()
+            .is_some_and(|line| line.contains("moved=false")),
+        "the kernel was read as moved: {log_after_check}"
+    );
+
+    let policy = apply_a_bridge(&client, &node_name).await;
+    stop_handler(&mut handler);
+    let since_the_flap = &handler.log()[flapped..];
+    assert!(
+        !since_the_flap.contains(READ_ON_THE_PATH),
+        "the apply read the node on its path: the read kept was given up for a notification \
+         of nothing that stayed changed (log: {})",
+        log.display()
+    );
+    delete_policy(&client, &policy).await;
+    let _ = std::fs::remove_file(&log);
+}
+
+async fn wait_for_the_report(client: &kube::Client, node_name: &str) {
+    let states: Api<nmstate_api::NodeNetworkState> = Api::all(client.clone());
+    eventually("the node state reported", Duration::from_secs(30), || async {
+        let state = states.get_opt(node_name).await.unwrap()?;
+        state.status?.current_state
+    })
+    .await
+    .unwrap();
+}
+
+/// Applies a policy that adds a bridge on `node_name`, waits for it to be Available there, and
+/// returns its name.
+async fn apply_a_bridge(client: &kube::Client, node_name: &str) -> String {
     let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
     let enactments: Api<NodeNetworkConfigurationEnactment> = Api::all(client.clone());
     let name = format!("{node_name}-bridge");
@@ -409,13 +496,10 @@ async fn the_first_apply_merges_over_the_state_the_handler_read_at_start() {
         .unwrap();
     let enactment = format!("{node_name}.{name}");
     wait_for_condition(&enactments, &enactment, AVAILABLE, Duration::from_secs(60)).await;
-    stop_handler(&mut handler);
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        !text.contains(READ_ON_THE_PATH),
-        "the apply read the node on its path: the read made at start was outdated (log: {})",
-        log.display()
-    );
-    policies.delete(&name, &Default::default()).await.unwrap();
-    let _ = std::fs::remove_file(&log);
+    name
+}
+
+async fn delete_policy(client: &kube::Client, name: &str) {
+    let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client.clone());
+    policies.delete(name, &Default::default()).await.unwrap();
 }

@@ -74,6 +74,15 @@ pub fn filter_for_report(mut state: Value, rules: &ReportRules) -> Value {
     state
 }
 
+/// `state` without the values that change without any configuration change (bridge timers,
+/// address lifetimes): what two reads of an unchanged node agree on.
+pub fn without_volatile_values(mut state: Value) -> Value {
+    if let Some(interfaces) = state.get_mut("interfaces").and_then(Value::as_array_mut) {
+        interfaces.iter_mut().for_each(drop_volatile_values);
+    }
+    state
+}
+
 fn is_ignored_veth(interface: &Value) -> bool {
     interface.get("type").and_then(Value::as_str) == Some("veth")
         && interface.get("state").and_then(Value::as_str) == Some("ignore")
