@@ -9,6 +9,9 @@
 //! the rollout's own (enactment and slot Leases, write conflicts included), the node states that
 //! the change updates, and the policy status (per policy). Figures are printed, never asserted.
 //!
+//! Each size's two rollouts run `BENCH_ROLLOUT_RUNS` times (default 5), the policy and its bridges
+//! removed after each, and the bench prints each run and the median over them.
+//!
 //! Needs `NMSTATE_LOCALENV_DIR` (a running local control plane).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness: failing loudly is the point
@@ -52,7 +55,13 @@ struct Figures {
     read_on_the_path: usize,
 }
 
-async fn rollout(fixture: &mut Fixture, suffix: &str, max_unavailable: Value, limit: usize) -> Figures {
+async fn rollout(
+    fixture: &mut Fixture,
+    suffix: &str,
+    max_unavailable: Value,
+    limit: usize,
+    bridge_name: &str,
+) -> Figures {
     let name = format!("{}-{suffix}", fixture.namespace);
     let audit = fixture.env.control_plane().dir().join("audit.log");
     let recorder = Recorder::start(&fixture.client, &name).await;
@@ -64,7 +73,7 @@ async fn rollout(fixture: &mut Fixture, suffix: &str, max_unavailable: Value, li
     let started = Instant::now();
     let began = Timestamp::now();
     fixture
-        .create_policy(suffix, bridge(&format!("br-{suffix}")), max_unavailable)
+        .create_policy(suffix, bridge(bridge_name), max_unavailable)
         .await;
     let count = fixture.nodes.len();
     fixture.wait_for_rollout(&name, Duration::from_secs(300)).await;
@@ -131,14 +140,55 @@ fn ms(duration: Duration) -> String {
     format!("{:.0} ms", duration.as_secs_f64() * 1000.0)
 }
 
+/// Removes what a rollout left, so the next run's nodes start as this run's did: the policy
+/// (its enactments and slots go with it), then the bridge it made on every node.
+async fn undo(fixture: &Fixture, policy: &str, bridge: &str) {
+    fixture.delete_policies(&[policy], Duration::from_secs(60)).await;
+    fixture.wait_for_slots_given_back(policy).await;
+    for node in &fixture.nodes {
+        let deleted = node
+            .command("nmcli")
+            .unwrap()
+            .args(["connection", "delete", bridge])
+            .output()
+            .unwrap();
+        assert!(
+            deleted.status.success(),
+            "nmcli connection delete {bridge}: {deleted:?}"
+        );
+    }
+}
+
+/// One rollout's row of figures, and the ratios it is summed up by.
+struct Row {
+    /// Over the time a node is seen Progressing, and over the time it holds its slot.
+    ratio: f64,
+    slot_ratio: Option<f64>,
+    wall: Duration,
+}
+
+fn median_of(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let load = nmstate_localenv::testing::MachineLoad::start();
-    println!("rollout of one policy over N nodes (a new bridge on each), leases {LEASE_SECONDS} s");
+    // BENCH_ROLLOUT_RUNS (default 5): each size's two rollouts, run this many times; one run's
+    // ratio swings by a tenth or more with what the two cores run meanwhile.
+    let runs: usize = std::env::var("BENCH_ROLLOUT_RUNS")
+        .ok()
+        .and_then(|runs| runs.parse().ok())
+        .unwrap_or(5);
     println!(
-        "{:>2} {:>11} {:>9} {:>9} {:>15} {:>6} {:>9} {:>6} {:>13} {:>11} {:>13}",
+        "rollout of one policy over N nodes (a new bridge on each), leases {LEASE_SECONDS} s, {runs} runs of each"
+    );
+    println!(
+        "{:>2} {:>11} {:>3} {:>9} {:>9} {:>15} {:>6} {:>9} {:>6} {:>13} {:>11} {:>13}",
         "N",
         "maxUnavail.",
+        "run",
         "wall",
         "1 apply",
         "ceil(N/k)×apply",
@@ -150,6 +200,7 @@ async fn main() {
         "policy status"
     );
     let mut details = Vec::new();
+    let mut summaries = Vec::new();
     // BENCH_ROLLOUT_NODES=8 (a comma-separated list) runs only those sizes.
     let sizes: Vec<usize> = std::env::var("BENCH_ROLLOUT_NODES")
         .ok()
@@ -163,53 +214,94 @@ async fn main() {
     for count in sizes {
         let mut fixture = Fixture::start_with_leases(count, true, LEASE_SECONDS).await;
         let _cluster = fixture.start_cluster("writer", free_port());
-        // Let the handlers' start-up writes (node states) settle before counting.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        for (suffix, max_unavailable, label) in [("one", json!(1), "1"), ("half", json!("50%"), "50%")] {
-            let limit = match label {
-                "1" => 1,
-                _ => count.div_ceil(2),
-            };
-            let figures = rollout(&mut fixture, suffix, max_unavailable, limit).await;
-            let sum = |prefix: &str| -> usize {
-                figures
-                    .writes
-                    .iter()
-                    .filter(|(kind, _)| kind.starts_with(prefix))
-                    .map(|(_, count)| count)
-                    .sum()
-            };
-            // The rollout's own writes: enactments (and their events) and the slots.
-            let rollout_writes = sum("nodenetworkconfigurationenactments") + sum("leases") + sum("events");
-            let in_slot = figures.in_slot.map_or("none".into(), ms);
-            let slot_ratio = figures.in_slot.map_or("none".into(), |in_slot| {
-                let expected = in_slot * figures.rounds;
-                format!("{:.2}×", figures.wall.as_secs_f64() / expected.as_secs_f64())
-            });
-            println!(
-                "{count:>2} {label:>11} {:>9} {:>9} {:>15} {:>5.2}× {in_slot:>9} {slot_ratio:>6} {:>13.2} {:>11.2} {:>13}",
-                ms(figures.wall),
-                ms(figures.apply),
-                ms(figures.expected),
-                figures.wall.as_secs_f64() / figures.expected.as_secs_f64(),
-                rollout_writes as f64 / count as f64,
-                sum("nodenetworkstates") as f64 / count as f64,
-                sum("nodenetworkconfigurationpolicies"),
-            );
-            let first = figures.first.map_or("never".into(), ms);
-            let first_slot = figures.first_slot.map_or("never".into(), ms);
-            let handoff = figures.handoff.map_or("none".into(), ms);
-            details.push(format!(
-                "N={count} maxUnavailable={label}: the first node Progressing {first} after the policy's creation (the API server stored the first slot {first_slot} after the policy); a slot from Available to the next Progressing {handoff} (median); nodes that read their state on the apply's path: {} of {count}; {:?}",
-                figures.read_on_the_path,
-                figures.writes
-            ));
+        let mut rows: BTreeMap<&str, Vec<Row>> = BTreeMap::new();
+        for run in 0..runs {
+            for (suffix, max_unavailable, label) in [("one", json!(1), "1"), ("half", json!("50%"), "50%")] {
+                // Let the handlers' writes of what came before (start-up, the last run's undoing)
+                // settle before counting.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let limit = match label {
+                    "1" => 1,
+                    _ => count.div_ceil(2),
+                };
+                let bridge_name = format!("br-{suffix}");
+                let suffix = format!("{suffix}-{run}");
+                let policy = format!("{}-{suffix}", fixture.namespace);
+                let figures = rollout(&mut fixture, &suffix, max_unavailable, limit, &bridge_name).await;
+                let sum = |prefix: &str| -> usize {
+                    figures
+                        .writes
+                        .iter()
+                        .filter(|(kind, _)| kind.starts_with(prefix))
+                        .map(|(_, count)| count)
+                        .sum()
+                };
+                // The rollout's own writes: enactments (and their events) and the slots.
+                let rollout_writes =
+                    sum("nodenetworkconfigurationenactments") + sum("leases") + sum("events");
+                let in_slot = figures.in_slot.map_or("none".into(), ms);
+                let slot_ratio = figures
+                    .in_slot
+                    .map(|in_slot| figures.wall.as_secs_f64() / (in_slot * figures.rounds).as_secs_f64());
+                let ratio = figures.wall.as_secs_f64() / figures.expected.as_secs_f64();
+                println!(
+                    "{count:>2} {label:>11} {run:>3} {:>9} {:>9} {:>15} {ratio:>5.2}× {in_slot:>9} {:>6} {:>13.2} {:>11.2} {:>13}",
+                    ms(figures.wall),
+                    ms(figures.apply),
+                    ms(figures.expected),
+                    slot_ratio.map_or("none".into(), |ratio| format!("{ratio:.2}×")),
+                    rollout_writes as f64 / count as f64,
+                    sum("nodenetworkstates") as f64 / count as f64,
+                    sum("nodenetworkconfigurationpolicies"),
+                );
+                let first = figures.first.map_or("never".into(), ms);
+                let first_slot = figures.first_slot.map_or("never".into(), ms);
+                let handoff = figures.handoff.map_or("none".into(), ms);
+                details.push(format!(
+                    "N={count} maxUnavailable={label} run {run}: the first node Progressing {first} after the policy's creation (the API server stored the first slot {first_slot} after the policy); a slot from Available to the next Progressing {handoff} (median); nodes that read their state on the apply's path: {} of {count}; {:?}",
+                    figures.read_on_the_path,
+                    figures.writes
+                ));
+                rows.entry(label).or_default().push(Row {
+                    ratio,
+                    slot_ratio,
+                    wall: figures.wall,
+                });
+                undo(&fixture, &policy, &bridge_name).await;
+            }
+        }
+        for (label, rows) in rows {
+            summaries.push(summary(count, label, &rows));
         }
         fixture.clean_up().await;
+    }
+    println!("over the runs (median, and the range):");
+    for line in summaries {
+        println!("  {line}");
     }
     println!("the first wave, handoffs, and writes by kind (audit log; conflicts included):");
     for line in details {
         println!("  {line}");
     }
     println!("\nmachine during this bench: {}", load.report());
+}
+
+/// One size and limit's runs summed up: the median and range of the wall time and of both
+/// ratios, and how many runs met 1.2 × over the time in slot.
+fn summary(count: usize, label: &str, rows: &[Row]) -> String {
+    let range = |values: &mut Vec<f64>| {
+        let median = median_of(values).unwrap_or(f64::NAN);
+        let (low, high) = (values.first().copied(), values.last().copied());
+        (median, low.unwrap_or(f64::NAN), high.unwrap_or(f64::NAN))
+    };
+    let (wall, wall_low, wall_high) =
+        range(&mut rows.iter().map(|row| row.wall.as_secs_f64() * 1000.0).collect());
+    let (ratio, ratio_low, ratio_high) = range(&mut rows.iter().map(|row| row.ratio).collect());
+    let mut slot_ratios: Vec<f64> = rows.iter().filter_map(|row| row.slot_ratio).collect();
+    let met = slot_ratios.iter().filter(|ratio| **ratio <= 1.2).count();
+    let measured = slot_ratios.len();
+    let (slot, slot_low, slot_high) = range(&mut slot_ratios);
+    format!(
+        "N={count} maxUnavailable={label}: wall {wall:.0} ms ({wall_low:.0}–{wall_high:.0}); ratio over the time in slot {slot:.2}× ({slot_low:.2}–{slot_high:.2}; at or under 1.2× in {met} of {measured}); over the time Progressing {ratio:.2}× ({ratio_low:.2}–{ratio_high:.2})"
+    )
 }
