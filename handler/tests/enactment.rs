@@ -432,16 +432,19 @@ async fn a_kernel_notification_of_nothing_that_stayed_changed_keeps_the_read_for
     .unwrap();
 
     let flapped = handler.log().len();
-    for value in ["1", "0"] {
-        let sysctl = format!("net.ipv4.conf.eth1.forwarding={value}");
-        let set = node
-            .command("sysctl")
-            .unwrap()
-            .args(["-q", "-w", &sysctl])
-            .status()
-            .unwrap();
-        assert!(set.success(), "sysctl -w {sysctl}: {set}");
-    }
+    // Set and set back by one process, so no check falls in between.
+    let flap = [
+        "net.ipv4.conf.eth1.forwarding=1",
+        "net.ipv4.conf.eth1.forwarding=0",
+    ];
+    let set = node
+        .command("sysctl")
+        .unwrap()
+        .args(["-q", "-w"])
+        .args(flap)
+        .status()
+        .unwrap();
+    assert!(set.success(), "sysctl -w {flap:?}: {set}");
     let checked = eventually("a check reads the kernel", Duration::from_secs(20), || {
         logged_since(flapped, "periodic check: the kernel read")
     })
