@@ -115,10 +115,25 @@ async fn main() {
     // The peer: kubectl applying the same objects server-side, from a file.
     let file = env.dir().join(format!("{namespace}-operands.yaml"));
     let rendered = render(&Default::default(), &config, &facts).unwrap();
-    let mut out = std::fs::File::create(&file).unwrap();
+    // Removed after each run as the operator uninstalls: the CRDs and the namespace stay. A CRD
+    // deleted right after its creation can stay Terminating for minutes (the API server's
+    // "storage is (re)initializing"), which held `make bench` up.
+    let removable = env.dir().join(format!("{namespace}-operands-removable.yaml"));
+    let (mut out, mut out_removable) = (
+        std::fs::File::create(&file).unwrap(),
+        std::fs::File::create(&removable).unwrap(),
+    );
     for object in &rendered {
-        writeln!(out, "---\n{}", serde_yaml::to_string(object).unwrap()).unwrap();
+        let yaml = serde_yaml::to_string(object).unwrap();
+        writeln!(out, "---\n{yaml}").unwrap();
+        if !matches!(
+            object["kind"].as_str(),
+            Some("CustomResourceDefinition" | "Namespace")
+        ) {
+            writeln!(out_removable, "---\n{yaml}").unwrap();
+        }
     }
+    drop((out, out_removable));
     let mut peer = Vec::new();
     for _ in 0..RUNS {
         let started = Instant::now();
@@ -142,7 +157,7 @@ async fn main() {
         peer.push(started.elapsed());
         let _ = kubectl(&env)
             .args(["delete", "--wait=true", "--ignore-not-found", "-f"])
-            .arg(&file)
+            .arg(&removable)
             .output();
     }
     let (ours, theirs) = (median(installs), median(peer));
