@@ -169,7 +169,7 @@ impl StateCache {
     }
 
     /// [`Self::read`], and the kernel alone just before it, kept beside it for
-    /// [`Self::confirm_kernel`] (about a twentieth of a full read's cost). Blocking.
+    /// [`Self::confirm_kernel`] (a few milliseconds more). Blocking.
     ///
     /// The kernel is read first: a change between the two reads whose notification is counted
     /// only after both outdates the full read when it is counted, and the kernel read kept,
