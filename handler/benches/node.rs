@@ -114,7 +114,7 @@ impl Series {
     }
 
     fn median(&self) -> Duration {
-        median(self.samples.clone())
+        common::median(&self.samples).unwrap_or_default()
     }
 
     /// The median of the samples nmstate retried in (`retried`) or not, and how many there were.
@@ -126,8 +126,7 @@ impl Series {
             .filter(|(_, this)| **this == retried)
             .map(|(sample, _)| *sample)
             .collect();
-        let count = chosen.len();
-        (count > 0).then(|| (median(chosen), count))
+        Some((common::median(&chosen)?, chosen.len()))
     }
 
     fn retries(&self) -> usize {
@@ -150,11 +149,6 @@ impl Series {
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
 }
 
 #[tokio::main]

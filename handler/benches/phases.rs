@@ -145,10 +145,8 @@ impl Breakdown {
     pub fn print(&self, title: &str) {
         println!("{title}");
         for (part, samples) in &self.parts {
-            let mut sorted = samples.clone();
-            sorted.sort_by(f64::total_cmp);
-            let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
-            let max = sorted.last().copied().unwrap_or_default();
+            let median = crate::common::median(samples).unwrap_or_default();
+            let max = samples.iter().copied().reduce(f64::max).unwrap_or_default();
             println!(
                 "  {part:<34} median {median:>7.1} ms   max {max:>7.1} ms   ({} runs)",
                 samples.len()

@@ -21,6 +21,7 @@ mod common;
 #[path = "../tests/rollout/fixture.rs"]
 mod fixture;
 
+use common::median;
 use fixture::{Fixture, Recorder, audit_size, bridge, completed_since, writes_since};
 use k8s_openapi::jiff::Timestamp;
 use nmstate_handler::network::state::READ_ON_THE_PATH;
@@ -87,11 +88,6 @@ async fn rollout(
         .iter()
         .find(|(_, progressing)| !progressing.is_empty())
         .map(|(seen, _)| *seen - started);
-    let median = |times: &[Duration]| {
-        let mut times = times.to_vec();
-        times.sort();
-        times.get(times.len() / 2).copied()
-    };
     let apply = median(&observed.apply_times).unwrap();
     let rounds = u32::try_from(count.div_ceil(limit)).unwrap();
     Figures {
@@ -165,11 +161,6 @@ struct Row {
     ratio: f64,
     slot_ratio: Option<f64>,
     wall: Duration,
-}
-
-fn median_of(values: &mut [f64]) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -289,18 +280,19 @@ async fn main() {
 /// One size and limit's runs summed up: the median and range of the wall time and of both
 /// ratios, and how many runs met 1.2 × over the time in slot.
 fn summary(count: usize, label: &str, rows: &[Row]) -> String {
-    let range = |values: &mut Vec<f64>| {
-        let median = median_of(values).unwrap_or(f64::NAN);
-        let (low, high) = (values.first().copied(), values.last().copied());
-        (median, low.unwrap_or(f64::NAN), high.unwrap_or(f64::NAN))
+    // (median, lowest, highest); NaN for none.
+    let range = |values: Vec<f64>| {
+        let low = values.iter().copied().reduce(f64::min);
+        let high = values.iter().copied().reduce(f64::max);
+        let or_nan = |value: Option<f64>| value.unwrap_or(f64::NAN);
+        (or_nan(median(&values)), or_nan(low), or_nan(high))
     };
-    let (wall, wall_low, wall_high) =
-        range(&mut rows.iter().map(|row| row.wall.as_secs_f64() * 1000.0).collect());
-    let (ratio, ratio_low, ratio_high) = range(&mut rows.iter().map(|row| row.ratio).collect());
-    let mut slot_ratios: Vec<f64> = rows.iter().filter_map(|row| row.slot_ratio).collect();
+    let (wall, wall_low, wall_high) = range(rows.iter().map(|row| row.wall.as_secs_f64() * 1000.0).collect());
+    let (ratio, ratio_low, ratio_high) = range(rows.iter().map(|row| row.ratio).collect());
+    let slot_ratios: Vec<f64> = rows.iter().filter_map(|row| row.slot_ratio).collect();
     let met = slot_ratios.iter().filter(|ratio| **ratio <= 1.2).count();
     let measured = slot_ratios.len();
-    let (slot, slot_low, slot_high) = range(&mut slot_ratios);
+    let (slot, slot_low, slot_high) = range(slot_ratios);
     format!(
         "N={count} maxUnavailable={label}: wall {wall:.0} ms ({wall_low:.0}–{wall_high:.0}); ratio over the time in slot {slot:.2}× ({slot_low:.2}–{slot_high:.2}; at or under 1.2× in {met} of {measured}); over the time Progressing {ratio:.2}× ({ratio_low:.2}–{ratio_high:.2})"
     )

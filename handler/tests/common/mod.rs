@@ -64,6 +64,13 @@ pub fn add_kernel_bridge(node: &TestNode, name: &str) {
     );
 }
 
+/// The median of `values` (the upper middle one of an even count); None when there are none.
+pub fn median<T: Copy + PartialOrd>(values: &[T]) -> Option<T> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    sorted.get(sorted.len() / 2).copied()
+}
+
 /// Whether a line of `log` containing `text` was logged from `from` to `to` (inclusive), by the
 /// timestamp each of the handler's log lines starts with.
 pub fn logged_between(
