@@ -167,16 +167,25 @@ async fn a_handler_restarted_over_a_change_left_live_rolls_it_back_at_once() {
     .await
     .unwrap();
     let back = restarted.elapsed();
-    assert!(
-        handler
-            .log()
-            .contains("rolled back a change an earlier handler left uncommitted"),
-        "{}",
-        handler.log()
-    );
+    // NetworkManager's rollback call returns, and the handler logs it, only once every device
+    // is back in its place: eth0's address can be seen a moment before.
+    let said = eventually(
+        "the handler says it rolled back",
+        Duration::from_secs(10),
+        || async {
+            handler
+                .log()
+                .contains("rolled back a change an earlier handler left uncommitted")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(said.is_ok(), "{}", handler.log());
     eprintln!(
-        "a change left live by a killed handler rolled back {:.1} s after the restart",
-        back.as_secs_f64()
+        "a change left live by a killed handler rolled back: eth0 up {:.2} s after the restart, \
+         the handler's log line {:.2} s after",
+        back.as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
     );
     handler.kill();
     let policies: Api<NodeNetworkConfigurationPolicy> = Api::all(client);
