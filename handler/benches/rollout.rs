@@ -63,7 +63,7 @@ async fn rollout(
     limit: usize,
     bridge_name: &str,
 ) -> Figures {
-    let name = format!("{}-{suffix}", fixture.namespace);
+    let name = fixture.policy_name(suffix);
     let audit = fixture.env.control_plane().dir().join("audit.log");
     let recorder = Recorder::start(&fixture.client, &name).await;
     let offset = audit_size(&audit);
@@ -217,7 +217,7 @@ async fn main() {
                 };
                 let bridge_name = format!("br-{suffix}");
                 let suffix = format!("{suffix}-{run}");
-                let policy = format!("{}-{suffix}", fixture.namespace);
+                let policy = fixture.policy_name(&suffix);
                 let figures = rollout(&mut fixture, &suffix, max_unavailable, limit, &bridge_name).await;
                 let sum = |prefix: &str| -> usize {
                     figures

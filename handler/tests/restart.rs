@@ -124,7 +124,7 @@ async fn killed_mid_rollout(part: Part, suffix: &str) {
     let _serial = SERIAL.lock().await;
     let mut fixture = Fixture::start(3, true).await;
     let _cluster = fixture.start_cluster("writer", free_port());
-    let name = format!("{}-{suffix}", fixture.namespace);
+    let name = fixture.policy_name(suffix);
     let recorder = Recorder::start(&fixture.client, &name).await;
     // Every node runs a handler before the policy comes: from then on, no status may say that
     // the policy matches no node.

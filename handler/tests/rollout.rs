@@ -35,7 +35,7 @@ async fn roll_out(
     max_unavailable: serde_json::Value,
     limit: usize,
 ) -> String {
-    let name = format!("{}-{suffix}", fixture.namespace);
+    let name = fixture.policy_name(suffix);
     let recorder = Recorder::start(&fixture.client, &name).await;
     let audit = fixture.env.control_plane().dir().join("audit.log");
     let offset = audit_size(&audit);
@@ -146,7 +146,7 @@ async fn once_failures_use_up_the_budget_the_other_nodes_abort() {
     let _serial = SERIAL.lock().await;
     let mut fixture = Fixture::start(4, true).await;
     let _cluster = fixture.start_cluster("writer", free_port());
-    let name = format!("{}-broken", fixture.namespace);
+    let name = fixture.policy_name("broken");
     let recorder = Recorder::start(&fixture.client, &name).await;
     let missing = json!({"interfaces": [{"name": "missing0", "type": "ethernet", "state": "up"}]});
     fixture.create_policy("broken", missing, json!(1)).await;
@@ -179,7 +179,7 @@ async fn once_failures_use_up_the_budget_the_other_nodes_abort() {
 /// Stops (by `signal`) the handler of the first node that starts applying; checks the others
 /// go on, then resumes it (restart or SIGCONT) and checks the policy converges.
 async fn stall_one_handler(fixture: &mut Fixture, suffix: &str, signal: Signal) {
-    let name = format!("{}-{suffix}", fixture.namespace);
+    let name = fixture.policy_name(suffix);
     let recorder = Recorder::start(&fixture.client, &name).await;
     fixture
         .create_policy(suffix, bridge(&format!("br-{suffix}")), json!(1))
@@ -263,7 +263,7 @@ async fn an_unusable_max_unavailable_is_refused_or_reported_in_an_event() {
     let mut fixture = Fixture::start(1, true).await;
     let version = fixture.client.apiserver_version().await.unwrap();
     if nmstate_api::crd::server_minor(&version) >= 25 {
-        let name = format!("{}-asdf", fixture.namespace);
+        let name = fixture.policy_name("asdf");
         let mut object = common::policy(&name, json!({GROUP: fixture.namespace}), bridge("br-asdf"));
         object.spec.max_unavailable = serde_json::from_value(json!("asdf")).unwrap();
         let refused = fixture

@@ -172,7 +172,7 @@ impl Soak {
             stp: false,
         };
         let suffix = format!("p{}", self.counter);
-        let name = format!("{}{suffix}", self.prefix());
+        let name = self.fixture.policy_name(&suffix);
         self.seen
             .lock()
             .unwrap()

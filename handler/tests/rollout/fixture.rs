@@ -143,6 +143,12 @@ impl Fixture {
         NodeProcess::start_on_host(&self.env, &cluster_binary(), &[], &variables, self.log(identity)).unwrap()
     }
 
+    /// The name of this test's policy `suffix`: what [`Fixture::create_policy`] creates, known
+    /// before it is created (a recorder watches for it from the start).
+    pub fn policy_name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.namespace)
+    }
+
     /// Creates a policy for this test's nodes: a new bridge `bridge`, `max_unavailable` at once.
     pub async fn create_policy(&mut self, suffix: &str, desired: Value, max_unavailable: Value) -> String {
         self.create_policy_with(suffix, desired, json!({"maxUnavailable": max_unavailable}))
@@ -165,7 +171,7 @@ impl Fixture {
         spec: Value,
         labels: Value,
     ) -> Result<String, kube::Error> {
-        let name = format!("{}-{suffix}", self.namespace);
+        let name = self.policy_name(suffix);
         let mut object =
             serde_json::to_value(policy(&name, json!({GROUP: self.namespace}), desired)).unwrap();
         for (field, value) in spec.as_object().unwrap() {
